@@ -1,0 +1,40 @@
+"""Error responses in the contract's shapes."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from api.gateway import DeploymentMissing
+from dspy_service.errors import JobError
+
+
+def _field_path(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    detail = [
+        {"field": _field_path(tuple(error.get("loc", ()))), "message": error.get("msg", ""), "type": error.get("type")}
+        for error in exc.errors()
+    ]
+    return JSONResponse(status_code=422, content={"error": "invalid_request", "detail": detail})
+
+
+async def job_error(_: Request, exc: JobError) -> JSONResponse:
+    content = {"detail": exc.message}
+    if exc.field:
+        content["field"] = exc.field
+    return JSONResponse(status_code=400, content=content)
+
+
+async def deployment_missing(_: Request, exc: DeploymentMissing) -> JSONResponse:
+    return JSONResponse(status_code=503, content={"detail": str(exc)})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(JobError, job_error)
+    app.add_exception_handler(DeploymentMissing, deployment_missing)

@@ -1,0 +1,273 @@
+"""Jobs on Prefect: every read and write the API makes goes through here.
+
+A job is a flow run of the optimization deployment; its id is the flow-run id. Nothing
+is stored besides Prefect's own records, the job's dataset and its persisted result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    FlowRunFilterTags,
+    LogFilter,
+    LogFilterFlowRunId,
+    TaskRunFilter,
+    TaskRunFilterName,
+)
+from prefect.client.schemas.objects import FlowRun, Log, StateType, WorkerStatus
+from prefect.client.schemas.sorting import FlowRunSort, LogSort
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Cancelled, Cancelling
+
+from dspy_service.schemas import DatasetRef, JobSpec
+from dspy_service.settings import ServiceSettings
+from dspy_service.status import COMPILE_TASK_NAME, JobStatus, job_status, state_types_for
+from dspy_service.storage import delete_dataset
+
+logger = logging.getLogger("dspy_service.api")
+
+SERVICE_TAG = "dspy-service"
+USER_TAG_PREFIX = "user:"
+LOG_PAGE = 200  # the Prefect API's page size limit
+RUNNING_SCAN_LIMIT = 2000  # running jobs are bounded by the pool's slots; this is a guard
+RESULT_CACHE_SIZE = 64
+
+
+class DeploymentMissing(RuntimeError):
+    """The optimization deployment is not registered (yet) on the Prefect server."""
+
+
+def user_tag(username: str) -> str:
+    return f"{USER_TAG_PREFIX}{username}"
+
+
+class JobGateway:
+    def __init__(self, client: PrefectClient, settings: ServiceSettings):
+        self.client = client
+        self.settings = settings
+        self._deployment_id: UUID | None = None
+        serialize = settings.serialize_run_creates
+        if serialize is None:
+            serialize = settings.uses_sqlite
+        self._create_lock = asyncio.Lock() if serialize else None
+        self._results: OrderedDict[UUID, dict[str, Any]] = OrderedDict()
+
+    # -- deployment ---------------------------------------------------------------------
+    async def deployment_id(self) -> UUID:
+        if self._deployment_id is None:
+            try:
+                deployment = await self.client.read_deployment_by_name(self.settings.deployment_full_name)
+            except ObjectNotFound:
+                raise DeploymentMissing(
+                    f"deployment {self.settings.deployment_full_name!r} is not registered on the Prefect "
+                    "server; run `dspy-service up` or `python -m deployments.register`"
+                ) from None
+            self._deployment_id = deployment.id
+        return self._deployment_id
+
+    async def _runs_filter(self, **extra: Any) -> dict[str, Any]:
+        deployment = DeploymentFilter(id=DeploymentFilterId(any_=[await self.deployment_id()]))
+        return {"deployment_filter": deployment, **extra}
+
+    # -- create -------------------------------------------------------------------------
+    async def submit(
+        self, spec: JobSpec, dataset_ref: DatasetRef, idempotency_key: str | None = None
+    ) -> FlowRun:
+        parameters = {"job": spec.wire(), "dataset_ref": dataset_ref.model_dump(mode="json")}
+        deployment_id = await self.deployment_id()
+
+        async def create() -> FlowRun:
+            return await self.client.create_flow_run_from_deployment(
+                deployment_id,
+                parameters=parameters,
+                name=f"{spec.username}-{spec.optimizer_name}-{spec.module_name}".lower()[:100],
+                tags=[SERVICE_TAG, user_tag(spec.username)],
+                idempotency_key=idempotency_key,
+            )
+
+        if self._create_lock is None:
+            flow_run = await create()
+        else:
+            async with self._create_lock:
+                flow_run = await create()
+        if idempotency_key and (flow_run.parameters.get("dataset_ref") or {}).get("url") != dataset_ref.url:
+            delete_dataset(dataset_ref.url)  # the key named an existing job: keep its data only
+        return flow_run
+
+    # -- read ---------------------------------------------------------------------------
+    async def get(self, job_id: str) -> FlowRun | None:
+        try:
+            run_id = UUID(job_id)
+        except ValueError:
+            return None
+        try:
+            flow_run = await self.client.read_flow_run(run_id)
+        except ObjectNotFound:
+            return None
+        if flow_run.deployment_id != await self.deployment_id():
+            return None
+        return flow_run
+
+    async def compile_started(self, runs: list[FlowRun]) -> set[UUID]:
+        """Which RUNNING runs have reached their compile task (validating -> running)."""
+        running = [r.id for r in runs if r.state_type == StateType.RUNNING]
+        if not running:
+            return set()
+        task_runs = await self.client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=running)),
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=[COMPILE_TASK_NAME])),
+        )
+        return {t.flow_run_id for t in task_runs if t.flow_run_id}
+
+    async def status_of(self, flow_run: FlowRun) -> JobStatus:
+        started = await self.compile_started([flow_run])
+        return job_status(flow_run.state_type, flow_run.id in started)
+
+    async def list(
+        self, *, status: JobStatus | None, username: str | None, limit: int, offset: int
+    ) -> tuple[list[FlowRun], set[UUID], int]:
+        """A page of runs newest first, which of them passed validation, and the total."""
+        run_filter = FlowRunFilter()
+        if username:
+            run_filter.tags = FlowRunFilterTags(all_=[user_tag(username)])
+        if status is not None:
+            run_filter.state = FlowRunFilterState(type=FlowRunFilterStateType(any_=state_types_for(status)))
+        filters = await self._runs_filter(flow_run_filter=run_filter)
+        sort = FlowRunSort.EXPECTED_START_TIME_DESC
+        if status in (JobStatus.running, JobStatus.validating):
+            # Both are RUNNING in Prefect; tell them apart by task runs, then paginate.
+            runs = await self.client.read_flow_runs(**filters, sort=sort, limit=RUNNING_SCAN_LIMIT)
+            started = await self.compile_started(runs)
+            wanted = [r for r in runs if job_status(r.state_type, r.id in started) is status]
+            return wanted[offset : offset + limit], started, len(wanted)
+        runs, total = await asyncio.gather(
+            self.client.read_flow_runs(**filters, sort=sort, limit=limit, offset=offset),
+            self.client.count_flow_runs(**filters),
+        )
+        return runs, await self.compile_started(runs), total
+
+    async def logs(self, flow_run_id: UUID) -> list[Log]:
+        logs: list[Log] = []
+        log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        while True:
+            page = await self.client.read_logs(
+                log_filter=log_filter, limit=LOG_PAGE, offset=len(logs), sort=LogSort.TIMESTAMP_ASC
+            )
+            logs.extend(page)
+            if len(page) < LOG_PAGE:
+                return logs
+
+    async def result(self, flow_run: FlowRun) -> dict[str, Any] | None:
+        """The persisted flow result of a COMPLETED run (cached: results never change)."""
+        if flow_run.state_type != StateType.COMPLETED or flow_run.state is None:
+            return None
+        cached = self._results.get(flow_run.id)
+        if cached is not None:
+            self._results.move_to_end(flow_run.id)
+            return cached
+        try:
+            value = await flow_run.state.aresult(raise_on_failure=False)
+        except Exception as exc:  # noqa: BLE001 - storage unreachable from this host, file gone...
+            logger.warning("result of %s unreadable: %s", flow_run.id, exc)
+            return None
+        if not isinstance(value, dict):
+            return None
+        self._results[flow_run.id] = value
+        if len(self._results) > RESULT_CACHE_SIZE:
+            self._results.popitem(last=False)
+        return value
+
+    # -- write --------------------------------------------------------------------------
+    async def cancel(self, flow_run: FlowRun) -> None:
+        """Pending runs are cancelled outright; running ones go through Cancelling, after
+        which the worker kills the job process and marks the run Cancelled."""
+        if flow_run.state_type in (StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED):
+            state = Cancelled(message="cancelled by the user before it started")
+        else:
+            state = Cancelling(message="cancelled by the user")
+        await self.client.set_flow_run_state(flow_run.id, state, force=True)
+
+    async def delete(self, flow_run: FlowRun) -> None:
+        """Delete the run and what it owns: artifacts, stored result and dataset. Its logs
+        become unreachable at once and are removed by Prefect's orphan vacuum."""
+        artifacts = await self.client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))
+        )
+        for artifact in artifacts:
+            await self.client.delete_artifact(artifact.id)
+        await delete_result_file(flow_run)
+        ref = (flow_run.parameters or {}).get("dataset_ref")
+        if isinstance(ref, dict) and ref.get("url"):
+            delete_dataset(ref["url"])
+        self._results.pop(flow_run.id, None)
+        await self.client.delete_flow_run(flow_run.id)
+
+    # -- pool and workers ---------------------------------------------------------------
+    async def queue_snapshot(self) -> dict[str, Any]:
+        filters = await self._runs_filter()
+
+        async def count(*types: StateType) -> int:
+            state = FlowRunFilterState(type=FlowRunFilterStateType(any_=list(types)))
+            return await self.client.count_flow_runs(**filters, flow_run_filter=FlowRunFilter(state=state))
+
+        pending, active, pool, workers = await asyncio.gather(
+            count(StateType.SCHEDULED, StateType.PENDING),
+            count(StateType.RUNNING, StateType.CANCELLING),
+            self.client.read_work_pool(self.settings.work_pool),
+            self.client.read_workers_for_work_pool(self.settings.work_pool),
+        )
+        online = [w for w in workers if w.status == WorkerStatus.ONLINE]
+        return {
+            "pending_jobs": pending,
+            "active_jobs": active,
+            "worker_threads": pool.concurrency_limit or self.settings.job_slots,
+            "workers_alive": bool(online),
+            "workers": [
+                {
+                    "name": w.name,
+                    "status": str(w.status.value if hasattr(w.status, "value") else w.status),
+                    "last_heartbeat_time": w.last_heartbeat_time.isoformat() if w.last_heartbeat_time else None,
+                }
+                for w in workers
+            ],
+            "work_pool": self.settings.work_pool,
+            "pool_paused": bool(pool.is_paused),
+        }
+
+
+async def delete_result_file(flow_run: FlowRun) -> None:
+    from prefect._internal.result_records import ResultRecordMetadata
+    from prefect.filesystems import LocalFileSystem
+    from prefect.results import get_default_result_storage, resolve_result_storage
+
+    data = flow_run.state.data if flow_run.state else None
+    if not isinstance(data, ResultRecordMetadata) or not data.storage_key:
+        return
+    try:
+        storage = (
+            await resolve_result_storage(data.storage_block_id)
+            if data.storage_block_id
+            else get_default_result_storage()
+        )
+        if isinstance(storage, LocalFileSystem):
+            storage._resolve_path(data.storage_key).unlink(missing_ok=True)
+        elif hasattr(storage, "filesystem"):
+            path = storage._resolve_path(data.storage_key)
+            if storage.filesystem.exists(path):
+                storage.filesystem.rm(path)
+    except Exception as exc:  # noqa: BLE001 - the run is deleted regardless; say what was left
+        logger.warning("could not delete the stored result of %s: %s", flow_run.id, exc)

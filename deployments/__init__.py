@@ -1,0 +1,1 @@
+"""Creating the work pool, registering the deployment, starting the stack's processes."""

@@ -1,0 +1,236 @@
+"""The processes of a dspy-service stack and the environment they share.
+
+`dspy-service up` and the integration tests both start the stack through this module:
+a Prefect server, the pool + deployment, worker(s), the API and optionally the local LM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from dspy_service.settings import ServiceSettings
+
+# Settings the stack's processes need, measured to matter (see README, "Configuration").
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # no telemetry calls: there may be no network
+    "PREFECT_WORKER_QUERY_SECONDS": "1",  # default 10 s: jobs would wait up to 10 s for pickup
+    "PREFECT_WORKER_HEARTBEAT_SECONDS": "5",
+    # Without it a run cancelled while PENDING hangs in Cancelling for ~300 s.
+    "PREFECT_WORKER_ENABLE_CANCELLATION": "true",
+    "PREFECT_WORKER_CANCELLATION_POLL_SECONDS": "5",
+    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
+    # Logs of deleted runs are removed by the orphan vacuum (the API cannot delete logs).
+    "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,orphans",
+    "PREFECT_SERVER_SERVICES_DB_VACUUM_ORPHAN_CLEANUP_LOOP_SECONDS": "3600",
+    "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+    "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "1",
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+@dataclass
+class StackConfig:
+    settings: ServiceSettings
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    prefect_port: int = 4200
+    workers: int = 1
+    local_lm_port: int | None = None  # start the local LM (test/demo tool) on this port
+    local_lm_delay_ms: int = 0
+
+    @property
+    def prefect_api_url(self) -> str:
+        return f"http://127.0.0.1:{self.prefect_port}/api"
+
+    @property
+    def api_url(self) -> str:
+        host = "127.0.0.1" if self.api_host in ("0.0.0.0", "::") else self.api_host
+        return f"http://{host}:{self.api_port}"
+
+    @property
+    def local_lm_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.local_lm_port}/v1" if self.local_lm_port else None
+
+    def environment(self) -> dict[str, str]:
+        home = self.settings.home_dir
+        env = dict(os.environ)
+        for key, value in PREFECT_DEFAULTS.items():
+            env.setdefault(key, value)
+        env.update(
+            {
+                "DSPY_SERVICE_HOME": str(home),
+                "DSPY_SERVICE_WORK_POOL": self.settings.work_pool,
+                "DSPY_SERVICE_DEPLOYMENT": self.settings.deployment,
+                "DSPY_SERVICE_JOB_SLOTS": str(self.settings.job_slots),
+                "PREFECT_HOME": str(home / "prefect"),
+                "PREFECT_API_URL": self.prefect_api_url,
+                "PREFECT_API_DATABASE_CONNECTION_URL": self.settings.resolved_database_url,
+            }
+        )
+        if self.settings.storage_url:
+            env["DSPY_SERVICE_STORAGE_URL"] = self.settings.storage_url
+        if "PREFECT_LOCAL_STORAGE_PATH" not in os.environ:
+            env["PREFECT_LOCAL_STORAGE_PATH"] = str(home / "storage" / "results")
+        return env
+
+
+@dataclass
+class Component:
+    name: str
+    command: list[str]
+    log_path: Path
+    process: subprocess.Popen | None = None
+    restarts: list[float] = field(default_factory=list)
+
+    def start(self, env: dict[str, str]) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        # A session of its own: Ctrl-C in the terminal reaches only the supervisor, which
+        # then stops the components in order.
+        self.process = subprocess.Popen(
+            self.command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if not self.alive:
+            return
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+
+
+def python_command(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+class Stack:
+    """Start, watch and stop the stack's processes."""
+
+    def __init__(self, config: StackConfig):
+        self.config = config
+        self.env = config.environment()
+        logs = config.settings.home_dir / "logs"
+        self.server = Component(
+            "prefect-server",
+            python_command(
+                "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(config.prefect_port)
+            ),
+            logs / "prefect-server.log",
+        )
+        self.workers = [
+            Component(
+                f"worker-{i + 1}",
+                python_command(
+                    "-m", "prefect", "worker", "start", "--pool", config.settings.work_pool,
+                    "--type", "process", "--name", f"{os.uname().nodename}-worker-{i + 1}",
+                ),
+                logs / f"worker-{i + 1}.log",
+            )
+            for i in range(config.workers)
+        ]
+        self.api = Component(
+            "api",
+            python_command(
+                "-m", "uvicorn", "api.main:app", "--host", config.api_host, "--port", str(config.api_port),
+                "--log-level", "warning",
+            ),
+            logs / "api.log",
+        )
+        self.local_lm = (
+            Component(
+                "local-lm",
+                python_command(
+                    "-m", "dspy_service.local_lm", "--port", str(config.local_lm_port),
+                    "--delay-ms", str(config.local_lm_delay_ms),
+                ),
+                logs / "local-lm.log",
+            )
+            if config.local_lm_port
+            else None
+        )
+
+    @property
+    def components(self) -> list[Component]:
+        extra = [self.local_lm] if self.local_lm else []
+        return [*extra, self.server, *self.workers, self.api]
+
+    def start(self, timeout: float = 120.0, progress=print) -> float:
+        """Start everything; returns seconds until the API reports healthy."""
+        started = time.monotonic()
+        self.config.settings.home_dir.mkdir(parents=True, exist_ok=True)
+        if self.local_lm:
+            self.local_lm.start(self.env)
+        progress(f"starting Prefect server on {self.config.prefect_api_url} ...")
+        self.server.start(self.env)
+        wait_until(lambda: http_ok(f"{self.config.prefect_api_url}/health"), timeout, self.server)
+        progress("registering work pool and deployment ...")
+        self.register()
+        for worker in self.workers:
+            worker.start(self.env)
+        progress(f"starting API on {self.config.api_url} ...")
+        self.api.start(self.env)
+        wait_until(lambda: http_ok(f"{self.config.api_url}/health"), timeout, self.api, *self.workers)
+        return time.monotonic() - started
+
+    def register(self) -> None:
+        code = "import asyncio; from deployments.register import register; asyncio.run(register())"
+        subprocess.run(python_command("-c", code), env=self.env, check=True, timeout=120)
+
+    def stop(self) -> None:
+        """API first (no new jobs), then workers, then the server; finished runs are untouched."""
+        for component in reversed(self.components):
+            component.stop()
+
+    def watch(self, should_stop, restart_limit: int = 5, progress=print) -> None:
+        """Restart components that die (at most `restart_limit` per minute each)."""
+        while not should_stop():
+            for component in self.components:
+                if component.alive:
+                    continue
+                now = time.monotonic()
+                component.restarts = [t for t in component.restarts if now - t < 60] + [now]
+                if len(component.restarts) > restart_limit:
+                    raise RuntimeError(f"{component.name} keeps exiting; see {component.log_path}")
+                progress(f"{component.name} exited (code {component.process.returncode}); restarting")
+                component.start(self.env)
+            time.sleep(0.5)
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_until(check, timeout: float, *components: Component) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        for component in components:
+            if component.process is not None and component.process.poll() is not None:
+                raise RuntimeError(
+                    f"{component.name} exited with code {component.process.returncode}; see {component.log_path}"
+                )
+        time.sleep(0.25)
+    raise TimeoutError(f"not ready after {timeout:.0f} s; see logs in {components[0].log_path.parent}")
+

@@ -1,0 +1,207 @@
+"""`dspy-service`: start the whole service, run a worker, submit the demo job.
+
+    dspy-service up                 # Prefect server (SQLite) + pool/deployment + worker + API + local LM
+    dspy-service demo               # submit the offline demo job to a running service and follow it
+    dspy-service worker             # one more worker (e.g. on another host) for PREFECT_API_URL
+    dspy-service register           # (re)register the work pool and the deployment
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import httpx
+
+from dspy_service.settings import get_settings
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from deployments.stack import Stack, StackConfig
+
+    settings = get_settings()
+    if args.slots:
+        settings.job_slots = args.slots
+    config = StackConfig(
+        settings=settings,
+        api_host=args.host,
+        api_port=args.api_port,
+        prefect_port=args.prefect_port,
+        workers=args.workers,
+        local_lm_port=None if args.no_local_lm else args.local_lm_port,
+    )
+    stack = Stack(config)
+    stopping = False
+
+    def request_stop(signum, _frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    database = "PostgreSQL" if not settings.uses_sqlite else "SQLite"
+    print(f"dspy-service home: {settings.home_dir} (Prefect database: {database})", flush=True)
+    try:
+        seconds = stack.start(progress=lambda m: print(m, flush=True))
+        print(
+            f"\ndspy-service is up in {seconds:.1f} s\n"
+            f"  API        {config.api_url}  (docs: {config.api_url}/docs)\n"
+            f"  Prefect UI http://127.0.0.1:{config.prefect_port}\n"
+            + (f"  local LM   {config.local_lm_url}  (test/demo model, not a real LM)\n" if config.local_lm_url else "")
+            + f"  logs       {settings.home_dir / 'logs'}\n"
+            "Try `dspy-service demo` in another terminal. Ctrl-C stops everything.",
+            flush=True,
+        )
+        if args.demo:
+            run_demo(config.api_url, config.local_lm_url or args.lm_url, optimizer=args.demo_optimizer)
+        stack.watch(lambda: stopping, progress=lambda m: print(m, flush=True))
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        stack.stop()
+        return 1
+    print("stopping ...", flush=True)
+    stack.stop()
+    print("stopped", flush=True)
+    return 0
+
+
+def demo_payload(lm_url: str, optimizer: str = "bootstrap", rows: int = 60) -> dict[str, Any]:
+    from dspy_service.local_lm import ARITHMETIC_METRIC_CODE, ARITHMETIC_SIGNATURE_CODE, make_arithmetic_dataset
+
+    payload: dict[str, Any] = {
+        "username": "demo",
+        "module_name": "predict",
+        "signature_code": ARITHMETIC_SIGNATURE_CODE,
+        "metric_code": ARITHMETIC_METRIC_CODE,
+        "optimizer_name": optimizer,
+        "optimizer_kwargs": {},
+        "dataset": make_arithmetic_dataset(rows, seed=7),
+        "column_mapping": {"inputs": {"question": "question"}, "outputs": {"answer": "answer"}},
+        "split_fractions": {"train": 0.5, "val": 0.2, "test": 0.3},
+        "seed": 7,
+        "model_config": {"name": "openai/local-arithmetic", "base_url": lm_url, "extra": {"api_key": "local"}},
+    }
+    if optimizer == "gepa":
+        payload["reflection_model_config"] = payload["model_config"]
+        payload["optimizer_kwargs"] = {"max_metric_calls": 60}
+    return payload
+
+
+def run_demo(api_url: str, lm_url: str, optimizer: str = "bootstrap", timeout: float = 600) -> dict[str, Any]:
+    """Submit the demo job and follow it to the end, printing status changes."""
+    with httpx.Client(base_url=api_url, timeout=30) as client:
+        response = client.post("/run", json=demo_payload(lm_url, optimizer))
+        if response.status_code != 201:
+            raise RuntimeError(f"POST /run answered {response.status_code}: {response.text}")
+        job_id = response.json()["job_id"]
+        print(f"demo job {job_id} submitted ({optimizer} on the local arithmetic task)", flush=True)
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            job = client.get(f"/jobs/{job_id}/summary").json()
+            metrics = job.get("latest_metrics") or {}
+            line = f"  {job['status']:<10} elapsed {job.get('elapsed') or '-'}"
+            if metrics.get("tqdm_desc") or metrics.get("tqdm_percent") is not None:
+                line += f"  {metrics.get('tqdm_desc') or ''} {metrics.get('tqdm_percent') or 0:.0f}%"
+            if line != last:
+                print(line, flush=True)
+                last = line
+            if job["status"] in ("success", "failed", "cancelled"):
+                break
+            time.sleep(1)
+        else:
+            raise TimeoutError(f"demo job {job_id} did not finish in {timeout:.0f} s")
+        if job["status"] != "success":
+            raise RuntimeError(f"demo job {job['status']}: {job.get('message')}")
+        print(
+            f"demo job succeeded: test accuracy {job['baseline_test_metric']:.2f} (baseline) -> "
+            f"{job['optimized_test_metric']:.2f} (optimized)",
+            flush=True,
+        )
+        return job
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        run_demo(args.api_url, args.lm_url, optimizer=args.optimizer)
+    except (RuntimeError, TimeoutError, httpx.HTTPError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from deployments.stack import PREFECT_DEFAULTS
+
+    settings = get_settings()
+    env = {**PREFECT_DEFAULTS, **os.environ}
+    command = [
+        sys.executable, "-m", "prefect", "worker", "start", "--pool", settings.work_pool, "--type", "process",
+    ]
+    if args.name:
+        command += ["--name", args.name]
+    os.execvpe(command[0], command, env)
+    return 0  # not reached
+
+
+def cmd_register(_: argparse.Namespace) -> int:
+    from deployments.register import main
+
+    main()
+    return 0
+
+
+def cmd_local_lm(args: argparse.Namespace) -> int:
+    from dspy_service.local_lm.__main__ import main
+
+    return main(["--port", str(args.port), "--delay-ms", str(args.delay_ms)]) or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dspy-service", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start Prefect server, worker, API (and the local LM) on this machine")
+    up.add_argument("--api-port", type=int, default=8000)
+    up.add_argument("--prefect-port", type=int, default=4200)
+    up.add_argument("--host", default="127.0.0.1", help="API bind address (0.0.0.0 to serve other hosts)")
+    up.add_argument("--workers", type=int, default=1)
+    up.add_argument("--slots", type=int, default=None, help="jobs running at once (DSPY_SERVICE_JOB_SLOTS)")
+    up.add_argument("--local-lm-port", type=int, default=8765)
+    up.add_argument("--no-local-lm", action="store_true", help="do not start the local test/demo LM")
+    up.add_argument("--demo", action="store_true", help="submit the demo job once the service is up")
+    up.add_argument("--demo-optimizer", default="bootstrap")
+    up.add_argument("--lm-url", default="http://127.0.0.1:8765/v1")
+    up.set_defaults(func=cmd_up)
+
+    demo = sub.add_parser("demo", help="submit the offline demo job to a running service")
+    demo.add_argument("--api-url", default="http://127.0.0.1:8000")
+    demo.add_argument("--lm-url", default="http://127.0.0.1:8765/v1")
+    demo.add_argument("--optimizer", default="bootstrap", help="bootstrap, miprov2, gepa, ...")
+    demo.set_defaults(func=cmd_demo)
+
+    worker = sub.add_parser("worker", help="start a worker for the pool at PREFECT_API_URL")
+    worker.add_argument("--name", default=None)
+    worker.set_defaults(func=cmd_worker)
+
+    register = sub.add_parser("register", help="create the work pool and register the deployment")
+    register.set_defaults(func=cmd_register)
+
+    local_lm = sub.add_parser("local-lm", help="run the deterministic local LM (tests and demo only)")
+    local_lm.add_argument("--port", type=int, default=8765)
+    local_lm.add_argument("--delay-ms", type=int, default=0)
+    local_lm.set_defaults(func=cmd_local_lm)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Static checks of user-submitted signature and metric code (parse + AST, never exec).
+
+The API runs these before queueing a job, so that obvious mistakes come back as a 400
+at once; the flow runs them again before executing the code, so a job submitted some
+other way (a schedule, the Prefect UI) fails with the same words.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+
+from dspy_service.errors import JobError
+
+_FIELD_CALLS = {"InputField": "input", "OutputField": "output"}
+
+
+@dataclass
+class SignatureOutline:
+    name: str
+    input_fields: list[str] = field(default_factory=list)
+    output_fields: list[str] = field(default_factory=list)
+    # False when the class inherits fields from a class we cannot see statically.
+    complete: bool = True
+
+
+def parse_code(source: str, field_name: str) -> ast.Module:
+    try:
+        return ast.parse(source, filename=f"<{field_name}>")
+    except SyntaxError as exc:
+        where = f" at line {exc.lineno}" if exc.lineno else ""
+        line = f": {exc.text.strip()!r}" if exc.text and exc.text.strip() else ""
+        raise JobError(
+            f"{field_name} has a syntax error{where} ({exc.msg}){line}", field=field_name
+        ) from None
+
+
+def _dotted(node: ast.AST) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{_dotted(node.value)}.{node.attr}"
+    return ""
+
+
+def outline_signature(source: str, field_name: str = "signature_code") -> SignatureOutline:
+    """The single Signature subclass the code defines, with its declared fields."""
+    tree = parse_code(source, field_name)
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    signature_names: list[str] = []
+    for node in classes.values():
+        bases = [_dotted(base) for base in node.bases]
+        if any(b.split(".")[-1] == "Signature" or b in signature_names for b in bases):
+            signature_names.append(node.name)
+    if not signature_names:
+        raise JobError(
+            f"{field_name} defines no dspy.Signature subclass; define exactly one, e.g. "
+            "`class QA(dspy.Signature): question: str = dspy.InputField(); "
+            "answer: str = dspy.OutputField()`",
+            field=field_name,
+        )
+    if len(signature_names) > 1:
+        raise JobError(
+            f"{field_name} defines {len(signature_names)} dspy.Signature subclasses "
+            f"({', '.join(signature_names)}); define exactly one",
+            field=field_name,
+        )
+    node = classes[signature_names[0]]
+    outline = SignatureOutline(name=node.name)
+    outline.complete = all(_dotted(b).split(".")[-1] == "Signature" for b in node.bases)
+    for stmt in node.body:
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+            name, call = stmt.target.id, stmt.value
+        elif isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+            name, call = stmt.targets[0].id, stmt.value
+        else:
+            continue
+        kind = _FIELD_CALLS.get(_dotted(call.func).split(".")[-1]) if isinstance(call, ast.Call) else None
+        if kind == "input":
+            outline.input_fields.append(name)
+        elif kind == "output":
+            outline.output_fields.append(name)
+    return outline
+
+
+def find_metric_name(source: str, field_name: str = "metric_code") -> str:
+    """`metric` if the code defines it, else its single top-level function."""
+    tree = parse_code(source, field_name)
+    functions: list[str] = []
+    assigned: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            functions.append(node.name)
+        elif isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    assigned.add(target.id)
+                    if isinstance(node.value, ast.Lambda):
+                        functions.append(target.id)
+    if "metric" in functions or "metric" in assigned:
+        return "metric"
+    if len(functions) == 1:
+        return functions[0]
+    if not functions:
+        raise JobError(
+            f"{field_name} defines no metric function; define "
+            "`def metric(example, pred, trace=None): ...` returning a number",
+            field=field_name,
+        )
+    raise JobError(
+        f"{field_name} defines {len(functions)} functions ({', '.join(functions)}) and none "
+        "is named `metric`; name the metric function `metric`",
+        field=field_name,
+    )
+
+
+def check_fields_against_mapping(
+    outline: SignatureOutline, inputs: dict[str, str], outputs: dict[str, str]
+) -> None:
+    """Mapped fields must exist on the signature, on the right side; inputs must be fed."""
+    if not outline.complete:
+        return
+    sig_in, sig_out = set(outline.input_fields), set(outline.output_fields)
+    for field_name in inputs:
+        if field_name not in sig_in:
+            where = " (it is an output field)" if field_name in sig_out else ""
+            raise JobError(
+                f"column_mapping.inputs.{field_name}: signature {outline.name} has no input "
+                f"field {field_name!r}{where}; its input fields are {sorted(sig_in)}",
+                field="column_mapping",
+            )
+    for field_name in outputs:
+        if field_name not in sig_out:
+            where = " (it is an input field)" if field_name in sig_in else ""
+            raise JobError(
+                f"column_mapping.outputs.{field_name}: signature {outline.name} has no output "
+                f"field {field_name!r}{where}; its output fields are {sorted(sig_out)}",
+                field="column_mapping",
+            )
+    unfed = sorted(sig_in - set(inputs))
+    if unfed:
+        raise JobError(
+            f"column_mapping.inputs does not map signature input field(s) {unfed} of "
+            f"{outline.name} to a dataset column",
+            field="column_mapping",
+        )
+
+
+def check_columns_present(rows: list[dict], column_mapping_fields: dict[str, str]) -> None:
+    """Every mapped column must be present in every dataset row."""
+    wanted = set(column_mapping_fields.values())
+    for index, row in enumerate(rows):
+        missing = wanted - row.keys()
+        if missing:
+            raise JobError(
+                f"dataset row {index} has no column(s) {sorted(missing)} named in "
+                f"column_mapping; columns in that row: {sorted(row.keys())[:20]}",
+                field="dataset",
+            )

@@ -1,0 +1,44 @@
+"""Every check a job can pass or fail before any of its code runs.
+
+The API runs this on POST /run (and on schedules) to answer 400 at once; nothing here
+executes user code: it parses, walks the AST, resolves names in the registry and reads
+real constructor signatures with `inspect`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dspy_service.code_checks import (
+    check_columns_present,
+    check_fields_against_mapping,
+    find_metric_name,
+    outline_signature,
+)
+from dspy_service.errors import JobError
+from dspy_service.registry import fit_to_splits, get_registry
+from dspy_service.schemas import JobSpec
+from dspy_service.settings import get_settings
+
+
+def preflight(spec: JobSpec, rows: list[dict[str, Any]] | None) -> None:
+    """Raise JobError naming the field at fault. `rows` is None when not known yet."""
+    outline = outline_signature(spec.signature_code)
+    find_metric_name(spec.metric_code)
+    check_fields_against_mapping(outline, spec.column_mapping.inputs, spec.column_mapping.outputs)
+
+    registry = get_registry()
+    module = registry.module(spec.module_name)
+    registry.check_module_kwargs(module, spec.module_kwargs)
+    optimizer = registry.optimizer(spec.optimizer_name)
+    optimizer_kwargs = registry.optimizer_defaults(optimizer, spec.optimizer_kwargs)
+    registry.check_optimizer_kwargs(
+        optimizer, optimizer_kwargs, spec.compile_kwargs, lm_roles=set(spec.lm_configs()) - {"main"}
+    )
+    if rows is None:
+        return
+    limit = get_settings().max_dataset_rows
+    if len(rows) > limit:
+        raise JobError(f"dataset has {len(rows)} rows; the limit is {limit}", field="dataset")
+    check_columns_present(rows, spec.column_mapping.fields)
+    fit_to_splits(optimizer, spec.split_fractions.counts(len(rows)), optimizer_kwargs, spec.compile_kwargs)

@@ -1,0 +1,221 @@
+"""The wire models shared by the HTTP facade and the optimization flow.
+
+One place defines the POST /run body (`JobRequest`), the part of it that travels to the
+flow as a Prefect parameter (`JobSpec`, everything but the inline rows), and the `result`
+object the flow returns. Field names on the wire are exactly those of
+`API_CONTRACT.md`; Python-side names differ only where pydantic reserves the wire name
+(`model_config`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Optimizer keyword arguments that name a language model. Users may give a model name or
+# a ModelConfig object there; the service turns it into the matching *_model_config field
+# and passes a real `dspy.LM` to the optimizer.
+LM_ROLE_KWARGS = {
+    "reflection_lm": "reflection_model",
+    "prompt_model": "prompt_model",
+    "task_model": "task_model",
+}
+
+
+class ModelConfig(BaseModel):
+    """A LiteLLM-style model description; unknown keys (e.g. `model_type`) are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, description="LiteLLM model id, e.g. openai/gpt-4o-mini")
+    base_url: str | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=1)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    def public_settings(self) -> dict[str, Any]:
+        """The settings a job listing may show: everything but secrets in `extra`."""
+        data = self.model_dump(exclude={"extra"}, exclude_none=True)
+        data.pop("name", None)
+        data["extra"] = {k: v for k, v in self.extra.items() if not _looks_secret(k)}
+        return data
+
+
+def _looks_secret(key: str) -> bool:
+    key = key.lower()
+    return any(word in key for word in ("key", "secret", "token", "password", "authorization"))
+
+
+class ColumnMapping(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: dict[str, str] = Field(min_length=1)
+    outputs: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _columns_are_input_or_output(self) -> ColumnMapping:
+        both = sorted(set(self.inputs.values()) & set(self.outputs.values()))
+        if both:
+            raise ValueError(f"column(s) {both} are mapped both as input and as output")
+        return self
+
+    @property
+    def fields(self) -> dict[str, str]:
+        """Signature field -> dataset column, inputs first."""
+        return {**self.inputs, **self.outputs}
+
+
+class SplitFractions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    train: float = Field(default=0.7, ge=0)
+    val: float = Field(default=0.15, ge=0)
+    test: float = Field(default=0.15, ge=0)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitFractions:
+        total = self.train + self.val + self.test
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ValueError(f"train + val + test must equal 1.0, got {total:g}")
+        if self.train <= 0:
+            raise ValueError("train must be greater than 0")
+        return self
+
+    def counts(self, rows: int) -> dict[str, int]:
+        """How many of `rows` examples go to each split (val and test rounded, train the rest)."""
+        val = round(rows * self.val)
+        test = round(rows * self.test)
+        return {"train": rows - val - test, "val": val, "test": test}
+
+
+class JobSpec(BaseModel):
+    """Everything a job needs except inline dataset rows; the flow's main parameter."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, protected_namespaces=())
+
+    username: str = Field(default="anonymous", min_length=1, max_length=200)
+    module_name: str = Field(min_length=1)
+    module_kwargs: dict[str, Any] = Field(default_factory=dict)
+    signature_code: str = Field(min_length=1)
+    metric_code: str = Field(min_length=1)
+    optimizer_name: str = Field(min_length=1)
+    optimizer_kwargs: dict[str, Any] = Field(default_factory=dict)
+    compile_kwargs: dict[str, Any] = Field(default_factory=dict)
+    column_mapping: ColumnMapping
+    split_fractions: SplitFractions = Field(default_factory=SplitFractions)
+    shuffle: bool = True
+    seed: int | None = None
+    main_model: ModelConfig = Field(alias="model_config")
+    reflection_model: ModelConfig | None = Field(default=None, alias="reflection_model_config")
+    prompt_model: ModelConfig | None = Field(default=None, alias="prompt_model_config")
+    task_model: ModelConfig | None = Field(default=None, alias="task_model_config")
+
+    @field_validator("username", mode="before")
+    @classmethod
+    def _default_username(cls, value: Any) -> Any:
+        return "anonymous" if value is None else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lm_kwargs_to_model_configs(cls, data: Any) -> Any:
+        """`optimizer_kwargs.reflection_lm: "openai/x"` means `reflection_model_config`."""
+        if not isinstance(data, dict) or not isinstance(data.get("optimizer_kwargs"), dict):
+            return data
+        kwargs = dict(data["optimizer_kwargs"])
+        data = dict(data)
+        for kwarg, field in LM_ROLE_KWARGS.items():
+            if kwarg not in kwargs:
+                continue
+            value = kwargs.pop(kwarg)
+            alias = cls.model_fields[field].alias
+            if data.get(alias) is not None or data.get(field) is not None:
+                raise ValueError(
+                    f"optimizer_kwargs.{kwarg} and {alias} both set: give the model once"
+                )
+            data[alias] = {"name": value} if isinstance(value, str) else value
+        data["optimizer_kwargs"] = kwargs
+        return data
+
+    def lm_configs(self) -> dict[str, ModelConfig]:
+        """Role -> config for every model the job uses (`main` always present)."""
+        roles = {
+            "main": self.main_model,
+            "reflection": self.reflection_model,
+            "prompt": self.prompt_model,
+            "task": self.task_model,
+        }
+        return {role: config for role, config in roles.items() if config is not None}
+
+    def wire(self) -> dict[str, Any]:
+        """JSON-ready dict with the contract's field names."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class DatasetRef(BaseModel):
+    """Where a job's rows are stored (see dspy_service.storage); a flow parameter."""
+
+    url: str
+    rows: int
+    sha256: str | None = None
+
+
+class JobRequest(JobSpec):
+    """The POST /run body: a JobSpec plus the inline dataset rows."""
+
+    dataset: list[dict[str, Any]] = Field(min_length=1)
+
+    def spec(self) -> JobSpec:
+        return JobSpec.model_validate(self.model_dump(exclude={"dataset"}))
+
+
+# ---- the flow's result -----------------------------------------------------------------
+
+
+class OptimizedPrompt(BaseModel):
+    predictor_name: str
+    signature_name: str
+    instructions: str
+    input_fields: list[str]
+    output_fields: list[str]
+    demos: list[dict[str, Any]] = Field(default_factory=list)
+    formatted_prompt: str = ""
+
+
+class ProgramArtifact(BaseModel):
+    path: str | None = None
+    program_pickle_base64: str
+    metadata: dict[str, Any]
+    optimized_prompt: OptimizedPrompt | None = None
+    optimized_prompts: list[OptimizedPrompt] = Field(default_factory=list)
+    program_state: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Pickle-free form: the JSON state of `program.save(path.json)`; load it "
+        "into a module rebuilt from signature_code with `program.load_state(...)`.",
+    )
+
+
+class SplitCounts(BaseModel):
+    train: int
+    val: int
+    test: int
+
+
+class JobResult(BaseModel):
+    """The contract's `result` object; also the flow's return value."""
+
+    module_name: str
+    optimizer_name: str
+    metric_name: str
+    split_counts: SplitCounts
+    baseline_test_metric: float | None
+    optimized_test_metric: float | None
+    metric_improvement: float | None
+    optimization_metadata: dict[str, Any] = Field(default_factory=dict)
+    details: dict[str, Any] = Field(default_factory=dict)
+    program_artifact_path: str | None = None
+    program_artifact: ProgramArtifact
+    runtime_seconds: float
+    run_log: list[dict[str, Any]] = Field(default_factory=list)

@@ -1,0 +1,134 @@
+"""The optimization flow: one job = one run of `optimize_program`.
+
+Six tasks, each its own task run in the Prefect UI: load-and-split-data,
+build-language-models, load-user-code, compile-program, evaluate-programs,
+serialize-program-artifact. The flow returns the contract's `result` object; any failure
+ends the run Failed with a message in the user's terms.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run as current_flow_run
+from prefect.states import Failed
+
+from dspy_service import run_labels
+from dspy_service.errors import JobError
+from dspy_service.schemas import DatasetRef, JobResult, JobSpec, SplitCounts
+from dspy_service.settings import FLOW_NAME, get_settings
+from dspy_service.storage import load_dataset
+from flows.job_logging import job_logging
+from flows.reporting import publish_labels
+from tasks.artifact import serialize_program_artifact
+from tasks.compile import compile_program
+from tasks.data import load_and_split_data
+from tasks.evaluate import evaluate_programs
+from tasks.language_models import build_language_models
+from tasks.user_code import load_user_code
+
+logger = logging.getLogger("dspy_service.flow")
+
+
+def resolve_rows(
+    job: JobSpec, dataset: list[dict[str, Any]] | None, dataset_ref: DatasetRef | None
+) -> list[dict[str, Any]]:
+    if dataset is not None:
+        return dataset
+    if dataset_ref:
+        try:
+            return load_dataset(dataset_ref)
+        except FileNotFoundError:
+            raise JobError(
+                f"the job's stored dataset {dataset_ref.url} is gone; is DSPY_SERVICE_STORAGE_URL "
+                "shared between the API and this worker?",
+                field="dataset",
+            ) from None
+    raise JobError("the job has no dataset", field="dataset")
+
+
+def run_job(job: JobSpec, rows: list[dict[str, Any]], run_log: list[dict[str, Any]]) -> JobResult:
+    started = time.monotonic()
+    stage = "load-and-split-data"
+    try:
+        splits = load_and_split_data(job, rows)
+        stage = "build-language-models"
+        lms = build_language_models(job)
+        stage = "load-user-code"
+        user_code = load_user_code(job, splits.train[0])
+        stage = "compile-program"
+        compiled = compile_program(job, splits, lms, user_code)
+        stage = "evaluate-programs"
+        scores = evaluate_programs(compiled, splits, lms, user_code)
+        stage = "serialize-program-artifact"
+        artifact = serialize_program_artifact(compiled.optimized, lms.secrets)
+    except JobError:
+        raise
+    except Exception as exc:
+        logger.error("%s failed:\n%s", stage, traceback.format_exc())
+        raise JobError(f"{stage} failed: {type(exc).__name__}: {exc}") from exc
+    return JobResult(
+        module_name=job.module_name,
+        optimizer_name=job.optimizer_name,
+        metric_name=user_code.metric_name,
+        split_counts=SplitCounts(**splits.counts),
+        baseline_test_metric=scores.baseline,
+        optimized_test_metric=scores.optimized,
+        metric_improvement=scores.improvement,
+        optimization_metadata=compiled.optimization_metadata,
+        details={
+            "dataset_rows": splits.rows,
+            "dataset_sha256": splits.content_sha256,
+            "seed": splits.seed,
+            "compile_seconds": compiled.compile_seconds,
+            "usage": lms.meter.snapshot(),
+            **scores.as_details(),
+        },
+        program_artifact=artifact,
+        runtime_seconds=round(time.monotonic() - started, 3),
+        run_log=run_log,
+    )
+
+
+@flow(name=FLOW_NAME, log_prints=True, validate_parameters=True, persist_result=True, result_serializer="json")
+def optimize_program(
+    job: JobSpec,
+    dataset: list[dict[str, Any]] | None = None,
+    dataset_ref: DatasetRef | None = None,
+) -> dict[str, Any]:
+    """Optimize a DSPy program: split data, build LMs, load user code, compile, evaluate, save.
+
+    `dataset` holds inline rows (local runs); the API passes `dataset_ref`, the URL of
+    rows it stored in shared storage, so flow-run parameters stay small.
+    """
+    run_logger = get_run_logger()
+    with job_logging(current_flow_run.id, get_settings().log_level) as capture:
+        try:
+            rows = resolve_rows(job, dataset, dataset_ref)
+            run_logger.info(
+                "job: %s + %s on %d rows, model %s", job.module_name, job.optimizer_name, len(rows), job.main_model.name
+            )
+            result = run_job(job, rows, capture.entries)
+        except JobError as exc:
+            run_logger.error("job failed: %s", exc)
+            return Failed(message=str(exc))
+        run_logger.info(
+            "job finished: baseline %s -> optimized %s on %d test examples",
+            result.baseline_test_metric,
+            result.optimized_test_metric,
+            result.split_counts.test,
+        )
+        publish_labels(
+            current_flow_run.id,
+            {
+                run_labels.BASELINE_TEST_METRIC: result.baseline_test_metric,
+                run_labels.OPTIMIZED_TEST_METRIC: result.optimized_test_metric,
+                run_labels.USAGE: result.details["usage"]["total"],
+                run_labels.LOG_COUNT: len(capture.entries),
+            },
+        )
+        return result.model_dump(mode="json")

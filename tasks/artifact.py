@@ -1,0 +1,81 @@
+"""Stage 6: the optimized program as a pickle, a pickle-free JSON state and readable prompts."""
+
+from __future__ import annotations
+
+import base64
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from dspy_service.schemas import OptimizedPrompt, ProgramArtifact
+from tasks import stage
+
+
+def strip_language_models(program: dspy.Module) -> None:
+    """Saved programs would otherwise carry each predictor's LM config, api keys included."""
+    for _, predictor in program.named_predictors():
+        predictor.lm = None
+
+
+def _fields(example: Any, names: list[str]) -> dict[str, Any]:
+    data = example.toDict() if hasattr(example, "toDict") else dict(example)
+    return {name: data[name] for name in names if name in data}
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def describe_predictor(name: str, predictor: dspy.Predict) -> OptimizedPrompt:
+    signature = predictor.signature
+    inputs, outputs = list(signature.input_fields), list(signature.output_fields)
+    demos = []
+    for demo in predictor.demos:
+        data = demo.toDict() if hasattr(demo, "toDict") else dict(demo)
+        demo_outputs = {k: v for k, v in data.items() if k not in inputs and not k.startswith("augmented")}
+        demos.append({"inputs": _jsonable(_fields(demo, inputs)), "outputs": _jsonable(demo_outputs)})
+    placeholders = {field: f"{{{field}}}" for field in inputs}
+    try:
+        messages = dspy.ChatAdapter().format(signature, predictor.demos, placeholders)
+        formatted = "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in messages)
+    except Exception as exc:  # a prompt preview must never fail the job
+        formatted = f"(could not format the prompt: {exc})"
+    return OptimizedPrompt(
+        predictor_name=name,
+        signature_name=getattr(signature, "__name__", type(signature).__name__),
+        instructions=signature.instructions,
+        input_fields=inputs,
+        output_fields=outputs,
+        demos=demos,
+        formatted_prompt=formatted,
+    )
+
+
+def assert_no_secrets(blobs: list[bytes], secrets: list[str]) -> None:
+    for secret in secrets:
+        if len(secret) >= 4 and any(secret.encode() in blob for blob in blobs):
+            raise RuntimeError("refusing to publish an artifact that contains an api_key")
+
+
+@stage("serialize-program-artifact")
+def serialize_program_artifact(program: dspy.Module, secrets: list[str]) -> ProgramArtifact:
+    strip_language_models(program)
+    with tempfile.TemporaryDirectory(prefix="dspy-artifact-") as tmp:
+        directory = Path(tmp) / "program"
+        program.save(str(directory), save_program=True)
+        pickle_bytes = (directory / "program.pkl").read_bytes()
+        metadata = json.loads((directory / "metadata.json").read_text())
+    state = _jsonable(program.dump_state())
+    assert_no_secrets([pickle_bytes, json.dumps(state).encode()], secrets)
+    prompts = [describe_predictor(name, predictor) for name, predictor in program.named_predictors()]
+    return ProgramArtifact(
+        path=None,
+        program_pickle_base64=base64.b64encode(pickle_bytes).decode(),
+        metadata=metadata,
+        optimized_prompt=prompts[0] if prompts else None,
+        optimized_prompts=prompts,
+        program_state=state,
+    )
