@@ -7,6 +7,7 @@ is stored besides Prefect's own records, the job's dataset and its persisted res
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections import OrderedDict
 from typing import Any
@@ -28,7 +29,7 @@ from prefect.client.schemas.filters import (
     TaskRunFilter,
     TaskRunFilterName,
 )
-from prefect.client.schemas.objects import FlowRun, Log, StateType, WorkerStatus
+from prefect.client.schemas.objects import FlowRun, Log, StateType, Worker, WorkerStatus
 from prefect.client.schemas.sorting import FlowRunSort, LogSort
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Cancelling
@@ -230,7 +231,7 @@ class JobGateway:
             self.client.read_work_pool(self.settings.work_pool),
             self.client.read_workers_for_work_pool(self.settings.work_pool),
         )
-        online = [w for w in workers if w.status == WorkerStatus.ONLINE]
+        online = [w for w in workers if worker_alive(w)]
         return {
             "pending_jobs": pending,
             "active_jobs": active,
@@ -247,6 +248,15 @@ class JobGateway:
             "work_pool": self.settings.work_pool,
             "pool_paused": bool(pool.is_paused),
         }
+
+
+def worker_alive(worker: Worker, now: dt.datetime | None = None) -> bool:
+    """Online and heard from within three heartbeats (the server's foreman is slower)."""
+    if worker.status != WorkerStatus.ONLINE or worker.last_heartbeat_time is None:
+        return False
+    now = now or dt.datetime.now(dt.UTC)
+    interval = worker.heartbeat_interval_seconds or 30
+    return (now - worker.last_heartbeat_time).total_seconds() < 3 * interval
 
 
 async def delete_result_file(flow_run: FlowRun) -> None:

@@ -28,11 +28,17 @@ def format_elapsed(seconds: float | None) -> str | None:
     return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def _started_at(flow_run: FlowRun) -> dt.datetime | None:
+    # Prefect stamps start_time on runs cancelled straight from Scheduled; run_count
+    # tells whether the run really ever ran.
+    return flow_run.start_time if flow_run.run_count else None
+
+
 def _elapsed_seconds(flow_run: FlowRun, now: dt.datetime) -> float | None:
-    if not flow_run.start_time:
+    started = _started_at(flow_run)
+    if not started:
         return None
-    end = flow_run.end_time or now
-    return (end - flow_run.start_time).total_seconds()
+    return ((flow_run.end_time or now) - started).total_seconds()
 
 
 def job_spec_of(flow_run: FlowRun) -> JobSpec | None:
@@ -62,7 +68,7 @@ def common_fields(flow_run: FlowRun, status: JobStatus, now: dt.datetime | None 
         "status": status.value,
         "message": status_message(flow_run, status),
         "created_at": _iso(flow_run.created),
-        "started_at": _iso(flow_run.start_time),
+        "started_at": _iso(_started_at(flow_run)),
         "completed_at": _iso(flow_run.end_time) if status.terminal else None,
         "elapsed": format_elapsed(_elapsed_seconds(flow_run, now)),
         "estimated_remaining": format_elapsed(remaining) if status.active and remaining is not None else None,

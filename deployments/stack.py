@@ -78,8 +78,8 @@ class StackConfig:
         )
         if self.settings.storage_url:
             env["DSPY_SERVICE_STORAGE_URL"] = self.settings.storage_url
-        if "PREFECT_LOCAL_STORAGE_PATH" not in os.environ:
-            env["PREFECT_LOCAL_STORAGE_PATH"] = str(home / "storage" / "results")
+        # Flow results; a storage block (PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK) overrides it.
+        env["PREFECT_LOCAL_STORAGE_PATH"] = str(home / "storage" / "results")
         return env
 
 

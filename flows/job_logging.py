@@ -75,9 +75,10 @@ def job_logging(flow_run_id: str | None, level: str = "INFO") -> Iterator[RunLog
     levels: dict[logging.Logger, int] = {}
     for name in JOB_LOGGERS + PREFECT_RUN_LOGGERS:
         logger = logging.getLogger(name)
+        # Explicit levels: an inherited PREFECT_LOGGING_LEVEL=WARNING would drop the job's story.
+        levels[logger] = logger.level
+        logger.setLevel(level)
         if name in JOB_LOGGERS:
-            levels[logger] = logger.level
-            logger.setLevel(level)
             if api_handler is not None:
                 for handler in [h for h in logger.handlers if isinstance(h, APILogHandler)]:
                     logger.removeHandler(handler)
@@ -89,6 +90,10 @@ def job_logging(flow_run_id: str | None, level: str = "INFO") -> Iterator[RunLog
     try:
         yield capture
     finally:
+        if api_handler is not None:
+            # Send what is queued before the run turns terminal: a client that sees
+            # `success` must also see the job's logs.
+            api_handler.flush()
         for logger, handler in attached:
             logger.removeHandler(handler)
         for logger, handler in displaced:

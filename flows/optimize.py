@@ -9,6 +9,8 @@ ends the run Failed with a message in the user's terms.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 import traceback
 from typing import Any
@@ -110,7 +112,13 @@ def optimize_program(
         try:
             rows = resolve_rows(job, dataset, dataset_ref)
             run_logger.info(
-                "job: %s + %s on %d rows, model %s", job.module_name, job.optimizer_name, len(rows), job.main_model.name
+                "job: %s + %s on %d rows, model %s (process %d on %s)",
+                job.module_name,
+                job.optimizer_name,
+                len(rows),
+                job.main_model.name,
+                os.getpid(),
+                socket.gethostname(),
             )
             result = run_job(job, rows, capture.entries)
         except JobError as exc:

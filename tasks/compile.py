@@ -69,7 +69,9 @@ def optimizer_arguments(
     for argument, role in LM_ARGUMENTS.items():
         if lms.get(role) is not None:
             kwargs[argument] = lms.get(role)
-    return {"metric": metric, **kwargs}
+    if params.accepts("metric"):  # LabeledFewShot, for one, takes no metric
+        kwargs["metric"] = metric
+    return kwargs
 
 
 def _jsonable(value: Any, depth: int = 0) -> Any:

@@ -1,0 +1,33 @@
+"""Shared test setup: offline defaults, a private service home, the local LM."""
+
+import os
+import tempfile
+
+# Before anything imports dspy, litellm or prefect.
+_HOME = tempfile.mkdtemp(prefix="dspy-service-tests-")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["DSPY_SERVICE_HOME"] = _HOME
+os.environ["PREFECT_HOME"] = os.path.join(_HOME, "prefect")
+os.environ["PREFECT_LOCAL_STORAGE_PATH"] = os.path.join(_HOME, "storage", "results")
+
+import pytest  # noqa: E402
+
+from dspy_service.local_lm import start_local_lm  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def local_lm():
+    """The project's deterministic OpenAI-compatible LM (a test tool, not a real model)."""
+    server = start_local_lm()
+    yield server
+    server.close()
+
+
+@pytest.fixture(autouse=True)
+def fresh_dspy_settings():
+    """Like DSPy's own tests: no test leaks global DSPy configuration into the next."""
+    import dspy
+
+    yield
+    dspy.settings.configure(lm=None, adapter=None)

@@ -1,0 +1,35 @@
+"""Payload builders shared by the engine and integration tests."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from dspy_service.local_lm import ARITHMETIC_METRIC_CODE, ARITHMETIC_SIGNATURE_CODE, make_arithmetic_dataset
+
+SECRET_KEY = "sk-test-secret-9f8e7d6c5b4a"
+
+
+def model_config(lm_url: str, name: str = "openai/local-arithmetic") -> dict[str, Any]:
+    return {"name": name, "base_url": lm_url, "temperature": 0.0, "extra": {"api_key": SECRET_KEY}}
+
+
+def job_payload(lm_url: str, *, rows: int = 40, seed: int = 3, **overrides: Any) -> dict[str, Any]:
+    """A POST /run body for the local arithmetic task."""
+    payload: dict[str, Any] = {
+        "username": "tester",
+        "module_name": "predict",
+        "signature_code": ARITHMETIC_SIGNATURE_CODE,
+        "metric_code": ARITHMETIC_METRIC_CODE,
+        "optimizer_name": "bootstrap",
+        "optimizer_kwargs": {"max_bootstrapped_demos": 4, "max_labeled_demos": 0},
+        "compile_kwargs": {},
+        "dataset": make_arithmetic_dataset(rows, seed=seed),
+        "column_mapping": {"inputs": {"question": "question"}, "outputs": {"answer": "answer"}},
+        "split_fractions": {"train": 0.5, "val": 0.2, "test": 0.3},
+        "shuffle": True,
+        "seed": seed,
+        "model_config": model_config(lm_url),
+    }
+    payload.update(copy.deepcopy(overrides))
+    return payload

@@ -1,0 +1,265 @@
+"""Walk the HTTP contract against a real Prefect server, worker and API."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import time
+import uuid
+
+import pytest
+
+from tests.helpers import SECRET_KEY, job_payload
+
+pytestmark = pytest.mark.integration
+
+TERMINAL = {"success", "failed", "cancelled"}
+
+
+def submit(stack, payload, **kwargs):
+    response = stack.api.post("/run", json=payload, **kwargs)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def job_process_pid(stack, job_id: str, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    entries = []
+    while time.monotonic() < deadline:
+        entries = stack.api.get(f"/jobs/{job_id}/logs").json()
+        for entry in entries:
+            match = re.search(r"\(process (\d+) on ", entry["message"])
+            if match:
+                return int(match.group(1))
+        time.sleep(0.2)
+    raise AssertionError(f"the job never logged its process id: {entries}")
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie (exited, not yet reaped by the worker) is gone for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_submit_run_succeed_with_result(stack, local_lm):
+    payload = job_payload(local_lm.url, rows=40)
+    created = submit(stack, payload)
+    assert created["status"] == "pending"
+    assert {"job_id", "created_at", "username", "module_name", "optimizer_name"} <= created.keys()
+    seen: list[str] = []
+    stack.wait_for_status(created["job_id"], TERMINAL, seen=seen)
+    assert seen[0] == "pending" and seen[-1] == "success", seen
+    assert set(seen) <= {"pending", "validating", "running", "success"}
+
+    job = stack.api.get(f"/jobs/{created['job_id']}").json()
+    result = job["result"]
+    assert result["split_counts"] == {"train": 20, "val": 8, "test": 12}
+    assert result["optimized_test_metric"] >= result["baseline_test_metric"]
+    assert job["dataset_rows"] == 40 and job["model_name"] == "openai/local-arithmetic"
+    assert SECRET_KEY not in str(job)
+    assert any(entry["logger"].startswith("dspy") for entry in job["logs"])
+    assert result["run_log"]
+
+    summary = stack.api.get(f"/jobs/{created['job_id']}/summary").json()
+    assert summary["optimized_test_metric"] == result["optimized_test_metric"]
+    assert summary["log_count"] > 0
+    artifact = stack.api.get(f"/jobs/{created['job_id']}/artifact").json()["program_artifact"]
+    assert base64.b64decode(artifact["program_pickle_base64"])
+
+    # The job is a flow run of our deployment with the same id and the engine's task runs.
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with stack.prefect_client() as client:
+        flow_run = client.read_flow_run(uuid.UUID(created["job_id"]))
+        assert flow_run.state.is_completed()
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+    assert {t.name for t in task_runs} == {
+        "load-and-split-data",
+        "build-language-models",
+        "load-user-code",
+        "compile-program",
+        "evaluate-programs",
+        "serialize-program-artifact",
+    }
+
+
+def test_schema_errors_are_422_naming_the_field(stack, local_lm):
+    payload = job_payload(local_lm.url, split_fractions={"train": 0.5, "val": 0.5, "test": 0.5})
+    response = stack.api.post("/run", json=payload)
+    assert response.status_code == 422
+    body = response.json()
+    assert body["error"] == "invalid_request"
+    assert body["detail"][0]["field"] == "split_fractions"
+    assert {"message", "type"} <= body["detail"][0].keys()
+    missing = job_payload(local_lm.url)
+    del missing["model_config"]
+    assert stack.api.post("/run", json=missing).json()["detail"][0]["field"] == "model_config"
+
+
+SIG = "class QA(dspy.Signature):\n    question: str = dspy.InputField()\n    answer: str = dspy.OutputField()\n"
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"signature_code": SIG + SIG.replace("QA", "QB")}, "defines 2 dspy.Signature subclasses"),
+        ({"signature_code": "x = 1"}, "defines no dspy.Signature subclass"),
+        ({"metric_code": "LIMIT = 3"}, "defines no metric function"),
+        ({"module_name": "transformer"}, "unknown module 'transformer'"),
+        ({"optimizer_name": "dspy.NotAnOptimizer"}, "cannot find optimizer"),
+        ({"optimizer_kwargs": {"max_demos": 1}}, "optimizer_kwargs.max_demos"),
+        ({"compile_kwargs": {"num_trials": 3}}, "compile_kwargs.num_trials"),
+        ({"column_mapping": {"inputs": {"query": "question"}, "outputs": {}}}, "has no input field 'query'"),
+        ({"column_mapping": {"inputs": {"question": "prompt"}, "outputs": {}}}, "has no column(s) ['prompt']"),
+        ({"signature_code": "class QA(dspy.Signature:\n  pass"}, "syntax error at line 1"),
+        ({"optimizer_name": "gepa", "optimizer_kwargs": {"auto": "light"}}, "needs a reflection model"),
+    ],
+)
+def test_semantic_errors_are_400_before_queueing(stack, local_lm, overrides, expected):
+    before = stack.api.get("/jobs", params={"limit": 1}).json()["total"]
+    response = stack.api.post("/run", json=job_payload(local_lm.url, **overrides))
+    assert response.status_code == 400, response.text
+    assert expected in response.json()["detail"]
+    assert stack.api.get("/jobs", params={"limit": 1}).json()["total"] == before
+
+
+def test_unknown_jobs_are_404(stack):
+    for path in ("/jobs/{}", "/jobs/{}/summary", "/jobs/{}/logs", "/jobs/{}/artifact"):
+        assert stack.api.get(path.format(uuid.uuid4())).status_code == 404
+        assert stack.api.get(path.format("not-a-uuid")).status_code == 404
+    assert stack.api.post(f"/jobs/{uuid.uuid4()}/cancel").status_code == 404
+    assert stack.api.delete(f"/jobs/{uuid.uuid4()}").status_code == 404
+
+
+def test_listing_filters_and_pages(stack, local_lm):
+    user = f"lister-{uuid.uuid4().hex[:6]}"
+    ids = [submit(stack, job_payload(local_lm.url, rows=20, username=user))["job_id"] for _ in range(3)]
+    page = stack.api.get("/jobs", params={"username": user, "limit": 2}).json()
+    assert page["total"] == 3 and page["limit"] == 2 and page["offset"] == 0
+    assert [item["job_id"] for item in page["items"]] == ids[::-1][:2], "newest first"
+    rest = stack.api.get("/jobs", params={"username": user, "limit": 2, "offset": 2}).json()
+    assert [item["job_id"] for item in rest["items"]] == ids[:1]
+    for job_id in ids:
+        stack.wait_for_status(job_id, TERMINAL)
+    done = stack.api.get("/jobs", params={"username": user, "status": "success"}).json()
+    assert done["total"] == 3
+    assert stack.api.get("/jobs", params={"username": user, "status": "pending"}).json()["total"] == 0
+    assert stack.api.get("/jobs", params={"limit": 0}).status_code == 422
+    assert stack.api.get("/jobs", params={"limit": 501}).status_code == 422
+    assert stack.api.get("/jobs", params={"status": "bogus"}).status_code == 422
+
+
+def test_idempotency_key_returns_the_same_job(stack, local_lm):
+    key = f"idem-{uuid.uuid4()}"
+    first = submit(stack, job_payload(local_lm.url, rows=20), headers={"Idempotency-Key": key})
+    second = submit(stack, job_payload(local_lm.url, rows=20), headers={"Idempotency-Key": key})
+    assert first["job_id"] == second["job_id"]
+    stack.wait_for_status(first["job_id"], TERMINAL)
+
+
+def test_cancel_pending_job_and_conflicts(stack, local_lm):
+    from prefect.client.schemas.actions import WorkPoolUpdate
+
+    pool = stack.stack.config.settings.work_pool
+    with stack.prefect_client() as client:
+        client.update_work_pool(pool, WorkPoolUpdate(is_paused=True))
+    try:
+        job_id = submit(stack, job_payload(local_lm.url, rows=20))["job_id"]
+        assert stack.api.get(f"/jobs/{job_id}/artifact").status_code == 409
+        assert stack.api.delete(f"/jobs/{job_id}").status_code == 409
+        response = stack.api.post(f"/jobs/{job_id}/cancel")
+        assert response.status_code == 200 and response.json() == {"job_id": job_id, "status": "cancelled"}
+        assert stack.api.get(f"/jobs/{job_id}/summary").json()["status"] == "cancelled"
+        assert stack.api.post(f"/jobs/{job_id}/cancel").status_code == 409
+    finally:
+        with stack.prefect_client() as client:
+            client.update_work_pool(pool, WorkPoolUpdate(is_paused=False))
+    time.sleep(3)
+    job = stack.api.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "cancelled" and job["started_at"] is None, "a cancelled pending job never starts"
+    assert not any("Beginning flow run" in entry["message"] for entry in job["logs"])
+
+
+def test_cancel_running_job_kills_its_process(stack, local_lm):
+    local_lm.set_delay(300)
+    try:
+        payload = job_payload(local_lm.url, rows=60, module_name="cot")
+        job_id = submit(stack, payload)["job_id"]
+        pid = job_process_pid(stack, job_id)
+        stack.wait_for_status(job_id, {"running", "validating"})
+        assert stack.api.post(f"/jobs/{job_id}/cancel").status_code == 200
+        deadline = time.monotonic() + 30
+        while not process_gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert process_gone(pid), "the job process outlived its cancellation"
+        job = stack.wait_for_status(job_id, {"cancelled"}, timeout=60)
+        assert job["status"] == "cancelled"
+    finally:
+        local_lm.set_delay(0)
+    with stack.prefect_client() as client:
+        deadline = time.monotonic() + 30
+        while client.read_flow_run(uuid.UUID(job_id)).state_name != "Cancelled" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert client.read_flow_run(uuid.UUID(job_id)).state_name == "Cancelled"
+    assert stack.api.post(f"/jobs/{job_id}/cancel").status_code == 409
+
+
+def test_delete_then_404(stack, local_lm):
+    job_id = submit(stack, job_payload(local_lm.url, rows=20))["job_id"]
+    stack.wait_for_status(job_id, TERMINAL)
+    response = stack.api.delete(f"/jobs/{job_id}")
+    assert response.status_code == 200 and response.json() == {"job_id": job_id, "deleted": True}
+    assert stack.api.get(f"/jobs/{job_id}").status_code == 404
+    assert stack.api.delete(f"/jobs/{job_id}").status_code == 404
+    datasets = stack.stack.config.settings.home_dir / "storage" / "datasets"
+    assert not any(job_id in p.name for p in datasets.glob("*"))
+
+
+def test_twenty_thousand_rows(stack, local_lm):
+    from dspy_service.local_lm import make_arithmetic_dataset
+
+    payload = job_payload(
+        local_lm.url,
+        optimizer_name="labeled_few_shot",
+        optimizer_kwargs={"k": 4},
+        split_fractions={"train": 0.98, "val": 0.01, "test": 0.01},
+    )
+    payload["dataset"] = make_arithmetic_dataset(20_000, seed=11)
+    job_id = submit(stack, payload)["job_id"]
+    job = stack.wait_for_status(job_id, TERMINAL, timeout=300)
+    assert job["status"] == "success", job["message"]
+    assert job["dataset_rows"] == 20_000
+
+
+def test_queue_snapshot(stack):
+    queue = stack.api.get("/queue").json()
+    assert {"pending_jobs", "active_jobs", "worker_threads", "workers_alive"} <= queue.keys()
+    assert queue["worker_threads"] == 2 and queue["workers_alive"] is True
+
+
+def test_health_503_when_the_worker_stops(stack):
+    health = stack.api.get("/health")
+    assert health.status_code == 200
+    assets = health.json()["registered_assets"]
+    assert "miprov2" in assets["optimizers"] and "cot" in assets["modules"]
+    worker = stack.stack.workers[0]
+    worker.stop()
+    try:
+        deadline = time.monotonic() + 120
+        while stack.api.get("/health").status_code != 503 and time.monotonic() < deadline:
+            time.sleep(1)
+        assert stack.api.get("/health").status_code == 503
+        assert stack.api.get("/queue").json()["workers_alive"] is False
+    finally:
+        worker.start(stack.env)
+        deadline = time.monotonic() + 60
+        while stack.api.get("/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
