@@ -9,6 +9,16 @@ from dspy_service.local_lm import ARITHMETIC_METRIC_CODE, ARITHMETIC_SIGNATURE_C
 
 SECRET_KEY = "sk-test-secret-9f8e7d6c5b4a"
 
+# The job's task runs, in order, as the Prefect UI shows them.
+STAGES = [
+    "load-and-split-data",
+    "build-language-models",
+    "load-user-code",
+    "compile-program",
+    "evaluate-programs",
+    "serialize-program-artifact",
+]
+
 
 def model_config(lm_url: str, name: str = "openai/local-arithmetic") -> dict[str, Any]:
     return {"name": name, "base_url": lm_url, "temperature": 0.0, "extra": {"api_key": SECRET_KEY}}

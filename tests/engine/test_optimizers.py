@@ -3,16 +3,7 @@
 import pytest
 
 from tests.engine.runner import run_flow
-from tests.helpers import job_payload, model_config
-
-STAGES = [
-    "load-and-split-data",
-    "build-language-models",
-    "load-user-code",
-    "compile-program",
-    "evaluate-programs",
-    "serialize-program-artifact",
-]
+from tests.helpers import STAGES, job_payload, model_config
 
 
 def assert_complete_result(outcome, payload):

@@ -27,22 +27,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def _create_database(name: str) -> None:
+async def _postgres_admin(sql: str) -> None:
     import asyncpg
 
     conn = await asyncpg.connect(POSTGRES_ADMIN)
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-
-
-async def _drop_database(name: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(POSTGRES_ADMIN)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(sql)
     finally:
         await conn.close()
 
@@ -91,7 +81,7 @@ def stack(request, tmp_path_factory, local_lm):
     database_url = None
     if database == "postgres":
         db_name = f"dspy_service_test_{uuid.uuid4().hex[:10]}"
-        asyncio.run(_create_database(db_name))
+        asyncio.run(_postgres_admin(f'CREATE DATABASE "{db_name}"'))
         database_url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{db_name}"
     settings = ServiceSettings(home=home, database_url=database_url, job_slots=2)
     config = StackConfig(settings=settings, api_port=free_port(), prefect_port=free_port())
@@ -107,4 +97,4 @@ def stack(request, tmp_path_factory, local_lm):
     yield running
     stack.stop()
     if db_name:
-        asyncio.run(_drop_database(db_name))
+        asyncio.run(_postgres_admin(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from tests.helpers import SECRET_KEY, job_payload
+from tests.helpers import SECRET_KEY, STAGES, job_payload
 
 pytestmark = pytest.mark.integration
 
@@ -81,14 +81,7 @@ def test_submit_run_succeed_with_result(stack, local_lm):
         flow_run = client.read_flow_run(uuid.UUID(created["job_id"]))
         assert flow_run.state.is_completed()
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
-    assert {t.name for t in task_runs} == {
-        "load-and-split-data",
-        "build-language-models",
-        "load-user-code",
-        "compile-program",
-        "evaluate-programs",
-        "serialize-program-artifact",
-    }
+    assert {t.name for t in task_runs} == set(STAGES)
 
 
 def test_schema_errors_are_422_naming_the_field(stack, local_lm):
