@@ -86,6 +86,8 @@ def common_fields(flow_run: FlowRun, status: JobStatus, now: dt.datetime | None 
         "latest_metrics": run_labels.decode_json(labels, run_labels.LATEST_METRICS, {}),
         "prefect_state": flow_run.state_name,
         "schedule_id": labels.get(run_labels.SCHEDULE_ID) or (flow_run.parameters or {}).get("schedule_id"),
+        # When a pending job may start: runs of a schedule are created ahead of their time.
+        "scheduled_start_at": _iso(flow_run.expected_start_time) if status is JobStatus.pending else None,
     }
 
 
