@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.objects import DeploymentSchedule, FlowRun
 
 from api.gateway import JobGateway
+from api.schedule_gateway import ScheduleGateway
 from dspy_service.settings import ServiceSettings, get_settings
 
 
@@ -27,3 +28,20 @@ async def get_job_run(job_id: str, gateway: GatewayDep) -> FlowRun:
 
 
 JobRunDep = Annotated[FlowRun, Depends(get_job_run)]
+
+
+def get_schedule_gateway(gateway: GatewayDep) -> ScheduleGateway:
+    return ScheduleGateway(gateway)  # stateless; shares the job gateway's client
+
+
+ScheduleGatewayDep = Annotated[ScheduleGateway, Depends(get_schedule_gateway)]
+
+
+async def get_schedule(schedule_id: str, schedules: ScheduleGatewayDep) -> DeploymentSchedule:
+    schedule = await schedules.get(schedule_id)
+    if schedule is None:
+        raise HTTPException(status_code=404, detail=f"schedule {schedule_id} not found")
+    return schedule
+
+
+ScheduleDep = Annotated[DeploymentSchedule, Depends(get_schedule)]

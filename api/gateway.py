@@ -20,6 +20,7 @@ from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterId,
     FlowRunFilter,
+    FlowRunFilterExpectedStartTime,
     FlowRunFilterId,
     FlowRunFilterState,
     FlowRunFilterStateType,
@@ -34,6 +35,8 @@ from prefect.client.schemas.sorting import FlowRunSort, LogSort
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Cancelling
 
+from dspy_service.run_labels import SCHEDULE_ID, SERVICE_TAG, user_tag
+from dspy_service.schedules import schedule_tag
 from dspy_service.schemas import DatasetRef, JobSpec
 from dspy_service.settings import ServiceSettings
 from dspy_service.status import COMPILE_TASK_NAME, JobStatus, job_status, state_types_for
@@ -41,19 +44,13 @@ from dspy_service.storage import delete_dataset
 
 logger = logging.getLogger("dspy_service.api")
 
-SERVICE_TAG = "dspy-service"
-USER_TAG_PREFIX = "user:"
-LOG_PAGE = 200  # the Prefect API's page size limit
+LOG_PAGE = 200  # the Prefect API's page size limit (logs and flow runs)
 RUNNING_SCAN_LIMIT = 2000  # running jobs are bounded by the pool's slots; this is a guard
 RESULT_CACHE_SIZE = 64
 
 
 class DeploymentMissing(RuntimeError):
     """The optimization deployment is not registered (yet) on the Prefect server."""
-
-
-def user_tag(username: str) -> str:
-    return f"{USER_TAG_PREFIX}{username}"
 
 
 class JobGateway:
@@ -86,9 +83,20 @@ class JobGateway:
 
     # -- create -------------------------------------------------------------------------
     async def submit(
-        self, spec: JobSpec, dataset_ref: DatasetRef, idempotency_key: str | None = None
+        self,
+        spec: JobSpec,
+        dataset_ref: DatasetRef | None,
+        idempotency_key: str | None = None,
+        schedule_id: str | None = None,
     ) -> FlowRun:
-        parameters = {"job": spec.wire(), "dataset_ref": dataset_ref.model_dump(mode="json")}
+        parameters: dict[str, Any] = {"job": spec.wire()}
+        if dataset_ref is not None:
+            parameters["dataset_ref"] = dataset_ref.model_dump(mode="json")
+        tags, labels = [SERVICE_TAG, user_tag(spec.username)], {}
+        if schedule_id:  # a run of a schedule started by hand (POST /schedules/{id}/run)
+            parameters["schedule_id"] = schedule_id
+            tags.append(schedule_tag(schedule_id))
+            labels[SCHEDULE_ID] = schedule_id
         deployment_id = await self.deployment_id()
 
         async def create() -> FlowRun:
@@ -96,7 +104,8 @@ class JobGateway:
                 deployment_id,
                 parameters=parameters,
                 name=f"{spec.username}-{spec.optimizer_name}-{spec.module_name}".lower()[:100],
-                tags=[SERVICE_TAG, user_tag(spec.username)],
+                tags=tags,
+                labels=labels or None,
                 idempotency_key=idempotency_key,
             )
 
@@ -105,7 +114,8 @@ class JobGateway:
         else:
             async with self._create_lock:
                 flow_run = await create()
-        if idempotency_key and (flow_run.parameters.get("dataset_ref") or {}).get("url") != dataset_ref.url:
+        stored = (flow_run.parameters.get("dataset_ref") or {}).get("url")
+        if idempotency_key and dataset_ref is not None and stored != dataset_ref.url:
             delete_dataset(dataset_ref.url)  # the key named an existing job: keep its data only
         return flow_run
 
@@ -151,15 +161,28 @@ class JobGateway:
         sort = FlowRunSort.EXPECTED_START_TIME_DESC
         if status in (JobStatus.running, JobStatus.validating):
             # Both are RUNNING in Prefect; tell them apart by task runs, then paginate.
-            runs = await self.client.read_flow_runs(**filters, sort=sort, limit=RUNNING_SCAN_LIMIT)
+            runs = await self.read_runs(filters, sort, limit=RUNNING_SCAN_LIMIT)
             started = await self.compile_started(runs)
             wanted = [r for r in runs if job_status(r.state_type, r.id in started) is status]
             return wanted[offset : offset + limit], started, len(wanted)
         runs, total = await asyncio.gather(
-            self.client.read_flow_runs(**filters, sort=sort, limit=limit, offset=offset),
+            self.read_runs(filters, sort, limit=limit, offset=offset),
             self.client.count_flow_runs(**filters),
         )
         return runs, await self.compile_started(runs), total
+
+    async def read_runs(
+        self, filters: dict[str, Any], sort: FlowRunSort, *, limit: int, offset: int = 0
+    ) -> list[FlowRun]:
+        """Up to `limit` runs, in pages: the Prefect API returns at most 200 per call."""
+        runs: list[FlowRun] = []
+        while len(runs) < limit:
+            size = min(LOG_PAGE, limit - len(runs))
+            page = await self.client.read_flow_runs(**filters, sort=sort, limit=size, offset=offset + len(runs))
+            runs.extend(page)
+            if len(page) < size:
+                break
+        return runs
 
     async def logs(self, flow_run_id: UUID) -> list[Log]:
         logs: list[Log] = []
@@ -212,7 +235,8 @@ class JobGateway:
             await self.client.delete_artifact(artifact.id)
         await delete_result_file(flow_run)
         ref = (flow_run.parameters or {}).get("dataset_ref")
-        if isinstance(ref, dict) and ref.get("url"):
+        # A schedule's rows are shared by all its runs; the schedule deletes them.
+        if isinstance(ref, dict) and ref.get("url") and not (flow_run.parameters or {}).get("schedule_id"):
             delete_dataset(ref["url"])
         self._results.pop(flow_run.id, None)
         await self.client.delete_flow_run(flow_run.id)
@@ -223,7 +247,10 @@ class JobGateway:
 
         async def count(*types: StateType) -> int:
             state = FlowRunFilterState(type=FlowRunFilterStateType(any_=list(types)))
-            return await self.client.count_flow_runs(**filters, flow_run_filter=FlowRunFilter(state=state))
+            # Runs a schedule created ahead of time are not waiting for a slot yet.
+            due = FlowRunFilterExpectedStartTime(before_=dt.datetime.now(dt.UTC))
+            run_filter = FlowRunFilter(state=state, expected_start_time=due)
+            return await self.client.count_flow_runs(**filters, flow_run_filter=run_filter)
 
         pending, active, pool, workers = await asyncio.gather(
             count(StateType.SCHEDULED, StateType.PENDING),

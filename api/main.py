@@ -12,7 +12,7 @@ from prefect.client.orchestration import get_client
 
 from api.errors import install_error_handlers
 from api.gateway import JobGateway
-from api.routes import jobs, system
+from api.routes import jobs, schedules, system
 from dspy_service.registry import get_registry
 from dspy_service.settings import get_settings
 
@@ -50,6 +50,7 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     app.include_router(jobs.router)
     app.include_router(system.router)
+    app.include_router(schedules.router)
     return app
 
 

@@ -82,10 +82,12 @@ def common_fields(flow_run: FlowRun, status: JobStatus, now: dt.datetime | None 
         "prompt_model_name": spec.prompt_model.name if spec and spec.prompt_model else None,
         "task_model_name": spec.task_model.name if spec and spec.task_model else None,
         "column_mapping": spec.column_mapping.model_dump() if spec else None,
-        "dataset_rows": dataset_ref.get("rows"),
+        "dataset_rows": labels.get(run_labels.DATASET_ROWS) or dataset_ref.get("rows"),
         "latest_metrics": run_labels.decode_json(labels, run_labels.LATEST_METRICS, {}),
         "prefect_state": flow_run.state_name,
-        "schedule_id": labels.get(run_labels.SCHEDULE_ID),
+        "schedule_id": labels.get(run_labels.SCHEDULE_ID) or (flow_run.parameters or {}).get("schedule_id"),
+        # When a pending job may start: runs of a schedule are created ahead of their time.
+        "scheduled_start_at": _iso(flow_run.expected_start_time) if status is JobStatus.pending else None,
     }
 
 
@@ -104,6 +106,21 @@ def summary(flow_run: FlowRun, status: JobStatus) -> dict[str, Any]:
         "baseline_test_metric": run_labels.number(labels, run_labels.BASELINE_TEST_METRIC),
         "optimized_test_metric": run_labels.number(labels, run_labels.OPTIMIZED_TEST_METRIC),
         "usage": run_labels.decode_json(labels, run_labels.USAGE, None),
+        "dataset_source": spec.dataset_source if spec else None,
+        "dataset_sha256": labels.get(run_labels.DATASET_SHA256),
+        "champion": champion_summary(labels),
+    }
+
+
+def champion_summary(labels: dict[str, Any]) -> dict[str, Any] | None:
+    """The champion gate's decision for a run of a schedule (full record: result.details)."""
+    promoted = labels.get(run_labels.CHAMPION_PROMOTED)
+    if not isinstance(promoted, bool):
+        return None
+    return {
+        "promoted": promoted,
+        "champion_score": run_labels.number(labels, run_labels.CHAMPION_SCORE),
+        "previous_champion_job_id": labels.get(run_labels.CHAMPION_PREVIOUS),
     }
 
 

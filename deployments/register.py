@@ -12,7 +12,7 @@ from uuid import UUID
 
 import yaml
 from prefect.client.orchestration import PrefectClient, get_client
-from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+from prefect.client.schemas.actions import DeploymentUpdate, WorkPoolCreate, WorkPoolUpdate
 from prefect.exceptions import ObjectNotFound
 from prefect.utilities.callables import parameter_schema
 from prefect.workers.process import ProcessWorker
@@ -52,19 +52,25 @@ async def ensure_deployment(client: PrefectClient, settings: ServiceSettings) ->
     from flows.optimize import optimize_program
 
     definition = deployment_definition()
-    flow_id = await client.create_flow_from_name(FLOW_NAME)
-    return await client.create_deployment(
-        flow_id=flow_id,
-        name=settings.deployment,
-        entrypoint=definition["entrypoint"],
-        description=definition.get("description"),
-        tags=definition.get("tags") or [],
-        work_pool_name=settings.work_pool,
-        work_queue_name=definition["work_pool"].get("work_queue_name", "default"),
-        job_variables=definition["work_pool"].get("job_variables") or {},
-        parameter_openapi_schema=parameter_schema(optimize_program).model_dump(),
-        enforce_parameter_schema=False,
-    )
+    fields = {
+        "entrypoint": definition["entrypoint"],
+        "description": definition.get("description"),
+        "tags": definition.get("tags") or [],
+        "work_pool_name": settings.work_pool,
+        "work_queue_name": definition["work_pool"].get("work_queue_name", "default"),
+        "job_variables": definition["work_pool"].get("job_variables") or {},
+        "parameter_openapi_schema": parameter_schema(optimize_program).model_dump(),
+        "enforce_parameter_schema": False,
+    }
+    try:
+        existing = await client.read_deployment_by_name(settings.deployment_full_name)
+    except ObjectNotFound:
+        flow_id = await client.create_flow_from_name(FLOW_NAME)
+        return await client.create_deployment(flow_id=flow_id, name=settings.deployment, **fields)
+    # Update in place: re-creating (an upsert) would delete the deployment's schedules,
+    # i.e. every /schedules entry, on each `dspy-service up`.
+    await client.update_deployment(existing.id, DeploymentUpdate(**fields))
+    return existing.id
 
 
 async def register(settings: ServiceSettings | None = None) -> UUID:

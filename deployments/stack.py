@@ -32,6 +32,12 @@ PREFECT_DEFAULTS = {
     "PREFECT_SERVER_SERVICES_DB_VACUUM_ORPHAN_CLEANUP_LOOP_SECONDS": "3600",
     "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
     "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "1",
+    # Schedules (/schedules): keep the next 3 runs of each schedule ahead, not an hour's
+    # worth (the default would create 100 pending jobs at once for a 10 s interval). The
+    # worker starts a scheduled run this early (default 10 s), so pausing a schedule stops
+    # its runs from about this many seconds on; it covers the job process start (~4 s).
+    "PREFECT_SERVER_SERVICES_SCHEDULER_MIN_SCHEDULED_TIME": "PT0S",
+    "PREFECT_WORKER_PREFETCH_SECONDS": "5",
     "LITELLM_LOCAL_MODEL_COST_MAP": "True",
     "PYTHONUNBUFFERED": "1",
 }
@@ -65,12 +71,17 @@ class StackConfig:
         env = dict(os.environ)
         for key, value in PREFECT_DEFAULTS.items():
             env.setdefault(key, value)
+        # Short schedule intervals (tests, demos) need a scheduler loop at least as short.
+        loop = self.settings.scheduler_loop_seconds
+        env.setdefault("PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS", f"{loop:g}")
+        env.setdefault("PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS", f"{min(loop, 5.0):g}")
         env.update(
             {
                 "DSPY_SERVICE_HOME": str(home),
                 "DSPY_SERVICE_WORK_POOL": self.settings.work_pool,
                 "DSPY_SERVICE_DEPLOYMENT": self.settings.deployment,
                 "DSPY_SERVICE_JOB_SLOTS": str(self.settings.job_slots),
+                "DSPY_SERVICE_SCHEDULER_LOOP_SECONDS": f"{self.settings.scheduler_loop_seconds:g}",
                 "PREFECT_HOME": str(home / "prefect"),
                 "PREFECT_API_URL": self.prefect_api_url,
                 "PREFECT_API_DATABASE_CONNECTION_URL": self.settings.resolved_database_url,

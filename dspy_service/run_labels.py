@@ -20,6 +20,20 @@ LOG_COUNT = "dspy.log_count"
 USAGE = "dspy.usage"  # JSON object: calls, tokens, cost
 STAGE = "dspy.stage"
 SCHEDULE_ID = "dspy.schedule_id"
+DATASET_ROWS = "dspy.dataset_rows"  # rows the job read (inline or from its dataset_source)
+DATASET_SHA256 = "dspy.dataset_sha256"  # hash of those rows (tasks/data.py content_hash)
+CHAMPION_PROMOTED = "dspy.champion_promoted"  # runs of a schedule: did the gate promote it
+CHAMPION_SCORE = "dspy.champion_score"  # the previous champion re-scored on this test split
+CHAMPION_PREVIOUS = "dspy.champion_previous_job_id"
+
+
+# Flow-run tags (server-side filters; labels cannot be filtered on in Prefect 3.9).
+SERVICE_TAG = "dspy-service"
+USER_TAG_PREFIX = "user:"
+
+
+def user_tag(username: str) -> str:
+    return f"{USER_TAG_PREFIX}{username}"
 
 
 def encode(value: Any) -> Any:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from dspy_service.dataset_source import DatasetFormat, check_source
 
 # Optimizer keyword arguments that name a language model. Users may give a model name or
 # a ModelConfig object there; the service turns it into the matching *_model_config field
@@ -112,6 +114,15 @@ class JobSpec(BaseModel):
     reflection_model: ModelConfig | None = Field(default=None, alias="reflection_model_config")
     prompt_model: ModelConfig | None = Field(default=None, alias="prompt_model_config")
     task_model: ModelConfig | None = Field(default=None, alias="task_model_config")
+    # Datasets by reference: read by the job itself at every run (tasks/data.py).
+    dataset_format: DatasetFormat | None = Field(
+        default=None, description="Format of dataset_source when its name does not tell."
+    )
+    dataset_source: str | None = Field(
+        default=None,
+        description="Absolute file path or http(s) URL of a CSV, JSONL, JSON or Parquet file, "
+        "re-read at every run; instead of inline `dataset` rows.",
+    )
 
     @field_validator("username", mode="before")
     @classmethod
@@ -139,6 +150,16 @@ class JobSpec(BaseModel):
         data["optimizer_kwargs"] = kwargs
         return data
 
+    @field_validator("dataset_source")
+    @classmethod
+    def _dataset_source_is_readable(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A cheap check of the string only: the file is read by the job, never by the API."""
+        if value is None:
+            return None
+        value = value.strip()
+        check_source(value, info.data.get("dataset_format"))
+        return value
+
     def lm_configs(self) -> dict[str, ModelConfig]:
         """Role -> config for every model the job uses (`main` always present)."""
         roles = {
@@ -163,9 +184,18 @@ class DatasetRef(BaseModel):
 
 
 class JobRequest(JobSpec):
-    """The POST /run body: a JobSpec plus the inline dataset rows."""
+    """The POST /run body: a JobSpec plus the inline dataset rows (or a `dataset_source`)."""
 
-    dataset: list[dict[str, Any]] = Field(min_length=1)
+    dataset: list[dict[str, Any]] | None = Field(default=None, min_length=1, validate_default=True)
+
+    @field_validator("dataset")
+    @classmethod
+    def _one_dataset(cls, value: list[dict[str, Any]] | None, info: ValidationInfo) -> list[dict[str, Any]] | None:
+        if "dataset_source" not in info.data:
+            return value  # dataset_source itself was invalid; that error says why
+        if (value is None) == (info.data["dataset_source"] is None):
+            raise ValueError("give exactly one of `dataset` (inline rows) and `dataset_source` (a file path or URL)")
+        return value
 
     def spec(self) -> JobSpec:
         return JobSpec.model_validate(self.model_dump(exclude={"dataset"}))

@@ -39,6 +39,13 @@ class ServiceSettings(BaseSettings):
     job_slots: int = Field(default=2, ge=1, description="Jobs running at once (pool concurrency).")
     max_dataset_rows: int = Field(default=200_000, ge=1)
     max_request_mb: float = Field(default=100.0, gt=0, description="Largest POST body accepted.")
+    scheduler_loop_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often the Prefect server's scheduler creates the runs of /schedules "
+        "(PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS for `dspy-service up`). Keep it below "
+        "your shortest schedule interval times the runs Prefect keeps ahead (3).",
+    )
     serialize_run_creates: bool | None = Field(
         default=None,
         description="Create flow runs one at a time (SQLite answers parallel writes with "

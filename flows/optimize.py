@@ -25,8 +25,9 @@ from dspy_service.schemas import DatasetRef, JobResult, JobSpec, SplitCounts
 from dspy_service.settings import FLOW_NAME, get_settings
 from dspy_service.storage import load_dataset
 from flows.job_logging import job_logging
-from flows.reporting import publish_labels
+from flows.reporting import champion_labels, mark_schedule_run, publish_labels
 from tasks.artifact import serialize_program_artifact
+from tasks.champion import ChampionDecision, champion_gate
 from tasks.compile import compile_program
 from tasks.data import load_and_split_data
 from tasks.evaluate import evaluate_programs
@@ -38,7 +39,8 @@ logger = logging.getLogger("dspy_service.flow")
 
 def resolve_rows(
     job: JobSpec, dataset: list[dict[str, Any]] | None, dataset_ref: DatasetRef | None
-) -> list[dict[str, Any]]:
+) -> list[dict[str, Any]] | None:
+    """Inline or stored rows; None for a `dataset_source`, which load-and-split-data reads."""
     if dataset is not None:
         return dataset
     if dataset_ref:
@@ -50,14 +52,23 @@ def resolve_rows(
                 "shared between the API and this worker?",
                 field="dataset",
             ) from None
+    if job.dataset_source:
+        return None
     raise JobError("the job has no dataset", field="dataset")
 
 
-def run_job(job: JobSpec, rows: list[dict[str, Any]], run_log: list[dict[str, Any]]) -> JobResult:
+def run_job(
+    job: JobSpec, rows: list[dict[str, Any]] | None, run_log: list[dict[str, Any]], schedule_id: str | None = None
+) -> JobResult:
     started = time.monotonic()
     stage = "load-and-split-data"
+    champion: ChampionDecision | None = None
     try:
         splits = load_and_split_data(job, rows)
+        publish_labels(
+            current_flow_run.id,
+            {run_labels.DATASET_ROWS: splits.rows, run_labels.DATASET_SHA256: splits.content_sha256},
+        )
         stage = "build-language-models"
         lms = build_language_models(job)
         stage = "load-user-code"
@@ -68,6 +79,9 @@ def run_job(job: JobSpec, rows: list[dict[str, Any]], run_log: list[dict[str, An
         scores = evaluate_programs(compiled, splits, lms, user_code)
         stage = "serialize-program-artifact"
         artifact = serialize_program_artifact(compiled.optimized, lms.secrets)
+        if schedule_id:
+            stage = "champion-gate"
+            champion = champion_gate(schedule_id, str(current_flow_run.id), scores.optimized, splits, lms, user_code)
     except JobError:
         raise
     except Exception as exc:
@@ -89,6 +103,7 @@ def run_job(job: JobSpec, rows: list[dict[str, Any]], run_log: list[dict[str, An
             "compile_seconds": compiled.compile_seconds,
             "usage": lms.meter.snapshot(),
             **scores.as_details(),
+            **({"schedule_id": schedule_id, "champion": champion.as_details()} if champion else {}),
         },
         program_artifact=artifact,
         runtime_seconds=round(time.monotonic() - started, 3),
@@ -101,26 +116,31 @@ def optimize_program(
     job: JobSpec,
     dataset: list[dict[str, Any]] | None = None,
     dataset_ref: DatasetRef | None = None,
+    schedule_id: str | None = None,
 ) -> dict[str, Any]:
     """Optimize a DSPy program: split data, build LMs, load user code, compile, evaluate, save.
 
     `dataset` holds inline rows (local runs); the API passes `dataset_ref`, the URL of
-    rows it stored in shared storage, so flow-run parameters stay small.
+    rows it stored in shared storage, so flow-run parameters stay small; a job with a
+    `dataset_source` reads it at run time. `schedule_id` is set on runs of a schedule
+    (/schedules): they end with the champion gate.
     """
     run_logger = get_run_logger()
+    if schedule_id:
+        mark_schedule_run(current_flow_run.id, job.username, schedule_id)
     with job_logging(current_flow_run.id, get_settings().log_level) as capture:
         try:
             rows = resolve_rows(job, dataset, dataset_ref)
             run_logger.info(
-                "job: %s + %s on %d rows, model %s (process %d on %s)",
+                "job: %s + %s on %s, model %s (process %d on %s)",
                 job.module_name,
                 job.optimizer_name,
-                len(rows),
+                f"{len(rows)} rows" if rows is not None else f"dataset_source {job.dataset_source}",
                 job.main_model.name,
                 os.getpid(),
                 socket.gethostname(),
             )
-            result = run_job(job, rows, capture.entries)
+            result = run_job(job, rows, capture.entries, schedule_id)
         except JobError as exc:
             run_logger.error("job failed: %s", exc)
             return Failed(message=str(exc))
@@ -137,6 +157,7 @@ def optimize_program(
                 run_labels.OPTIMIZED_TEST_METRIC: result.optimized_test_metric,
                 run_labels.USAGE: result.details["usage"]["total"],
                 run_labels.LOG_COUNT: len(capture.entries),
+                **champion_labels(result.details.get("champion")),
             },
         )
         return result.model_dump(mode="json")

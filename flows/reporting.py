@@ -8,6 +8,7 @@ from typing import Any
 from prefect.client.orchestration import get_client
 
 from dspy_service import run_labels
+from dspy_service.schedules import schedule_tag
 
 logger = logging.getLogger("dspy_service.reporting")
 
@@ -22,3 +23,32 @@ def publish_labels(flow_run_id: str | None, values: dict[str, Any]) -> None:
             client.update_flow_run_labels(flow_run_id, labels)
     except Exception as exc:  # noqa: BLE001
         logger.warning("could not update flow-run labels: %s", exc)
+
+
+
+def mark_schedule_run(flow_run_id: str | None, username: str, schedule_id: str) -> None:
+    """Runs that Prefect's scheduler creates carry only the deployment's tags: add the
+    job's user and schedule tags (so /jobs?username= finds them) and the schedule label."""
+    if not flow_run_id:
+        return
+    publish_labels(flow_run_id, {run_labels.SCHEDULE_ID: schedule_id})
+    try:
+        with get_client(sync_client=True) as client:
+            flow_run = client.read_flow_run(flow_run_id)
+            wanted = [run_labels.user_tag(username), schedule_tag(schedule_id)]
+            missing = [tag for tag in wanted if tag not in flow_run.tags]
+            if missing:
+                client.update_flow_run(flow_run_id, tags=[*flow_run.tags, *missing])
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("could not tag the flow run: %s", exc)
+
+
+def champion_labels(champion: dict[str, Any] | None) -> dict[str, Any]:
+    """The champion gate's decision as labels (see tasks/champion.py)."""
+    if not champion:
+        return {}
+    return {
+        run_labels.CHAMPION_PROMOTED: champion["promoted"],
+        run_labels.CHAMPION_SCORE: champion.get("champion_score"),
+        run_labels.CHAMPION_PREVIOUS: champion.get("champion_job_id"),
+    }

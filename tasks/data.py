@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import random
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
 import dspy
+import httpx
+import numpy as np
 import pandas as pd
 
 from dspy_service.code_checks import check_columns_present
+from dspy_service.dataset_source import DatasetFormat, check_source, compression_of, is_remote, source_path
 from dspy_service.errors import JobError
 from dspy_service.registry import fit_to_splits, get_registry
 from dspy_service.schemas import JobSpec
+from dspy_service.settings import get_settings
 from tasks import stage
+
+SOURCE_TIMEOUT_SECONDS = 60
 
 
 @dataclass
@@ -33,6 +41,67 @@ class DataSplits:
     @property
     def counts(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+
+def _fetch(url: str) -> io.BytesIO:
+    """Download a remote source with a timeout (pandas' own urlopen has none)."""
+    response = httpx.get(url, timeout=SOURCE_TIMEOUT_SECONDS, follow_redirects=True)
+    response.raise_for_status()
+    return io.BytesIO(response.content)
+
+
+def _read_frame(source: str, fmt: DatasetFormat) -> pd.DataFrame:
+    target: Any = source
+    compression: Any = "infer"
+    if is_remote(source):
+        target = _fetch(source)
+        compression = compression_of(source)
+    elif source.startswith("file://"):
+        target = source_path(source)
+    if fmt == "csv":
+        return pd.read_csv(target, compression=compression)
+    if fmt == "jsonl":
+        return pd.read_json(target, lines=True, dtype=False, compression=compression)
+    if fmt == "json":
+        # A JSON array of row objects (pandas' "records" orientation).
+        return pd.read_json(target, orient="records", dtype=False, compression=compression)
+    return pd.read_parquet(target)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):  # list columns of Parquet files
+        return value.tolist()
+    return value
+
+
+def frame_to_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Plain Python rows like inline `dataset` rows: missing values -> None, numpy -> Python."""
+    frame = frame.astype(object).where(frame.notna(), None)
+    return [{str(k): _plain(v) for k, v in record.items()} for record in frame.to_dict("records")]
+
+
+def read_dataset_source(source: str, fmt: DatasetFormat | None = None) -> list[dict[str, Any]]:
+    """Read a CSV / JSON Lines / JSON / Parquet file or URL into rows, as it is right now."""
+    fmt = check_source(source, fmt)
+    try:
+        frame = _read_frame(source, fmt)
+    except FileNotFoundError:
+        raise JobError(
+            f"dataset_source {source} does not exist on this worker ({socket.gethostname()}); "
+            "file paths must be readable by every worker host",
+            field="dataset_source",
+        ) from None
+    except Exception as exc:  # HTTP errors, parse errors, ... in the user's terms
+        raise JobError(
+            f"could not read dataset_source {source} as {fmt}: {type(exc).__name__}: {exc}",
+            field="dataset_source",
+        ) from None
+    limit = get_settings().max_dataset_rows
+    if len(frame) > limit:
+        raise JobError(f"dataset_source has {len(frame)} rows; the limit is {limit}", field="dataset_source")
+    return frame_to_rows(frame)
 
 
 def rows_to_frame(rows: list[dict[str, Any]], spec: JobSpec) -> pd.DataFrame:
@@ -83,8 +152,14 @@ def split_examples(
 
 
 @stage("load-and-split-data")
-def load_and_split_data(spec: JobSpec, rows: list[dict[str, Any]]) -> DataSplits:
-    """Map columns to signature fields, shuffle with the job's seed, split, check sizes."""
+def load_and_split_data(spec: JobSpec, rows: list[dict[str, Any]] | None) -> DataSplits:
+    """Map columns to signature fields, shuffle with the job's seed, split, check sizes.
+
+    `rows` is None for a job with a `dataset_source`: it is read now, at every run."""
+    if rows is None:
+        if not spec.dataset_source:
+            raise JobError("the job has no dataset", field="dataset")
+        rows = read_dataset_source(spec.dataset_source, spec.dataset_format)
     frame = rows_to_frame(rows, spec)
     seed = spec.seed if spec.seed is not None else random.SystemRandom().randrange(2**31)
     train, val, test = split_examples(frame_to_examples(frame, spec), spec, seed)

@@ -27,11 +27,13 @@ async def submit_job(
     """Validate without running user code, store the dataset, create the flow run."""
     spec = request.spec()
     await run_in_threadpool(preflight, spec, request.dataset)
-    dataset_ref = await run_in_threadpool(save_dataset, request.dataset)
+    # A dataset_source is read by the job itself at run time; inline rows are stored now.
+    dataset_ref = await run_in_threadpool(save_dataset, request.dataset) if request.dataset is not None else None
     try:
         flow_run = await gateway.submit(spec, dataset_ref, idempotency_key)
     except BaseException:
-        delete_dataset(dataset_ref.url)
+        if dataset_ref is not None:
+            delete_dataset(dataset_ref.url)
         raise
     status = await gateway.status_of(flow_run)
     return {

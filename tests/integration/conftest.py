@@ -83,7 +83,7 @@ def stack(request, tmp_path_factory, local_lm):
         db_name = f"dspy_service_test_{uuid.uuid4().hex[:10]}"
         asyncio.run(_postgres_admin(f'CREATE DATABASE "{db_name}"'))
         database_url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{db_name}"
-    settings = ServiceSettings(home=home, database_url=database_url, job_slots=2)
+    settings = ServiceSettings(home=home, database_url=database_url, job_slots=2, scheduler_loop_seconds=1)
     config = StackConfig(settings=settings, api_port=free_port(), prefect_port=free_port())
     stack = Stack(config)
     try:

@@ -1,0 +1,76 @@
+"""Prefect deployment schedules -> the /schedules JSON objects (pure translation, no I/O)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.client.schemas.objects import DeploymentSchedule, FlowRun
+from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+
+from dspy_service.schemas import JobSpec
+
+MODEL_FIELDS = ("model_config", "reflection_model_config", "prompt_model_config", "task_model_config")
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value else None
+
+
+def public_job(spec: JobSpec) -> dict[str, Any]:
+    """The stored job payload without secrets (api keys in model `extra`)."""
+    job = spec.wire()
+    for field, config in zip(MODEL_FIELDS, (spec.main_model, spec.reflection_model, spec.prompt_model,
+                                            spec.task_model), strict=True):
+        if config is not None:
+            job[field] = {"name": config.name, **config.public_settings()}
+    return job
+
+
+def cadence(schedule: DeploymentSchedule) -> dict[str, Any]:
+    inner = schedule.schedule
+    if isinstance(inner, CronSchedule):
+        return {"cron": inner.cron, "interval_seconds": None, "timezone": inner.timezone}
+    if isinstance(inner, IntervalSchedule):
+        return {"cron": None, "interval_seconds": inner.interval.total_seconds(), "timezone": inner.timezone}
+    # An RRule schedule made in the Prefect UI: show it as Prefect describes it.
+    return {"cron": None, "interval_seconds": None, "timezone": getattr(inner, "timezone", None),
+            "prefect_schedule": inner.model_dump(mode="json")}
+
+
+def schedule_spec(schedule: DeploymentSchedule) -> JobSpec | None:
+    raw = (schedule.parameters or {}).get("job")
+    try:
+        return JobSpec.model_validate(raw) if isinstance(raw, dict) else None
+    except ValueError:
+        return None
+
+
+def schedule_view(schedule: DeploymentSchedule) -> dict[str, Any]:
+    spec = schedule_spec(schedule)
+    ref = (schedule.parameters or {}).get("dataset_ref") or {}
+    return {
+        "schedule_id": str(schedule.id),
+        "name": schedule.slug,
+        "active": schedule.active,
+        **cadence(schedule),
+        "created_at": _iso(schedule.created),
+        "updated_at": _iso(schedule.updated),
+        "username": spec.username if spec else None,
+        "module_name": spec.module_name if spec else None,
+        "optimizer_name": spec.optimizer_name if spec else None,
+        "model_name": spec.main_model.name if spec else None,
+        "dataset_source": spec.dataset_source if spec else None,
+        "dataset_rows": ref.get("rows"),  # inline rows stored with the schedule; null for a source
+        "job": public_job(spec) if spec else None,
+        "deployment_id": str(schedule.deployment_id) if schedule.deployment_id else None,
+    }
+
+
+def schedule_detail(
+    schedule: DeploymentSchedule, champion: dict[str, Any] | None, next_run: FlowRun | None
+) -> dict[str, Any]:
+    return {
+        **schedule_view(schedule),
+        "next_run_at": _iso(next_run.expected_start_time) if next_run else None,
+        "champion": champion,
+    }

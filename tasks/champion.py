@@ -1,0 +1,153 @@
+"""Stage 7, for runs of a schedule only: the champion gate.
+
+Each schedule keeps a champion (a Prefect Variable pointing at a job). A new run becomes
+champion only if its optimized program beats the champion's program when BOTH are scored
+on this run's test split with this run's metric and LM: scores from different test splits
+(the data changes between runs) are not comparable, so the champion is re-evaluated here.
+A global concurrency limit of one slot per schedule makes read-compare-write atomic when
+runs of one schedule overlap.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+import pickle
+from dataclasses import asdict, dataclass
+from typing import Any
+from uuid import UUID
+
+import dspy
+from prefect.client.orchestration import get_client
+from prefect.concurrency.sync import concurrency
+from prefect.variables import Variable
+
+from dspy_service.schedules import champion_lock, champion_variable, schedule_tag
+from dspy_service.settings import get_settings
+from tasks import stage
+from tasks.data import DataSplits
+from tasks.evaluate import mean_metric
+from tasks.language_models import JobLMs
+from tasks.user_code import UserCode
+
+logger = logging.getLogger("dspy_service.champion")
+
+LOCK_TIMEOUT_SECONDS = 1800  # another run's gate holds the lock for one evaluation at most
+
+
+@dataclass
+class ChampionDecision:
+    promoted: bool
+    reason: str
+    challenger_score: float | None  # this run's optimized_test_metric
+    champion_score: float | None = None  # the previous champion, re-scored on this test split
+    champion_job_id: str | None = None  # the previous champion
+    champion_recorded_score: float | None = None  # its score on its own test split
+    test_examples: int = 0
+
+    def as_details(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_champion(schedule_id: str) -> dict[str, Any] | None:
+    value = Variable.get(champion_variable(schedule_id), default=None)
+    return value if isinstance(value, dict) and value.get("job_id") else None
+
+
+def write_champion(schedule_id: str, job_id: str, score: float | None) -> None:
+    value = {
+        "job_id": job_id,
+        "optimized_test_metric": score,
+        "promoted_at": dt.datetime.now(dt.UTC).isoformat(),
+    }
+    Variable.set(
+        champion_variable(schedule_id), value, tags=["dspy-service", schedule_tag(schedule_id)], overwrite=True
+    )
+
+
+def load_champion_program(job_id: str) -> dspy.Module:
+    """The champion's optimized program, from its persisted flow result (Prefect's result API)."""
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(UUID(job_id))
+    if flow_run.state is None or not flow_run.state.is_completed():
+        raise RuntimeError(f"its run is {flow_run.state_name}, not Completed")
+    result = flow_run.state.result(raise_on_failure=False)
+    if not isinstance(result, dict):
+        raise RuntimeError("its persisted result is unreadable")
+    encoded = (result.get("program_artifact") or {}).get("program_pickle_base64")
+    if not encoded:
+        raise RuntimeError("its result has no program")
+    # Our own artifact (written by serialize-program-artifact of that run), not user input.
+    return pickle.loads(base64.b64decode(encoded))  # noqa: S301
+
+
+def decide(
+    champion: dict[str, Any] | None,
+    challenger_score: float | None,
+    splits: DataSplits,
+    lms: JobLMs,
+    user_code: UserCode,
+) -> ChampionDecision:
+    decision = ChampionDecision(promoted=False, reason="", challenger_score=challenger_score,
+                                test_examples=len(splits.test))
+    if challenger_score is None:
+        decision.reason = "this run has no test score (empty test split), so it cannot be compared"
+        return decision
+    if champion is None:
+        decision.promoted = True
+        decision.reason = "first successful run of the schedule"
+        return decision
+    decision.champion_job_id = champion["job_id"]
+    decision.champion_recorded_score = champion.get("optimized_test_metric")
+    try:
+        program = load_champion_program(champion["job_id"])
+    except Exception as exc:  # noqa: BLE001 - a lost champion must not block the schedule
+        decision.promoted = True
+        decision.reason = f"the champion {champion['job_id']} could not be loaded ({exc}); this run replaces it"
+        return decision
+    try:
+        with dspy.context(lm=lms.main):
+            decision.champion_score = mean_metric(program, splits.test, user_code.metric, get_settings().num_threads)
+    except Exception as exc:  # noqa: BLE001 - e.g. the payload's signature changed since
+        decision.promoted = True
+        decision.reason = f"the champion {champion['job_id']} could not be evaluated on this test split ({exc})"
+        return decision
+    if challenger_score > decision.champion_score:
+        decision.promoted = True
+        decision.reason = (
+            f"beats the champion on this run's test split: {challenger_score:g} > {decision.champion_score:g}"
+        )
+    else:
+        decision.reason = (
+            f"does not beat the champion on this run's test split: {challenger_score:g} <= "
+            f"{decision.champion_score:g}"
+        )
+    return decision
+
+
+@stage("champion-gate")
+def champion_gate(
+    schedule_id: str,
+    job_id: str,
+    challenger_score: float | None,
+    splits: DataSplits,
+    lms: JobLMs,
+    user_code: UserCode,
+) -> ChampionDecision:
+    """Compare with the schedule's champion; record this run as champion if it wins."""
+    try:
+        with concurrency(champion_lock(schedule_id), occupy=1, timeout_seconds=LOCK_TIMEOUT_SECONDS):
+            decision = decide(read_champion(schedule_id), challenger_score, splits, lms, user_code)
+            if decision.promoted:
+                write_champion(schedule_id, job_id, challenger_score)
+    except Exception as exc:  # noqa: BLE001 - the optimization itself succeeded; keep its result
+        logger.exception("champion gate failed")
+        return ChampionDecision(
+            promoted=False,
+            reason=f"the champion gate failed ({type(exc).__name__}: {exc}); not promoted",
+            challenger_score=challenger_score,
+            test_examples=len(splits.test),
+        )
+    logger.info("champion gate: %s", decision.reason)
+    return decision

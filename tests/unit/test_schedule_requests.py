@@ -1,0 +1,73 @@
+"""The /schedules payloads: a POST /run body plus a cadence, validated before Prefect sees it."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+from pydantic import ValidationError
+
+from dspy_service.schedules import SchedulePatch, ScheduleRequest, champion_variable, merge_job
+from tests.unit.test_request_validation import payload
+
+
+def errors(body, model=ScheduleRequest):
+    with pytest.raises(ValidationError) as info:
+        model.model_validate(body)
+    return {error["loc"][0] if error["loc"] else "body": error["msg"] for error in info.value.errors()}
+
+
+def test_interval_and_cron_become_prefect_schedules():
+    request = ScheduleRequest.model_validate(payload(interval_seconds=90, name="nightly-qa"))
+    schedule = request.prefect_schedule()
+    assert isinstance(schedule, IntervalSchedule) and schedule.interval == dt.timedelta(seconds=90)
+    assert schedule.timezone == "UTC" and request.active is True and request.name == "nightly-qa"
+    request = ScheduleRequest.model_validate(payload(cron="0 3 * * 1-5", timezone="Europe/Berlin", active=False))
+    schedule = request.prefect_schedule()
+    assert isinstance(schedule, CronSchedule) and (schedule.cron, schedule.timezone) == ("0 3 * * 1-5", "Europe/Berlin")
+    assert request.spec().optimizer_name == "bootstrap"  # the job part is a JobSpec like POST /run's
+
+
+@pytest.mark.parametrize(
+    "overrides, field, message",
+    [
+        ({}, "interval_seconds", "give `interval_seconds` or `cron`"),
+        ({"cron": "0 3 * * *", "interval_seconds": 60}, "interval_seconds", "not both"),
+        ({"cron": "at three"}, "cron", "Invalid cron string"),
+        ({"interval_seconds": 0.5}, "interval_seconds", "greater than or equal to 1"),
+        ({"interval_seconds": 60, "timezone": "Moon/Base"}, "timezone", "Invalid timezone"),
+        ({"interval_seconds": 60, "name": "two words"}, "name", "pattern"),
+        ({"interval_seconds": 60, "split_fractions": {"train": 0.9, "val": 0.9}}, "split_fractions", "1.0"),
+        ({"interval_seconds": 60, "dataset": None}, "dataset", "exactly one"),
+    ],
+)
+def test_shape_errors_name_the_field(overrides, field, message):
+    found = errors(payload(**overrides))
+    assert field in found and message in found[field], found
+
+
+def test_patch_takes_cadence_state_and_job_fields():
+    patch = SchedulePatch.model_validate(
+        {"active": False, "timezone": "Asia/Tokyo", "optimizer_kwargs": {"k": 2}, "not_a_field": 1}
+    )
+    assert patch.active is False and patch.changes_cadence
+    assert patch.job_fields() == {"optimizer_kwargs": {"k": 2}}  # unknown keys ignored, as on /run
+    assert SchedulePatch.model_validate({}).job_fields() == {} and not SchedulePatch().changes_cadence
+    assert "interval_seconds" in errors({"cron": "0 3 * * *", "interval_seconds": 5}, SchedulePatch)
+
+
+def test_merge_job_keeps_or_replaces_the_rows():
+    stored = {"optimizer_name": "bootstrap", "dataset_source": None}
+    ref = {"url": "/storage/datasets/x.json", "rows": 10}
+    merged, keep = merge_job(stored, ref, {"optimizer_name": "miprov2"})
+    assert merged["optimizer_name"] == "miprov2" and keep  # stored inline rows still apply
+    merged, keep = merge_job(stored, ref, {"dataset_source": "/data/new.csv"})
+    assert merged["dataset_source"] == "/data/new.csv" and not keep
+    merged, keep = merge_job({**stored, "dataset_source": "/data/a.csv"}, None, {"dataset": [{"q": 1}]})
+    assert merged["dataset"] == [{"q": 1}] and merged["dataset_source"] is None and not keep
+
+
+def test_prefect_names_are_valid_variable_names():
+    name = champion_variable("3F2504E0-4F89-11D3-9A0C-0305E82C3301")
+    assert name == "dspy-champion-3f2504e0-4f89-11d3-9a0c-0305e82c3301"
