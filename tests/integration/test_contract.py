@@ -232,6 +232,18 @@ def test_twenty_thousand_rows(stack, local_lm):
     assert job["dataset_rows"] == 20_000
 
 
+def test_fifty_megabyte_dataset_is_accepted(stack, local_lm):
+    payload = job_payload(local_lm.url, rows=20)
+    payload["dataset"] = [
+        {"question": f"What is {i % 90 + 2} + 7?", "answer": str(i % 90 + 9), "notes": "x" * 1000}
+        for i in range(50_000)
+    ]
+    created = submit(stack, payload)
+    summary = stack.api.get(f"/jobs/{created['job_id']}/summary").json()
+    assert summary["dataset_rows"] == 50_000
+    assert stack.api.post(f"/jobs/{created['job_id']}/cancel").status_code == 200
+
+
 def test_queue_snapshot(stack):
     queue = stack.api.get("/queue").json()
     assert {"pending_jobs", "active_jobs", "worker_threads", "workers_alive"} <= queue.keys()
