@@ -24,7 +24,9 @@ from dspy_service.errors import JobError
 from dspy_service.schemas import DatasetRef, JobResult, JobSpec, SplitCounts
 from dspy_service.settings import FLOW_NAME, get_settings
 from dspy_service.storage import load_dataset
+from flows.job_artifacts import publish_result_artifacts
 from flows.job_logging import job_logging
+from flows.observe import observe_job, watch_usage
 from flows.reporting import publish_labels
 from tasks.artifact import serialize_program_artifact
 from tasks.compile import compile_program
@@ -60,6 +62,7 @@ def run_job(job: JobSpec, rows: list[dict[str, Any]], run_log: list[dict[str, An
         splits = load_and_split_data(job, rows)
         stage = "build-language-models"
         lms = build_language_models(job)
+        watch_usage(lms.meter)
         stage = "load-user-code"
         user_code = load_user_code(job, splits.train[0])
         stage = "compile-program"
@@ -120,7 +123,8 @@ def optimize_program(
                 os.getpid(),
                 socket.gethostname(),
             )
-            result = run_job(job, rows, capture.entries)
+            with observe_job(current_flow_run.id, job, len(rows)):
+                result = run_job(job, rows, capture.entries)
         except JobError as exc:
             run_logger.error("job failed: %s", exc)
             return Failed(message=str(exc))
@@ -139,4 +143,5 @@ def optimize_program(
                 run_labels.LOG_COUNT: len(capture.entries),
             },
         )
+        publish_result_artifacts(current_flow_run.id, result)
         return result.model_dump(mode="json")
