@@ -43,6 +43,7 @@ class JobObserver:
         self.artifact_id = None
         self._stop = threading.Event()
         self._done = threading.Event()
+        self._finished = False  # succeeded: the last report says so
         self._thread: threading.Thread | None = None
         self._published: dict[str, Any] = {}
         self._last_percent: float | None = None
@@ -71,6 +72,8 @@ class JobObserver:
 
     def describe(self) -> str:
         progress = self.progress
+        if self._finished:
+            return f"{self.job.optimizer_name}: finished ({progress.event_count} progress events)"
         metrics = progress.latest_metrics
         bar = ""
         if metrics.get("tqdm_desc") or metrics.get("tqdm_total"):
@@ -90,7 +93,7 @@ class JobObserver:
             publish_labels(self.flow_run_id, changed, client=client)
             self._published.update(changed)
         percent = self.progress.percent
-        if self.artifact_id is not None and client is not None and percent != self._last_percent:
+        if self.artifact_id is not None and client is not None and (final or percent != self._last_percent):
             try:
                 update_progress_artifact(client, self.artifact_id, percent, self.describe())
                 self._last_percent = percent
@@ -137,6 +140,7 @@ class JobObserver:
         self._stop.set()
         if succeeded:
             self.progress.percent = 100.0
+            self._finished = True
         self._done.set()
         if self._thread is not None:
             self._thread.join(timeout=15)

@@ -13,8 +13,9 @@ Sources, all captured in the job's process while `capture_progress()` is active:
 Transport: an event is a log record of logger `dspy_service.progress` with message
 `progress {"timestamp", "event", "metrics"}`; the job's log bridge ships it to the
 Prefect API with the flow run's other logs and the API splits it out again. Bar updates
-are throttled per bar (at most one event per `interval`, the newest one always gets
-out); score events (a MIPROv2 trial, a GEPA candidate) are never dropped.
+are throttled (at most one event per `interval` per top-level bar, and per nesting depth
+for bars inside another bar; the newest state always gets out, and so does the end of a
+top-level bar); score events (a MIPROv2 trial, a GEPA candidate) are never dropped.
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ class Bar:
     stage: str | None
     started: float
     synthetic: bool = False  # built from log lines, counts phases/trials, not examples
+    depth: int = 0  # bars open around it when it opened (an Evaluate inside a GEPA step: 1)
     n: float = 0
     elapsed: float = 0.0
     closed: bool = False
@@ -193,7 +195,8 @@ class JobProgress:
             self._enter_stage(stage)
             if stage == EVALUATE_STAGE and not synthetic:
                 self._eval_bars_seen += 1
-            bar = Bar(next(self._ids), desc, total, stage, self.clock(), synthetic=synthetic)
+            depth = sum(1 for b in self._bars.values() if b.stage == stage)
+            bar = Bar(next(self._ids), desc, total, stage, self.clock(), synthetic=synthetic, depth=depth)
             self._bars[bar.id] = bar
             return bar.id
 
@@ -217,7 +220,7 @@ class JobProgress:
             bar.desc = desc if desc is not None else bar.desc
             bar.elapsed = elapsed if elapsed is not None else self.clock() - bar.started
             metrics = bar.metrics()
-            if not bar.synthetic and metrics["tqdm_rate"]:
+            if not bar.synthetic and metrics["tqdm_rate"] and bar.n >= 5:  # tiny bars: noise (cache hits)
                 self.example_rate = metrics["tqdm_rate"]
             self._update_percent(bar)
             if final:
@@ -226,7 +229,11 @@ class JobProgress:
             payload = {**metrics, "bar": bar.id, "stage": bar.stage, **self.extras, **(extra or {})}
             if final:
                 payload["final"] = True
-            for item in self._throttle.offer(bar_id, payload, final=final):
+            # A top-level bar is throttled on its own and its end always gets out. Nested
+            # bars (GEPA scores each minibatch with a short Evaluate bar) share one budget
+            # per depth, so a thousand short bars still make at most one event a second.
+            key = bar.id if bar.depth == 0 else ("nested", bar.depth)
+            for item in self._throttle.offer(key, payload, final=final and bar.depth == 0):
                 self._emit("progress", item)
 
     def close_bar(self, bar_id: int) -> None:

@@ -172,3 +172,23 @@ def test_progress_events_travel_as_progress_log_records(caplog):
     event = json.loads(record.message[len("progress ") :])
     assert set(event) == {"timestamp", "event", "metrics"}
     assert event["event"] == "candidate" and event["metrics"]["score"] == 0.5
+
+
+def test_many_short_nested_bars_share_one_budget():
+    clock = FakeClock()
+    events: list[dict] = []
+    progress = JobProgress(clock=clock, emit=events.append)
+    outer = progress.open_bar("GEPA Optimization", 300, stage="compile-program")
+    for step in range(100):  # 100 minibatch evaluations of 3 examples in 10 s
+        inner = progress.open_bar("Average Metric", 3, stage="compile-program")
+        for n in (1, 2, 3):
+            clock.now += 0.1 / 3
+            progress.update_bar(inner, n, final=n == 3)
+        progress.update_bar(outer, 3 * (step + 1))
+        progress.flush_due()
+    progress.update_bar(outer, 300, final=True)
+    progress.finish()
+    inner_events = [e for e in events if e["metrics"]["tqdm_desc"] == "Average Metric"]
+    outer_events = [e["metrics"]["tqdm_n"] for e in events if e["metrics"]["tqdm_desc"] == "GEPA Optimization"]
+    assert len(inner_events) <= 12, len(inner_events)
+    assert 10 <= len(outer_events) <= 13 and outer_events == sorted(outer_events) and outer_events[-1] == 300
