@@ -236,16 +236,10 @@ class JobProgress:
             for item in self._throttle.offer(key, payload, final=final and bar.depth == 0):
                 self._emit("progress", item)
 
-    def close_bar(self, bar_id: int) -> None:
+    def bar(self, bar_id: int | None) -> Bar | None:
+        """The open bar with this id (None once it has closed)."""
         with self._lock:
-            bar = self._bars.get(bar_id)
-            if bar is not None:
-                self.update_bar(bar_id, bar.n, final=True)
-
-    def close_synthetic_bars(self) -> None:
-        with self._lock:
-            for bar in [b for b in self._bars.values() if b.synthetic]:
-                self.update_bar(bar.id, bar.n, final=True)
+            return self._bars.get(bar_id) if bar_id is not None else None
 
     # --- other events -----------------------------------------------------------------
     def score_event(self, event: str, metrics: dict[str, Any]) -> None:
@@ -314,9 +308,15 @@ class JobProgress:
     def _enter_stage(self, stage: str | None) -> None:
         if stage is None or stage == self.stage:
             return
-        # A new stage ends the optimizer phases (log-line bars) of the previous one.
-        for bar in [b for b in self._bars.values() if b.synthetic]:
-            self.update_bar(bar.id, bar.n, final=True)
+        # A new stage ends the bars of the previous one: its optimizer phases (log-line
+        # bars often see no end line; the stage did end, so they are complete) and any
+        # tqdm bar an exception left open. What the throttle holds goes out first.
+        for bar in [b for b in self._bars.values() if b.stage != stage]:
+            done = bar.total if bar.synthetic and bar.total else bar.n
+            self.update_bar(bar.id, done, final=True)
+        for item in self._throttle.drain():
+            self._emit("progress", item)
+        self.extras.clear()  # optimizer facts belong to the compile stage
         self.stage = stage
         self._eval_bars_seen = 0
         start, _ = STAGE_SPANS.get(stage, (self.percent, self.percent))
@@ -485,7 +485,7 @@ class OptimizerLogProgress(logging.Handler):
 
     def _phase(self, name: str, n: int, total: int) -> None:
         bar_id = self._bars.get(name)
-        if bar_id is None or bar_id not in self.progress._bars:
+        if self.progress.bar(bar_id) is None:
             bar_id = self._bars[name] = self.progress.open_bar(name, total, synthetic=True)
         self.progress.update_bar(bar_id, n, total=total)
 
@@ -493,7 +493,7 @@ class OptimizerLogProgress(logging.Handler):
         bar_id = self._bars.pop(name, None)
         if bar_id is None:
             return
-        bar = self.progress._bars.get(bar_id)
+        bar = self.progress.bar(bar_id)
         if bar is not None:
             self.progress.update_bar(bar_id, bar.n if n is None else n, final=True)
 
@@ -527,8 +527,7 @@ class OptimizerLogProgress(logging.Handler):
             self._phase("MIPROv2 bootstrapping demo sets", int(match.group(1)) - 1, int(match.group(2)))
         elif match := MIPRO_STEP.search(message):
             if match.group(1) != "1":
-                bar_id = self._bars.get("MIPROv2 bootstrapping demo sets")
-                bar = self.progress._bars.get(bar_id) if bar_id else None
+                bar = self.progress.bar(self._bars.get("MIPROv2 bootstrapping demo sets"))
                 self._end_phase("MIPROv2 bootstrapping demo sets", int(bar.total) if bar and bar.total else None)
         elif match := COPRO_DEPTH.search(message):
             self.progress.set_extras(optimizer="COPRO")
@@ -548,7 +547,7 @@ class OptimizerLogProgress(logging.Handler):
         bar_id = self._bars.get("MIPROv2 trials")
         if bar_id is not None:
             self.progress.update_bar(bar_id, trial)
-        bar = self.progress._bars.get(bar_id) if bar_id else None
+        bar = self.progress.bar(bar_id)
         self.progress.score_event(
             "trial",
             {
