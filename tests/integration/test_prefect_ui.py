@@ -62,22 +62,41 @@ def page_text(driver) -> str:
     return driver.find_element(By.TAG_NAME, "body").text
 
 
-def wait_for_text(driver, *texts: str, timeout: float = 30) -> str:
+# One round trip per poll: the texts no element shows yet (text-node XPath; reading the
+# whole page's text, or many WebDriver calls, is slow while the UI renders its run graph).
+MISSING_TEXTS_JS = """
+return arguments[0].filter(t => document.evaluate(
+    '//*[text()[contains(., "' + t + '")]]', document, null, XPathResult.ANY_UNORDERED_NODE_TYPE, null
+).singleNodeValue === null);
+"""
+
+
+def missing_texts(driver, texts: tuple[str, ...]) -> list[str]:
+    return driver.execute_script(MISSING_TEXTS_JS, list(texts))
+
+
+def wait_for_text(driver, *texts: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    text = ""
+    missing = list(texts)
     while time.monotonic() < deadline:
-        text = page_text(driver)
-        if all(t in text for t in texts):
-            return text
-        time.sleep(0.3)
-    raise AssertionError(f"{texts} not on the page after {timeout}s; it shows:\n{text[-3000:]}")
+        missing = missing_texts(driver, texts)
+        if not missing:
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"{missing} not on the page after {timeout}s:\n{page_text(driver)[-3000:]}")
+
+
+def shows(driver, text: str) -> bool:
+    return not missing_texts(driver, (text,))
 
 
 def click_text(driver, text: str) -> None:
+    """Click the visible element whose own text is `text` (text-node XPath: matching on
+    every element's full string value is quadratic on a page full of logs)."""
     from selenium.webdriver.common.by import By
 
-    xpath = f"//*[normalize-space(.)='{text}' and not(*[normalize-space(.)='{text}'])]"
-    elements = [e for e in driver.find_elements(By.XPATH, xpath) if e.is_displayed()]
+    elements = driver.find_elements(By.XPATH, f"//*[text()[normalize-space(.)={text!r}]]")
+    elements = [e for e in elements if e.is_displayed()]
     assert elements, f"nothing labelled {text!r} to click"
     elements[0].click()
 
@@ -93,19 +112,19 @@ def test_job_logs_and_artifacts_in_the_prefect_ui(stack, local_lm, browser):
 
     browser.get(f"{ui}/runs/flow-run/{job_id}")
     # The Logs tab opens first: the flow's own lines and DSPy's, with logger names.
-    logs = wait_for_text(browser, "job finished: baseline", "dspy.evaluate.evaluate", "Average Metric")
-    assert "Loading untrusted .pkl files" not in logs
+    wait_for_text(browser, "job finished: baseline", "dspy.evaluate.evaluate", "Average Metric")
+    assert not shows(browser, "Loading untrusted .pkl files")
     docs = REPO / "docs"
     docs.mkdir(exist_ok=True)
     browser.save_screenshot(str(docs / "prefect-ui-job-logs.png"))
 
     click_text(browser, "Artifacts")
-    artifacts = wait_for_text(browser, f"{prefix}-progress", f"{prefix}-results", f"{prefix}-prompt")
-    assert "PROGRESS" in artifacts and "TABLE" in artifacts and "MARKDOWN" in artifacts
-    assert "finished" in artifacts, "the progress artifact's last word is that the job finished"
+    # The three artifacts by key; the progress artifact's last word is that the job finished.
+    keys = (f"{prefix}-progress", f"{prefix}-results", f"{prefix}-prompt")
+    wait_for_text(browser, *keys, "bootstrap: finished")
     browser.save_screenshot(str(docs / "prefect-ui-job.png"))
 
     click_text(browser, f"{prefix}-results")
-    table = wait_for_text(browser, "optimized_test_metric", "baseline_test_metric", "LM calls (main)")
-    assert f"{job['optimized_test_metric']:.6g}" in table
+    table_rows = ("baseline_test_metric", "optimized_test_metric", "LM calls (main)", "estimated cost (USD)")
+    wait_for_text(browser, *table_rows, f"{job['optimized_test_metric']:.6g}")
     browser.save_screenshot(str(docs / "prefect-ui-results.png"))
