@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install up test test-fast bench lint
+.PHONY: install browser up test test-fast bench lint
 
 install: $(VENV)/.installed
 
@@ -13,10 +13,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test,postgres]'
 	touch $@
 
+# Debian's chromium + chromium-driver for the Prefect UI test (idempotent, quiet; as root).
+browser:
+	@bash scripts/install-test-browser.sh
+
 up: install
 	$(VENV)/bin/dspy-service up
 
-test: install
+test: install browser
 	$(PY) -m pytest
 
 test-fast: install

@@ -24,7 +24,9 @@ from dspy_service.errors import JobError
 from dspy_service.schemas import DatasetRef, JobResult, JobSpec, SplitCounts
 from dspy_service.settings import FLOW_NAME, get_settings
 from dspy_service.storage import load_dataset
+from flows.job_artifacts import publish_result_artifacts
 from flows.job_logging import job_logging
+from flows.observe import observe_job, watch_splits, watch_usage
 from flows.reporting import champion_labels, mark_schedule_run, publish_labels
 from tasks.artifact import serialize_program_artifact
 from tasks.champion import ChampionDecision, champion_gate
@@ -65,12 +67,14 @@ def run_job(
     champion: ChampionDecision | None = None
     try:
         splits = load_and_split_data(job, rows)
+        watch_splits(splits.counts)
         publish_labels(
             current_flow_run.id,
             {run_labels.DATASET_ROWS: splits.rows, run_labels.DATASET_SHA256: splits.content_sha256},
         )
         stage = "build-language-models"
         lms = build_language_models(job)
+        watch_usage(lms.meter)
         stage = "load-user-code"
         user_code = load_user_code(job, splits.train[0])
         stage = "compile-program"
@@ -140,7 +144,8 @@ def optimize_program(
                 os.getpid(),
                 socket.gethostname(),
             )
-            result = run_job(job, rows, capture.entries, schedule_id)
+            with observe_job(current_flow_run.id, job):
+                result = run_job(job, rows, capture.entries, schedule_id)
         except JobError as exc:
             run_logger.error("job failed: %s", exc)
             return Failed(message=str(exc))
@@ -160,4 +165,5 @@ def optimize_program(
                 **champion_labels(result.details.get("champion")),
             },
         )
+        publish_result_artifacts(current_flow_run.id, result)
         return result.model_dump(mode="json")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,14 @@ def strip_language_models(program: dspy.Module) -> None:
     """Saved programs would otherwise carry each predictor's LM config, api keys included."""
     for _, predictor in program.named_predictors():
         predictor.lm = None
+
+
+class _HidePickleWarning(logging.Filter):
+    """DSPy warns about *loading* untrusted .pkl files whenever a program is saved; the
+    service saves its own program, so the warning only adds noise to every job's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Loading untrusted .pkl files" not in record.getMessage()
 
 
 def _fields(example: Any, names: list[str]) -> dict[str, Any]:
@@ -65,7 +74,13 @@ def serialize_program_artifact(program: dspy.Module, secrets: list[str]) -> Prog
     strip_language_models(program)
     with tempfile.TemporaryDirectory(prefix="dspy-artifact-") as tmp:
         directory = Path(tmp) / "program"
-        program.save(str(directory), save_program=True)
+        save_logger = logging.getLogger("dspy.primitives.base_module")
+        hide = _HidePickleWarning()
+        save_logger.addFilter(hide)
+        try:
+            program.save(str(directory), save_program=True)
+        finally:
+            save_logger.removeFilter(hide)
         pickle_bytes = (directory / "program.pkl").read_bytes()
         metadata = json.loads((directory / "metadata.json").read_text())
     state = _jsonable(program.dump_state())

@@ -99,6 +99,17 @@ def _score_only(records: Any) -> list[Any]:
     return out
 
 
+def _trajectory(points: list[tuple[int, float]]) -> list[dict[str, Any]]:
+    """Scores in the order the optimizer found them, with the best so far: MIPROv2's
+    full-evaluation trials (`step` = trial number, scores in its percent units) or GEPA's
+    candidates (`step` = candidate index, validation-set mean)."""
+    out, best = [], None
+    for step, score in points:
+        best = score if best is None else max(best, score)
+        out.append({"step": step, "score": score, "best_so_far": best})
+    return out
+
+
 def optimizer_metadata(program: dspy.Module) -> dict[str, Any]:
     """Scores from the optimizer's leftovers, then remove those leftovers from the program."""
     meta: dict[str, Any] = {}
@@ -116,6 +127,9 @@ def optimizer_metadata(program: dspy.Module) -> dict[str, Any]:
                 }
             )
         meta["trials"] = trials
+        meta["score_trajectory"] = _trajectory(
+            [(t["trial"], t["score"]) for t in trials if t["full_eval"] and isinstance(t["score"], (int, float))]
+        )
     for name in ("candidate_programs", "mb_candidate_programs"):
         if state.get(name):
             meta[name.replace("programs", "scores")] = _score_only(state[name])
@@ -127,6 +141,10 @@ def optimizer_metadata(program: dspy.Module) -> dict[str, Any]:
                         "discovery_eval_counts", "best_idx")
         }
         meta["gepa"] = {k: v for k, v in gepa.items() if v is not None}
+        scores = meta["gepa"].get("val_aggregate_scores") or []
+        meta["score_trajectory"] = _trajectory(
+            [(index, score) for index, score in enumerate(scores) if isinstance(score, (int, float))]
+        )
     for name in ("score", "total_calls", "prompt_model_total_calls"):
         if _jsonable(state.get(name)) is not None:
             meta["best_score" if name == "score" else name] = _jsonable(state[name])

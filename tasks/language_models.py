@@ -17,6 +17,18 @@ from dspy_service.settings import get_settings
 from tasks import stage
 
 LM_MODEL_TYPES = {"chat", "text", "responses"}
+# ModelConfig.extra keys that set the job's own price (USD per token) instead of DSPy's
+# price metadata; they are taken out before the rest of `extra` reaches the LM.
+PRICE_KEYS = ("input_cost_per_token", "output_cost_per_token")
+
+
+@dataclass(frozen=True)
+class TokenPrice:
+    input_cost_per_token: float
+    output_cost_per_token: float
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return prompt_tokens * self.input_cost_per_token + completion_tokens * self.output_cost_per_token
 
 
 @dataclass
@@ -46,7 +58,8 @@ class UsageMeter:
     def __reduce__(self):  # never pickled along with a program: LMs are stripped first
         return (UsageMeter, ())
 
-    def record(self, role: str, entry: dict[str, Any]) -> None:
+    def record(self, role: str, entry: dict[str, Any], price: TokenPrice | None = None) -> None:
+        """Count one finished LM call; `price` (the job's own) wins over DSPy's estimate."""
         usage = entry.get("usage") or {}
         with self._lock:
             role_usage = self._roles.setdefault(role, RoleUsage())
@@ -54,34 +67,41 @@ class UsageMeter:
                 # DSPy reports cache hits with empty usage (nothing was paid for).
                 role_usage.cache_hits += 1
                 return
+            prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            completion_tokens = int(usage.get("completion_tokens") or 0)
             role_usage.calls += 1
-            role_usage.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-            role_usage.completion_tokens += int(usage.get("completion_tokens") or 0)
-            if entry.get("cost") is not None:
-                role_usage.cost += float(entry["cost"])
+            role_usage.prompt_tokens += prompt_tokens
+            role_usage.completion_tokens += completion_tokens
+            cost = price.cost(prompt_tokens, completion_tokens) if price is not None else entry.get("cost")
+            if cost is not None:
+                role_usage.cost += float(cost)
                 role_usage.priced_calls += 1
 
     def snapshot(self) -> dict[str, Any]:
+        """Usage per role and in total. `cost` is an estimate in USD; `cost_known` is true
+        only when every paid call had a price (DSPy's price metadata or the job's own)."""
         with self._lock:
             roles = {role: dict(vars(usage)) for role, usage in self._roles.items()}
         totals = {key: sum(r[key] for r in roles.values()) for key in vars(RoleUsage())}
         for usage in (*roles.values(), totals):
             usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
             usage["cost"] = round(usage["cost"], 8)
+            usage["cost_known"] = usage["priced_calls"] == usage["calls"]
         return {"by_role": roles, "total": totals}
 
 
 class MeteredLM(dspy.LM):
     """A `dspy.LM` that reports every finished call to the job's UsageMeter."""
 
-    def __init__(self, *args: Any, role: str, meter: UsageMeter, **kwargs: Any):
+    def __init__(self, *args: Any, role: str, meter: UsageMeter, price: TokenPrice | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.role = role
         self.meter = meter
+        self.price = price
 
     def update_history(self, entry: dict[str, Any]) -> None:
         super().update_history(entry)
-        self.meter.record(self.role, entry)
+        self.meter.record(self.role, entry, self.price)
 
 
 @dataclass
@@ -120,8 +140,27 @@ def configure_job_cache(spec: JobSpec) -> None:
     dspy.configure_cache(enable_disk_cache=True, enable_memory_cache=True, disk_cache_dir=str(directory))
 
 
+def take_price(kwargs: dict[str, Any], field_name: str) -> TokenPrice | None:
+    """Pop the job's own per-token prices out of the LM kwargs (both or neither)."""
+    given = {key: kwargs.pop(key) for key in PRICE_KEYS if key in kwargs}
+    if not given:
+        return None
+    try:
+        prices = {key: float(given[key]) for key in PRICE_KEYS}
+    except (KeyError, TypeError, ValueError):
+        raise JobError(
+            f"{field_name}.extra: give both {' and '.join(PRICE_KEYS)} as numbers (USD per token)",
+            field=field_name,
+        ) from None
+    if min(prices.values()) < 0:
+        raise JobError(f"{field_name}.extra: token prices must be >= 0", field=field_name)
+    return TokenPrice(**prices)
+
+
 def build_lm(config: ModelConfig, *, role: str, meter: UsageMeter, cache: bool) -> MeteredLM:
+    field_name = "model_config" if role == "main" else f"{role}_model_config"
     kwargs: dict[str, Any] = copy.deepcopy(config.extra)
+    price = take_price(kwargs, field_name)
     if config.base_url:
         kwargs["api_base"] = config.base_url
     if config.top_p is not None:
@@ -137,10 +176,10 @@ def build_lm(config: ModelConfig, *, role: str, meter: UsageMeter, cache: bool) 
             max_tokens=config.max_tokens,
             role=role,
             meter=meter,
+            price=price,
             **kwargs,
         )
     except Exception as exc:  # DSPy validates model names and parameter combinations
-        field_name = "model_config" if role == "main" else f"{role}_model_config"
         raise JobError(f"{field_name}: cannot build LM {config.name!r}: {exc}", field=field_name) from None
 
 

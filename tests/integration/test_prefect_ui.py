@@ -1,0 +1,134 @@
+"""A job as an operator sees it in the Prefect UI: its logs and its artifacts.
+
+Drives Debian's headless Chromium (packages `chromium`, `chromium-driver`, installed by
+scripts/install-test-browser.sh: `make test` runs it, and so does this test when they are
+missing) with selenium, and saves screenshots under docs/.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import job_payload
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.parametrize("stack", ["sqlite"], indirect=True),
+]
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1400,1300",
+)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        subprocess.run(["bash", str(REPO / "scripts" / "install-test-browser.sh")], check=False, timeout=900)
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip("Debian's chromium and chromium-driver are not installed and could not be (needs root + apt-get)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="dspy-service-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)  # with both paths given, selenium never fetches a browser
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def page_text(driver) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
+# One round trip per poll: the texts no element shows yet (text-node XPath; reading the
+# whole page's text, or many WebDriver calls, is slow while the UI renders its run graph).
+MISSING_TEXTS_JS = """
+return arguments[0].filter(t => document.evaluate(
+    '//*[text()[contains(., "' + t + '")]]', document, null, XPathResult.ANY_UNORDERED_NODE_TYPE, null
+).singleNodeValue === null);
+"""
+
+
+def missing_texts(driver, texts: tuple[str, ...]) -> list[str]:
+    return driver.execute_script(MISSING_TEXTS_JS, list(texts))
+
+
+def wait_for_text(driver, *texts: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    missing = list(texts)
+    while time.monotonic() < deadline:
+        missing = missing_texts(driver, texts)
+        if not missing:
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"{missing} not on the page after {timeout}s:\n{page_text(driver)[-3000:]}")
+
+
+def shows(driver, text: str) -> bool:
+    return not missing_texts(driver, (text,))
+
+
+def click_text(driver, text: str) -> None:
+    """Click the visible element whose own text is `text` (text-node XPath: matching on
+    every element's full string value is quadratic on a page full of logs)."""
+    from selenium.webdriver.common.by import By
+
+    elements = driver.find_elements(By.XPATH, f"//*[text()[normalize-space(.)={text!r}]]")
+    elements = [e for e in elements if e.is_displayed()]
+    assert elements, f"nothing labelled {text!r} to click"
+    elements[0].click()
+
+
+def test_job_logs_and_artifacts_in_the_prefect_ui(stack, local_lm, browser):
+    response = stack.api.post("/run", json=job_payload(local_lm.url, rows=40))
+    assert response.status_code == 201, response.text
+    job_id = response.json()["job_id"]
+    job = stack.wait_for_status(job_id, {"success", "failed", "cancelled"})
+    assert job["status"] == "success", job["message"]
+    prefix = f"job-{uuid.UUID(job_id).hex[:12]}"
+    ui = stack.stack.config.prefect_api_url.removesuffix("/api")
+
+    browser.get(f"{ui}/runs/flow-run/{job_id}")
+    # The Logs tab opens first: the flow's own lines and DSPy's, with logger names.
+    wait_for_text(browser, "job finished: baseline", "dspy.evaluate.evaluate", "Average Metric")
+    assert not shows(browser, "Loading untrusted .pkl files")
+    docs = REPO / "docs"
+    docs.mkdir(exist_ok=True)
+    browser.save_screenshot(str(docs / "prefect-ui-job-logs.png"))
+
+    click_text(browser, "Artifacts")
+    # The three artifacts by key; the progress artifact's last word is that the job finished.
+    keys = (f"{prefix}-progress", f"{prefix}-results", f"{prefix}-prompt")
+    wait_for_text(browser, *keys, "bootstrap: finished")
+    browser.save_screenshot(str(docs / "prefect-ui-job.png"))
+
+    click_text(browser, f"{prefix}-results")
+    table_rows = ("baseline_test_metric", "optimized_test_metric", "LM calls (main)", "estimated cost (USD)")
+    wait_for_text(browser, *table_rows, f"{job['optimized_test_metric']:.6g}")
+    browser.save_screenshot(str(docs / "prefect-ui-results.png"))
