@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -186,6 +187,7 @@ class Stack:
     def start(self, timeout: float = 120.0, progress=print) -> float:
         """Start everything; returns seconds until the API reports healthy."""
         started = time.monotonic()
+        self.check_ports_free()
         self.config.settings.home_dir.mkdir(parents=True, exist_ok=True)
         if self.local_lm:
             self.local_lm.start(self.env)
@@ -200,6 +202,22 @@ class Stack:
         self.api.start(self.env)
         wait_until(lambda: http_ok(f"{self.config.api_url}/health"), timeout, self.api, *self.workers)
         return time.monotonic() - started
+
+    def check_ports_free(self) -> None:
+        """Another process on our ports would answer our health checks: refuse to start."""
+        ports = {"Prefect server": self.config.prefect_port, "API": self.config.api_port}
+        if self.config.local_lm_port:
+            ports["local LM"] = self.config.local_lm_port
+        for name, port in ports.items():
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    raise RuntimeError(
+                        f"port {port} for the {name} is already in use (another dspy-service or Prefect?); "
+                        "choose another with --api-port / --prefect-port / --local-lm-port"
+                    ) from None
 
     def register(self) -> None:
         code = "import asyncio; from deployments.register import register; asyncio.run(register())"
