@@ -78,9 +78,18 @@ class StackConfig:
         )
         if self.settings.storage_url:
             env["DSPY_SERVICE_STORAGE_URL"] = self.settings.storage_url
+        env["PATH"] = interpreter_first_on_path(env.get("PATH", ""))
         # Flow results; a storage block (PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK) overrides it.
         env["PREFECT_LOCAL_STORAGE_PATH"] = str(home / "storage" / "results")
         return env
+
+
+def interpreter_first_on_path(path: str) -> str:
+    """The deployment's job command is `python -m flows.job_process`; on a worker that
+    `python` must be this interpreter (the one dspy-service is installed in)."""
+    bin_dir = os.path.dirname(sys.executable)
+    parts = [p for p in path.split(os.pathsep) if p and p != bin_dir]
+    return os.pathsep.join([bin_dir, *parts])
 
 
 @dataclass

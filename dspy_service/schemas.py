@@ -112,6 +112,12 @@ class JobSpec(BaseModel):
     reflection_model: ModelConfig | None = Field(default=None, alias="reflection_model_config")
     prompt_model: ModelConfig | None = Field(default=None, alias="prompt_model_config")
     task_model: ModelConfig | None = Field(default=None, alias="task_model_config")
+    timeout_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="Wall-clock limit of this job; at most the service's DSPY_SERVICE_JOB_TIMEOUT_SECONDS "
+        "(the default when unset). A job over its limit is stopped and fails with a timeout message.",
+    )
 
     @field_validator("username", mode="before")
     @classmethod

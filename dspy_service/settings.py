@@ -39,6 +39,62 @@ class ServiceSettings(BaseSettings):
     job_slots: int = Field(default=2, ge=1, description="Jobs running at once (pool concurrency).")
     max_dataset_rows: int = Field(default=200_000, ge=1)
     max_request_mb: float = Field(default=100.0, gt=0, description="Largest POST body accepted.")
+
+    # -- limits of one job process (enforced by flows/job_process.py, the worker's command) --
+    job_timeout_seconds: float = Field(
+        default=6 * 3600,
+        gt=0,
+        description="Wall-clock limit of a job; a job's own `timeout_seconds` may only lower it.",
+    )
+    job_memory_mb: int = Field(
+        default=8192,
+        ge=0,
+        description="Address-space limit of a job process (RLIMIT_AS; a GEPA job with 4 threads maps ~2.6 GB "
+        "while using ~0.3 GB); 0 = none.",
+    )
+    job_cpu_seconds: int = Field(
+        default=24 * 3600, ge=0, description="CPU-time backstop of a job process (RLIMIT_CPU); 0 = none."
+    )
+    job_max_file_mb: int = Field(
+        default=8192, ge=0, description="Largest file a job may write (RLIMIT_FSIZE); 0 = none."
+    )
+    job_max_open_files: int = Field(default=4096, ge=64, description="RLIMIT_NOFILE of a job process.")
+    job_max_tasks: int = Field(
+        default=1024,
+        ge=32,
+        description="Processes + threads a job may run at once (cgroup pids.max where writable, "
+        "else RLIMIT_NPROC and a process count watch).",
+    )
+    job_output_limit_mb: float = Field(
+        default=4.0, gt=0, description="stdout/stderr a job may send to the worker (first and last half kept)."
+    )
+    job_print_limit_mb: float = Field(
+        default=2.0, gt=0, description="Printed output a job may ship to its logs (first and last part kept)."
+    )
+    job_cancel_grace_seconds: float = Field(
+        default=0.5,
+        ge=0,
+        le=10,
+        description="After a cancel, how long the job may stop cooperatively before its processes are killed.",
+    )
+    job_env_passthrough: str = Field(
+        default="",
+        description="Comma-separated extra environment variables (names, or prefixes ending in *) that job "
+        "processes may see besides the built-in allow-list.",
+    )
+    lm_num_retries: int = Field(
+        default=5,
+        ge=0,
+        le=20,
+        description="Retries of an LM call on transient errors (429, 5xx, timeouts, connection errors), "
+        "with exponential backoff (1, 2, 4, ... s) or the provider's Retry-After.",
+    )
+    zombie_after_seconds: int = Field(
+        default=90,
+        ge=45,
+        description="A running job whose process sent no heartbeat for this long is marked crashed.",
+    )
+
     serialize_run_creates: bool | None = Field(
         default=None,
         description="Create flow runs one at a time (SQLite answers parallel writes with "

@@ -20,11 +20,13 @@ from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Failed
 
 from dspy_service import run_labels
-from dspy_service.errors import JobError
+from dspy_service.errors import JobError, out_of_memory_message
 from dspy_service.schemas import DatasetRef, JobResult, JobSpec, SplitCounts
 from dspy_service.settings import FLOW_NAME, get_settings
+from dspy_service.stopping import install_stop_handler, stop_requested, wait_to_be_stopped
 from dspy_service.storage import load_dataset
 from flows.job_logging import job_logging
+from flows.output_limits import capped_prints
 from flows.reporting import publish_labels
 from tasks.artifact import serialize_program_artifact
 from tasks.compile import compile_program
@@ -70,6 +72,9 @@ def run_job(job: JobSpec, rows: list[dict[str, Any]], run_log: list[dict[str, An
         artifact = serialize_program_artifact(compiled.optimized, lms.secrets)
     except JobError:
         raise
+    except MemoryError:
+        logger.error("%s failed:\n%s", stage, traceback.format_exc())
+        raise JobError(f"{stage} failed: {out_of_memory_message()}") from None
     except Exception as exc:
         logger.error("%s failed:\n%s", stage, traceback.format_exc())
         raise JobError(f"{stage} failed: {type(exc).__name__}: {exc}") from exc
@@ -108,7 +113,10 @@ def optimize_program(
     rows it stored in shared storage, so flow-run parameters stay small.
     """
     run_logger = get_run_logger()
-    with job_logging(current_flow_run.id, get_settings().log_level) as capture:
+    install_stop_handler()  # the job process wrapper asks for a cooperative stop first
+    settings = get_settings()
+    print_limit = int(settings.job_print_limit_mb * 1024 * 1024)
+    with job_logging(current_flow_run.id, settings.log_level) as capture, capped_prints(print_limit, run_logger):
         try:
             rows = resolve_rows(job, dataset, dataset_ref)
             run_logger.info(
@@ -122,6 +130,10 @@ def optimize_program(
             )
             result = run_job(job, rows, capture.entries)
         except JobError as exc:
+            if stop_requested():
+                # Cancelled or out of time: the wrapper states the reason and kills this
+                # process; an error caused by the stop itself must not become the message.
+                wait_to_be_stopped()
             run_logger.error("job failed: %s", exc)
             return Failed(message=str(exc))
         run_logger.info(

@@ -1,0 +1,163 @@
+"""Caps on what one job can print.
+
+Two routes need a cap, each keeping the first and the last part and saying what was
+dropped in between:
+
+- `HeadTailCap`: the raw stdout/stderr bytes of the job's processes, which the wrapper
+  (flows/job_process.py) forwards to the worker (and the worker to its own log);
+- `capped_prints`: `print()` calls during the flow, which Prefect turns into log records
+  shipped to the API (`log_prints=True`). 100 MB of prints would otherwise become about a
+  million log rows in the Prefect database.
+"""
+
+from __future__ import annotations
+
+import builtins
+import collections
+import io
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+logger = logging.getLogger("dspy_service.output")
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count} bytes"
+
+
+class HeadTailCap:
+    """Pass the first `head` bytes through, keep only the last `tail` bytes after that."""
+
+    def __init__(self, head: int, tail: int, write: Callable[[bytes], None], what: str = "output"):
+        self.head = head
+        self.tail = tail
+        self.write = write
+        self.what = what
+        self.passed = 0
+        self.dropped = 0
+        self._tail: collections.deque[bytes] = collections.deque()
+        self._tail_bytes = 0
+
+    def feed(self, data: bytes) -> None:
+        if self.passed < self.head:
+            room = self.head - self.passed
+            self.write(data[:room])
+            self.passed += min(room, len(data))
+            data = data[room:]
+            if not data:
+                return
+            self.write(
+                f"\n[dspy-service: the job's {self.what} passed its limit of {human_bytes(self.head + self.tail)}; "
+                f"only the last {human_bytes(self.tail)} will be shown when the job ends]\n".encode()
+            )
+        self._tail.append(data)
+        self._tail_bytes += len(data)
+        while self._tail_bytes > self.tail and self._tail:
+            excess = self._tail_bytes - self.tail
+            first = self._tail[0]
+            if len(first) <= excess:
+                self._tail.popleft()
+                self._tail_bytes -= len(first)
+                self.dropped += len(first)
+            else:
+                self._tail[0] = first[excess:]
+                self._tail_bytes -= excess
+                self.dropped += excess
+
+    def close(self) -> None:
+        if not self._tail and not self.dropped:
+            return
+        if self.dropped:
+            self.write(
+                f"\n[dspy-service: dropped {human_bytes(self.dropped)} of the job's {self.what}; "
+                f"the last {human_bytes(self._tail_bytes)} follow]\n".encode()
+            )
+        self.write(b"".join(self._tail))
+        self._tail.clear()
+        self._tail_bytes = 0
+
+
+class _PrintBudget:
+    def __init__(self, limit: int):
+        self.head = limit // 2
+        self.tail_limit = limit - self.head
+        self.used = 0
+        self.dropped_calls = 0
+        self.dropped_bytes = 0
+        self.tail: collections.deque[str] = collections.deque()
+        self.tail_bytes = 0
+        self.lock = threading.Lock()
+
+    def admit(self, text: str) -> bool:
+        """True: print it now. False: it went to the tail buffer (maybe dropped later)."""
+        size = len(text.encode("utf-8", "replace"))
+        with self.lock:
+            if self.used + size <= self.head:
+                self.used += size
+                return True
+            self.tail.append(text)
+            self.tail_bytes += size
+            while self.tail_bytes > self.tail_limit and len(self.tail) > 1:
+                old = self.tail.popleft()
+                old_size = len(old.encode("utf-8", "replace"))
+                self.tail_bytes -= old_size
+                self.dropped_bytes += old_size
+                self.dropped_calls += 1
+            return False
+
+
+@contextmanager
+def capped_prints(limit_bytes: int, run_logger: logging.Logger | logging.LoggerAdapter | None = None) -> Iterator[None]:
+    """Let through the first half of `limit_bytes` of printed text as it comes, keep the
+    last half, and at the end print that tail after a line saying what was dropped.
+
+    Wraps whatever `print` is current (Prefect's print-to-log patch inside a flow run),
+    for every thread, until the block ends.
+    """
+    budget = _PrintBudget(limit_bytes)
+    inner = builtins.print
+
+    def print_capped(*args, **kwargs):
+        if kwargs.get("file") not in (None,) and not _is_std_stream(kwargs.get("file")):
+            return inner(*args, **kwargs)
+        buffer = io.StringIO()
+        inner_kwargs = {k: v for k, v in kwargs.items() if k not in ("file", "flush")}
+        builtins_print(*args, file=buffer, **inner_kwargs)
+        text = buffer.getvalue()
+        if len(text) > budget.tail_limit:  # one giant print: keep its ends
+            text = text[: budget.tail_limit // 2] + "\n[... one print() cut ...]\n" + text[-budget.tail_limit // 2 :]
+        if budget.admit(text):
+            return inner(*args, **kwargs) if text == buffer.getvalue() else inner(text, end="")
+        return None
+
+    builtins.print = print_capped
+    try:
+        yield
+    finally:
+        builtins.print = inner
+        with budget.lock:
+            tail, dropped_calls, dropped_bytes = list(budget.tail), budget.dropped_calls, budget.dropped_bytes
+        if dropped_calls:
+            notice = (
+                f"dspy-service: printed output passed its limit of {human_bytes(limit_bytes)} "
+                f"(DSPY_SERVICE_JOB_PRINT_LIMIT_MB): dropped {dropped_calls} print() calls "
+                f"({human_bytes(dropped_bytes)}); the last {len(tail)} follow"
+            )
+            (run_logger or logger).warning(notice)
+        for text in tail:
+            inner(text, end="")
+
+
+builtins_print = builtins.print
+
+
+def _is_std_stream(stream) -> bool:
+    import sys
+
+    return stream is sys.stdout or stream is sys.stderr
