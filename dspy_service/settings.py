@@ -60,10 +60,17 @@ class ServiceSettings(BaseSettings):
     )
     job_max_open_files: int = Field(default=4096, ge=64, description="RLIMIT_NOFILE of a job process.")
     job_max_tasks: int = Field(
-        default=1024,
+        default=512,
         ge=32,
         description="Processes + threads a job may run at once (cgroup pids.max where writable, "
         "else RLIMIT_NPROC and a process count watch).",
+    )
+    job_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="Scheduling niceness of job processes: the API, the worker and the job supervisor stay "
+        "responsive however hard a job spins.",
     )
     job_output_limit_mb: float = Field(
         default=4.0, gt=0, description="stdout/stderr a job may send to the worker (first and last half kept)."

@@ -53,6 +53,7 @@ class JobLimits:
     max_file_mb: int
     max_open_files: int
     max_tasks: int
+    nice: int = 0
 
     @classmethod
     def from_settings(cls, settings: ServiceSettings) -> JobLimits:
@@ -62,6 +63,7 @@ class JobLimits:
             max_file_mb=settings.job_max_file_mb,
             max_open_files=settings.job_max_open_files,
             max_tasks=settings.job_max_tasks,
+            nice=settings.job_nice,
         )
 
     def apply(self, *, nproc: bool) -> None:
@@ -86,6 +88,9 @@ class JobLimits:
         set_limit(resource.RLIMIT_CORE, 0)
         if nproc:  # counts every process of the user, and root ignores it: a fallback only
             set_limit(resource.RLIMIT_NPROC, self.max_tasks)
+        if self.nice:
+            with contextlib.suppress(OSError):
+                os.nice(self.nice)
 
 
 class PidsCgroup:

@@ -1,8 +1,10 @@
 """The job process: what the worker runs for every job (`python -m flows.job_process`).
 
 prefect.yaml sets it as the deployment's `command` job variable, so the process worker
-starts this wrapper instead of `python -m prefect.engine`. The wrapper stays small and
-never runs user code. It
+starts this wrapper instead of `python -m prefect.engine`. The wrapper never runs user
+code. It forks once: the parent only relays signals and the exit code (so that the
+worker's SIGKILL on its own shutdown leaves the supervisor able to report), the child,
+the supervisor,
 
 1. scrubs the environment (ALLOWED_ENV below): provider keys and other secrets of the
    worker host do not reach user code; a job's own API keys travel in its model config;
@@ -215,7 +217,8 @@ class JobSupervisor:
             self._out_broken = True
 
     def note(self, message: str) -> None:
-        self._write_out(f"[dspy-service job process {os.getpid()}] {message}\n".encode())
+        now = dt.datetime.now().strftime("%H:%M:%S.%f")[:-3]
+        self._write_out(f"{now} [dspy-service job process {os.getpid()}] {message}\n".encode())
 
     # -- start ---------------------------------------------------------------------------
     def _prepare_child(self) -> None:
@@ -422,9 +425,38 @@ class JobSupervisor:
         return usage.children_user + usage.children_system >= self.limits.cpu_seconds
 
 
+def relay_until_exit(child: int) -> int:
+    """The worker's direct child: pass its signals to the supervisor, exit with its code.
+
+    On shutdown the worker SIGKILLs the processes it started within about a second; this
+    thin parent takes that blow, and the supervisor, seeing its parent gone, stops the
+    engine and reports the run with a reason instead of leaving it running.
+    """
+
+    def relay(signum: int, _frame: Any) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signum)
+
+    signal.signal(signal.SIGTERM, relay)
+    signal.signal(signal.SIGINT, relay)
+    _, status = os.waitpid(child, 0)
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+
+
 def main() -> int:
-    supervisor = JobSupervisor(get_settings(), os.environ)
-    return supervisor.run()
+    sys.stdout.flush()
+    supervisor = os.fork()
+    if supervisor:
+        return relay_until_exit(supervisor)
+    try:
+        code = JobSupervisor(get_settings(), os.environ).run()
+    except BaseException:  # noqa: BLE001 - report, and never return into the parent's code path
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -101,7 +101,8 @@ def run_job(job: JobSpec, rows: list[dict[str, Any]], run_log: list[dict[str, An
     )
 
 
-@flow(name=FLOW_NAME, log_prints=True, validate_parameters=True, persist_result=True, result_serializer="json")
+# log_prints=False: prints are logged by capped_prints (flows/output_limits.py), with a cap.
+@flow(name=FLOW_NAME, log_prints=False, validate_parameters=True, persist_result=True, result_serializer="json")
 def optimize_program(
     job: JobSpec,
     dataset: list[dict[str, Any]] | None = None,
@@ -116,7 +117,7 @@ def optimize_program(
     install_stop_handler()  # the job process wrapper asks for a cooperative stop first
     settings = get_settings()
     print_limit = int(settings.job_print_limit_mb * 1024 * 1024)
-    with job_logging(current_flow_run.id, settings.log_level) as capture, capped_prints(print_limit, run_logger):
+    with job_logging(current_flow_run.id, settings.log_level) as capture, capped_prints(print_limit):
         try:
             rows = resolve_rows(job, dataset, dataset_ref)
             run_logger.info(

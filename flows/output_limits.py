@@ -5,9 +5,9 @@ dropped in between:
 
 - `HeadTailCap`: the raw stdout/stderr bytes of the job's processes, which the wrapper
   (flows/job_process.py) forwards to the worker (and the worker to its own log);
-- `capped_prints`: `print()` calls during the flow, which Prefect turns into log records
-  shipped to the API (`log_prints=True`). 100 MB of prints would otherwise become about a
-  million log rows in the Prefect database.
+- `capped_prints`: `print()` calls during the flow, which become log records shipped to
+  the API. 100 MB of prints would otherwise become about a million log rows in the
+  Prefect database.
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ import builtins
 import collections
 import io
 import logging
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-logger = logging.getLogger("dspy_service.output")
+# Printed output of a job is logged under this name (one of flows/job_logging.JOB_LOGGERS).
+PRINT_LOGGER = "dspy_service.print"
 
 
 def human_bytes(count: float) -> str:
@@ -113,51 +115,46 @@ class _PrintBudget:
 
 
 @contextmanager
-def capped_prints(limit_bytes: int, run_logger: logging.Logger | logging.LoggerAdapter | None = None) -> Iterator[None]:
-    """Let through the first half of `limit_bytes` of printed text as it comes, keep the
-    last half, and at the end print that tail after a line saying what was dropped.
+def capped_prints(limit_bytes: int) -> Iterator[None]:
+    """While the block runs, `print()` to stdout/stderr from any thread becomes a log record
+    of the job (logger PRINT_LOGGER, shipped to Prefect by flows/job_logging.py): the first
+    half of `limit_bytes` as it comes, the last half when the block ends, after a warning
+    that says what was dropped in between.
 
-    Wraps whatever `print` is current (Prefect's print-to-log patch inside a flow run),
-    for every thread, until the block ends.
+    This replaces Prefect's `log_prints`, which has no cap and would patch `print` again
+    inside every task run.
     """
     budget = _PrintBudget(limit_bytes)
-    inner = builtins.print
+    original = builtins.print
+    log = logging.getLogger(PRINT_LOGGER)
 
-    def print_capped(*args, **kwargs):
-        if kwargs.get("file") not in (None,) and not _is_std_stream(kwargs.get("file")):
-            return inner(*args, **kwargs)
+    def print_capped(*args, sep=" ", end="\n", file=None, flush=False):
+        if file is not None and file is not sys.stdout and file is not sys.stderr:
+            return original(*args, sep=sep, end=end, file=file, flush=flush)
         buffer = io.StringIO()
-        inner_kwargs = {k: v for k, v in kwargs.items() if k not in ("file", "flush")}
-        builtins_print(*args, file=buffer, **inner_kwargs)
+        original(*args, sep=sep, end=end, file=buffer)
         text = buffer.getvalue()
         if len(text) > budget.tail_limit:  # one giant print: keep its ends
-            text = text[: budget.tail_limit // 2] + "\n[... one print() cut ...]\n" + text[-budget.tail_limit // 2 :]
+            half = budget.tail_limit // 2
+            text = f"{text[:half]}\n[... {human_bytes(len(text) - 2 * half)} of this print() cut ...]\n{text[-half:]}"
         if budget.admit(text):
-            return inner(*args, **kwargs) if text == buffer.getvalue() else inner(text, end="")
-        return None
+            log.info(text.rstrip("\n"))
 
     builtins.print = print_capped
     try:
         yield
     finally:
-        builtins.print = inner
+        builtins.print = original
         with budget.lock:
             tail, dropped_calls, dropped_bytes = list(budget.tail), budget.dropped_calls, budget.dropped_bytes
         if dropped_calls:
-            notice = (
-                f"dspy-service: printed output passed its limit of {human_bytes(limit_bytes)} "
-                f"(DSPY_SERVICE_JOB_PRINT_LIMIT_MB): dropped {dropped_calls} print() calls "
-                f"({human_bytes(dropped_bytes)}); the last {len(tail)} follow"
+            log.warning(
+                "dspy-service: printed output passed its limit of %s (DSPY_SERVICE_JOB_PRINT_LIMIT_MB): "
+                "dropped %d print() calls (%s); the last %d follow",
+                human_bytes(limit_bytes),
+                dropped_calls,
+                human_bytes(dropped_bytes),
+                len(tail),
             )
-            (run_logger or logger).warning(notice)
         for text in tail:
-            inner(text, end="")
-
-
-builtins_print = builtins.print
-
-
-def _is_std_stream(stream) -> bool:
-    import sys
-
-    return stream is sys.stdout or stream is sys.stderr
+            log.info(text.rstrip("\n"))
