@@ -137,21 +137,26 @@ class RunReporter:
             headers["Authorization"] = f"Basic {token}"
         self.client = httpx.Client(base_url=api_url, headers=headers, timeout=10) if api_url and flow_run_id else None
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _call(self, method: str, path: str, patience: float = 90.0, **kwargs: Any) -> Any:
+        """One API call, retried while the server is unreachable (it may be restarting)."""
         if self.client is None:
             return None
-        for attempt in range(5):  # the server may be restarting
+        deadline = time.monotonic() + patience
+        delay = 0.25
+        while True:
             try:
                 response = self.client.request(method, path, **kwargs)
                 if response.status_code < 500:
                     return response.json() if response.status_code < 300 else None
             except (httpx.HTTPError, ValueError):
                 pass
-            time.sleep(0.5 * (attempt + 1))
-        return None
+            if time.monotonic() + delay > deadline:
+                return None
+            time.sleep(delay)
+            delay = min(delay * 2, 3.0)
 
-    def read_run(self) -> dict[str, Any] | None:
-        return self._call("GET", f"/flow_runs/{self.flow_run_id}")
+    def read_run(self, patience: float = 90.0) -> dict[str, Any] | None:
+        return self._call("GET", f"/flow_runs/{self.flow_run_id}", patience=patience)
 
     def state_type(self) -> str | None:
         run = self.read_run()
@@ -255,7 +260,7 @@ class JobSupervisor:
         self._read_job_timeout()
 
     def _read_job_timeout(self) -> None:
-        run = self.reporter.read_run()
+        run = self.reporter.read_run(patience=10)
         job = ((run or {}).get("parameters") or {}).get("job") or {}
         requested = job.get("timeout_seconds")
         if isinstance(requested, (int, float)) and 0 < requested < self.timeout:
@@ -439,8 +444,15 @@ def relay_until_exit(child: int) -> int:
 
     signal.signal(signal.SIGTERM, relay)
     signal.signal(signal.SIGINT, relay)
-    _, status = os.waitpid(child, 0)
-    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+    worker = os.getppid()
+    while True:
+        pid, status = os.waitpid(child, os.WNOHANG)
+        if pid:
+            return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+        if os.getppid() != worker:
+            # The worker died: leave, so the supervisor sees its parent gone and reports.
+            os._exit(1)
+        time.sleep(POLL_SECONDS)
 
 
 def main() -> int:
