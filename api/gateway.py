@@ -44,6 +44,7 @@ logger = logging.getLogger("dspy_service.api")
 SERVICE_TAG = "dspy-service"
 USER_TAG_PREFIX = "user:"
 LOG_PAGE = 200  # the Prefect API's page size limit
+RUN_PAGE = 200  # ditto for flow runs: larger `limit`s are answered with 422
 RUNNING_SCAN_LIMIT = 2000  # running jobs are bounded by the pool's slots; this is a guard
 RESULT_CACHE_SIZE = 64
 
@@ -151,15 +152,28 @@ class JobGateway:
         sort = FlowRunSort.EXPECTED_START_TIME_DESC
         if status in (JobStatus.running, JobStatus.validating):
             # Both are RUNNING in Prefect; tell them apart by task runs, then paginate.
-            runs = await self.client.read_flow_runs(**filters, sort=sort, limit=RUNNING_SCAN_LIMIT)
+            runs = await self._read_runs(filters, sort=sort, limit=RUNNING_SCAN_LIMIT)
             started = await self.compile_started(runs)
             wanted = [r for r in runs if job_status(r.state_type, r.id in started) is status]
             return wanted[offset : offset + limit], started, len(wanted)
         runs, total = await asyncio.gather(
-            self.client.read_flow_runs(**filters, sort=sort, limit=limit, offset=offset),
+            self._read_runs(filters, sort=sort, limit=limit, offset=offset),
             self.client.count_flow_runs(**filters),
         )
         return runs, await self.compile_started(runs), total
+
+    async def _read_runs(
+        self, filters: dict[str, Any], *, sort: FlowRunSort, limit: int, offset: int = 0
+    ) -> list[FlowRun]:
+        """`limit` runs from `offset`, read in pages the Prefect API accepts."""
+        runs: list[FlowRun] = []
+        while len(runs) < limit:
+            size = min(RUN_PAGE, limit - len(runs))
+            page = await self.client.read_flow_runs(**filters, sort=sort, limit=size, offset=offset + len(runs))
+            runs.extend(page)
+            if len(page) < size:
+                break
+        return runs
 
     async def logs(self, flow_run_id: UUID) -> list[Log]:
         logs: list[Log] = []
