@@ -23,6 +23,7 @@ from dspy_service.settings import ServiceSettings
 
 ZOMBIE_AUTOMATION = "dspy-service: crash jobs whose process stopped sending heartbeats"
 STUCK_CANCEL_AUTOMATION = "dspy-service: finish cancellations nobody completed"
+STUCK_PENDING_AUTOMATION = "dspy-service: fail jobs whose worker never started them"
 TERMINAL_EVENTS = {
     "prefect.flow-run.Completed",
     "prefect.flow-run.Failed",
@@ -34,6 +35,9 @@ ZOMBIE_MESSAGE = (
     "the job's process stopped sending heartbeats (its worker host or process died); the job was marked failed"
 )
 STUCK_CANCEL_MESSAGE = "cancelled by the user; its worker could not be reached to confirm"
+STUCK_PENDING_MESSAGE = (
+    "the worker that took this job went away before starting it; the job was marked failed, submit it again"
+)
 
 
 def zombie_automation(deployment_id: UUID, settings: ServiceSettings) -> AutomationCore:
@@ -74,9 +78,34 @@ def stuck_cancel_automation(deployment_id: UUID, settings: ServiceSettings) -> A
     )
 
 
+def stuck_pending_automation(deployment_id: UUID, settings: ServiceSettings) -> AutomationCore:
+    """A worker that dies between taking a run (Pending) and starting its process leaves
+    nothing behind to report, and a Pending run holds a pool slot."""
+    return AutomationCore(
+        name=STUCK_PENDING_AUTOMATION,
+        description="Marks a dspy-service job Crashed when it stayed Pending (taken, never started) too long.",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.Pending"},
+            expect={"prefect.flow-run.Running", "prefect.flow-run.Cancelling", *TERMINAL_EVENTS},
+            match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
+            match_related=ResourceSpecification({"prefect.resource.id": f"prefect.deployment.{deployment_id}"}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=2 * settings.zombie_after_seconds),
+        ),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED, message=STUCK_PENDING_MESSAGE)],
+    )
+
+
 async def ensure_automations(client: PrefectClient, deployment_id: UUID, settings: ServiceSettings) -> None:
     """Create or update (by name) the automations; idempotent."""
-    for automation in (zombie_automation(deployment_id, settings), stuck_cancel_automation(deployment_id, settings)):
+    automations = (
+        zombie_automation(deployment_id, settings),
+        stuck_cancel_automation(deployment_id, settings),
+        stuck_pending_automation(deployment_id, settings),
+    )
+    for automation in automations:
         existing = await client.read_automations_by_name(automation.name)
         if existing:
             await client.update_automation(existing[0].id, automation)
