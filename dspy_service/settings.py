@@ -79,10 +79,12 @@ class ServiceSettings(BaseSettings):
         default=2.0, gt=0, description="Printed output a job may ship to its logs (first and last part kept)."
     )
     job_cancel_grace_seconds: float = Field(
-        default=0.5,
+        default=0.0,
         ge=0,
         le=10,
-        description="After a cancel, how long the job may stop cooperatively before its processes are killed.",
+        description="After a cancel or timeout the job is told to stop (no new LM calls, GEPA ends its search) "
+        "and its processes are killed this much later. 0: at once (bench/cancel_latency.py: p95 0.6 s to a dead "
+        "process tree, vs 1.2 s with 0.5, and the same LM calls after the cancel).",
     )
     job_env_passthrough: str = Field(
         default="",
