@@ -27,6 +27,9 @@ PREFECT_DEFAULTS = {
     "PREFECT_WORKER_ENABLE_CANCELLATION": "true",
     "PREFECT_WORKER_CANCELLATION_POLL_SECONDS": "5",
     "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
+    # Prefect clients retry 429/502/503 only; a SQLite-backed server answers bursts of
+    # writes with 500 "database is locked", which crashed job engines under load.
+    "PREFECT_CLIENT_RETRY_EXTRA_CODES": "500",
     # Logs of deleted runs are removed by the orphan vacuum (the API cannot delete logs).
     "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,orphans",
     "PREFECT_SERVER_SERVICES_DB_VACUUM_ORPHAN_CLEANUP_LOOP_SECONDS": "3600",

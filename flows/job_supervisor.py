@@ -25,10 +25,12 @@ a sandbox: see README, "Trust boundary".
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import datetime as dt
 import fnmatch
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -89,6 +91,7 @@ ALLOWED_ENV = (
 
 ENGINE_COMMAND = [sys.executable, "-m", "prefect.engine"]
 POLL_SECONDS = 0.2
+ERROR_LINE = re.compile(r"^[\w.]+(Error|Exception|Exit|Interrupt)\b:?.*$")
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
@@ -205,6 +208,7 @@ class JobSupervisor:
         out = sys.stdout.buffer
         limit = int(settings.job_output_limit_mb * 1024 * 1024)
         self.output = HeadTailCap(limit // 2, limit - limit // 2, self._write_out, what="stdout/stderr")
+        self.last_output: collections.deque[bytes] = collections.deque(maxlen=64)  # to explain a crash
         self._out = out
         self._out_broken = False
 
@@ -226,7 +230,7 @@ class JobSupervisor:
     def _prepare_child(self) -> None:
         """Runs in the forked child before exec: no threads, no logging, no Python-level locks."""
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != self.wrapper_pid:  # the wrapper died before prctl took effect
+        if os.getppid() != self.supervisor_pid:  # the supervisor died before prctl took effect
             os._exit(137)
         if self.cgroup is not None:
             try:
@@ -236,7 +240,7 @@ class JobSupervisor:
         self.limits.apply(nproc=self.cgroup is None)
 
     def start(self) -> None:
-        self.wrapper_pid = os.getpid()
+        self.supervisor_pid = os.getpid()
         prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of the job become ours to kill
         self.cgroup = PidsCgroup.create(self.flow_run_id or str(os.getpid()), self.limits.max_tasks)
         self.engine = subprocess.Popen(
@@ -286,7 +290,9 @@ class JobSupervisor:
     def _on_terminate(self, signum: int, _frame: Any) -> None:
         # The worker SIGTERMs this process to cancel the run (and on its own shutdown).
         self.request_stop(
-            "cancel", f"the job was stopped by {signal_name(signum)} from its worker (did the worker shut down?)"
+            "cancel",
+            f"the worker running this job stopped it ({signal_name(signum)}; shutting down?), so the job was "
+            "stopped; submit it again",
         )
 
     def _check(self) -> None:
@@ -298,7 +304,7 @@ class JobSupervisor:
         if os.getppid() != self.parent:
             self.request_stop(
                 "worker",
-                "the worker running this job stopped (its process exited), so the job was stopped too; "
+                "the worker running this job went away (it shut down or died), so the job was stopped; "
                 "submit it again",
                 grace=0,
             )
@@ -343,6 +349,7 @@ class JobSupervisor:
                         continue
                     if data:
                         self.output.feed(data)
+                        self.last_output.append(data[-4096:])
                     else:  # EOF: the engine (and everything sharing its pipe) closed it
                         selector.unregister(stream)
                         open_stream = False
@@ -415,10 +422,27 @@ class JobSupervisor:
                 f"the job process died from {signal_name(sig)}; if the job was using a lot of memory it may "
                 f"have run out (limit {self.limits.memory_mb} MB, DSPY_SERVICE_JOB_MEMORY_MB)"
             )
+        error = self.last_error()
+        if error:
+            if any(word in error for word in ("ConnectError", "PrefectHTTPStatusError", "database is locked")):
+                return (
+                    f"the job process lost the Prefect API and stopped (exit code {code}): {error}; "
+                    "submit it again"
+                )
+            return f"the job process exited with code {code} before the job finished: {error}"
         return (
             f"the job process exited with code {code} before the job finished "
             "(did the signature or metric code call os._exit() or exit the interpreter?)"
         )
+
+    def last_error(self) -> str | None:
+        """The last `SomeError: message` line the engine printed, if any."""
+        text = b"".join(self.last_output)[-16384:].decode("utf-8", "replace")
+        for line in reversed(text.splitlines()):
+            match = ERROR_LINE.match(line.strip())
+            if match:
+                return match.group(0)[:300]
+        return None
 
     def _cpu_exhausted(self) -> bool:
         if not self.limits.cpu_seconds:

@@ -21,7 +21,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 JOBS = 30
 TERMINAL = ("success", "failed", "cancelled")
-WORKER_GONE = ("worker running this job", "worker that took this job", "stopped sending heartbeats")
+WORKER_GONE = (
+    "worker running this job",
+    "worker that took this job",
+    "stopped sending heartbeats",
+    "lost the Prefect API",
+)
 
 
 def wait_until(check, timeout: float, what: str) -> None:
@@ -44,6 +49,20 @@ def running_count(rstack, user: str) -> int:
         return sum(item["status"] in ("running", "validating") for item in statuses(rstack, user).values())
     except (AssertionError, OSError):
         return 0
+
+
+def describe_open_jobs(rstack, user: str) -> None:
+    """What a job that never ended went through (printed when the test fails)."""
+    import httpx
+
+    for job_id, job in statuses(rstack, user).items():
+        if job["status"] in TERMINAL:
+            continue
+        history = httpx.get(f"{rstack.prefect_url}/flow_run_states/", params={"flow_run_id": job_id}).json()
+        print(job_id, job["status"], [(h["timestamp"], h["type"], h["name"], h["message"]) for h in history])
+        for log in rstack.stack.workers[0].log_path.read_text(errors="replace").splitlines():
+            if job_id in log:
+                print("   worker:", log[:300])
 
 
 def kill_worker(rstack) -> None:
@@ -86,7 +105,11 @@ def test_thirty_jobs_through_worker_kills_and_a_server_restart(rstack, local_lm)
                 return False
             return len(jobs) == JOBS and all(job["status"] in TERMINAL for job in jobs.values())
 
-        wait_until(all_terminal, 300, "all 30 jobs to end")
+        try:
+            wait_until(all_terminal, 300, "all 30 jobs to end")
+        except AssertionError:
+            describe_open_jobs(rstack, user)
+            raise
     finally:
         local_lm.set_delay(0)
 
