@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prefect.exceptions import PrefectHTTPStatusError
 
 from api.gateway import DeploymentMissing
 from dspy_service.errors import JobError
@@ -34,7 +36,19 @@ async def deployment_missing(_: Request, exc: DeploymentMissing) -> JSONResponse
     return JSONResponse(status_code=503, content={"detail": str(exc)})
 
 
+async def prefect_unreachable(_: Request, exc: Exception) -> JSONResponse:
+    """Prefect restarting or down: a temporary 503, not a 500."""
+    if isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code < 500:
+        return JSONResponse(status_code=500, content={"detail": "internal error talking to the Prefect API"})
+    return JSONResponse(
+        status_code=503,
+        content={"detail": f"the Prefect API is unreachable right now ({type(exc).__name__}); try again shortly"},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(JobError, job_error)
     app.add_exception_handler(DeploymentMissing, deployment_missing)
+    app.add_exception_handler(httpx.TransportError, prefect_unreachable)
+    app.add_exception_handler(PrefectHTTPStatusError, prefect_unreachable)

@@ -44,7 +44,8 @@ from dspy_service.storage import delete_dataset
 
 logger = logging.getLogger("dspy_service.api")
 
-LOG_PAGE = 200  # the Prefect API's page size limit (logs and flow runs)
+LOG_PAGE = 200  # the Prefect API's page size limit for logs
+RUN_PAGE = 200  # ditto for flow runs: larger `limit`s are answered with 422
 RUNNING_SCAN_LIMIT = 2000  # running jobs are bounded by the pool's slots; this is a guard
 RESULT_CACHE_SIZE = 64
 
@@ -177,7 +178,7 @@ class JobGateway:
         """Up to `limit` runs, in pages: the Prefect API returns at most 200 per call."""
         runs: list[FlowRun] = []
         while len(runs) < limit:
-            size = min(LOG_PAGE, limit - len(runs))
+            size = min(RUN_PAGE, limit - len(runs))
             page = await self.client.read_flow_runs(**filters, sort=sort, limit=size, offset=offset + len(runs))
             runs.extend(page)
             if len(page) < size:

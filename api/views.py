@@ -11,7 +11,7 @@ from prefect.client.schemas.objects import FlowRun, Log
 
 from dspy_service import run_labels
 from dspy_service.schemas import JobSpec
-from dspy_service.status import JobStatus
+from dspy_service.status import JobStatus, job_message
 
 PROGRESS_LOGGER = "dspy_service.progress"
 PROGRESS_PREFIX = "progress "
@@ -53,7 +53,7 @@ def job_spec_of(flow_run: FlowRun) -> JobSpec | None:
 
 def status_message(flow_run: FlowRun, status: JobStatus) -> str | None:
     if status in (JobStatus.failed, JobStatus.cancelled) and flow_run.state is not None:
-        return flow_run.state.message
+        return job_message(flow_run.state_type, flow_run.state.message)
     return None
 
 

@@ -1,4 +1,4 @@
-"""Create/update the work pool and register the optimization deployment (idempotent).
+"""Create/update the work pool, the optimization deployment and its automations (idempotent).
 
     python -m deployments.register     # against PREFECT_API_URL
 """
@@ -17,6 +17,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.utilities.callables import parameter_schema
 from prefect.workers.process import ProcessWorker
 
+from deployments.automations import ensure_automations
 from dspy_service.settings import FLOW_NAME, ServiceSettings, get_settings
 
 PREFECT_YAML = Path(__file__).resolve().parent.parent / "prefect.yaml"
@@ -77,7 +78,9 @@ async def register(settings: ServiceSettings | None = None) -> UUID:
     settings = settings or get_settings()
     async with get_client() as client:
         await ensure_work_pool(client, settings)
-        return await ensure_deployment(client, settings)
+        deployment_id = await ensure_deployment(client, settings)
+        await ensure_automations(client, deployment_id, settings)
+        return deployment_id
 
 
 def main() -> None:

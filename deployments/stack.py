@@ -28,6 +28,9 @@ PREFECT_DEFAULTS = {
     "PREFECT_WORKER_ENABLE_CANCELLATION": "true",
     "PREFECT_WORKER_CANCELLATION_POLL_SECONDS": "5",
     "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
+    # Prefect clients retry 429/502/503 only; a SQLite-backed server answers bursts of
+    # writes with 500 "database is locked", which crashed job engines under load.
+    "PREFECT_CLIENT_RETRY_EXTRA_CODES": "500",
     # Logs of deleted runs are removed by the orphan vacuum (the API cannot delete logs).
     "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,orphans",
     "PREFECT_SERVER_SERVICES_DB_VACUUM_ORPHAN_CLEANUP_LOOP_SECONDS": "3600",
@@ -90,9 +93,18 @@ class StackConfig:
         )
         if self.settings.storage_url:
             env["DSPY_SERVICE_STORAGE_URL"] = self.settings.storage_url
+        env["PATH"] = interpreter_first_on_path(env.get("PATH", ""))
         # Flow results; a storage block (PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK) overrides it.
         env["PREFECT_LOCAL_STORAGE_PATH"] = str(home / "storage" / "results")
         return env
+
+
+def interpreter_first_on_path(path: str) -> str:
+    """The deployment's job command is `python -m flows.job_process`; on a worker that
+    `python` must be this interpreter (the one dspy-service is installed in)."""
+    bin_dir = os.path.dirname(sys.executable)
+    parts = [p for p in path.split(os.pathsep) if p and p != bin_dir]
+    return os.pathsep.join([bin_dir, *parts])
 
 
 @dataclass

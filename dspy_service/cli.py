@@ -135,10 +135,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from deployments.stack import PREFECT_DEFAULTS
+    from deployments.stack import PREFECT_DEFAULTS, interpreter_first_on_path
 
     settings = get_settings()
     env = {**PREFECT_DEFAULTS, **os.environ}
+    env["PATH"] = interpreter_first_on_path(env.get("PATH", ""))
     command = [
         sys.executable, "-m", "prefect", "worker", "start", "--pool", settings.work_pool, "--type", "process",
     ]

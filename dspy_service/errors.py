@@ -18,3 +18,16 @@ class JobError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+def out_of_memory_message() -> str:
+    """MemoryError in the job's process: say it ran out, and what the limit is."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return "the job ran out of memory (MemoryError)"
+    return (
+        f"the job ran out of memory: its limit is {soft // (1024 * 1024)} MB "
+        "(DSPY_SERVICE_JOB_MEMORY_MB)"
+    )

@@ -21,8 +21,19 @@ from dspy_service.schemas import JobSpec
 from dspy_service.settings import get_settings
 
 
+def check_timeout(spec: JobSpec) -> None:
+    limit = get_settings().job_timeout_seconds
+    if spec.timeout_seconds is not None and spec.timeout_seconds > limit:
+        raise JobError(
+            f"timeout_seconds is {spec.timeout_seconds:g}; this service allows at most {limit:g} "
+            "(DSPY_SERVICE_JOB_TIMEOUT_SECONDS)",
+            field="timeout_seconds",
+        )
+
+
 def preflight(spec: JobSpec, rows: list[dict[str, Any]] | None) -> None:
     """Raise JobError naming the field at fault. `rows` is None when not known yet."""
+    check_timeout(spec)
     outline = outline_signature(spec.signature_code)
     find_metric_name(spec.metric_code)
     check_fields_against_mapping(outline, spec.column_mapping.inputs, spec.column_mapping.outputs)
@@ -39,6 +50,8 @@ def preflight(spec: JobSpec, rows: list[dict[str, Any]] | None) -> None:
         return
     limit = get_settings().max_dataset_rows
     if len(rows) > limit:
-        raise JobError(f"dataset has {len(rows)} rows; the limit is {limit}", field="dataset")
+        raise JobError(
+            f"dataset has {len(rows)} rows; the limit is {limit} (DSPY_SERVICE_MAX_DATASET_ROWS)", field="dataset"
+        )
     check_columns_present(rows, spec.column_mapping.fields)
     fit_to_splits(optimizer, spec.split_fractions.counts(len(rows)), optimizer_kwargs, spec.compile_kwargs)

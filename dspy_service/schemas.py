@@ -123,6 +123,12 @@ class JobSpec(BaseModel):
         description="Absolute file path or http(s) URL of a CSV, JSONL, JSON or Parquet file, "
         "re-read at every run; instead of inline `dataset` rows.",
     )
+    timeout_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="Wall-clock limit of this job; at most the service's DSPY_SERVICE_JOB_TIMEOUT_SECONDS "
+        "(the default when unset). A job over its limit is stopped and fails with a timeout message.",
+    )
 
     @field_validator("username", mode="before")
     @classmethod

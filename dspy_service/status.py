@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 from prefect.client.schemas.objects import StateType
@@ -60,3 +61,37 @@ def state_types_for(status: JobStatus) -> list[StateType]:
     if status is JobStatus.validating:
         return [StateType.RUNNING]
     return [t for t, s in STATE_TYPE_TO_STATUS.items() if s is status]
+
+
+# Prefect's own messages for runs that ended outside our code (the worker's exit-code
+# report, the engine's signal handler, the worker's cancellation), reworded for users.
+_PROCESS_EXIT = re.compile(r"^Process exited with status code: (-?\d+)")
+_FIXED_MESSAGES = {
+    "Flow run was cancelled successfully.": "cancelled by the user",
+    "Flow run was cancelled before execution started.": "cancelled by the user before it started",
+    "Execution was aborted by a termination signal.": "the job process was stopped by a termination signal "
+    "(its worker shut down?)",
+}
+
+
+def job_message(state_type: StateType | None, message: str | None) -> str | None:
+    """A terminal state's message in the user's terms."""
+    if not message:
+        return message
+    if message in _FIXED_MESSAGES:
+        return _FIXED_MESSAGES[message]
+    match = _PROCESS_EXIT.match(message)
+    if match:
+        code = int(match.group(1))
+        if code in (-9, 137):
+            return (
+                "the job process was killed (SIGKILL): by the operating system (out of memory?), by code in "
+                "the job (e.g. os.kill) or by an operator"
+            )
+        if code < 0 or code > 128:
+            signum = -code if code < 0 else code - 128
+            return f"the job process died from signal {signum} (status code {code})"
+        return f"the job process exited unexpectedly with status code {code}"
+    if message.startswith("Flow run could not start:"):
+        return "the job process could not start:" + message[len("Flow run could not start:") :]
+    return message

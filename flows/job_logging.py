@@ -25,6 +25,8 @@ from typing import Any
 
 from prefect.logging.handlers import APILogHandler
 
+from flows.output_limits import PrintBudget
+
 # Loggers whose records belong to the job. Prefect's run loggers reach the API already.
 JOB_LOGGERS = ("dspy", "dspy_service", "tasks", "flows", "gepa", "optuna", "py.warnings")
 PREFECT_RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
@@ -66,8 +68,9 @@ class PrintLines:
     handler printing to stdout) only pass through, so nothing loops.
     """
 
-    def __init__(self, passthrough: Any, level: int = logging.INFO):
+    def __init__(self, passthrough: Any, budget: PrintBudget, level: int = logging.INFO):
         self.passthrough = passthrough
+        self.budget = budget
         self.level = level
         self.logger = logging.getLogger(PRINT_LOGGER)
         self._local = threading.local()
@@ -95,7 +98,7 @@ class PrintLines:
 
     def _log(self, line: str) -> None:
         line = line.rsplit("\r", 1)[-1].rstrip()
-        if not line.strip():
+        if not line.strip() or not self.budget.admit(line):
             return
         self._local.busy = True
         try:
@@ -149,7 +152,9 @@ class RunLogCapture(logging.Handler):
 
 
 @contextmanager
-def job_logging(flow_run_id: str | None, level: str = "INFO") -> Iterator[RunLogCapture]:
+def job_logging(
+    flow_run_id: str | None, level: str = "INFO", print_limit_bytes: int = 2 * 1024 * 1024
+) -> Iterator[RunLogCapture]:
     numeric_level = logging.getLevelName(str(level).upper())
     if not isinstance(numeric_level, int):
         numeric_level = logging.INFO
@@ -186,13 +191,15 @@ def job_logging(flow_run_id: str | None, level: str = "INFO") -> Iterator[RunLog
     # INFO lines are progress, flows/progress.py) without those lines being shipped.
     logging.captureWarnings(True)
     stdout = sys.stdout
-    sys.stdout = PrintLines(stdout)
+    print_budget = PrintBudget(print_limit_bytes)
+    sys.stdout = PrintLines(stdout, print_budget)
     try:
         yield capture
     finally:
         if isinstance(sys.stdout, PrintLines):
             sys.stdout.close_thread_buffer()
         sys.stdout = stdout
+        print_budget.finish(logging.getLogger(PRINT_LOGGER))
         logging.captureWarnings(False)
         if api_handler is not None:
             # Send what is queued before the run turns terminal: a client that sees

@@ -20,9 +20,10 @@ from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Failed
 
 from dspy_service import run_labels
-from dspy_service.errors import JobError
+from dspy_service.errors import JobError, out_of_memory_message
 from dspy_service.schemas import DatasetRef, JobResult, JobSpec, SplitCounts
 from dspy_service.settings import FLOW_NAME, get_settings
+from dspy_service.stopping import install_stop_handler, stop_requested, wait_to_be_stopped
 from dspy_service.storage import load_dataset
 from flows.job_artifacts import publish_result_artifacts
 from flows.job_logging import job_logging
@@ -88,6 +89,9 @@ def run_job(
             champion = champion_gate(schedule_id, str(current_flow_run.id), scores.optimized, splits, lms, user_code)
     except JobError:
         raise
+    except MemoryError:
+        logger.error("%s failed:\n%s", stage, traceback.format_exc())
+        raise JobError(f"{stage} failed: {out_of_memory_message()}") from None
     except Exception as exc:
         logger.error("%s failed:\n%s", stage, traceback.format_exc())
         raise JobError(f"{stage} failed: {type(exc).__name__}: {exc}") from exc
@@ -115,7 +119,8 @@ def run_job(
     )
 
 
-@flow(name=FLOW_NAME, log_prints=True, validate_parameters=True, persist_result=True, result_serializer="json")
+# log_prints=False: job_logging logs prints from every thread, with a cap (Prefect's has none).
+@flow(name=FLOW_NAME, log_prints=False, validate_parameters=True, persist_result=True, result_serializer="json")
 def optimize_program(
     job: JobSpec,
     dataset: list[dict[str, Any]] | None = None,
@@ -130,9 +135,12 @@ def optimize_program(
     (/schedules): they end with the champion gate.
     """
     run_logger = get_run_logger()
+    install_stop_handler()  # the job process wrapper asks for a cooperative stop first
     if schedule_id:
         mark_schedule_run(current_flow_run.id, job.username, schedule_id)
-    with job_logging(current_flow_run.id, get_settings().log_level) as capture:
+    settings = get_settings()
+    print_limit = int(settings.job_print_limit_mb * 1024 * 1024)
+    with job_logging(current_flow_run.id, settings.log_level, print_limit_bytes=print_limit) as capture:
         try:
             rows = resolve_rows(job, dataset, dataset_ref)
             run_logger.info(
@@ -147,6 +155,10 @@ def optimize_program(
             with observe_job(current_flow_run.id, job):
                 result = run_job(job, rows, capture.entries, schedule_id)
         except JobError as exc:
+            if stop_requested():
+                # Cancelled or out of time: the wrapper states the reason and kills this
+                # process; an error caused by the stop itself must not become the message.
+                wait_to_be_stopped()
             run_logger.error("job failed: %s", exc)
             return Failed(message=str(exc))
         run_logger.info(

@@ -13,6 +13,7 @@ from dspy_service.errors import JobError
 from dspy_service.registry import LM_ARGUMENTS, OptimizerEntry, Parameters, get_registry
 from dspy_service.schemas import JobSpec
 from dspy_service.settings import get_settings
+from dspy_service.stopping import StopGEPAOnRequest
 from tasks import stage
 from tasks.data import DataSplits
 from tasks.language_models import JobLMs
@@ -66,12 +67,27 @@ def optimizer_arguments(
         kwargs["num_threads"] = get_settings().num_threads
     if entry.uses_feedback_metric and "track_stats" in params.names:
         kwargs.setdefault("track_stats", True)  # keeps GEPA's per-candidate scores
+    if "gepa_kwargs" in params.names:
+        add_gepa_stop_callback(kwargs)
     for argument, role in LM_ARGUMENTS.items():
         if lms.get(role) is not None:
             kwargs[argument] = lms.get(role)
     if params.accepts("metric"):  # LabeledFewShot, for one, takes no metric
         kwargs["metric"] = metric
     return kwargs
+
+
+def add_gepa_stop_callback(kwargs: dict[str, Any]) -> None:
+    """GEPA ends its search at the next iteration boundary once the job is told to stop
+    (cancel, time limit), keeping any stop callbacks the user gave."""
+    gepa_kwargs = dict(kwargs.get("gepa_kwargs") or {})
+    callbacks = gepa_kwargs.get("stop_callbacks")
+    if callbacks is None:
+        callbacks = []
+    elif not isinstance(callbacks, (list, tuple)):
+        callbacks = [callbacks]
+    gepa_kwargs["stop_callbacks"] = [*callbacks, StopGEPAOnRequest()]
+    kwargs["gepa_kwargs"] = gepa_kwargs
 
 
 def _jsonable(value: Any, depth: int = 0) -> Any:

@@ -14,6 +14,7 @@ import dspy
 from dspy_service.errors import JobError
 from dspy_service.schemas import JobSpec, ModelConfig
 from dspy_service.settings import get_settings
+from dspy_service.stopping import raise_if_stopped
 from tasks import stage
 
 LM_MODEL_TYPES = {"chat", "text", "responses"}
@@ -103,6 +104,16 @@ class MeteredLM(dspy.LM):
         super().update_history(entry)
         self.meter.record(self.role, entry, self.price)
 
+    # A job told to stop (cancelled, out of time) sends no new LM request. (Not via
+    # forward(): overriding it would switch DSPy to its legacy custom-LM path.)
+    def __call__(self, *args: Any, **kwargs: Any):
+        raise_if_stopped()
+        return super().__call__(*args, **kwargs)
+
+    async def acall(self, *args: Any, **kwargs: Any):
+        raise_if_stopped()
+        return await super().acall(*args, **kwargs)
+
 
 @dataclass
 class JobLMs:
@@ -169,6 +180,10 @@ def build_lm(config: ModelConfig, *, role: str, meter: UsageMeter, cache: bool) 
     if model_type in LM_MODEL_TYPES:
         kwargs["model_type"] = model_type
     kwargs["cache"] = bool(kwargs.get("cache", True)) and cache
+    # Transient provider errors (429, 5xx, timeouts, connection errors) are retried per
+    # call by DSPy with exponential backoff or the provider's Retry-After; a model's
+    # `extra.num_retries` overrides the service default.
+    kwargs.setdefault("num_retries", get_settings().lm_num_retries)
     try:
         return MeteredLM(
             config.name,

@@ -27,7 +27,7 @@ from dspy_service.code_checks import (
     find_metric_name,
     outline_signature,
 )
-from dspy_service.errors import JobError
+from dspy_service.errors import JobError, out_of_memory_message
 from dspy_service.registry import get_registry
 from dspy_service.schemas import JobSpec
 from tasks import stage
@@ -43,6 +43,8 @@ def describe_user_exception(exc: BaseException, filename: str, source: str) -> s
         lineno = exc.lineno
     name = filename.strip("<>")
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, MemoryError):
+        text = f"MemoryError: {out_of_memory_message()}"
     if lineno is None:
         return f"{name} raised {text}"
     lines = source.splitlines()

@@ -1,0 +1,81 @@
+"""The served OpenAPI schema documents the error responses the API really sends.
+
+FastAPI documents a 422 body the API never sends (its default `HTTPValidationError`) and
+none of the 400/404/409/413/503 answers; clients generated from the schema, and the
+schemathesis fuzz test, rely on both being right.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+
+
+class FieldProblem(BaseModel):
+    field: str
+    message: str
+    type: str | None = None
+
+
+class InvalidRequest(BaseModel):
+    """422: the request's shape is wrong; one entry per field."""
+
+    error: str = "invalid_request"
+    detail: list[FieldProblem]
+
+
+class ErrorDetail(BaseModel):
+    """400/404/409/413/503: one sentence; `field` names the request field at fault, if any."""
+
+    detail: str
+    field: str | None = None
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorDetail"}}},
+    }
+
+
+UNAVAILABLE = _error("The Prefect API is unreachable or the deployment is not registered")
+BY_OPERATION: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
+    ("post", "/run"): {
+        "400": _error("A semantic problem found before queueing (unknown optimizer, bad code, ...)"),
+        "413": _error("The request body is larger than DSPY_SERVICE_MAX_REQUEST_MB"),
+    },
+    ("get", "/jobs/{job_id}/artifact"): {"409": _error("The job has not finished")},
+    ("post", "/jobs/{job_id}/cancel"): {"409": _error("The job is already finished")},
+    ("delete", "/jobs/{job_id}"): {"409": _error("The job is still active")},
+}
+
+
+def install_openapi(app: FastAPI) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (FieldProblem, InvalidRequest, ErrorDetail):
+            schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+        for path, operations in schema.get("paths", {}).items():
+            for method, operation in operations.items():
+                responses = operation.setdefault("responses", {})
+                if "422" in responses:
+                    responses["422"]["content"] = {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/InvalidRequest"}}
+                    }
+                if "{job_id}" in path:
+                    responses.setdefault("404", _error("No job with this id"))
+                for code, response in BY_OPERATION.get((method, path), {}).items():
+                    responses.setdefault(code, response)
+                responses.setdefault("503", UNAVAILABLE)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi

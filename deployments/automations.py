@@ -1,0 +1,115 @@
+"""Automations that end jobs whose processes vanished (created by the start command).
+
+A job process normally reports its own final state, and when it dies the wrapper or the
+worker do (flows/job_process.py). When the whole host goes (worker, wrapper and engine
+at once), nobody is left to report: Prefect's documented answer is flow-run heartbeats
+(PREFECT_FLOWS_HEARTBEAT_FREQUENCY, set by deployments/stack.py) plus a proactive
+automation that marks a run Crashed when its heartbeats stop. These automations are
+scoped to the optimization deployment, so other flows on a shared server are untouched.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from uuid import UUID
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.objects import StateType
+from prefect.events.actions import ChangeFlowRunState
+from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+from prefect.events.schemas.events import ResourceSpecification
+
+from dspy_service.settings import ServiceSettings
+
+ZOMBIE_AUTOMATION = "dspy-service: crash jobs whose process stopped sending heartbeats"
+STUCK_CANCEL_AUTOMATION = "dspy-service: finish cancellations nobody completed"
+STUCK_PENDING_AUTOMATION = "dspy-service: fail jobs whose worker never started them"
+TERMINAL_EVENTS = {
+    "prefect.flow-run.Completed",
+    "prefect.flow-run.Failed",
+    "prefect.flow-run.Cancelled",
+    "prefect.flow-run.Crashed",
+}
+# What the job's status message says; dspy_service/status.py recognises it.
+ZOMBIE_MESSAGE = (
+    "the job's process stopped sending heartbeats (its worker host or process died); the job was marked failed"
+)
+STUCK_CANCEL_MESSAGE = "cancelled by the user; its worker could not be reached to confirm"
+STUCK_PENDING_MESSAGE = (
+    "the worker that took this job went away before starting it; the job was marked failed, submit it again"
+)
+
+
+def zombie_automation(deployment_id: UUID, settings: ServiceSettings) -> AutomationCore:
+    return AutomationCore(
+        name=ZOMBIE_AUTOMATION,
+        description="Marks a running dspy-service job Crashed when its flow-run heartbeats stop.",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Cancelling", *TERMINAL_EVENTS},
+            match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
+            match_related=ResourceSpecification({"prefect.resource.id": f"prefect.deployment.{deployment_id}"}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=settings.zombie_after_seconds),
+        ),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED, message=ZOMBIE_MESSAGE)],
+    )
+
+
+def stuck_cancel_automation(deployment_id: UUID, settings: ServiceSettings) -> AutomationCore:
+    """A run cancelled while its worker was gone stays Cancelling (only the worker that
+    owns the process confirms it); confirm it after a while so it can be deleted."""
+    return AutomationCore(
+        name=STUCK_CANCEL_AUTOMATION,
+        description="Marks a dspy-service job Cancelled when its Cancelling state was never completed.",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.Cancelling"},
+            expect=TERMINAL_EVENTS,
+            match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
+            match_related=ResourceSpecification({"prefect.resource.id": f"prefect.deployment.{deployment_id}"}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=settings.zombie_after_seconds),
+        ),
+        actions=[ChangeFlowRunState(state=StateType.CANCELLED, message=STUCK_CANCEL_MESSAGE)],
+    )
+
+
+def stuck_pending_automation(deployment_id: UUID, settings: ServiceSettings) -> AutomationCore:
+    """A worker that dies between taking a run (Pending) and starting its process leaves
+    nothing behind to report, and a Pending run holds a pool slot."""
+    return AutomationCore(
+        name=STUCK_PENDING_AUTOMATION,
+        description="Marks a dspy-service job Crashed when it stayed Pending (taken, never started) too long.",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.Pending"},
+            expect={"prefect.flow-run.Running", "prefect.flow-run.Cancelling", *TERMINAL_EVENTS},
+            match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
+            match_related=ResourceSpecification({"prefect.resource.id": f"prefect.deployment.{deployment_id}"}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=2 * settings.zombie_after_seconds),
+        ),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED, message=STUCK_PENDING_MESSAGE)],
+    )
+
+
+async def ensure_automations(client: PrefectClient, deployment_id: UUID, settings: ServiceSettings) -> None:
+    """Create or update (by name) the automations; idempotent."""
+    automations = (
+        zombie_automation(deployment_id, settings),
+        stuck_cancel_automation(deployment_id, settings),
+        stuck_pending_automation(deployment_id, settings),
+    )
+    for automation in automations:
+        existing = await client.read_automations_by_name(automation.name)
+        if existing:
+            await client.update_automation(existing[0].id, automation)
+            for duplicate in existing[1:]:
+                await client.delete_automation(duplicate.id)
+        else:
+            await client.create_automation(automation)

@@ -1,0 +1,85 @@
+"""Cancelling a running job: its whole process tree is gone within 2 s, no new LM calls."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from dspy_service.local_lm import ARITHMETIC_SIGNATURE_CODE as SIG
+from tests.helpers import job_payload, model_config
+from tests.integration.reliability.conftest import process_gone, session_members
+
+pytestmark = pytest.mark.integration
+
+# A user subprocess started by the job: it must die with the job.
+SPAWNS_CHILD = "import subprocess\n_child = subprocess.Popen(['sleep', '300'])\n" + SIG
+
+
+def wait_until_gone(pids: list[int], timeout: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if all(process_gone(pid) for pid in pids):
+            return time.monotonic() - started
+        time.sleep(0.02)
+    raise AssertionError(f"still alive after {timeout}s: {[p for p in pids if not process_gone(p)]}")
+
+
+def test_cancel_running_job_kills_its_tree_within_2s_and_stops_lm_calls(rstack, local_lm):
+    local_lm.set_delay(1500)  # one call in flight at a time (BootstrapFewShot calls the LM sequentially)
+    try:
+        job_id = rstack.submit(job_payload(local_lm.url, rows=60, module_name="cot", signature_code=SPAWNS_CHILD))
+        procs = rstack.processes(job_id)
+        rstack.wait_for_status(job_id, {"running"}, timeout=60)
+        time.sleep(2)
+        tree = [procs.relay, procs.supervisor, *session_members(procs.engine)]
+        assert len(tree) >= 4, f"expected relay, supervisor, engine and the user's child: {tree}"
+
+        cancelled_at = time.time()
+        response = rstack.api.post(f"/jobs/{job_id}/cancel")
+        assert response.status_code == 200 and response.json()["status"] == "cancelled"
+        seconds = wait_until_gone(tree, timeout=10)
+        assert seconds < 2.0, f"the job's processes outlived the cancel by {seconds:.2f}s"
+
+        run = rstack.wait_state(job_id, {"CANCELLED"}, timeout=30)
+        assert run["state"]["message"]
+        time.sleep(2)  # anything still in flight would have arrived by now
+        late_calls = [t for t in local_lm.stats()["call_times"] if t > cancelled_at]
+        # At most the call in flight when the cancel arrived (+1 that may have started
+        # while the worker was noticing the cancel); none once the job was told to stop.
+        assert len(late_calls) <= 2, f"{len(late_calls)} LM calls arrived after the cancel"
+    finally:
+        local_lm.set_delay(0)
+    job = rstack.api.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "cancelled" and job["message"].startswith("cancelled by the user")
+    assert rstack.api.post(f"/jobs/{job_id}/cancel").status_code == 409
+
+
+def test_cancel_gepa_run(rstack, local_lm):
+    """GEPA is told to stop through its stop callback; the run ends cancelled and quiet."""
+    local_lm.set_delay(100)
+    try:
+        payload = job_payload(
+            local_lm.url,
+            rows=60,
+            optimizer_name="gepa",
+            optimizer_kwargs={"max_metric_calls": 2000},
+            reflection_model_config=model_config(local_lm.url),
+        )
+        job_id = rstack.submit(payload)
+        procs = rstack.processes(job_id)
+        rstack.wait_for_status(job_id, {"running"}, timeout=60)
+        time.sleep(3)
+        tree = [procs.relay, procs.supervisor, *session_members(procs.engine)]
+        cancelled_at = time.time()
+        assert rstack.api.post(f"/jobs/{job_id}/cancel").status_code == 200
+        assert wait_until_gone(tree, timeout=10) < 2.0
+        rstack.wait_state(job_id, {"CANCELLED"}, timeout=30)
+        time.sleep(1)
+        stats = local_lm.stats()
+        late = [t for t in stats["call_times"] if t > cancelled_at + 1.0]
+        assert not late, f"{len(late)} LM calls more than 1 s after the cancel"
+    finally:
+        local_lm.set_delay(0)
+    job = rstack.api.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "cancelled" and job["result"] is None

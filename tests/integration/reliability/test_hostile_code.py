@@ -1,0 +1,144 @@
+"""Hostile signature/metric code: only its own job fails, with a clear message.
+
+All hostile jobs and one ordinary job are submitted together and run side by side on one
+real worker; then each hostile job's outcome is checked, and that the ordinary job, the
+worker and the API came through unharmed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from dspy_service.local_lm import ARITHMETIC_SIGNATURE_CODE as SIG
+from tests.helpers import SECRET_KEY, job_payload
+from tests.integration.reliability.conftest import CANARY_KEY, JOB_SLOTS, process_gone
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ENV_DUMP = (
+    "import os\n"
+    "raise RuntimeError('ENV ' + ' '.join(sorted(os.environ)) + ' VALUES ' + ' '.join(os.environ.values()))\n"
+)
+
+FORK_BOMB = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+
+# name -> (request overrides, words the failure message must contain)
+HOSTILE = {
+    "infinite_loop": (
+        {"metric_code": "def metric(gold, pred, trace=None):\n    while True:\n        pass\n", "timeout_seconds": 25},
+        ["exceeded its time limit of 25 s"],
+    ),
+    "memory_bomb": (
+        {"signature_code": "chunks = []\nwhile True:\n    chunks.append(b'x' * 50_000_000)\n" + SIG},
+        ["ran out of memory", "2048 MB"],
+    ),
+    "sys_exit": ({"signature_code": "import sys\nsys.exit(3)\n" + SIG}, ["signature_code line 2", "SystemExit"]),
+    "os_exit": (
+        {"metric_code": "import os\ndef metric(gold, pred, trace=None):\n    os._exit(7)\n"},
+        ["exited with code 7 before the job finished"],
+    ),
+    "kill_parent": (
+        {"signature_code": "import os\nos.kill(os.getppid(), 9)\n" + SIG},
+        ["job process was killed (SIGKILL)"],
+    ),
+    "fork_bomb": (
+        {"signature_code": FORK_BOMB + SIG},
+        ["more than 256 processes/threads"],
+    ),
+    "read_environ": ({"signature_code": ENV_DUMP + SIG}, ["RuntimeError: ENV"]),
+}
+NOISY = {
+    # 100 MB through print() (Prefect logs) and straight to the stdout file descriptor.
+    "print_100mb": {"signature_code": "for i in range(10_000):\n    print(f'{i:05d}' + 'p' * 10_000)\n" + SIG},
+    "stdout_100mb": {
+        "signature_code": "import os\nfor i in range(10_000):\n    os.write(1, b'w' * 10_000 + b'\\n')\n" + SIG
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def outcomes(rstack, local_lm):
+    worker_pid = rstack.worker_pid()
+    worker_log = rstack.stack.workers[0].log_path
+    log_size_before = worker_log.stat().st_size
+    requests = {name: overrides for name, (overrides, _) in HOSTILE.items()} | NOISY
+    ids = {name: rstack.submit(job_payload(local_lm.url, rows=20, **overrides)) for name, overrides in requests.items()}
+    # The ordinary job goes in once the first hostile wave is running beside it.
+    time.sleep(8)
+    ids["ordinary"] = rstack.submit(job_payload(local_lm.url, rows=40))
+    jobs = {name: rstack.wait_terminal(job_id, timeout=420) for name, job_id in ids.items()}
+    for name, job in jobs.items():
+        print(f"{name}: {job['status']} after {job['elapsed']} ({job['started_at']} -> {job['completed_at']})")
+    return {
+        "jobs": jobs,
+        "ids": ids,
+        "worker_pid_before": worker_pid,
+        "worker_log_growth": worker_log.stat().st_size - log_size_before,
+    }
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_job_fails_alone_with_a_clear_message(outcomes, name):
+    job = outcomes["jobs"][name]
+    assert job["status"] == "failed", job
+    for words in HOSTILE[name][1]:
+        assert words in (job["message"] or ""), job["message"]
+
+
+def test_the_job_environment_is_scrubbed(outcomes):
+    message = outcomes["jobs"]["read_environ"]["message"]
+    names = message.split("RuntimeError: ENV ", 1)[1].split(" VALUES ")[0].split()
+    assert CANARY_KEY not in message
+    assert "OPENAI_API_KEY" not in names and "AWS_SECRET_ACCESS_KEY" not in names
+    assert "PREFECT_API_URL" in names and "PATH" in names  # what the engine needs stays
+    # The job's own key travels in its model config, never in the environment.
+    assert SECRET_KEY not in message
+
+
+def test_printing_100mb_is_capped_and_says_what_was_dropped(rstack, outcomes):
+    for name in NOISY:
+        assert outcomes["jobs"][name]["status"] == "success", outcomes["jobs"][name]
+    logs = rstack.api.get(f"/jobs/{outcomes['ids']['print_100mb']}/logs").json()
+    printed = [e for e in logs if e["logger"] == "dspy_service.print"]
+    assert sum(len(e["message"]) for e in printed) < 400_000, "printed output reached the logs uncapped"
+    notice = next(i for i, e in enumerate(printed) if "dropped" in e["message"] and "print() calls" in e["message"])
+    assert printed[0]["message"].startswith("00000p"), "the first prints are kept"
+    assert any(e["message"].startswith("09999p") for e in printed[notice:]), "the last prints are kept"
+    # Raw stdout of both jobs reached the worker log capped (1 MB each), with a note.
+    assert outcomes["worker_log_growth"] < 12_000_000, outcomes["worker_log_growth"]
+    worker_log = rstack.stack.workers[0].log_path.read_text(errors="replace")
+    assert "of the job's stdout/stderr; the last" in worker_log
+
+
+def test_worker_api_and_the_other_job_are_unaffected(rstack, outcomes):
+    ordinary = outcomes["jobs"]["ordinary"]
+    assert ordinary["status"] == "success", ordinary
+    assert rstack.worker_pid() == outcomes["worker_pid_before"], "the worker was restarted"
+    assert rstack.api.get("/health").status_code == 200
+    queue = rstack.api.get("/queue").json()
+    assert queue["active_jobs"] == 0 and queue["worker_threads"] == JOB_SLOTS
+    # Nothing a hostile job started is still running (fork bomb children, orphans).
+    deadline = time.monotonic() + 15  # the last job's processes exit just after its final state
+    while (leftovers := processes_of_runs(set(outcomes["ids"].values()))) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not leftovers, f"job processes left behind: {leftovers}"
+
+
+def processes_of_runs(run_ids: set[str]) -> list[int]:
+    """Live processes whose environment names one of these flow runs."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = open(f"/proc/{entry.name}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        for item in environ:
+            if item.startswith(b"PREFECT__FLOW_RUN_ID=") and item.split(b"=", 1)[1].decode() in run_ids:
+                if not process_gone(int(entry.name)):
+                    found.append(int(entry.name))
+    return found

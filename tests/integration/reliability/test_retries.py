@@ -1,0 +1,131 @@
+"""Transient provider errors are retried per LM call; user-code errors never are; a
+re-run of a killed job replays its paid calls from the tenant cache."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+
+import pytest
+
+from dspy_service.local_lm import start_local_lm
+from tests.helpers import job_payload, model_config
+from tests.integration.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def tenant_model(lm_url: str, **extra) -> dict:
+    """A model config with a key of its own, so the job starts from a cold LM cache."""
+    config = model_config(lm_url)
+    config["extra"] = {"api_key": f"sk-{uuid.uuid4().hex}", **extra}
+    return config
+
+
+FAULTS = [
+    {"status": 429, "retry_after": 1},
+    {"status": 503},
+    {"status": 500},
+    {"status": 503, "delay_ms": 2500},  # the client's 1 s timeout fires first: a timeout error
+]
+
+
+def inject_in_turn(local_lm, faults: list[dict], count: int, stop: threading.Event) -> None:
+    """`count` failures of each kind, the next kind once the previous ones were consumed."""
+    consumed = local_lm.stats()["failed_calls"]
+    for fault in faults:
+        local_lm.set_faults(count, **fault)
+        consumed += count
+        while local_lm.stats()["failed_calls"] < consumed and not stop.is_set():
+            time.sleep(0.05)
+
+
+def test_transient_lm_errors_are_retried(rstack, local_lm):
+    """429 (with Retry-After), 503, 500 and timeouts, each on 2 calls of one job."""
+    payload = job_payload(local_lm.url, rows=20, model_config=tenant_model(local_lm.url, timeout=1))
+    local_lm.reset()
+    stop = threading.Event()
+    injector = threading.Thread(target=inject_in_turn, args=(local_lm, FAULTS, 2, stop), daemon=True)
+    injector.start()
+    try:
+        job_id = rstack.submit(payload)
+        job = rstack.wait_terminal(job_id)
+    finally:
+        stop.set()
+        injector.join(5)
+        local_lm.set_faults(0)
+    assert job["status"] == "success", job["message"]
+    assert local_lm.stats()["failed_calls"] == 2 * len(FAULTS), "every injected failure was met and retried"
+    usage = rstack.api.get(f"/jobs/{job_id}").json()["result"]["details"]["usage"]["total"]
+    assert usage["calls"] == local_lm.stats()["calls"], "each retried call was paid once"
+
+
+def test_connection_refused_is_retried_until_the_provider_is_back(rstack, local_lm):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    job_id = rstack.submit(job_payload(url, rows=20, model_config=tenant_model(url)))
+    rstack.wait_for_status(job_id, {"running"}, timeout=90)
+    time.sleep(1.5)  # the first calls fail: nothing listens on the port yet
+    late_lm = start_local_lm(port=port)
+    try:
+        job = rstack.wait_terminal(job_id)
+    finally:
+        late_lm.close()
+    assert job["status"] == "success", job["message"]
+    assert late_lm.stats()["calls"] > 0
+
+
+def test_user_code_errors_are_not_retried(rstack, local_lm):
+    metric = "def metric(gold, pred, trace=None):\n    raise ValueError('broken metric')\n"
+    local_lm.reset()
+    job_id = rstack.submit(job_payload(local_lm.url, rows=20, metric_code=metric))
+    job = rstack.wait_terminal(job_id)
+    assert job["status"] == "failed" and "broken metric" in job["message"]
+    assert local_lm.stats()["failed_calls"] == 0
+    run = rstack.flow_run(job_id)
+    assert run["run_count"] == 1
+    with rstack.prefect_client() as client:
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(job_id)])))
+    assert task_runs and all(t.run_count == 1 for t in task_runs), [(t.name, t.run_count) for t in task_runs]
+
+
+def test_rerunning_a_killed_job_does_not_pay_twice(rstack, local_lm):
+    """Job A is killed mid-compile; the same job submitted again (B) replays A's calls from
+    the tenant's LM cache, so A + B pay about what one clean run (C, cold cache) pays."""
+    shared_model = tenant_model(local_lm.url)
+    payload = job_payload(local_lm.url, rows=60, module_name="cot", model_config=shared_model)
+    local_lm.set_delay(150)
+    try:
+        before = local_lm.stats()["calls"]
+        job_a = rstack.submit(payload)
+        engine = rstack.processes(job_a).engine
+        rstack.wait_for_status(job_a, {"running"}, timeout=90)
+        time.sleep(3)
+        os.kill(engine, signal.SIGKILL)
+        assert rstack.wait_terminal(job_a)["status"] == "failed"
+        time.sleep(1)
+        paid_a = local_lm.stats()["calls"] - before
+    finally:
+        local_lm.set_delay(0)
+    assert paid_a > 0
+
+    before = local_lm.stats()["calls"]
+    job_b = rstack.submit(payload)
+    assert rstack.wait_terminal(job_b)["status"] == "success"
+    paid_b = local_lm.stats()["calls"] - before
+
+    before = local_lm.stats()["calls"]
+    cold = job_payload(local_lm.url, rows=60, module_name="cot", model_config=tenant_model(local_lm.url))
+    job_c = rstack.submit(cold)
+    assert rstack.wait_terminal(job_c)["status"] == "success"
+    paid_c = local_lm.stats()["calls"] - before
+
+    assert paid_b < paid_c, "the re-run paid for calls the killed run had already made"
+    assert paid_a + paid_b <= paid_c + 1, (paid_a, paid_b, paid_c)  # +1: the call in flight at the kill
+    cache_hits = rstack.api.get(f"/jobs/{job_b}").json()["result"]["details"]["usage"]["total"]["cache_hits"]
+    assert cache_hits >= paid_a - 1
