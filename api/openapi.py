@@ -50,6 +50,17 @@ BY_OPERATION: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     ("get", "/jobs/{job_id}/artifact"): {"409": _error("The job has not finished")},
     ("post", "/jobs/{job_id}/cancel"): {"409": _error("The job is already finished")},
     ("delete", "/jobs/{job_id}"): {"409": _error("The job is still active")},
+    ("post", "/schedules"): {
+        "400": _error("A semantic problem found before scheduling (as for POST /run)"),
+        "409": _error("A schedule with this name exists already"),
+        "413": _error("The request body is larger than DSPY_SERVICE_MAX_REQUEST_MB"),
+    },
+    ("patch", "/schedules/{schedule_id}"): {
+        "400": _error("The merged job has a semantic problem (as for POST /run)"),
+        "409": _error("A schedule with this name exists already"),
+        "413": _error("The request body is larger than DSPY_SERVICE_MAX_REQUEST_MB"),
+    },
+    ("post", "/schedules/{schedule_id}/run"): {"400": _error("The schedule has no job payload")},
 }
 
 
@@ -72,6 +83,8 @@ def install_openapi(app: FastAPI) -> None:
                     }
                 if "{job_id}" in path:
                     responses.setdefault("404", _error("No job with this id"))
+                if "{schedule_id}" in path:
+                    responses.setdefault("404", _error("No schedule with this id (or, for /champion, no champion)"))
                 for code, response in BY_OPERATION.get((method, path), {}).items():
                     responses.setdefault(code, response)
                 responses.setdefault("503", UNAVAILABLE)

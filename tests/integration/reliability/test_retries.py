@@ -126,6 +126,9 @@ def test_rerunning_a_killed_job_does_not_pay_twice(rstack, local_lm):
     paid_c = local_lm.stats()["calls"] - before
 
     assert paid_b < paid_c, "the re-run paid for calls the killed run had already made"
-    assert paid_a + paid_b <= paid_c + 1, (paid_a, paid_b, paid_c)  # +1: the call in flight at the kill
+    # The calls in flight at the kill were paid but never answered, so never cached: at most
+    # one per DSPy thread (the kill may land in the threaded evaluation).
+    in_flight = 4  # DSPY_SERVICE_NUM_THREADS default
+    assert paid_a + paid_b <= paid_c + in_flight, (paid_a, paid_b, paid_c)
     cache_hits = rstack.api.get(f"/jobs/{job_b}").json()["result"]["details"]["usage"]["total"]["cache_hits"]
     assert cache_hits >= paid_a - 1
