@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import uuid
 from typing import Any
 
 from dspy_service.local_lm import ARITHMETIC_METRIC_CODE, ARITHMETIC_SIGNATURE_CODE, make_arithmetic_dataset
@@ -22,6 +23,14 @@ STAGES = [
 
 def model_config(lm_url: str, name: str = "openai/local-arithmetic") -> dict[str, Any]:
     return {"name": name, "base_url": lm_url, "temperature": 0.0, "extra": {"api_key": SECRET_KEY}}
+
+
+def tenant_model(lm_url: str, **extra: Any) -> dict[str, Any]:
+    """A model config with a key of its own, so the job starts from a cold LM cache (the
+    cache is per tenant) and really pays for, and waits on, every call."""
+    config = model_config(lm_url)
+    config["extra"] = {"api_key": f"sk-{uuid.uuid4().hex}", **extra}
+    return config
 
 
 def job_payload(lm_url: str, *, rows: int = 40, seed: int = 3, **overrides: Any) -> dict[str, Any]:

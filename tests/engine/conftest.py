@@ -4,7 +4,7 @@ import pytest
 from prefect.testing.utilities import prefect_test_harness
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)
 def prefect_server():
     with prefect_test_harness(server_startup_timeout=120):
         yield

@@ -17,6 +17,11 @@ pytestmark = pytest.mark.integration
 TERMINAL = {"success", "failed", "cancelled"}
 
 
+# Database-independent behaviour runs once, on the SQLite stack: datasets live in shared
+# storage, not in the database; worker liveness comes from heartbeats.
+ON_SQLITE_ONLY = pytest.mark.parametrize("stack", ["sqlite"], indirect=True)
+
+
 def submit(stack, payload, **kwargs):
     response = stack.api.post("/run", json=payload, **kwargs)
     assert response.status_code == 201, response.text
@@ -216,6 +221,7 @@ def test_delete_then_404(stack, local_lm):
     assert not any(job_id in p.name for p in datasets.glob("*"))
 
 
+@ON_SQLITE_ONLY
 def test_twenty_thousand_rows(stack, local_lm):
     from dspy_service.local_lm import make_arithmetic_dataset
 
@@ -232,6 +238,7 @@ def test_twenty_thousand_rows(stack, local_lm):
     assert job["dataset_rows"] == 20_000
 
 
+@ON_SQLITE_ONLY
 def test_fifty_megabyte_dataset_is_accepted(stack, local_lm):
     payload = job_payload(local_lm.url, rows=20)
     payload["dataset"] = [
@@ -250,6 +257,7 @@ def test_queue_snapshot(stack):
     assert queue["worker_threads"] == 2 and queue["workers_alive"] is True
 
 
+@ON_SQLITE_ONLY
 def test_health_503_when_the_worker_stops(stack):
     health = stack.api.get("/health")
     assert health.status_code == 200

@@ -141,7 +141,9 @@ def session_members(session_id: int) -> list[int]:
     return members
 
 
-@pytest.fixture(scope="session")
+# Package scope: the stack stops when the reliability tests are done instead of idling
+# (and taking CPU) through the rest of the suite.
+@pytest.fixture(scope="package")
 def rstack(tmp_path_factory, local_lm):
     home: Path = tmp_path_factory.mktemp("stack-reliability")
     settings = ServiceSettings(home=home, job_slots=JOB_SLOTS)

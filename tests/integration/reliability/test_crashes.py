@@ -14,17 +14,23 @@ import time
 
 import pytest
 
-from tests.helpers import job_payload
+from tests.helpers import job_payload, tenant_model
 from tests.integration.reliability.conftest import process_gone
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
+SLOW_LM_MS = 1000  # jobs must still be running when their processes are killed
+
+
 def running_jobs(rstack, local_lm, count: int):
-    ids = [rstack.submit(job_payload(local_lm.url, rows=60, module_name="cot")) for _ in range(count)]
-    procs = [rstack.processes(job_id) for job_id in ids]
+    ids = [
+        rstack.submit(job_payload(local_lm.url, rows=60, module_name="cot", model_config=tenant_model(local_lm.url)))
+        for _ in range(count)
+    ]
     for job_id in ids:
         rstack.wait_for_status(job_id, {"running"}, timeout=90)
+    procs = [rstack.processes(job_id) for job_id in ids]
     time.sleep(1)
     return list(zip(ids, procs, strict=True))
 
@@ -39,7 +45,7 @@ def crashes(rstack, local_lm):
     """Three jobs run side by side on one worker; then, in turn: job A's engine is
     SIGKILLed; the worker is SIGKILLed together with job D's supervisor and engine (a lost
     machine, for D; a lost worker, for B); the worker is restarted."""
-    local_lm.set_delay(400)
+    local_lm.set_delay(SLOW_LM_MS)
     try:
         (a, a_procs), (b, b_procs), (d, d_procs) = running_jobs(rstack, local_lm, 3)
         os.kill(a_procs.engine, signal.SIGKILL)
@@ -74,7 +80,7 @@ def test_worker_sigkill_fails_its_job_at_once(crashes):
 
 
 def test_worker_shutdown_fails_its_running_job_with_a_reason(rstack, local_lm, crashes):
-    local_lm.set_delay(400)
+    local_lm.set_delay(SLOW_LM_MS)
     try:
         ((job_id, _),) = running_jobs(rstack, local_lm, 1)
         os.kill(rstack.worker_pid(), signal.SIGTERM)  # a graceful worker restart

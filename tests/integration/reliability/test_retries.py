@@ -12,17 +12,10 @@ import uuid
 import pytest
 
 from dspy_service.local_lm import start_local_lm
-from tests.helpers import job_payload, model_config
+from tests.helpers import job_payload, tenant_model
 from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.integration
-
-
-def tenant_model(lm_url: str, **extra) -> dict:
-    """A model config with a key of its own, so the job starts from a cold LM cache."""
-    config = model_config(lm_url)
-    config["extra"] = {"api_key": f"sk-{uuid.uuid4().hex}", **extra}
-    return config
 
 
 FAULTS = [
