@@ -79,16 +79,25 @@ def test_worker_sigkill_fails_its_job_at_once(crashes):
         assert process_gone(pid)
 
 
-def test_worker_shutdown_fails_its_running_job_with_a_reason(rstack, local_lm, crashes):
+def test_worker_shutdown_finishes_or_fails_its_running_job_with_a_reason(rstack, local_lm, crashes):
+    """SIGTERM (a graceful restart): Prefect's worker stops taking runs and usually drains
+    the running one; when the signal lands so that it exits at once, the supervisor sees
+    its parent go and fails the job. Either way the job ends, with a reason, and the worker
+    exits."""
     local_lm.set_delay(SLOW_LM_MS)
     try:
         ((job_id, _),) = running_jobs(rstack, local_lm, 1)
-        os.kill(rstack.worker_pid(), signal.SIGTERM)  # a graceful worker restart
-        job, seconds = time_to_terminal(rstack, job_id, time.monotonic())
+        worker = rstack.stack.workers[0].process
+        os.kill(worker.pid, signal.SIGTERM)
+        time.sleep(1)
     finally:
-        local_lm.set_delay(0)
-    assert seconds < 10
-    assert job["status"] == "failed" and "worker running this job" in job["message"]
+        local_lm.set_delay(0)  # a draining worker finishes the job quickly now
+    job, seconds = time_to_terminal(rstack, job_id, time.monotonic())
+    assert seconds < 20
+    assert job["status"] == "success" or (
+        job["status"] == "failed" and "worker running this job" in job["message"]
+    ), job
+    worker.wait(20)
     rstack.restart_worker()
 
 

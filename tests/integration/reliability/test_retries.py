@@ -124,4 +124,4 @@ def test_rerunning_a_killed_job_does_not_pay_twice(rstack, local_lm):
     in_flight = 4  # DSPY_SERVICE_NUM_THREADS default
     assert paid_a + paid_b <= paid_c + in_flight, (paid_a, paid_b, paid_c)
     cache_hits = rstack.api.get(f"/jobs/{job_b}").json()["result"]["details"]["usage"]["total"]["cache_hits"]
-    assert cache_hits >= paid_a - 1
+    assert cache_hits >= paid_a - in_flight
