@@ -86,8 +86,10 @@ def plain_runs(lm, delay_ms: float, optimizer: str, runs: int, rows: int = 60) -
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         result["wall_s"] = round(wall, 3)
         out.append(result)
-        log(f"  plain {optimizer} @{delay_ms:g} ms #{i + 1}: optimization {result['optimization_s']} s, "
-            f"process {wall:.2f} s")
+        log(
+            f"  plain {optimizer} @{delay_ms:g} ms #{i + 1}: optimization {result['optimization_s']} s, "
+            f"process {wall:.2f} s"
+        )
     return out
 
 
@@ -166,8 +168,10 @@ def service_runs(probe: Probe, lm, delay_ms: float, optimizer: str, runs: int) -
         if row["state"] != "COMPLETED":
             raise RuntimeError(f"job {row['job_id']} ended {row['state']}")
         out.append(row)
-        log(f"  service {optimizer} @{delay_ms:g} ms #{i + 1}: submit->terminal {row['total_s']} s "
-            f"(first line {row['to_first_line_s']} s, work {row['runtime_s']} s)")
+        log(
+            f"  service {optimizer} @{delay_ms:g} ms #{i + 1}: submit->terminal {row['total_s']} s "
+            f"(first line {row['to_first_line_s']} s, work {row['runtime_s']} s)"
+        )
     return out
 
 
@@ -196,9 +200,7 @@ class MemorySampler(threading.Thread):
                 for engine in children(supervisor):
                     engines += 1
                     job["job engine"] = rss_mb(engine) or 0.0
-                    job["job engine + its children"] = sum(
-                        rss_mb(p) or 0.0 for p in [engine, *descendants(engine)]
-                    )
+                    job["job engine + its children"] = sum(rss_mb(p) or 0.0 for p in [engine, *descendants(engine)])
             for key, value in job.items():
                 values[key] = max(values.get(key, 0.0), value)
         values["engines_running"] = engines
@@ -230,7 +232,7 @@ def throughput(probe: Probe, lm, jobs: int, delay_ms: float) -> tuple[dict, dict
     runs = [probe.wait_terminal(job_id, interval=0.2) for job_id, _ in submitted]
     sampler.stop()
     ends = []
-    for run, (job_id, t0) in zip(runs, submitted):
+    for job_id, t0 in submitted:
         row = probe.timeline(job_id, t0)
         ends.append(row["total_s"] + t0)
     states = [run["state_type"] for run in runs]
@@ -379,7 +381,8 @@ def overhead_table(jobs: dict, plain: dict) -> dict:
             entry["plain_optimization_s"] = summarize(opt)
             entry["plain_process_s"] = summarize(wall)
             entry["overhead_vs_in_process_s"] = {
-                q: round(entry["service_total_s"][q] - entry["plain_optimization_s"][q], 3) for q in ("p50", "p95", "p99")
+                q: round(entry["service_total_s"][q] - entry["plain_optimization_s"][q], 3)
+                for q in ("p50", "p95", "p99")
             }
             entry["overhead_vs_plain_process_s"] = {
                 q: round(entry["service_total_s"][q] - entry["plain_process_s"][q], 3) for q in ("p50", "p95", "p99")
@@ -395,9 +398,7 @@ def environment() -> dict:
     import dspy
     import prefect
 
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?"
-    )
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     mem = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -467,7 +468,9 @@ def markdown(report: dict) -> str:
                     lines.append(f"| {db['db']} | {name} | {s['n']} | {fmt(s)} | {s['max']:g} |")
     if any("cancel" in db for db in report["databases"]):
         lines.append("\n### 5. Cancel (LM delay 200 ms)\n")
-        lines.append("| db | trials | tree gone p50 / p95 / max (s) | Cancelled p50 / p95 (s) | LM calls after cancel (max) |")
+        lines.append(
+            "| db | trials | tree gone p50 / p95 / max (s) | Cancelled p50 / p95 (s) | LM calls after cancel (max) |"
+        )
         lines.append("|---|---|---|---|---|")
         for db in report["databases"]:
             c = db.get("cancel")
@@ -477,7 +480,15 @@ def markdown(report: dict) -> str:
                     f"| {fmt(c['cancelled_state_s'], ('p50', 'p95'))} | {c['lm_calls_after_cancel']['max']:g} |"
                 )
     lines.append("\n### 6. Memory (RSS, MB)\n")
-    roles = ["prefect_server", "worker", "api", "job relay", "job supervisor", "job engine", "job engine + its children"]
+    roles = [
+        "prefect_server",
+        "worker",
+        "api",
+        "job relay",
+        "job supervisor",
+        "job engine",
+        "job engine + its children",
+    ]
     lines.append("| db | when | " + " | ".join(roles) + " |")
     lines.append("|---|---|" + "---|" * len(roles))
     for db in report["databases"]:
@@ -497,7 +508,9 @@ def main() -> int:
     parser.add_argument("--delay-ms", default="20,300", help="local LM delay per call; item 1 runs at each")
     parser.add_argument("--runs", type=int, default=5, help="runs per optimizer and delay (item 1)")
     parser.add_argument("--optimizers", default="bootstrap,miprov2")
-    parser.add_argument("--slow-optimizers", default="bootstrap,miprov2", help="optimizers run at delays after the first")
+    parser.add_argument(
+        "--slow-optimizers", default="bootstrap,miprov2", help="optimizers run at delays after the first"
+    )
     parser.add_argument("--throughput-jobs", type=int, default=20)
     parser.add_argument("--stored-jobs", type=int, default=1000)
     parser.add_argument("--big-jobs", type=int, default=60)
