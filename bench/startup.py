@@ -50,7 +50,7 @@ def fork_from_warm_parent(runs: int) -> list[float]:
 import os, sys, time, json
 import flows.optimize
 out = []
-for _ in range(%d):
+for _ in range(RUNS):
     r, w = os.pipe()
     started = time.perf_counter()
     pid = os.fork()
@@ -60,7 +60,7 @@ for _ in range(%d):
     out.append(time.perf_counter() - started)
     os.waitpid(pid, 0)
 print(json.dumps(out))
-""" % runs
+""".replace("RUNS", str(runs))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
