@@ -55,7 +55,6 @@ def publish_labels(flow_run_id: str | None, values: dict[str, Any], client: Any 
         logger.warning("could not update flow-run labels: %s", exc)
 
 
-
 def mark_schedule_run(flow_run_id: str | None, username: str, schedule_id: str) -> None:
     """Runs that Prefect's scheduler creates carry only the deployment's tags: add the
     job's user and schedule tags (so /jobs?username= finds them) and the schedule label."""
