@@ -14,6 +14,7 @@ from api.gateway import JobGateway
 from api.limits import BodySizeLimit
 from api.openapi import install_openapi
 from api.routes import jobs, schedules, system
+from dspy_service.prefect_http import quick_retry_httpx_settings
 from dspy_service.registry import get_registry
 from dspy_service.settings import get_settings
 
@@ -21,7 +22,7 @@ from dspy_service.settings import get_settings
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     get_registry()  # import dspy and the plugins now, not on the first request
-    async with get_client() as client:
+    async with get_client(httpx_settings=quick_retry_httpx_settings()) as client:
         app.state.gateway = JobGateway(client, get_settings())
         yield
 

@@ -19,71 +19,23 @@ import argparse
 import json
 import os
 import re
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from deployments.stack import Stack, StackConfig  # noqa: E402
-from dspy_service.local_lm import (  # noqa: E402
-    ARITHMETIC_METRIC_CODE,
-    ARITHMETIC_SIGNATURE_CODE,
-    make_arithmetic_dataset,
-    start_local_lm,
-)
+from common import BenchStack, gone, session_members, stat_fields, summarize  # noqa: E402
+from common import payload as job_payload  # noqa: E402
+
+from dspy_service.local_lm import start_local_lm  # noqa: E402
 from dspy_service.settings import ServiceSettings  # noqa: E402
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def payload(lm_url: str, seed: int) -> dict:
-    return {
-        "username": "bench-cancel",
-        "module_name": "cot",
-        "signature_code": ARITHMETIC_SIGNATURE_CODE,
-        "metric_code": ARITHMETIC_METRIC_CODE,
-        "optimizer_name": "bootstrap",
-        "optimizer_kwargs": {"max_bootstrapped_demos": 4, "max_labeled_demos": 0},
-        "dataset": make_arithmetic_dataset(60, seed=seed),
-        "column_mapping": {"inputs": {"question": "question"}, "outputs": {"answer": "answer"}},
-        "split_fractions": {"train": 0.5, "val": 0.2, "test": 0.3},
-        "seed": seed,
-        "model_config": {"name": "openai/local-arithmetic", "base_url": lm_url, "extra": {"api_key": f"bench-{seed}"}},
-    }
-
-
-def stat_fields(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def gone(pid: int) -> bool:
-    fields = stat_fields(pid)
-    return fields is None or fields[0] in ("Z", "X")
-
-
-def session_members(session_id: int) -> list[int]:
-    members = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            fields = stat_fields(int(entry.name))
-            if fields and int(fields[3]) == session_id and fields[0] not in ("Z", "X"):
-                members.append(int(entry.name))
-    return members
+    return job_payload(lm_url, seed, optimizer="bootstrap", username="bench-cancel")
 
 
 def engine_pid(api: httpx.Client, job_id: str, timeout: float = 120) -> int:
@@ -128,20 +80,6 @@ def trial(api: httpx.Client, prefect_url: str, lm, seed: int) -> dict:
     }
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[index]
-
-
-def summarize(values: list[float]) -> dict:
-    return {
-        "p50": round(statistics.median(values), 3),
-        "p95": round(percentile(values, 95), 3),
-        "max": round(max(values), 3),
-    }
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=12)
@@ -150,21 +88,17 @@ def main() -> int:
     args = parser.parse_args()
 
     lm = start_local_lm(delay_ms=args.delay_ms)
-    home = Path(tempfile.mkdtemp(prefix="bench-cancel-"))
-    config = StackConfig(
-        settings=ServiceSettings(home=home, job_slots=2), api_port=free_port(), prefect_port=free_port()
-    )
-    stack = Stack(config)
+    bench = BenchStack("sqlite", job_slots=2, prefix="bench-cancel-")
     results = []
     try:
-        stack.start(progress=lambda m: print(m, file=sys.stderr))
-        with httpx.Client(base_url=config.api_url, timeout=60) as api:
+        bench.start(progress=lambda m: print(m, file=sys.stderr))
+        with httpx.Client(base_url=bench.api_url, timeout=60) as api:
             for seed in range(args.trials):
-                result = trial(api, config.prefect_api_url, lm, seed)
+                result = trial(api, bench.prefect_url, lm, seed)
                 print(json.dumps(result), file=sys.stderr)
                 results.append(result)
     finally:
-        stack.stop()
+        bench.stop()
         lm.close()
     report = {
         "trials": len(results),

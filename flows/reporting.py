@@ -3,14 +3,39 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
+import httpx
 from prefect.client.orchestration import get_client
 
 from dspy_service import run_labels
 from dspy_service.schedules import schedule_tag
 
 logger = logging.getLogger("dspy_service.reporting")
+
+# A label write on a SQLite-backed server is a read-then-write transaction: when another
+# write (the job's own logs, task states, artifacts) commits in between, SQLite refuses it
+# at once (a stale WAL snapshot, which busy_timeout does not wait out) and Prefect answers
+# 503, which its client retries after 2 s, then 4 s (bench/run.py measured ~2 s added to
+# most jobs). These quick retries come first; Prefect's own retries remain the fallback.
+QUICK_RETRY_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
+
+
+def update_labels(client: Any, flow_run_id: Any, labels: dict[str, Any]) -> None:
+    http = getattr(client, "_client", None)
+    if isinstance(http, httpx.Client):
+        for delay in (*QUICK_RETRY_DELAYS, None):
+            request = http.build_request("PATCH", f"/flow_runs/{flow_run_id}/labels", json=labels)
+            # httpx.Client.send, not the Prefect client's: one attempt, no 2 s backoff.
+            response = httpx.Client.send(http, request)
+            if response.status_code != 503:
+                if response.is_success:
+                    return
+                break  # anything else (CSRF, auth...): let Prefect's client handle it
+            if delay is not None:
+                time.sleep(delay)
+    client.update_flow_run_labels(flow_run_id, labels)
 
 
 def publish_labels(flow_run_id: str | None, values: dict[str, Any], client: Any = None) -> None:
@@ -22,13 +47,12 @@ def publish_labels(flow_run_id: str | None, values: dict[str, Any], client: Any 
     labels = {key: run_labels.encode(value) for key, value in values.items() if value is not None}
     try:
         if client is not None:
-            client.update_flow_run_labels(flow_run_id, labels)
+            update_labels(client, flow_run_id, labels)
             return
         with get_client(sync_client=True) as own_client:
-            own_client.update_flow_run_labels(flow_run_id, labels)
+            update_labels(own_client, flow_run_id, labels)
     except Exception as exc:  # noqa: BLE001
         logger.warning("could not update flow-run labels: %s", exc)
-
 
 
 def mark_schedule_run(flow_run_id: str | None, username: str, schedule_id: str) -> None:

@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from api import views
 from api.deps import GatewayDep, JobRunDep
+from api.responses import FastJSONResponse
 from dspy_service.preflight import preflight
 from dspy_service.schemas import JobRequest
 from dspy_service.status import JobStatus, job_status
@@ -56,7 +57,7 @@ async def list_jobs(
 ):
     runs, compile_started, total = await gateway.list(status=status, username=username, limit=limit, offset=offset)
     items = [views.summary(run, job_status(run.state_type, run.id in compile_started)) for run in runs]
-    return {"items": items, "total": total, "limit": limit, "offset": offset}
+    return FastJSONResponse({"items": items, "total": total, "limit": limit, "offset": offset})
 
 
 @router.get("/jobs/{job_id}")
@@ -64,7 +65,7 @@ async def get_job(flow_run: JobRunDep, gateway: GatewayDep):
     status, logs, result = await asyncio.gather(
         gateway.status_of(flow_run), gateway.logs(flow_run.id), gateway.result(flow_run)
     )
-    return views.detail(flow_run, status, logs, result)
+    return FastJSONResponse(views.detail(flow_run, status, logs, result))
 
 
 @router.get("/jobs/{job_id}/summary")
@@ -75,7 +76,7 @@ async def get_job_summary(flow_run: JobRunDep, gateway: GatewayDep):
 @router.get("/jobs/{job_id}/logs")
 async def get_job_logs(flow_run: JobRunDep, gateway: GatewayDep):
     entries, _ = views.split_logs(await gateway.logs(flow_run.id))
-    return entries
+    return FastJSONResponse(entries)
 
 
 @router.get("/jobs/{job_id}/artifact")
