@@ -10,19 +10,16 @@ import httpx
 from prefect.client.orchestration import get_client
 
 from dspy_service import run_labels
+from dspy_service.prefect_http import QUICK_RETRY_DELAYS
 from dspy_service.schedules import schedule_tag
 
 logger = logging.getLogger("dspy_service.reporting")
 
-# A label write on a SQLite-backed server is a read-then-write transaction: when another
-# write (the job's own logs, task states, artifacts) commits in between, SQLite refuses it
-# at once (a stale WAL snapshot, which busy_timeout does not wait out) and Prefect answers
-# 503, which its client retries after 2 s, then 4 s (bench/run.py measured ~2 s added to
-# most jobs). These quick retries come first; Prefect's own retries remain the fallback.
-QUICK_RETRY_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
-
-
 def update_labels(client: Any, flow_run_id: Any, labels: dict[str, Any]) -> None:
+    """A label write on a SQLite-backed server is a read-then-write transaction: when another
+    write (the job's logs, task states, artifacts) commits in between, SQLite refuses it at
+    once and Prefect answers 503, which its client retries after 2 s, then 4 s (bench/run.py
+    measured ~2 s added to most jobs). Quick retries first; Prefect's own stay the fallback."""
     http = getattr(client, "_client", None)
     if isinstance(http, httpx.Client):
         for delay in (*QUICK_RETRY_DELAYS, None):
