@@ -92,7 +92,13 @@ def test_thirty_jobs_through_worker_kills_and_a_server_restart(rstack, local_lm)
         wait_until(lambda: running_count(rstack, user) >= 2, 120, "jobs to run")
         kill_worker(rstack)
         wait_until(lambda: running_count(rstack, user) >= 2, 120, "jobs to run again")
-        finished_before_restart = [j for j, job in statuses(rstack, user).items() if job["status"] == "success"]
+
+        def finished() -> list[str]:
+            return [j for j, job in statuses(rstack, user).items() if job["status"] == "success"]
+
+        # The restart must find finished results to keep.
+        wait_until(lambda: bool(finished()), 120, "a job to finish before the server restart")
+        finished_before_restart = finished()
         restart_prefect_server(rstack)
         restart_api(rstack)
         wait_until(lambda: running_count(rstack, user) >= 2, 120, "jobs to run after the restarts")
