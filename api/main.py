@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,6 +16,7 @@ from api.gateway import JobGateway
 from api.limits import BodySizeLimit
 from api.openapi import install_openapi
 from api.routes import jobs, schedules, system
+from api.stuck_jobs import sweep_forever
 from dspy_service.prefect_http import quick_retry_httpx_settings
 from dspy_service.registry import get_registry
 from dspy_service.settings import get_settings
@@ -24,7 +27,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     get_registry()  # import dspy and the plugins now, not on the first request
     async with get_client(httpx_settings=quick_retry_httpx_settings()) as client:
         app.state.gateway = JobGateway(client, get_settings())
-        yield
+        sweep = asyncio.create_task(sweep_forever(app.state.gateway))
+        try:
+            yield
+        finally:
+            sweep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweep
 
 
 def create_app() -> FastAPI:

@@ -6,6 +6,10 @@ at once), nobody is left to report: Prefect's documented answer is flow-run hear
 (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, set by deployments/stack.py) plus a proactive
 automation that marks a run Crashed when its heartbeats stop. These automations are
 scoped to the optimization deployment, so other flows on a shared server are untouched.
+
+Automations react to events, which a server restart or a SQLite write storm can drop;
+the API's sweep (api/stuck_jobs.py) ends stuck Pending and Cancelling runs from their
+stored states as well, with the same messages.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from prefect.events.schemas.automations import AutomationCore, EventTrigger, Pos
 from prefect.events.schemas.events import ResourceSpecification
 
 from dspy_service.settings import ServiceSettings
+from dspy_service.status import STUCK_CANCEL_MESSAGE, STUCK_PENDING_MESSAGE, ZOMBIE_MESSAGE
 
 ZOMBIE_AUTOMATION = "dspy-service: crash jobs whose process stopped sending heartbeats"
 STUCK_CANCEL_AUTOMATION = "dspy-service: finish cancellations nobody completed"
@@ -30,14 +35,7 @@ TERMINAL_EVENTS = {
     "prefect.flow-run.Cancelled",
     "prefect.flow-run.Crashed",
 }
-# What the job's status message says; dspy_service/status.py recognises it.
-ZOMBIE_MESSAGE = (
-    "the job's process stopped sending heartbeats (its worker host or process died); the job was marked failed"
-)
-STUCK_CANCEL_MESSAGE = "cancelled by the user; its worker could not be reached to confirm"
-STUCK_PENDING_MESSAGE = (
-    "the worker that took this job went away before starting it; the job was marked failed, submit it again"
-)
+
 
 
 def zombie_automation(deployment_id: UUID, settings: ServiceSettings) -> AutomationCore:
@@ -92,7 +90,7 @@ def stuck_pending_automation(deployment_id: UUID, settings: ServiceSettings) -> 
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,
-            within=timedelta(seconds=2 * settings.zombie_after_seconds),
+            within=timedelta(seconds=settings.stuck_pending_seconds),
         ),
         actions=[ChangeFlowRunState(state=StateType.CRASHED, message=STUCK_PENDING_MESSAGE)],
     )

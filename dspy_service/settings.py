@@ -110,6 +110,18 @@ class ServiceSettings(BaseSettings):
         ge=45,
         description="A running job whose process sent no heartbeat for this long is marked crashed.",
     )
+    stuck_pending_seconds: int = Field(
+        default=120,
+        ge=10,
+        description="A job a worker took (Pending) but never started for this long is marked failed: its "
+        "worker died between taking and starting it. Starting takes seconds; keep a margin for loaded hosts.",
+    )
+    stuck_job_sweep_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="How often the API looks for jobs stuck Pending or Cancelling with nobody left to end "
+        "them (the durable twin of the automations in deployments/automations.py).",
+    )
 
     serialize_run_creates: bool | None = Field(
         default=None,

@@ -63,6 +63,16 @@ def state_types_for(status: JobStatus) -> list[StateType]:
     return [t for t, s in STATE_TYPE_TO_STATUS.items() if s is status]
 
 
+# Messages of states our automations (deployments/automations.py) and the API's sweep
+# (api/stuck_jobs.py) set when nobody is left to end a job.
+ZOMBIE_MESSAGE = (
+    "the job's process stopped sending heartbeats (its worker host or process died); the job was marked failed"
+)
+STUCK_CANCEL_MESSAGE = "cancelled by the user; its worker could not be reached to confirm"
+STUCK_PENDING_MESSAGE = (
+    "the worker that took this job went away before starting it; the job was marked failed, submit it again"
+)
+
 # Prefect's own messages for runs that ended outside our code (the worker's exit-code
 # report, the engine's signal handler, the worker's cancellation), reworded for users.
 _PROCESS_EXIT = re.compile(r"^Process exited with status code: (-?\d+)")
