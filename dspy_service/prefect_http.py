@@ -12,20 +12,27 @@ is as safe as Prefect's own.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 
 QUICK_RETRY_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
 
 
+def prefect_transport_settings() -> dict:
+    # Prefect's own settings for its default transport (the client's `limits` do not
+    # apply once a transport is given).
+    return {
+        "retries": 3,
+        "limits": httpx.Limits(max_connections=16, max_keepalive_connections=8, keepalive_expiry=25),
+    }
+
+
 class QuickRetryTransport(httpx.AsyncBaseTransport):
+    """For the API's async Prefect client."""
+
     def __init__(self, inner: httpx.AsyncBaseTransport | None = None, delays: tuple[float, ...] = QUICK_RETRY_DELAYS):
-        # Prefect's own settings for its default transport (the client's `limits` do not
-        # apply once a transport is given).
-        self.inner = inner or httpx.AsyncHTTPTransport(
-            retries=3,
-            limits=httpx.Limits(max_connections=16, max_keepalive_connections=8, keepalive_expiry=25),
-        )
+        self.inner = inner or httpx.AsyncHTTPTransport(**prefect_transport_settings())
         self.delays = delays
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -41,5 +48,38 @@ class QuickRetryTransport(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
+class QuickRetrySyncTransport(httpx.BaseTransport):
+    """The same for the sync clients a job opens for its labels and progress artifact."""
+
+    def __init__(self, inner: httpx.BaseTransport | None = None, delays: tuple[float, ...] = QUICK_RETRY_DELAYS):
+        self.inner = inner or httpx.HTTPTransport(**prefect_transport_settings())
+        self.delays = delays
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for delay in (*self.delays, None):
+            response = self.inner.handle_request(request)
+            if response.status_code != 503 or delay is None:
+                return response
+            response.close()
+            time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def quick_retry_httpx_settings() -> dict:
+    """`httpx_settings` for `get_client()`."""
     return {"transport": QuickRetryTransport()}
+
+
+def quick_retry_sync_httpx_settings() -> dict:
+    """`httpx_settings` for `get_client(sync_client=True)`."""
+    return {"transport": QuickRetrySyncTransport()}
+
+
+def sync_prefect_client():
+    """A sync Prefect client (a context manager) with the quick 503 retries."""
+    from prefect.client.orchestration import get_client
+
+    return get_client(sync_client=True, httpx_settings=quick_retry_sync_httpx_settings())

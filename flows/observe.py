@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from dspy_service import run_labels
+from dspy_service.prefect_http import sync_prefect_client
 from dspy_service.schemas import JobSpec
 from flows.job_artifacts import create_progress_artifact, update_progress_artifact
 from flows.progress import JobProgress, capture_progress
@@ -105,9 +106,7 @@ class JobObserver:
         client = None
         if self.flow_run_id:
             try:
-                from prefect.client.orchestration import get_client
-
-                client_cm = get_client(sync_client=True)
+                client_cm = sync_prefect_client()
                 client = client_cm.__enter__()
             except Exception as exc:  # noqa: BLE001
                 logger.warning("progress reporter has no Prefect client: %s", exc)

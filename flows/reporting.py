@@ -3,51 +3,30 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
-import httpx
-from prefect.client.orchestration import get_client
-
 from dspy_service import run_labels
-from dspy_service.prefect_http import QUICK_RETRY_DELAYS
+from dspy_service.prefect_http import sync_prefect_client
 from dspy_service.schedules import schedule_tag
 
 logger = logging.getLogger("dspy_service.reporting")
 
-def update_labels(client: Any, flow_run_id: Any, labels: dict[str, Any]) -> None:
-    """A label write on a SQLite-backed server is a read-then-write transaction: when another
-    write (the job's logs, task states, artifacts) commits in between, SQLite refuses it at
-    once and Prefect answers 503, which its client retries after 2 s, then 4 s (bench/run.py
-    measured ~2 s added to most jobs). Quick retries first; Prefect's own stay the fallback."""
-    http = getattr(client, "_client", None)
-    if isinstance(http, httpx.Client):
-        for delay in (*QUICK_RETRY_DELAYS, None):
-            request = http.build_request("PATCH", f"/flow_runs/{flow_run_id}/labels", json=labels)
-            # httpx.Client.send, not the Prefect client's: one attempt, no 2 s backoff.
-            response = httpx.Client.send(http, request)
-            if response.status_code != 503:
-                if response.is_success:
-                    return
-                break  # anything else (CSRF, auth...): let Prefect's client handle it
-            if delay is not None:
-                time.sleep(delay)
-    client.update_flow_run_labels(flow_run_id, labels)
-
-
 def publish_labels(flow_run_id: str | None, values: dict[str, Any], client: Any = None) -> None:
     """Best effort: a label that fails to reach the server must not fail the job.
 
-    `client`: an open sync Prefect client to reuse (the live reporter keeps one)."""
+    `client`: an open sync Prefect client to reuse (the live reporter keeps one). A label
+    write on a SQLite-backed server often loses a race with the job's other writes and gets
+    a 503, which Prefect's client retries after 2 s, then 4 s (bench/run.py measured ~2 s
+    added to most jobs): open clients with `sync_prefect_client()` (quick retries first)."""
     if not flow_run_id:
         return
     labels = {key: run_labels.encode(value) for key, value in values.items() if value is not None}
     try:
         if client is not None:
-            update_labels(client, flow_run_id, labels)
+            client.update_flow_run_labels(flow_run_id, labels)
             return
-        with get_client(sync_client=True) as own_client:
-            update_labels(own_client, flow_run_id, labels)
+        with sync_prefect_client() as own_client:
+            own_client.update_flow_run_labels(flow_run_id, labels)
     except Exception as exc:  # noqa: BLE001
         logger.warning("could not update flow-run labels: %s", exc)
 
@@ -59,7 +38,7 @@ def mark_schedule_run(flow_run_id: str | None, username: str, schedule_id: str) 
         return
     publish_labels(flow_run_id, {run_labels.SCHEDULE_ID: schedule_id})
     try:
-        with get_client(sync_client=True) as client:
+        with sync_prefect_client() as client:
             flow_run = client.read_flow_run(flow_run_id)
             wanted = [run_labels.user_tag(username), schedule_tag(schedule_id)]
             missing = [tag for tag in wanted if tag not in flow_run.tags]

@@ -1,40 +1,38 @@
 import httpx
 
-from flows import reporting
+
+def test_job_client_transport_retries_503_quickly():
+    from dspy_service.prefect_http import QuickRetrySyncTransport
+
+    statuses = [503, 503, 200]
+    seen = []
+
+    def answer(request):
+        seen.append((request.method, request.url.path, request.content))
+        return httpx.Response(statuses.pop(0))
+
+    transport = QuickRetrySyncTransport(httpx.MockTransport(answer), delays=(0, 0, 0))
+    with httpx.Client(transport=transport, base_url="http://prefect/api") as client:
+        assert client.patch("/flow_runs/abc/labels", json={"dspy.x": "1"}).status_code == 200
+    assert seen == [("PATCH", "/api/flow_runs/abc/labels", b'{"dspy.x":"1"}')] * 3
+
+    # Out of quick retries, or any other error: the answer goes back to Prefect's client.
+    statuses[:] = [503] * 5 + [403]
+    seen.clear()
+    with httpx.Client(transport=QuickRetrySyncTransport(httpx.MockTransport(answer), delays=(0,))) as client:
+        assert client.get("http://prefect/api/x").status_code == 503 and len(seen) == 2
+        seen.clear()
+        statuses[:] = [403]
+        assert client.get("http://prefect/api/x").status_code == 403 and len(seen) == 1
 
 
-class FakeClient:
-    def __init__(self, statuses):
-        self.statuses = list(statuses)
-        self.requests = []
-        self.fallback_calls = 0
-        self._client = httpx.Client(base_url="http://prefect/api", transport=httpx.MockTransport(self.answer))
+def test_job_clients_use_the_quick_retry_transport():
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    def answer(self, request):
-        self.requests.append((request.method, request.url.path, request.content))
-        return httpx.Response(self.statuses.pop(0) if self.statuses else 200)
+    from dspy_service.prefect_http import QuickRetrySyncTransport, sync_prefect_client
 
-    def update_flow_run_labels(self, flow_run_id, labels):
-        self.fallback_calls += 1
-
-
-def test_label_writes_retry_503_quickly(monkeypatch):
-    monkeypatch.setattr(reporting, "QUICK_RETRY_DELAYS", (0, 0, 0))
-    client = FakeClient([503, 503])
-    reporting.update_labels(client, "abc", {"dspy.x": "1"})
-    assert [r[:2] for r in client.requests] == [("PATCH", "/api/flow_runs/abc/labels")] * 3
-    assert client.requests[-1][2] == b'{"dspy.x":"1"}'
-    assert client.fallback_calls == 0
-
-
-def test_label_writes_fall_back_to_prefects_client(monkeypatch):
-    monkeypatch.setattr(reporting, "QUICK_RETRY_DELAYS", (0,))
-    always_busy = FakeClient([503] * 5)
-    reporting.update_labels(always_busy, "abc", {"a": "1"})
-    assert len(always_busy.requests) == 2 and always_busy.fallback_calls == 1
-    forbidden = FakeClient([403])
-    reporting.update_labels(forbidden, "abc", {"a": "1"})
-    assert len(forbidden.requests) == 1 and forbidden.fallback_calls == 1
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}), sync_prefect_client() as client:
+        assert isinstance(client._client._transport, QuickRetrySyncTransport)
 
 
 def test_api_client_transport_retries_503_quickly():
