@@ -38,61 +38,76 @@ TERMINAL_EVENTS = {
 
 
 
-def zombie_automation(deployment_id: UUID, settings: ServiceSettings) -> AutomationCore:
+def unanswered_event_automation(
+    deployment_id: UUID,
+    *,
+    name: str,
+    description: str,
+    after: str,
+    expect: set[str],
+    within_seconds: float,
+    state: StateType,
+    message: str,
+) -> AutomationCore:
+    """Set `state` on a run of the deployment when `after` is not followed by one of
+    `expect` within `within_seconds` (a proactive trigger, one bucket per flow run)."""
     return AutomationCore(
-        name=ZOMBIE_AUTOMATION,
-        description="Marks a running dspy-service job Crashed when its flow-run heartbeats stop.",
+        name=name,
+        description=description,
         trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"},
-            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Cancelling", *TERMINAL_EVENTS},
+            after={after},
+            expect=expect,
             match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
             match_related=ResourceSpecification({"prefect.resource.id": f"prefect.deployment.{deployment_id}"}),
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,
-            within=timedelta(seconds=settings.zombie_after_seconds),
+            within=timedelta(seconds=within_seconds),
         ),
-        actions=[ChangeFlowRunState(state=StateType.CRASHED, message=ZOMBIE_MESSAGE)],
+        actions=[ChangeFlowRunState(state=state, message=message)],
+    )
+
+
+def zombie_automation(deployment_id: UUID, settings: ServiceSettings) -> AutomationCore:
+    return unanswered_event_automation(
+        deployment_id,
+        name=ZOMBIE_AUTOMATION,
+        description="Marks a running dspy-service job Crashed when its flow-run heartbeats stop.",
+        after="prefect.flow-run.heartbeat",
+        expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Cancelling", *TERMINAL_EVENTS},
+        within_seconds=settings.zombie_after_seconds,
+        state=StateType.CRASHED,
+        message=ZOMBIE_MESSAGE,
     )
 
 
 def stuck_cancel_automation(deployment_id: UUID, settings: ServiceSettings) -> AutomationCore:
     """A run cancelled while its worker was gone stays Cancelling (only the worker that
     owns the process confirms it); confirm it after a while so it can be deleted."""
-    return AutomationCore(
+    return unanswered_event_automation(
+        deployment_id,
         name=STUCK_CANCEL_AUTOMATION,
         description="Marks a dspy-service job Cancelled when its Cancelling state was never completed.",
-        trigger=EventTrigger(
-            after={"prefect.flow-run.Cancelling"},
-            expect=TERMINAL_EVENTS,
-            match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
-            match_related=ResourceSpecification({"prefect.resource.id": f"prefect.deployment.{deployment_id}"}),
-            for_each={"prefect.resource.id"},
-            posture=Posture.Proactive,
-            threshold=1,
-            within=timedelta(seconds=settings.zombie_after_seconds),
-        ),
-        actions=[ChangeFlowRunState(state=StateType.CANCELLED, message=STUCK_CANCEL_MESSAGE)],
+        after="prefect.flow-run.Cancelling",
+        expect=TERMINAL_EVENTS,
+        within_seconds=settings.zombie_after_seconds,
+        state=StateType.CANCELLED,
+        message=STUCK_CANCEL_MESSAGE,
     )
 
 
 def stuck_pending_automation(deployment_id: UUID, settings: ServiceSettings) -> AutomationCore:
     """A worker that dies between taking a run (Pending) and starting its process leaves
     nothing behind to report, and a Pending run holds a pool slot."""
-    return AutomationCore(
+    return unanswered_event_automation(
+        deployment_id,
         name=STUCK_PENDING_AUTOMATION,
         description="Marks a dspy-service job Crashed when it stayed Pending (taken, never started) too long.",
-        trigger=EventTrigger(
-            after={"prefect.flow-run.Pending"},
-            expect={"prefect.flow-run.Running", "prefect.flow-run.Cancelling", *TERMINAL_EVENTS},
-            match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
-            match_related=ResourceSpecification({"prefect.resource.id": f"prefect.deployment.{deployment_id}"}),
-            for_each={"prefect.resource.id"},
-            posture=Posture.Proactive,
-            threshold=1,
-            within=timedelta(seconds=settings.stuck_pending_seconds),
-        ),
-        actions=[ChangeFlowRunState(state=StateType.CRASHED, message=STUCK_PENDING_MESSAGE)],
+        after="prefect.flow-run.Pending",
+        expect={"prefect.flow-run.Running", "prefect.flow-run.Cancelling", *TERMINAL_EVENTS},
+        within_seconds=settings.stuck_pending_seconds,
+        state=StateType.CRASHED,
+        message=STUCK_PENDING_MESSAGE,
     )
 
 
