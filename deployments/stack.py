@@ -122,9 +122,12 @@ class Component:
     process: subprocess.Popen | None = None
     restarts: list[float] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)  # on top of the stack's environment
+    scrub_env: bool = False  # only what a job may see (flows/job_supervisor.py, ALLOWED_ENV)
 
     def start(self, env: dict[str, str]) -> None:
         env = {**env, **self.extra_env}
+        if self.scrub_env:
+            env = zygote_environment(env)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         # A session of its own: Ctrl-C in the terminal reaches only the supervisor, which
@@ -156,6 +159,14 @@ def python_command(*args: str) -> list[str]:
 
 def zygote_command(socket_path: str) -> list[str]:
     return python_command("-u", "-m", "flows.zygote", "--socket", socket_path)
+
+
+def zygote_environment(env: dict[str, str]) -> dict[str, str]:
+    """A zygote's jobs are forks of it: it gets only what a job may see (the scrubbed
+    environment), so that no worker secret is in their memory or /proc/<pid>/environ."""
+    from flows.job_supervisor import scrub_environment
+
+    return scrub_environment(env, env.get("DSPY_SERVICE_JOB_ENV_PASSTHROUGH", ""))
 
 
 def socket_connectable(path: str) -> bool:
@@ -200,7 +211,9 @@ class Stack:
                 path = zygote_socket_path(config.settings.home_dir, f"worker-{i + 1}")
                 worker.extra_env[ZYGOTE_SOCKET_ENV] = path
                 self.zygotes.append(
-                    Component(f"zygote-{i + 1}", zygote_command(path), logs / f"zygote-{i + 1}.log")
+                    Component(
+                        f"zygote-{i + 1}", zygote_command(path), logs / f"zygote-{i + 1}.log", scrub_env=True
+                    )
                 )
         self.api = Component(
             "api",

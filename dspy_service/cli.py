@@ -159,11 +159,11 @@ def run_warm_worker(command: list[str], env: dict[str, str], settings, name: str
     DSPY_SERVICE_ZYGOTE_SOCKET; signals go to the worker; the zygote stops after it."""
     import subprocess
 
-    from deployments.stack import socket_connectable, zygote_command
+    from deployments.stack import socket_connectable, zygote_command, zygote_environment
     from flows.warm_protocol import SOCKET_ENV, socket_path
 
     path = socket_path(settings.home_dir, name or f"{os.uname().nodename}-{os.getpid()}")
-    zygote = subprocess.Popen(zygote_command(path), env=env, start_new_session=True)
+    zygote = subprocess.Popen(zygote_command(path), env=zygote_environment(env), start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while not socket_connectable(path):

@@ -16,6 +16,10 @@ itself (ForkedEngine) instead of exec'ing `python -m prefect.engine`. The zygote
 the supervisor and sends its exit code to the relay. A job crashing takes only its own
 forks with it; the zygote keeps serving.
 
+The zygote itself runs with the job's scrubbed environment (deployments/stack.py), so the
+forks' /proc/<pid>/environ, which shows the environment their image was exec'd with,
+holds no worker secrets either.
+
 Code changed on disk is not seen by a running zygote: restart the worker (and its zygote)
 after an upgrade, as for the worker itself.
 """
@@ -67,8 +71,8 @@ PRELOAD_LAZY = (
     "sqlite3",
 )
 
-# The environment the zygote itself started with (Prefect's logging was set up from it).
-ZYGOTE_ENV: dict[str, str] = {}
+# The PREFECT_LOGGING_* variables the zygote started with (its logging was set up from them).
+ZYGOTE_LOGGING_ENV: dict[str, str] = {}
 
 
 def log(message: str) -> None:
@@ -87,7 +91,7 @@ def preload() -> None:
     from flows import job_supervisor
 
     job_supervisor.IMPORT_FDS.update(int(fd) for fd in os.listdir("/proc/self/fd"))
-    ZYGOTE_ENV.update(os.environ)
+    ZYGOTE_LOGGING_ENV.update({k: v for k, v in os.environ.items() if k.startswith("PREFECT_LOGGING_")})
 
 
 # -- in the forked children -----------------------------------------------------------------
@@ -113,7 +117,7 @@ def adopt_environment(env: dict[str, str], engine: bool = True) -> None:
 
     prefect.context.refresh_global_settings_context()
     logging_env = {k: v for k, v in env.items() if k.startswith("PREFECT_LOGGING_")}
-    if logging_env != {k: v for k, v in ZYGOTE_ENV.items() if k.startswith("PREFECT_LOGGING_")}:
+    if logging_env != ZYGOTE_LOGGING_ENV:
         from prefect.logging.configuration import setup_logging
 
         setup_logging(incremental=False)
@@ -148,7 +152,10 @@ def become_supervisor(conn: socket.socket, request: dict, fds: list[int]) -> int
     sys.argv = list(request.get("argv") or ["-m"])
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(signum, signal.SIG_DFL)
-    adopt_environment(dict(request.get("env") or {}), engine=False)
+    # The relay's full environment lives on only in os.environ, which the engine child
+    # replaces with the scrubbed one: nothing of it is reachable from the engine's objects.
+    adopt_environment(request.pop("env", None) or {}, engine=False)
+    request.clear()
     from dspy_service.settings import get_settings
     from flows.job_supervisor import JobSupervisor
 

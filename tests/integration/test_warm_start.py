@@ -159,6 +159,33 @@ def test_engine_sigkill_fails_the_job_and_the_zygote_serves_the_next(wstack, loc
     assert wstack.wait_terminal(after)["status"] == "success"
 
 
+# What a forked engine could find of the worker's environment beyond os.environ: the
+# environment its image was exec'd with, and any string left in its objects.
+# (The secret is spelled in two halves: the job's own code must not contain it.)
+FIND_SECRETS = """import gc
+text = "sk-" + "canary"
+secret = text.encode()
+found = []
+if secret in open("/proc/self/environ", "rb").read():
+    found.append("proc-environ")
+for obj in gc.get_objects():
+    if isinstance(obj, dict):
+        for value in obj.values():
+            if isinstance(value, str) and text in value or isinstance(value, bytes) and secret in value:
+                found.append("object")
+                break
+    if len(found) > 1:
+        break
+raise RuntimeError("SECRETS " + (" ".join(found) or "none"))
+"""
+
+
+def test_no_worker_secret_is_left_in_the_forked_engine(wstack, local_lm):
+    job_id = wstack.submit(job_payload(local_lm.url, rows=20, signature_code=FIND_SECRETS + hostile.SIG))
+    job = wstack.wait_terminal(job_id)
+    assert "RuntimeError: SECRETS none" in (job["message"] or ""), job
+
+
 def test_the_warm_job_environment_is_scrubbed(wstack, local_lm):
     job_id = wstack.submit(job_payload(local_lm.url, rows=20, signature_code=hostile.ENV_DUMP + hostile.SIG))
     job = wstack.wait_terminal(job_id)
@@ -169,3 +196,22 @@ def test_the_warm_job_environment_is_scrubbed(wstack, local_lm):
     assert "DSPY_SERVICE_ZYGOTE_SOCKET" not in names
     # The engine read the run's own id and API from its environment, not the zygote's.
     assert "PREFECT__FLOW_RUN_ID" in names
+
+
+def test_a_zygote_crash_neither_hangs_nor_fails_jobs(wstack, local_lm):
+    """Last in the module: it leaves the stack without a zygote. The running job (its
+    supervisor is already forked) finishes; the next job starts cold, saying so."""
+    local_lm.set_delay(300)
+    try:
+        running = wstack.submit(job_payload(local_lm.url, rows=20, model_config=tenant_model(local_lm.url)))
+        wstack.processes(running)
+        os.kill(wstack.zygote_pid, signal.SIGKILL)
+        wstack.stack.zygotes[0].process.wait(10)
+        assert wstack.wait_terminal(running, timeout=90)["status"] == "success"
+    finally:
+        local_lm.set_delay(0)
+    cold = wstack.submit(job_payload(local_lm.url, rows=20))
+    assert wstack.wait_terminal(cold, timeout=90)["status"] == "success"
+    engine = contract.job_process_pid(wstack, cold)
+    worker_log = wstack.stack.workers[0].log_path.read_text(errors="replace")
+    assert "warm start unavailable" in worker_log and f"started engine {engine}" in worker_log
