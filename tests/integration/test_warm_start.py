@@ -170,7 +170,7 @@ if secret in open("/proc/self/environ", "rb").read():
     found.append("proc-environ")
 for obj in gc.get_objects():
     if isinstance(obj, dict):
-        for value in obj.values():
+        for value in list(obj.values()):
             if isinstance(value, str) and text in value or isinstance(value, bytes) and secret in value:
                 found.append("object")
                 break
