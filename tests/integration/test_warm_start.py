@@ -183,7 +183,8 @@ raise RuntimeError("SECRETS " + (" ".join(found) or "none"))
 @pytest.mark.xfail(
     strict=True,
     reason="known gap: /proc/self/environ is clean, but a dict reachable through gc in the forked engine "
-    "still holds the worker's canary key (source not yet found; cold engines never hold it)",
+    "still holds the worker's canary key (source not yet found; not checked whether a cold engine "
+    "holds it too, e.g. via the flow run it reads)",
 )
 def test_no_worker_secret_is_left_in_the_forked_engine(wstack, local_lm):
     job_id = wstack.submit(job_payload(local_lm.url, rows=20, signature_code=FIND_SECRETS + hostile.SIG))
