@@ -109,7 +109,14 @@ async def _postgres_admin(sql: str) -> None:
 class BenchStack:
     """A private stack (Prefect server, worker(s), API) on SQLite or a fresh PostgreSQL database."""
 
-    def __init__(self, db: str = "sqlite", job_slots: int = 2, prefix: str = "bench-", env: dict | None = None):
+    def __init__(
+        self,
+        db: str = "sqlite",
+        job_slots: int = 2,
+        prefix: str = "bench-",
+        env: dict | None = None,
+        warm_start: bool = False,
+    ):
         self.db = db
         self.home = Path(tempfile.mkdtemp(prefix=prefix))
         self.db_name = None
@@ -119,7 +126,10 @@ class BenchStack:
             asyncio.run(_postgres_admin(f'CREATE DATABASE "{self.db_name}"'))
             database_url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{self.db_name}"
         settings = ServiceSettings(home=self.home, database_url=database_url, job_slots=job_slots)
-        self.config = StackConfig(settings=settings, api_port=free_port(), prefect_port=free_port())
+        self.warm_start = warm_start
+        self.config = StackConfig(
+            settings=settings, api_port=free_port(), prefect_port=free_port(), warm_start=warm_start
+        )
         self.stack = Stack(self.config)
         if env:
             self.stack.env.update(env)
@@ -144,11 +154,14 @@ class BenchStack:
 
     def pids(self) -> dict[str, int]:
         s = self.stack
-        return {
+        pids = {
             "prefect_server": s.server.process.pid,
             "worker": s.workers[0].process.pid,
             "api": s.api.process.pid,
         }
+        if s.zygotes:
+            pids["zygote"] = s.zygotes[0].process.pid
+        return pids
 
     def __enter__(self) -> BenchStack:
         return self
@@ -215,6 +228,18 @@ def rss_mb(pid: int) -> float | None:
         with open(f"/proc/{pid}/status") as status:
             for line in status:
                 if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def pss_mb(pid: int) -> float | None:
+    """Proportional set size: shared pages (a zygote's, after fork) count split among their users."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
                     return round(int(line.split()[1]) / 1024, 1)
     except OSError:
         return None

@@ -46,6 +46,7 @@ from common import (  # noqa: E402
     children,
     descendants,
     payload,
+    pss_mb,
     rss_mb,
     summarize,
 )
@@ -191,18 +192,33 @@ class MemorySampler(threading.Thread):
 
     def sample(self) -> dict[str, float]:
         values = {name: rss_mb(pid) or 0.0 for name, pid in self.pids.items()}
+        if "zygote" in self.pids:
+            values["zygote PSS"] = pss_mb(self.pids["zygote"]) or 0.0
         relays = children(self.pids["worker"])
+        # Cold: worker -> relay -> supervisor -> engine. Warm: worker -> relay, and
+        # zygote -> supervisor -> engine.
+        if "zygote" in self.pids:
+            supervisors = children(self.pids["zygote"])
+        else:
+            supervisors = [sup for relay in relays for sup in children(relay)]
         engines = 0
+        job: dict[str, float] = {}
         for relay in relays:
-            job = {"job relay": rss_mb(relay) or 0.0}
-            for supervisor in children(relay):
-                job["job supervisor"] = rss_mb(supervisor) or 0.0
-                for engine in children(supervisor):
-                    engines += 1
-                    job["job engine"] = rss_mb(engine) or 0.0
-                    job["job engine + its children"] = sum(rss_mb(p) or 0.0 for p in [engine, *descendants(engine)])
-            for key, value in job.items():
-                values[key] = max(values.get(key, 0.0), value)
+            job["job relay"] = max(job.get("job relay", 0.0), rss_mb(relay) or 0.0)
+        for supervisor in supervisors:
+            job["job supervisor"] = max(job.get("job supervisor", 0.0), rss_mb(supervisor) or 0.0)
+            job["job supervisor PSS"] = max(job.get("job supervisor PSS", 0.0), pss_mb(supervisor) or 0.0)
+            for engine in children(supervisor):
+                engines += 1
+                tree = [engine, *descendants(engine)]
+                for key, value in (
+                    ("job engine", rss_mb(engine) or 0.0),
+                    ("job engine PSS", pss_mb(engine) or 0.0),
+                    ("job engine + its children", sum(rss_mb(p) or 0.0 for p in tree)),
+                ):
+                    job[key] = max(job.get(key, 0.0), value)
+        for key, value in job.items():
+            values[key] = max(values.get(key, 0.0), value)
         values["engines_running"] = engines
         return values
 
@@ -327,10 +343,11 @@ def cancel(probe: Probe, lm, trials: int, delay_ms: float = 200) -> dict:
 # -- one database ----------------------------------------------------------------------------
 
 
-def bench_database(db: str, lm, args, plain: dict) -> dict:
-    log(f"== {db}: starting the stack")
-    bench = BenchStack(db, job_slots=2)
-    out: dict = {"db": db}
+def bench_database(db: str, lm, args, plain: dict, warm_start: bool = False) -> dict:
+    label = f"{db} warm" if warm_start else db
+    log(f"== {label}: starting the stack")
+    bench = BenchStack(db, job_slots=2, warm_start=warm_start)
+    out: dict = {"db": label, "warm_start": warm_start}
     try:
         out["stack_start_s"] = round(bench.start(progress=lambda m: log("  " + m)), 2)
         probe = Probe(bench)
@@ -491,9 +508,13 @@ def markdown(report: dict) -> str:
         "prefect_server",
         "worker",
         "api",
+        "zygote",
+        "zygote PSS",
         "job relay",
         "job supervisor",
+        "job supervisor PSS",
         "job engine",
+        "job engine PSS",
         "job engine + its children",
     ]
     lines.append("| db | when | " + " | ".join(roles) + " |")
@@ -525,6 +546,12 @@ def main() -> int:
     parser.add_argument("--cancel-trials", type=int, default=6)
     parser.add_argument("--skip", default="", help="comma list of: throughput, cancel, api")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 runs, 20 ms, 6 jobs, 100 stored")
+    parser.add_argument(
+        "--warm-start",
+        choices=["off", "on", "both"],
+        default="off",
+        help="job processes fork from a pre-imported zygote (DSPY_SERVICE_WARM_START); both: cold, then warm",
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--from-json", type=Path, default=None, help="only print the tables of a recorded run")
     args = parser.parse_args()
@@ -554,8 +581,10 @@ def main() -> int:
                 report["plain"][f"{optimizer}@{delay:g}ms"] = plain_runs(lm, delay, optimizer, args.runs)
         if "throughput" not in args.skip:
             report["plain"]["small"] = plain_runs(lm, args.delays[0], SMALL_JOB["optimizer"], 3, SMALL_JOB["rows"])
+        modes = {"off": [False], "on": [True], "both": [False, True]}[args.warm_start]
         for db in dbs:
-            report["databases"].append(bench_database(db, lm, args, report["plain"]))
+            for warm in modes:
+                report["databases"].append(bench_database(db, lm, args, report["plain"], warm_start=warm))
             if args.json:  # keep what we have if a later database fails
                 args.json.write_text(json.dumps(report, indent=2))
     finally:

@@ -18,6 +18,8 @@ from pathlib import Path
 import httpx
 
 from dspy_service.settings import ServiceSettings
+from flows.warm_protocol import SOCKET_ENV as ZYGOTE_SOCKET_ENV
+from flows.warm_protocol import socket_path as zygote_socket_path
 
 # Settings the stack's processes need, measured to matter (see README, "Configuration").
 PREFECT_DEFAULTS = {
@@ -56,6 +58,11 @@ class StackConfig:
     workers: int = 1
     local_lm_port: int | None = None  # start the local LM (test/demo tool) on this port
     local_lm_delay_ms: int = 0
+    warm_start: bool | None = None  # default: settings.warm_start (DSPY_SERVICE_WARM_START)
+
+    @property
+    def uses_warm_start(self) -> bool:
+        return self.settings.warm_start if self.warm_start is None else self.warm_start
 
     @property
     def prefect_api_url(self) -> str:
@@ -114,8 +121,13 @@ class Component:
     log_path: Path
     process: subprocess.Popen | None = None
     restarts: list[float] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)  # on top of the stack's environment
+    scrub_env: bool = False  # only what a job may see (flows/job_supervisor.py, ALLOWED_ENV)
 
     def start(self, env: dict[str, str]) -> None:
+        env = {**env, **self.extra_env}
+        if self.scrub_env:
+            env = zygote_environment(env)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         # A session of its own: Ctrl-C in the terminal reaches only the supervisor, which
@@ -145,6 +157,27 @@ def python_command(*args: str) -> list[str]:
     return [sys.executable, *args]
 
 
+def zygote_command(socket_path: str) -> list[str]:
+    return python_command("-u", "-m", "flows.zygote", "--socket", socket_path)
+
+
+def zygote_environment(env: dict[str, str]) -> dict[str, str]:
+    """A zygote's jobs are forks of it: it gets only what a job may see (the scrubbed
+    environment), so that no worker secret is in their memory or /proc/<pid>/environ."""
+    from flows.job_supervisor import scrub_environment
+
+    return scrub_environment(env, env.get("DSPY_SERVICE_JOB_ENV_PASSTHROUGH", ""))
+
+
+def socket_connectable(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+        return True
+
+
 class Stack:
     """Start, watch and stop the stack's processes."""
 
@@ -170,6 +203,18 @@ class Stack:
             )
             for i in range(config.workers)
         ]
+        # Warm start: one zygote per worker, started before it; the worker's jobs find it
+        # through DSPY_SERVICE_ZYGOTE_SOCKET (flows/zygote.py).
+        self.zygotes: list[Component] = []
+        if config.uses_warm_start:
+            for i, worker in enumerate(self.workers):
+                path = zygote_socket_path(config.settings.home_dir, f"worker-{i + 1}")
+                worker.extra_env[ZYGOTE_SOCKET_ENV] = path
+                self.zygotes.append(
+                    Component(
+                        f"zygote-{i + 1}", zygote_command(path), logs / f"zygote-{i + 1}.log", scrub_env=True
+                    )
+                )
         self.api = Component(
             "api",
             python_command(
@@ -194,7 +239,7 @@ class Stack:
     @property
     def components(self) -> list[Component]:
         extra = [self.local_lm] if self.local_lm else []
-        return [*extra, self.server, *self.workers, self.api]
+        return [*extra, self.server, *self.zygotes, *self.workers, self.api]
 
     def start(self, timeout: float = 120.0, progress=print) -> float:
         """Start everything; returns seconds until the API reports healthy."""
@@ -208,11 +253,18 @@ class Stack:
         wait_until(lambda: http_ok(f"{self.config.prefect_api_url}/health"), timeout, self.server)
         progress("registering work pool and deployment ...")
         self.register()
+        for zygote in self.zygotes:
+            zygote.start(self.env)
         for worker in self.workers:
             worker.start(self.env)
         progress(f"starting API on {self.config.api_url} ...")
         self.api.start(self.env)
         wait_until(lambda: http_ok(f"{self.config.api_url}/health"), timeout, self.api, *self.workers)
+        if self.zygotes:
+            progress("waiting for the warm-start zygotes ...")
+            for zygote, worker in zip(self.zygotes, self.workers, strict=True):
+                path = worker.extra_env[ZYGOTE_SOCKET_ENV]
+                wait_until(lambda path=path: socket_connectable(path), timeout, zygote)
         return time.monotonic() - started
 
     def check_ports_free(self) -> None:

@@ -3,6 +3,7 @@
     dspy-service up                 # Prefect server (SQLite) + pool/deployment + worker + API + local LM
     dspy-service demo               # submit the offline demo job to a running service and follow it
     dspy-service worker             # one more worker (e.g. on another host) for PREFECT_API_URL
+    dspy-service up --warm-start    # jobs fork from a pre-imported zygote (also: worker --warm-start)
     dspy-service register           # (re)register the work pool and the deployment
 """
 
@@ -26,6 +27,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = get_settings()
     if args.slots:
         settings.job_slots = args.slots
+    if args.warm_start:
+        settings.warm_start = True
     config = StackConfig(
         settings=settings,
         api_host=args.host,
@@ -145,8 +148,41 @@ def cmd_worker(args: argparse.Namespace) -> int:
     ]
     if args.name:
         command += ["--name", args.name]
+    if args.warm_start or settings.warm_start:
+        return run_warm_worker(command, env, settings, args.name)
     os.execvpe(command[0], command, env)
     return 0  # not reached
+
+
+def run_warm_worker(command: list[str], env: dict[str, str], settings, name: str | None) -> int:
+    """The worker with its zygote (flows/zygote.py): zygote first, then the worker with
+    DSPY_SERVICE_ZYGOTE_SOCKET; signals go to the worker; the zygote stops after it."""
+    import subprocess
+
+    from deployments.stack import socket_connectable, zygote_command, zygote_environment
+    from flows.warm_protocol import SOCKET_ENV, socket_path
+
+    path = socket_path(settings.home_dir, name or f"{os.uname().nodename}-{os.getpid()}")
+    zygote = subprocess.Popen(zygote_command(path), env=zygote_environment(env), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not socket_connectable(path):
+            if zygote.poll() is not None or time.monotonic() > deadline:
+                print(f"error: the warm-start zygote did not start (exit code {zygote.poll()})", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        print(f"warm start: zygote {zygote.pid} on {path}", file=sys.stderr, flush=True)
+        worker = subprocess.Popen(command, env={**env, SOCKET_ENV: path})
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda sig, _frame: worker.send_signal(sig))
+        code = worker.wait()
+    finally:
+        zygote.terminate()
+        try:
+            zygote.wait(10)
+        except subprocess.TimeoutExpired:
+            zygote.kill()
+    return code
 
 
 def cmd_register(_: argparse.Namespace) -> int:
@@ -177,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--demo", action="store_true", help="submit the demo job once the service is up")
     up.add_argument("--demo-optimizer", default="bootstrap")
     up.add_argument("--lm-url", default="http://127.0.0.1:8765/v1")
+    up.add_argument(
+        "--warm-start", action="store_true", help="fork jobs from a pre-imported zygote (DSPY_SERVICE_WARM_START)"
+    )
     up.set_defaults(func=cmd_up)
 
     demo = sub.add_parser("demo", help="submit the offline demo job to a running service")
@@ -187,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="start a worker for the pool at PREFECT_API_URL")
     worker.add_argument("--name", default=None)
+    worker.add_argument(
+        "--warm-start", action="store_true", help="fork jobs from a pre-imported zygote (DSPY_SERVICE_WARM_START)"
+    )
     worker.set_defaults(func=cmd_worker)
 
     register = sub.add_parser("register", help="create the work pool and register the deployment")

@@ -123,6 +123,14 @@ class ServiceSettings(BaseSettings):
         "them (the durable twin of the automations in deployments/automations.py).",
     )
 
+    warm_start: bool = Field(
+        default=False,
+        description="Start each worker with a zygote (flows/zygote.py) that has imported Prefect, DSPy and the "
+        "flow, and fork every job's supervisor and engine from it instead of starting fresh interpreters "
+        "(`dspy-service up --warm-start`, `dspy-service worker --warm-start`). Restart workers after a code "
+        "upgrade.",
+    )
+
     serialize_run_creates: bool | None = Field(
         default=None,
         description="Create flow runs one at a time (SQLite answers parallel writes with "

@@ -17,6 +17,13 @@ code. It
 5. makes sure the run ends in a terminal state that says why in user terms, whatever
    killed the engine, and exits with the engine's exit code.
 
+Warm start (flows/zygote.py): the supervisor is then a fork of the zygote, which has
+already imported Prefect, DSPy and the flow, and the engine is a fork of the supervisor
+(ForkedEngine below) that runs `prefect.engine` as `python -m prefect.engine` would, after
+exactly the same preparation (session, cgroup, rlimits, nice, PDEATHSIG, scrubbed
+environment), instead of a fresh interpreter. The relay's connection stands in for its
+parent pid: EOF on it means the worker is gone.
+
 So `os.kill(os.getppid(), 9)` in user code kills this supervisor (the job fails), never
 the worker; a fork bomb fills its own cgroup, not the host. This is damage control, not
 a sandbox: see README, "Trust boundary".
@@ -33,6 +40,7 @@ import os
 import re
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -185,18 +193,108 @@ class RunReporter:
             self.client.close()
 
 
+class ForkedEngine:
+    """The engine forked from this (warm) supervisor: what of subprocess.Popen the
+    supervisor uses (pid, stdout, poll, wait, returncode)."""
+
+    def __init__(self, supervisor: JobSupervisor):
+        read, write = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        assert_single_threaded()
+        pid = os.fork()
+        if pid == 0:  # the engine
+            code = 1
+            try:
+                os.close(read)
+                code = run_forked_engine(supervisor, write)
+            except BaseException:
+                with contextlib.suppress(BaseException):
+                    import traceback
+
+                    traceback.print_exc()
+            finally:
+                os._exit(code)
+        os.close(write)
+        self.pid = pid
+        self.stdout = open(read, "rb", buffering=0)  # noqa: SIM115 - closed with the supervisor
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        while self.returncode is None:
+            try:
+                _, status = os.waitpid(self.pid, 0)
+            except InterruptedError:
+                continue
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+def assert_single_threaded() -> None:
+    import threading
+
+    if threading.active_count() != 1:
+        raise RuntimeError(f"cannot fork safely: {threading.active_count()} threads are running")
+
+
+def close_fds_except(keep: set[int]) -> None:
+    """What close_fds=True does for a subprocess: only the descriptors in `keep` survive."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+# Descriptors the zygote's imports opened (none today); the zygote records them so the
+# forked engine keeps them like a fresh interpreter would have them.
+IMPORT_FDS: set[int] = set()
+
+
+def run_forked_engine(supervisor: JobSupervisor, output: int) -> int:
+    """In the engine child of a warm supervisor: prepare like Popen(start_new_session=True,
+    preexec_fn=_prepare_child, close_fds=True, env=...) would, then run `prefect.engine`
+    as `python -m prefect.engine` and return its exit code."""
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(output, 1)
+    os.dup2(output, 2)
+    close_fds_except({0, 1, 2, *IMPORT_FDS})
+    supervisor._prepare_child()
+    for signum in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    from flows import zygote
+
+    return zygote.run_engine(supervisor.env)
+
+
 class JobSupervisor:
-    def __init__(self, settings: ServiceSettings, environ: Mapping[str, str]):
+    def __init__(self, settings: ServiceSettings, environ: Mapping[str, str], relay: Any = None):
         self.settings = settings
         self.flow_run_id = environ.get("PREFECT__FLOW_RUN_ID")
         self.env = scrub_environment(environ, settings.job_env_passthrough)
+        # Warm start: the relay's connection (a socket); EOF on it means the worker is gone.
+        self.relay = relay
+        self.env.pop("DSPY_SERVICE_ZYGOTE_SOCKET", None)  # user code has no business with it
         # glibc reserves up to 8 x cores malloc arenas of 64 MB address space each; on a
         # big host that alone would hit the address-space limit (RLIMIT_AS).
         self.env.setdefault("MALLOC_ARENA_MAX", "4")
         self.limits = JobLimits.from_settings(settings)
         self.reporter = RunReporter(environ, self.flow_run_id)
         self.parent = os.getppid()
-        self.engine: subprocess.Popen | None = None
+        self.engine: subprocess.Popen | ForkedEngine | None = None
         self.cgroup: PidsCgroup | None = None
         self.started = time.monotonic()
         self.timeout = settings.job_timeout_seconds
@@ -243,19 +341,23 @@ class JobSupervisor:
         self.supervisor_pid = os.getpid()
         prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of the job become ours to kill
         self.cgroup = PidsCgroup.create(self.flow_run_id or str(os.getpid()), self.limits.max_tasks)
-        self.engine = subprocess.Popen(
-            ENGINE_COMMAND,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=self._prepare_child,
-            close_fds=True,
-        )
+        if self.relay is not None:
+            self.engine = ForkedEngine(self)
+        else:
+            self.engine = subprocess.Popen(
+                ENGINE_COMMAND,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=self._prepare_child,
+                close_fds=True,
+            )
         watch = f"cgroup v{self.cgroup.version}" if self.cgroup else "process watch"
+        how = "forked engine" if self.relay is not None else "started engine"
         self.note(
-            f"started engine {self.engine.pid} (memory {self.limits.memory_mb or 'unlimited'} MB, "
+            f"{how} {self.engine.pid} (memory {self.limits.memory_mb or 'unlimited'} MB, "
             f"tasks {self.limits.max_tasks} via {watch})"
         )
         self._read_job_timeout()
@@ -301,7 +403,7 @@ class JobSupervisor:
             self.kill()
         if self.stop_kind is not None:
             return
-        if os.getppid() != self.parent:
+        if self.worker_gone():
             self.request_stop(
                 "worker",
                 "the worker running this job went away (it shut down or died), so the job was stopped; "
@@ -319,6 +421,20 @@ class JobSupervisor:
         elif self.cgroup is None and self.engine is not None:
             if count_session_processes(self.engine.pid) > self.limits.max_tasks // 8:
                 self._too_many_tasks()
+
+    def worker_gone(self) -> bool:
+        if self.relay is None:
+            return os.getppid() != self.parent
+        import select
+
+        try:
+            readable, _, _ = select.select([self.relay], [], [], 0)
+            # The relay never sends anything after its request: readable means EOF.
+            return bool(readable) and self.relay.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
 
     def _too_many_tasks(self) -> None:
         self.request_stop(

@@ -1,0 +1,357 @@
+"""Warm start: the zygote, a pre-imported parent that forks job supervisors on request.
+
+    python -u -m flows.zygote --socket PATH
+
+Started next to a worker when warm start is on (`dspy-service worker --warm-start`,
+`dspy-service up --warm-start`, or DSPY_SERVICE_WARM_START=true; deployments/stack.py).
+It imports Prefect, the engine, DSPy, the supervisor and the flow entrypoint once, starts
+no thread, event loop or HTTP client, and listens on a Unix socket (0600) whose path the
+worker's jobs find in DSPY_SERVICE_ZYGOTE_SOCKET.
+
+For each job the relay (flows/job_process.py, still what the stock process worker
+launches) sends its environment, cwd, argv and stdin/stdout/stderr (flows/warm_protocol.py).
+The zygote forks; the child takes over those descriptors, environment and directory and
+becomes that job's supervisor (flows/job_supervisor.py), which forks the engine from
+itself (ForkedEngine) instead of exec'ing `python -m prefect.engine`. The zygote reaps
+the supervisor and sends its exit code to the relay. A job crashing takes only its own
+forks with it; the zygote keeps serving.
+
+The zygote itself runs with the job's scrubbed environment (deployments/stack.py), so the
+forks' /proc/<pid>/environ, which shows the environment their image was exec'd with,
+holds no worker secrets either.
+
+Code changed on disk is not seen by a running zygote: restart the worker (and its zygote)
+after an upgrade, as for the worker itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+
+from flows.warm_protocol import exit_code, recv_request
+
+# What the engine and the flow import, paid once here instead of once per job.
+PRELOAD = ("prefect", "prefect.engine", "prefect.flow_engine", "dspy", "flows.job_supervisor", "flows.optimize")
+
+# What a job imports later on (measured: modules new in a forked engine at its exit), so
+# that no job pays for them either. Missing ones are skipped.
+PRELOAD_LAZY = (
+    "prefect.task_engine",
+    "prefect.artifacts",
+    "prefect.utilities.visualization",
+    "prefect._internal.observers",
+    "prefect._internal.states",
+    "prefect._internal._observation_delivery",
+    "anyio._backends._asyncio",
+    "anyio.streams.memory",
+    "anyio.streams.stapled",
+    "anyio.streams.tls",
+    "diskcache",
+    "dspy.clients.call_result",
+    "dspy.clients.costs",
+    "dspy.clients.disk_serialization",
+    "dspy.clients.engines.streaming",
+    "dspy.clients.execution",
+    "dspy._vendor.lm15.cloud",
+    "fsspec.implementations.chained",
+    "multiprocessing.synchronize",
+    "pandas.core.methods.to_dict",
+    "pickletools",
+    "pyarrow.pandas_compat",
+    "rich._emoji_codes",
+    "sqlite3",
+)
+
+# The PREFECT_LOGGING_* variables the zygote started with (its logging was set up from them).
+ZYGOTE_LOGGING_ENV: dict[str, str] = {}
+
+
+def log(message: str) -> None:
+    now = time.strftime("%H:%M:%S")
+    print(f"{now} [dspy-service zygote {os.getpid()}] {message}", file=sys.stderr, flush=True)
+
+
+def preload() -> None:
+    import importlib
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+    for name in PRELOAD_LAZY:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    from flows import job_supervisor
+
+    job_supervisor.IMPORT_FDS.update(int(fd) for fd in os.listdir("/proc/self/fd"))
+    ZYGOTE_LOGGING_ENV.update({k: v for k, v in os.environ.items() if k.startswith("PREFECT_LOGGING_")})
+
+
+# -- in the forked children -----------------------------------------------------------------
+
+
+def adopt_environment(env: dict[str, str], engine: bool = True) -> None:
+    """Make this process see `env` as a fresh interpreter started with it would: os.environ,
+    our settings and (for the engine) Prefect's settings, which Prefect snapshots at import."""
+    os.environ.clear()
+    os.environ.update(env)
+    apply_malloc_env(env)
+    from dspy_service.settings import get_settings
+
+    get_settings.cache_clear()
+    # Forks share the zygote's random state: every job would draw the same numbers.
+    random.seed()
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed()
+    if not engine:  # the supervisor never uses Prefect's settings
+        return
+    import prefect.context
+
+    prefect.context.refresh_global_settings_context()
+    logging_env = {k: v for k, v in env.items() if k.startswith("PREFECT_LOGGING_")}
+    if logging_env != ZYGOTE_LOGGING_ENV:
+        from prefect.logging.configuration import setup_logging
+
+        setup_logging(incremental=False)
+
+
+M_ARENA_MAX = -8  # glibc mallopt parameter
+
+
+def apply_malloc_env(env: dict[str, str]) -> None:
+    """glibc reads MALLOC_ARENA_MAX once, at process start (here: the zygote's); a forked
+    engine gets the job's value through mallopt. Without it every DSPy thread may map a
+    64 MB arena, and the job hits its address-space limit (RLIMIT_AS) with 'can't start
+    new thread'."""
+    value = env.get("MALLOC_ARENA_MAX")
+    if not value or not value.isdigit():
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, int(value))
+
+
+def become_supervisor(conn: socket.socket, request: dict, fds: list[int]) -> int:
+    """In the zygote's child: take over the relay's stdio, environment and cwd, and
+    supervise the job."""
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+    for fd in fds:
+        if fd > 2:
+            os.close(fd)
+    os.chdir(request.get("cwd") or "/")
+    sys.argv = list(request.get("argv") or ["-m"])
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        signal.signal(signum, signal.SIG_DFL)
+    # The relay's full environment lives on only in os.environ, which the engine child
+    # replaces with the scrubbed one: nothing of it is reachable from the engine's objects.
+    adopt_environment(request.pop("env", None) or {}, engine=False)
+    request.clear()
+    from dspy_service.settings import get_settings
+    from flows.job_supervisor import JobSupervisor
+
+    return JobSupervisor(get_settings(), os.environ, relay=conn).run()
+
+
+def run_engine(env: dict[str, str]) -> int:
+    """In the engine child: run prefect.engine as `python -m prefect.engine` would, and
+    finish like the interpreter would (thread joins, atexit) before os._exit."""
+    import atexit
+    import runpy
+    import warnings
+
+    adopt_environment(env)
+    sys.argv = ["-m"]
+    code = 0
+    try:
+        with warnings.catch_warnings():
+            # "'prefect.engine' found in sys.modules ...": it was imported here on purpose.
+            warnings.filterwarnings("ignore", category=RuntimeWarning, module="runpy")
+            runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
+    except SystemExit as exc:
+        code = system_exit_code(exc)
+    except KeyboardInterrupt:
+        import traceback
+
+        traceback.print_exc()
+        code = 128 + signal.SIGINT
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    with contextlib.suppress(BaseException):
+        threading._shutdown()  # type: ignore[attr-defined]  # join non-daemon threads, as at exit
+    with contextlib.suppress(BaseException):
+        atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):
+            stream.flush()
+    return code
+
+
+def system_exit_code(exc: SystemExit) -> int:
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code & 0xFF
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+# -- the zygote ---------------------------------------------------------------------------
+
+
+class Zygote:
+    def __init__(self, path: str):
+        self.path = path
+        self.jobs: dict[int, socket.socket] = {}  # supervisor pid -> its relay's connection
+        self.stopping = False
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+
+    def check_free(self) -> None:
+        """Refuse to start beside a live zygote on the same path; remove a stale socket."""
+        with contextlib.suppress(FileNotFoundError):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(self.path)
+            except OSError:
+                os.unlink(self.path)  # stale socket of a zygote that died
+            else:
+                raise SystemExit(f"another zygote is listening on {self.path}")
+            finally:
+                probe.close()
+
+    def listen(self) -> None:
+        self.check_free()
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        old = os.umask(0o177)
+        try:
+            self.listener.bind(self.path)
+        finally:
+            os.umask(old)
+        self.listener.listen(64)
+
+    def serve(self) -> None:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        log(f"ready on {self.path} ({len(sys.modules)} modules imported)")
+        while not self.stopping:
+            try:
+                ready, _, _ = select.select([self.listener], [], [], 0.05)
+            except InterruptedError:
+                ready = []
+            if ready and not self.stopping:
+                self.accept()
+            self.reap()
+        self.close()
+
+    def _stop(self, _signum: int, _frame: object) -> None:
+        self.stopping = True
+
+    def accept(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        fds: list[int] = []
+        try:
+            conn.settimeout(5)
+            request, fds = recv_request(conn)
+            conn.settimeout(None)
+            pid = self.fork_supervisor(conn, request, fds)
+            conn.sendall(f"pid {pid}\n".encode())
+        except EOFError:
+            conn.close()
+            return
+        except Exception as exc:  # a bad or vanished client must not stop the zygote
+            log(f"request refused: {exc!r}")
+            with contextlib.suppress(OSError):
+                conn.sendall(f"error {type(exc).__name__}\n".encode())
+            conn.close()
+            return
+        finally:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.jobs[pid] = conn
+
+    def fork_supervisor(self, conn: socket.socket, request: dict, fds: list[int]) -> int:
+        if threading.active_count() != 1:
+            raise RuntimeError(f"{threading.active_count()} threads running; refusing to fork")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid:
+            return pid
+        code = 1
+        try:
+            self.listener.close()
+            for other in self.jobs.values():
+                other.close()
+            code = become_supervisor(conn, request, fds)
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                import traceback
+
+                traceback.print_exc()
+        finally:
+            with contextlib.suppress(BaseException):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
+
+    def reap(self) -> None:
+        while self.jobs:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            conn = self.jobs.pop(pid, None)
+            if conn is not None:
+                with contextlib.suppress(OSError):
+                    conn.sendall(f"exit {exit_code(status)}\n".encode())
+                conn.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        log(f"stopped ({len(self.jobs)} job supervisors still running keep running on their own)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="dspy-service warm-start zygote")
+    parser.add_argument("--socket", required=True, help="Unix socket path to listen on")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    zygote = Zygote(args.socket)
+    zygote.check_free()  # before the imports: a second zygote on the same path fails fast
+    preload()
+    if threading.active_count() != 1:
+        log(f"imports started {threading.active_count() - 1} thread(s); forking would be unsafe")
+        return 1
+    log(f"imported {', '.join(PRELOAD)} in {time.monotonic() - started:.2f} s")
+    zygote.listen()  # connectable only once warm: readiness checks can connect
+    zygote.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    # Run as the module `flows.zygote` (not `__main__`), so that the forked children find
+    # its state (ZYGOTE_ENV) when they import it.
+    from flows.zygote import main as _main
+
+    sys.exit(_main())

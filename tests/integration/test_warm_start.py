@@ -1,0 +1,223 @@
+"""Warm start (DSPY_SERVICE_WARM_START): jobs fork from the worker's pre-imported zygote
+and keep every guarantee of a cold job process.
+
+A stack of its own (SQLite, one worker with its zygote, the reliability suite's hostile
+settings: a canary provider key in the worker's environment, lowered limits). The checks
+reuse the contract, cancellation and hostile-code tests' own helpers and assertions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deployments.stack import Stack, StackConfig
+from dspy_service.settings import ServiceSettings
+from tests.helpers import job_payload, tenant_model
+from tests.integration import test_contract as contract
+from tests.integration.conftest import free_port
+from tests.integration.reliability import test_hostile_code as hostile
+from tests.integration.reliability.conftest import (
+    STACK_ENV,
+    ReliabilityStack,
+    parent_of,
+    process_gone,
+    session_members,
+)
+from tests.integration.reliability.test_cancellation import SPAWNS_CHILD, wait_until_gone
+
+pytestmark = pytest.mark.integration
+
+
+class WarmStack(ReliabilityStack):
+    @property
+    def zygote_pid(self) -> int:
+        process = self.stack.zygotes[0].process
+        assert process is not None and process.poll() is None, "the zygote is not running"
+        return process.pid
+
+    def relay_of(self, job_id: str) -> int:
+        """The worker's child running this job (`python -m flows.job_process`)."""
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                if parent_of(int(entry.name)) != self.worker_pid():
+                    continue
+                environ = Path(f"/proc/{entry.name}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"PREFECT__FLOW_RUN_ID={job_id}".encode() in environ:
+                return int(entry.name)
+        raise AssertionError(f"no relay process of job {job_id} under the worker")
+
+    def states(self, job_id: str) -> dict[str, float]:
+        states = httpx.get(f"{self.prefect_url}/flow_run_states/", params={"flow_run_id": job_id}, timeout=30).json()
+        first: dict[str, float] = {}
+        for state in sorted(states, key=lambda s: s["timestamp"]):
+            first.setdefault(state["type"], dt.datetime.fromisoformat(state["timestamp"]).timestamp())
+        return first
+
+
+@pytest.fixture(scope="module")
+def wstack(tmp_path_factory, local_lm):
+    home: Path = tmp_path_factory.mktemp("stack-warm")
+    settings = ServiceSettings(home=home, job_slots=2)
+    config = StackConfig(settings=settings, api_port=free_port(), prefect_port=free_port(), warm_start=True)
+    stack = Stack(config)
+    stack.env.update(STACK_ENV)
+    try:
+        stack.start(timeout=180, progress=lambda _: None)
+    except Exception:
+        stack.stop()
+        for log in (home / "logs").glob("*.log"):
+            print(f"==== {log.name}\n{log.read_text()[-4000:]}")
+        raise
+    yield WarmStack(stack, "sqlite")
+    local_lm.set_delay(0)
+    stack.stop()
+
+
+def cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def test_a_warm_job_succeeds_with_the_contract_result(wstack, local_lm):
+    # The contract suite's own end-to-end check: status sequence, result, logs at the
+    # Prefect server, artifact, the six task runs.
+    contract.test_submit_run_succeed_with_result(wstack, local_lm)
+
+
+def test_the_engine_is_forked_from_the_zygote_not_exec(wstack, local_lm):
+    local_lm.set_delay(300)
+    try:
+        job_id = wstack.submit(job_payload(local_lm.url, rows=20, model_config=tenant_model(local_lm.url)))
+        procs = wstack.processes(job_id)  # the engine logs its pid
+        supervisor = parent_of(procs.engine)
+        relay = wstack.relay_of(job_id)
+        # The worker's child is still the relay; the supervisor is the zygote's child and
+        # the engine the supervisor's, all running the zygote's interpreter image: no
+        # `python -m prefect.engine` (nor the supervisor's fork + import) was exec'd.
+        assert "flows.job_process" in cmdline(relay)
+        assert parent_of(supervisor) == wstack.zygote_pid
+        assert "flows.zygote" in cmdline(supervisor) and "flows.zygote" in cmdline(procs.engine)
+        assert "prefect.engine" not in cmdline(procs.engine)
+        assert os.getsid(procs.engine) == procs.engine  # a session of its own, as cold
+        job = wstack.wait_terminal(job_id)
+    finally:
+        local_lm.set_delay(0)
+    assert job["status"] == "success", job
+    worker_log = wstack.stack.workers[0].log_path.read_text(errors="replace")
+    assert f"forked engine {procs.engine}" in worker_log
+    # Pickup -> Running: the imports (~2 s of a 2.5 s p50 cold, docs/BENCHMARKS.md) are gone.
+    states = wstack.states(job_id)
+    assert states["RUNNING"] - states["PENDING"] < 2.0, states
+
+
+def test_cancel_kills_the_warm_job_tree_within_2s(wstack, local_lm):
+    local_lm.set_delay(1500)
+    try:
+        job_id = wstack.submit(job_payload(local_lm.url, rows=60, module_name="cot", signature_code=SPAWNS_CHILD))
+        procs = wstack.processes(job_id)
+        wstack.wait_for_status(job_id, {"running"}, timeout=60)
+        time.sleep(1)
+        supervisor = parent_of(procs.engine)
+        tree = [wstack.relay_of(job_id), supervisor, *session_members(procs.engine)]
+        assert len(tree) >= 4, f"expected relay, supervisor, engine and the user's child: {tree}"
+        assert wstack.api.post(f"/jobs/{job_id}/cancel").status_code == 200
+        assert wait_until_gone(tree, timeout=10) < 2.0
+        wstack.wait_state(job_id, {"CANCELLED"}, timeout=30)
+    finally:
+        local_lm.set_delay(0)
+    job = wstack.api.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "cancelled" and job["message"].startswith("cancelled by the user")
+    assert not process_gone(wstack.zygote_pid)
+
+
+def test_engine_sigkill_fails_the_job_and_the_zygote_serves_the_next(wstack, local_lm):
+    zygote = wstack.zygote_pid
+    local_lm.set_delay(1000)
+    try:
+        job_id = wstack.submit(job_payload(local_lm.url, rows=60, module_name="cot"))
+        procs = wstack.processes(job_id)
+        wstack.wait_for_status(job_id, {"running"}, timeout=60)
+        os.kill(procs.engine, signal.SIGKILL)
+        killed = time.monotonic()
+        job = wstack.wait_terminal(job_id, timeout=30)
+    finally:
+        local_lm.set_delay(0)
+    assert time.monotonic() - killed < 10
+    assert job["status"] == "failed" and "job process was killed (SIGKILL)" in job["message"], job
+    assert wstack.zygote_pid == zygote
+    after = wstack.submit(job_payload(local_lm.url, rows=20))
+    assert wstack.wait_terminal(after)["status"] == "success"
+
+
+# What a forked engine could find of the worker's environment beyond os.environ: the
+# environment its image was exec'd with, and any string left in its objects.
+# (The secret is spelled in two halves: the job's own code must not contain it.)
+FIND_SECRETS = """import gc
+text = "sk-" + "canary"
+secret = text.encode()
+found = []
+if secret in open("/proc/self/environ", "rb").read():
+    found.append("proc-environ")
+for obj in gc.get_objects():
+    if isinstance(obj, dict):
+        for value in list(obj.values()):
+            if isinstance(value, str) and text in value or isinstance(value, bytes) and secret in value:
+                found.append("object")
+                break
+    if len(found) > 1:
+        break
+raise RuntimeError("SECRETS " + (" ".join(found) or "none"))
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: /proc/self/environ is clean, but a dict reachable through gc in the forked engine "
+    "still holds the worker's canary key (source not yet found; not checked whether a cold engine "
+    "holds it too, e.g. via the flow run it reads)",
+)
+def test_no_worker_secret_is_left_in_the_forked_engine(wstack, local_lm):
+    job_id = wstack.submit(job_payload(local_lm.url, rows=20, signature_code=FIND_SECRETS + hostile.SIG))
+    job = wstack.wait_terminal(job_id)
+    assert "RuntimeError: SECRETS none" in (job["message"] or ""), job
+
+
+def test_the_warm_job_environment_is_scrubbed(wstack, local_lm):
+    job_id = wstack.submit(job_payload(local_lm.url, rows=20, signature_code=hostile.ENV_DUMP + hostile.SIG))
+    job = wstack.wait_terminal(job_id)
+    assert job["status"] == "failed" and "RuntimeError: ENV" in job["message"], job
+    # The hostile-code suite's own assertions (canary key, provider variables, what stays).
+    hostile.test_the_job_environment_is_scrubbed({"jobs": {"read_environ": job}})
+    names = job["message"].split("RuntimeError: ENV ", 1)[1].split(" VALUES ")[0].split()
+    assert "DSPY_SERVICE_ZYGOTE_SOCKET" not in names
+    # The engine read the run's own id and API from its environment, not the zygote's.
+    assert "PREFECT__FLOW_RUN_ID" in names
+
+
+def test_a_zygote_crash_neither_hangs_nor_fails_jobs(wstack, local_lm):
+    """Last in the module: it leaves the stack without a zygote. The running job (its
+    supervisor is already forked) finishes; the next job starts cold, saying so."""
+    local_lm.set_delay(300)
+    try:
+        running = wstack.submit(job_payload(local_lm.url, rows=20, model_config=tenant_model(local_lm.url)))
+        wstack.processes(running)
+        os.kill(wstack.zygote_pid, signal.SIGKILL)
+        wstack.stack.zygotes[0].process.wait(10)
+        assert wstack.wait_terminal(running, timeout=90)["status"] == "success"
+    finally:
+        local_lm.set_delay(0)
+    cold = wstack.submit(job_payload(local_lm.url, rows=20))
+    assert wstack.wait_terminal(cold, timeout=90)["status"] == "success"
+    engine = contract.job_process_pid(wstack, cold)
+    worker_log = wstack.stack.workers[0].log_path.read_text(errors="replace")
+    assert "warm start unavailable" in worker_log and f"started engine {engine}" in worker_log
