@@ -311,7 +311,12 @@ def store_jobs(probe: Probe, lm, count: int, rows: int, seed: int) -> dict:
 
 def api_latency(probe: Probe, lm, finished_job: str, stored: int, big: int, requests: int) -> dict:
     pool = probe.bench.config.settings.work_pool
-    probe.prefect.patch(f"/work_pools/{pool}", json={"is_paused": True}).raise_for_status()
+    for delay in (0.1, 0.3, 1.0, 3.0, None):  # SQLite answers a racing write with 503
+        response = probe.prefect.patch(f"/work_pools/{pool}", json={"is_paused": True})
+        if response.status_code != 503 or delay is None:
+            response.raise_for_status()
+            break
+        time.sleep(delay)
     out = {}
     detail = probe.api.get(f"/jobs/{finished_job}").json()
     out["finished_job_logs"] = len(detail["logs"])
