@@ -12,7 +12,8 @@ from api.schedule_gateway import ScheduleGateway
 from dspy_service.settings import ServiceSettings, get_settings
 
 
-def get_gateway(request: Request) -> JobGateway:
+async def get_gateway(request: Request) -> JobGateway:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per request
     return request.app.state.gateway
 
 
@@ -30,7 +31,7 @@ async def get_job_run(job_id: str, gateway: GatewayDep) -> FlowRun:
 JobRunDep = Annotated[FlowRun, Depends(get_job_run)]
 
 
-def get_schedule_gateway(gateway: GatewayDep) -> ScheduleGateway:
+async def get_schedule_gateway(gateway: GatewayDep) -> ScheduleGateway:
     return ScheduleGateway(gateway)  # stateless; shares the job gateway's client
 
 

@@ -267,13 +267,43 @@ def throughput(probe: Probe, lm, jobs: int, delay_ms: float) -> tuple[dict, dict
 # -- 4. API latency --------------------------------------------------------------------------
 
 
+PROFILE: dict = {"loops": 0}  # --profile: also "dir": Path, "pids": {"api": pid, "prefect_server": pid}
+
+
+class Profiler:
+    """py-spy (raw collapsed stacks) on the API and the Prefect server while a loop runs."""
+
+    def __init__(self, name: str):
+        self.procs = []
+        if "dir" not in PROFILE:
+            return
+        PROFILE["loops"] += 1
+        slug = f"{PROFILE['loops']:02d}-" + "".join(c if c.isalnum() else "-" for c in name).strip("-")
+        for role, pid in PROFILE["pids"].items():
+            out = PROFILE["dir"] / f"{slug}.{role}.txt"
+            cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--format", "raw"]
+            cmd += ["--rate", "200", "--nonblocking", "-o", str(out)]
+            self.procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        time.sleep(1.0)  # let py-spy attach
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.send_signal(2)  # SIGINT: py-spy writes its output and exits
+        for proc in self.procs:
+            proc.wait(timeout=60)
+
+
 def timed(client: httpx.Client, method: str, url: str, n: int, **kwargs) -> dict:
+    profiler = Profiler(f"{method} {url} {kwargs.get('params', '')} {n}")
     samples = []
-    for _ in range(n):
-        started = time.perf_counter()
-        response = client.request(method, url, **kwargs)
-        samples.append((time.perf_counter() - started) * 1000)
-        response.raise_for_status()
+    try:
+        for _ in range(n):
+            started = time.perf_counter()
+            response = client.request(method, url, **kwargs)
+            samples.append((time.perf_counter() - started) * 1000)
+            response.raise_for_status()
+    finally:
+        profiler.stop()
     return summarize(samples, 1)
 
 
@@ -297,7 +327,12 @@ def store_jobs(probe: Probe, lm, count: int, rows: int, seed: int) -> dict:
 
 def api_latency(probe: Probe, lm, finished_job: str, stored: int, big: int, requests: int) -> dict:
     pool = probe.bench.config.settings.work_pool
-    probe.prefect.patch(f"/work_pools/{pool}", json={"is_paused": True}).raise_for_status()
+    for delay in (0.1, 0.3, 1.0, 3.0, None):  # SQLite answers a racing write with 503
+        response = probe.prefect.patch(f"/work_pools/{pool}", json={"is_paused": True})
+        if response.status_code != 503 or delay is None:
+            response.raise_for_status()
+            break
+        time.sleep(delay)
     out = {}
     detail = probe.api.get(f"/jobs/{finished_job}").json()
     out["finished_job_logs"] = len(detail["logs"])
@@ -358,7 +393,9 @@ def bench_database(db: str, lm, args, plain: dict, warm_start: bool = False) -> 
         log("  warm-up job")
         out["warmup"] = probe.run_job(payload(lm.url, seed=999, optimizer="bootstrap"))
         out["jobs"] = {}
-        for delay in args.delays:
+        if args.profile:
+            PROFILE.update(dir=args.profile, pids={k: v for k, v in bench.pids().items() if k != "worker"})
+        for delay in [] if args.api_only else args.delays:
             for optimizer in args.optimizers:
                 if delay != first and optimizer not in args.slow_optimizers:
                     continue
@@ -372,7 +409,8 @@ def bench_database(db: str, lm, args, plain: dict, warm_start: bool = False) -> 
             log(f"  cancel: {args.cancel_trials} trials")
             out["cancel"] = cancel(probe, lm, args.cancel_trials)
         if "api" not in args.skip:
-            finished = out["jobs"][f"bootstrap@{first:g}ms"][-1]["job_id"]
+            runs = out["jobs"].get(f"bootstrap@{first:g}ms") or [out["warmup"]]
+            finished = runs[-1]["job_id"]
             out["api_ms"] = api_latency(probe, lm, finished, args.stored_jobs, args.big_jobs, args.requests)
         probe.close()
     finally:
@@ -447,23 +485,25 @@ def markdown(report: dict) -> str:
         f"{env['date']}; {env['nproc']} CPUs ({env['cpu']}), {env['ram_gb']} GB RAM; Python {env['python']}, "
         f"Prefect {env['prefect']}, DSPy {env['dspy']}; `{env['command']}`\n"
     )
-    lines.append("### 1-2. Per-job overhead (seconds, p50 / p95 / p99)\n")
-    lines.append(
-        "| db | job | runs | plain: optimization in-process | plain: whole process | service: submit→terminal "
-        "| **overhead vs in-process** | paired by seed | vs plain process | submit→pickup | pickup→Running "
-        "| Running→first line | submit→first line | after the work |"
-    )
-    lines.append("|" + "---|" * 14)
-    for db in report["databases"]:
-        for key, e in db["overhead"].items():
-            lines.append(
-                f"| {db['db']} | {key} | {e['service_total_s']['n']} | {fmt(e.get('plain_optimization_s', {'n': 0}))} "
-                f"| {fmt(e.get('plain_process_s', {'n': 0}))} | {fmt(e['service_total_s'])} "
-                f"| **{fmt(e['overhead_vs_in_process_s'])}** | {fmt(e.get('paired_overhead_s', {'n': 0}))} "
-                f"| {fmt(e['overhead_vs_plain_process_s'])} "
-                f"| {fmt(e['pickup_s'])} | {fmt(e['pending_to_running_s'])} | {fmt(e['running_to_first_line_s'])} "
-                f"| {fmt(e['to_first_line_s'])} | {fmt(e['after_work_s'])} |"
-            )
+    if any(db["overhead"] for db in report["databases"]):
+        lines.append("### 1-2. Per-job overhead (seconds, p50 / p95 / p99)\n")
+        lines.append(
+            "| db | job | runs | plain: optimization in-process | plain: whole process | service: submit→terminal "
+            "| **overhead vs in-process** | paired by seed | vs plain process | submit→pickup | pickup→Running "
+            "| Running→first line | submit→first line | after the work |"
+        )
+        lines.append("|" + "---|" * 14)
+        for db in report["databases"]:
+            for key, e in db["overhead"].items():
+                lines.append(
+                    f"| {db['db']} | {key} | {e['service_total_s']['n']} "
+                    f"| {fmt(e.get('plain_optimization_s', {'n': 0}))} "
+                    f"| {fmt(e.get('plain_process_s', {'n': 0}))} | {fmt(e['service_total_s'])} "
+                    f"| **{fmt(e['overhead_vs_in_process_s'])}** | {fmt(e.get('paired_overhead_s', {'n': 0}))} "
+                    f"| {fmt(e['overhead_vs_plain_process_s'])} "
+                    f"| {fmt(e['pickup_s'])} | {fmt(e['pending_to_running_s'])} | {fmt(e['running_to_first_line_s'])} "
+                    f"| {fmt(e['to_first_line_s'])} | {fmt(e['after_work_s'])} |"
+                )
     if any("throughput" in db for db in report["databases"]):
         lines.append("\n### 3. Throughput (2 job slots)\n")
         lines.append("| db | jobs | completed | submitting all | first submit → last terminal | jobs/min |")
@@ -552,6 +592,12 @@ def main() -> int:
         default="off",
         help="job processes fork from a pre-imported zygote (DSPY_SERVICE_WARM_START); both: cold, then warm",
     )
+    parser.add_argument(
+        "--api-only",
+        action="store_true",
+        help="no plain baseline, no job sweep (items 1-2); the warm-up job is item 4's finished job",
+    )
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy the API and server per timed loop, into DIR")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--from-json", type=Path, default=None, help="only print the tables of a recorded run")
     args = parser.parse_args()
@@ -573,13 +619,15 @@ def main() -> int:
     report = {"environment": environment(), "plain": {}, "databases": []}
     lm = start_local_lm(delay_ms=args.delays[0])
     try:
+        if args.profile:
+            args.profile.mkdir(parents=True, exist_ok=True)
         log("plain-process baseline")
-        for delay in args.delays:
+        for delay in [] if args.api_only else args.delays:
             for optimizer in args.optimizers:
                 if delay != args.delays[0] and optimizer not in args.slow_optimizers:
                     continue
                 report["plain"][f"{optimizer}@{delay:g}ms"] = plain_runs(lm, delay, optimizer, args.runs)
-        if "throughput" not in args.skip:
+        if "throughput" not in args.skip and not args.api_only:
             report["plain"]["small"] = plain_runs(lm, args.delays[0], SMALL_JOB["optimizer"], 3, SMALL_JOB["rows"])
         modes = {"off": [False], "on": [True], "both": [False, True]}[args.warm_start]
         for db in dbs:

@@ -122,6 +122,12 @@ class ServiceSettings(BaseSettings):
         description="How often the API looks for jobs stuck Pending or Cancelling with nobody left to end "
         "them (the durable twin of the automations in deployments/automations.py).",
     )
+    log_settle_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="The API caches a finished job's logs once its terminal state is this old: the job's "
+        "log shipper and its worker may still send a few lines right after the run ended.",
+    )
 
     warm_start: bool = Field(
         default=False,

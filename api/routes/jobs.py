@@ -13,7 +13,7 @@ from api.deps import GatewayDep, JobRunDep
 from api.responses import FastJSONResponse
 from dspy_service.preflight import preflight
 from dspy_service.schemas import JobRequest
-from dspy_service.status import JobStatus, job_status
+from dspy_service.status import JobStatus
 from dspy_service.storage import delete_dataset, save_dataset
 
 router = APIRouter()
@@ -56,14 +56,14 @@ async def list_jobs(
     offset: Annotated[int, Query(ge=0)] = 0,
 ):
     runs, compile_started, total = await gateway.list(status=status, username=username, limit=limit, offset=offset)
-    items = [views.summary(run, job_status(run.state_type, run.id in compile_started)) for run in runs]
+    items = [views.summary(run, views.list_status(run, compile_started)) for run in runs]
     return FastJSONResponse({"items": items, "total": total, "limit": limit, "offset": offset})
 
 
 @router.get("/jobs/{job_id}")
 async def get_job(flow_run: JobRunDep, gateway: GatewayDep):
     status, logs, result = await asyncio.gather(
-        gateway.status_of(flow_run), gateway.logs(flow_run.id), gateway.result(flow_run)
+        gateway.status_of(flow_run), gateway.job_logs(flow_run), gateway.result(flow_run)
     )
     return FastJSONResponse(views.detail(flow_run, status, logs, result))
 
@@ -75,7 +75,7 @@ async def get_job_summary(flow_run: JobRunDep, gateway: GatewayDep):
 
 @router.get("/jobs/{job_id}/logs")
 async def get_job_logs(flow_run: JobRunDep, gateway: GatewayDep):
-    entries, _ = views.split_logs(await gateway.logs(flow_run.id))
+    entries, _ = await gateway.job_logs(flow_run)
     return FastJSONResponse(entries)
 
 

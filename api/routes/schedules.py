@@ -18,7 +18,7 @@ from api.schedule_gateway import ScheduleNameTaken
 from dspy_service.preflight import preflight
 from dspy_service.schedules import SchedulePatch, ScheduleRequest, merge_job
 from dspy_service.schemas import DatasetRef, JobRequest
-from dspy_service.status import JobStatus, job_status
+from dspy_service.status import JobStatus
 from dspy_service.storage import delete_dataset, load_dataset, save_dataset
 
 router = APIRouter(tags=["schedules"])
@@ -123,7 +123,7 @@ async def list_schedule_runs(
     """The schedule's jobs, newest first, paginated like GET /jobs (includes runs the
     scheduler has created ahead of time, as `pending`)."""
     runs, compile_started, total = await schedules.runs(schedule.id, status=status, limit=limit, offset=offset)
-    items = [views.summary(run, job_status(run.state_type, run.id in compile_started)) for run in runs]
+    items = [views.summary(run, views.list_status(run, compile_started)) for run in runs]
     return {"items": items, "total": total, "limit": limit, "offset": offset}
 
 

@@ -221,6 +221,75 @@ def test_delete_then_404(stack, local_lm):
     assert not any(job_id in p.name for p in datasets.glob("*"))
 
 
+def all_prefect_logs(stack, job_id: str) -> list[dict]:
+    """The run's logs straight from the Prefect server, as any other replica would read them."""
+    import httpx
+
+    logs: list[dict] = []
+    with httpx.Client(base_url=stack.stack.config.prefect_api_url, timeout=60) as prefect:
+        while True:
+            body = {"logs": {"flow_run_id": {"any_": [job_id]}}, "limit": 200, "offset": len(logs)}
+            page = prefect.post("/logs/filter", json={**body, "sort": "TIMESTAMP_ASC"}).json()
+            logs.extend(page)
+            if len(page) < 200:
+                return logs
+
+
+def test_finished_job_logs_are_complete_and_a_deletion_elsewhere_shows(stack, local_lm):
+    """The API caches a finished job's logs, once its terminal state is log_settle_seconds
+    old: lines that arrive just after the end are not lost, and a job deleted by another
+    replica (here: straight in Prefect) is 404 here at once, cache or not."""
+    import httpx
+
+    job_id = submit(stack, job_payload(local_lm.url, rows=20))["job_id"]
+    stack.wait_for_status(job_id, TERMINAL)
+    ended = time.monotonic()
+    # A line written right after the end (as the worker's or the log shipper's last batch is).
+    late = {"name": "late.writer", "level": 20, "message": f"late line {uuid.uuid4()}", "flow_run_id": job_id}
+    late["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    with httpx.Client(base_url=stack.stack.config.prefect_api_url, timeout=60) as prefect:
+        assert prefect.post("/logs/", json=[late]).status_code == 201
+    assert any(e["message"] == late["message"] for e in stack.api.get(f"/jobs/{job_id}/logs").json())
+
+    settle = stack.stack.config.settings.log_settle_seconds
+    time.sleep(max(0.0, settle + 1 - (time.monotonic() - ended)))
+    first = stack.api.get(f"/jobs/{job_id}").json()  # settled: read and cached
+    cached = stack.api.get(f"/jobs/{job_id}").json()
+    assert cached == first
+    prefect_logs = all_prefect_logs(stack, job_id)
+    assert len(first["logs"]) + len(first["progress_events"]) == len(prefect_logs)
+    assert any(e["message"] == late["message"] for e in first["logs"])
+    assert stack.api.get(f"/jobs/{job_id}/logs").json() == first["logs"]
+
+    with stack.prefect_client() as client:
+        client.delete_flow_run(uuid.UUID(job_id))
+    for path in ("/jobs/{}", "/jobs/{}/logs", "/jobs/{}/summary"):
+        assert stack.api.get(path.format(job_id)).status_code == 404, path
+    assert job_id not in [j["job_id"] for j in stack.api.get("/jobs", params={"username": "tester"}).json()["items"]]
+
+
+def test_a_cancel_elsewhere_shows_at_once(stack, local_lm):
+    """Another replica (here: Prefect directly) cancels a job this API has just shown."""
+    from prefect.client.schemas.actions import WorkPoolUpdate
+    from prefect.states import Cancelled
+
+    pool = stack.stack.config.settings.work_pool
+    with stack.prefect_client() as client:
+        client.update_work_pool(pool, WorkPoolUpdate(is_paused=True))
+    try:
+        job_id = submit(stack, job_payload(local_lm.url, rows=20))["job_id"]
+        assert stack.api.get(f"/jobs/{job_id}").json()["status"] == "pending"
+        with stack.prefect_client() as client:
+            client.set_flow_run_state(uuid.UUID(job_id), Cancelled(message="cancelled by the user"), force=True)
+        assert stack.api.get(f"/jobs/{job_id}").json()["status"] == "cancelled"
+        assert stack.api.get(f"/jobs/{job_id}/summary").json()["status"] == "cancelled"
+        page = stack.api.get("/jobs", params={"username": "tester", "limit": 500}).json()
+        assert next(j for j in page["items"] if j["job_id"] == job_id)["status"] == "cancelled"
+    finally:
+        with stack.prefect_client() as client:
+            client.update_work_pool(pool, WorkPoolUpdate(is_paused=False))
+
+
 @ON_SQLITE_ONLY
 def test_twenty_thousand_rows(stack, local_lm):
     from dspy_service.local_lm import make_arithmetic_dataset

@@ -1,0 +1,60 @@
+"""What a job process may see of its worker's environment (stdlib only: the relay imports it).
+
+The supervisor (flows/job_supervisor.py) starts the engine with this environment; in warm
+start the relay (flows/job_process.py) scrubs before it sends its environment to the
+zygote, so a worker's secrets never enter the memory that job processes are forked from.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+
+PASSTHROUGH_ENV = "DSPY_SERVICE_JOB_ENV_PASSTHROUGH"
+
+# What a job process may see of the worker's environment. Everything else, provider keys
+# (OPENAI_API_KEY, AWS_*, ...) included, is dropped. PREFECT_* carries the API URL and key
+# and the run's control settings, which the engine needs; DSPY_SERVICE_* the service
+# settings. Operators can add names with DSPY_SERVICE_JOB_ENV_PASSTHROUGH.
+ALLOWED_ENV = (
+    "PREFECT_*",
+    "DSPY_SERVICE_*",
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LANGUAGE",
+    "LC_*",
+    "TZ",
+    "TMPDIR",
+    "PYTHONPATH",
+    "PYTHONUNBUFFERED",
+    "PYTHONHASHSEED",
+    "PYTHONIOENCODING",
+    "VIRTUAL_ENV",
+    "LITELLM_LOCAL_MODEL_COST_MAP",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+)
+
+def allowed_env_patterns(passthrough: str = "") -> list[str]:
+    return [*ALLOWED_ENV, *(p.strip() for p in passthrough.split(",") if p.strip())]
+
+
+def scrub_environment(environ: Mapping[str, str], passthrough: str = "") -> dict[str, str]:
+    patterns = allowed_env_patterns(passthrough)
+    return {k: v for k, v in environ.items() if any(fnmatch.fnmatchcase(k, p) for p in patterns)}
+
+
+def scrub_own_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` scrubbed with the operator's passthrough list it carries."""
+    return scrub_environment(environ, environ.get(PASSTHROUGH_ENV, ""))
