@@ -122,7 +122,7 @@ class Component:
     process: subprocess.Popen | None = None
     restarts: list[float] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)  # on top of the stack's environment
-    scrub_env: bool = False  # only what a job may see (flows/job_supervisor.py, ALLOWED_ENV)
+    scrub_env: bool = False  # only what a job may see (flows/job_env.py)
 
     def start(self, env: dict[str, str]) -> None:
         env = {**env, **self.extra_env}
@@ -164,9 +164,9 @@ def zygote_command(socket_path: str) -> list[str]:
 def zygote_environment(env: dict[str, str]) -> dict[str, str]:
     """A zygote's jobs are forks of it: it gets only what a job may see (the scrubbed
     environment), so that no worker secret is in their memory or /proc/<pid>/environ."""
-    from flows.job_supervisor import scrub_environment
+    from flows.job_env import scrub_own_environment
 
-    return scrub_environment(env, env.get("DSPY_SERVICE_JOB_ENV_PASSTHROUGH", ""))
+    return scrub_own_environment(env)
 
 
 def socket_connectable(path: str) -> bool:

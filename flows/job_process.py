@@ -61,6 +61,7 @@ def warm_start(path: str) -> int | None:
     import select
     import socket
 
+    from flows.job_env import scrub_own_environment
     from flows.warm_protocol import LineReader, send_request
 
     supervisor: int | None = None
@@ -81,7 +82,9 @@ def warm_start(path: str) -> int | None:
     try:
         sock.settimeout(5)
         sock.connect(path)
-        request = {"env": dict(os.environ), "cwd": os.getcwd(), "argv": sys.argv, "relay_pid": os.getpid()}
+        # Scrubbed here: the zygote and every job forked from it never hold the worker's secrets.
+        env = scrub_own_environment(os.environ)
+        request = {"env": env, "cwd": os.getcwd(), "argv": sys.argv, "relay_pid": os.getpid()}
         send_request(sock, request, [0, 1, 2])
         deadline = time.monotonic() + 30
         while (line := reader.line()) is None:

@@ -3,7 +3,7 @@
 Started by flows/job_process.py (the deployment's job command). It never runs user
 code. It
 
-1. scrubs the environment (ALLOWED_ENV below): provider keys and other secrets of the
+1. scrubs the environment (flows/job_env.py): provider keys and other secrets of the
    worker host do not reach user code; a job's own API keys travel in its model config;
 2. starts the real flow engine (`python -m prefect.engine`) as its child, in a session
    and process group of its own, in a per-job pids cgroup where the host allows one, with
@@ -35,7 +35,6 @@ import base64
 import collections
 import contextlib
 import datetime as dt
-import fnmatch
 import os
 import re
 import selectors
@@ -51,6 +50,7 @@ import httpx
 
 from dspy_service.settings import ServiceSettings, get_settings
 from dspy_service.stopping import STOP_SIGNAL
+from flows.job_env import scrub_environment
 from flows.job_limits import (
     PR_SET_CHILD_SUBREAPER,
     PR_SET_PDEATHSIG,
@@ -63,53 +63,10 @@ from flows.job_limits import (
 )
 from flows.output_limits import HeadTailCap
 
-# What a job process may see of the worker's environment. Everything else, provider keys
-# (OPENAI_API_KEY, AWS_*, ...) included, is dropped. PREFECT_* carries the API URL and key
-# and the run's control settings, which the engine needs; DSPY_SERVICE_* the service
-# settings. Operators can add names with DSPY_SERVICE_JOB_ENV_PASSTHROUGH.
-ALLOWED_ENV = (
-    "PREFECT_*",
-    "DSPY_SERVICE_*",
-    "PATH",
-    "HOME",
-    "USER",
-    "LOGNAME",
-    "LANG",
-    "LANGUAGE",
-    "LC_*",
-    "TZ",
-    "TMPDIR",
-    "PYTHONPATH",
-    "PYTHONUNBUFFERED",
-    "PYTHONHASHSEED",
-    "PYTHONIOENCODING",
-    "VIRTUAL_ENV",
-    "LITELLM_LOCAL_MODEL_COST_MAP",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "REQUESTS_CA_BUNDLE",
-    "CURL_CA_BUNDLE",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-)
-
 ENGINE_COMMAND = [sys.executable, "-m", "prefect.engine"]
 POLL_SECONDS = 0.2
 ERROR_LINE = re.compile(r"^[\w.]+(Error|Exception|Exit|Interrupt)\b:?.*$")
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-def allowed_env_patterns(passthrough: str = "") -> list[str]:
-    return [*ALLOWED_ENV, *(p.strip() for p in passthrough.split(",") if p.strip())]
-
-
-def scrub_environment(environ: Mapping[str, str], passthrough: str = "") -> dict[str, str]:
-    patterns = allowed_env_patterns(passthrough)
-    return {k: v for k, v in environ.items() if any(fnmatch.fnmatchcase(k, p) for p in patterns)}
 
 
 def describe_seconds(seconds: float) -> str:

@@ -8,13 +8,11 @@ reuse the contract, cancellation and hostile-code tests' own helpers and asserti
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import signal
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from deployments.stack import Stack, StackConfig
@@ -56,13 +54,6 @@ class WarmStack(ReliabilityStack):
             if f"PREFECT__FLOW_RUN_ID={job_id}".encode() in environ:
                 return int(entry.name)
         raise AssertionError(f"no relay process of job {job_id} under the worker")
-
-    def states(self, job_id: str) -> dict[str, float]:
-        states = httpx.get(f"{self.prefect_url}/flow_run_states/", params={"flow_run_id": job_id}, timeout=30).json()
-        first: dict[str, float] = {}
-        for state in sorted(states, key=lambda s: s["timestamp"]):
-            first.setdefault(state["type"], dt.datetime.fromisoformat(state["timestamp"]).timestamp())
-        return first
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +106,8 @@ def test_the_engine_is_forked_from_the_zygote_not_exec(wstack, local_lm):
     assert job["status"] == "success", job
     worker_log = wstack.stack.workers[0].log_path.read_text(errors="replace")
     assert f"forked engine {procs.engine}" in worker_log
-    # Pickup -> Running: the imports (~2 s of a 2.5 s p50 cold, docs/BENCHMARKS.md) are gone.
-    states = wstack.states(job_id)
-    assert states["RUNNING"] - states["PENDING"] < 2.0, states
+    # How much faster pickup -> Running gets is measured in bench/ (docs/BENCHMARKS.md), not
+    # asserted here: a timed bound only measures how busy the test machine is.
 
 
 def test_cancel_kills_the_warm_job_tree_within_2s(wstack, local_lm):
@@ -171,6 +161,8 @@ if secret in open("/proc/self/environ", "rb").read():
 for obj in gc.get_objects():
     if isinstance(obj, dict):
         for value in list(obj.values()):
+            if value is text or value is secret:
+                continue  # this code's own needles (in its globals)
             if isinstance(value, str) and text in value or isinstance(value, bytes) and secret in value:
                 found.append("object")
                 break
@@ -180,12 +172,6 @@ raise RuntimeError("SECRETS " + (" ".join(found) or "none"))
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: /proc/self/environ is clean, but a dict reachable through gc in the forked engine "
-    "still holds the worker's canary key (source not yet found; not checked whether a cold engine "
-    "holds it too, e.g. via the flow run it reads)",
-)
 def test_no_worker_secret_is_left_in_the_forked_engine(wstack, local_lm):
     job_id = wstack.submit(job_payload(local_lm.url, rows=20, signature_code=FIND_SECRETS + hostile.SIG))
     job = wstack.wait_terminal(job_id)
