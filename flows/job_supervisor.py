@@ -67,6 +67,10 @@ ENGINE_COMMAND = [sys.executable, "-m", "prefect.engine"]
 POLL_SECONDS = 0.2
 ERROR_LINE = re.compile(r"^[\w.]+(Error|Exception|Exit|Interrupt)\b:?.*$")
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+# An engine that finds the Prefect API down at its start is started again (see
+# JobSupervisor._engine_never_reached_api), for up to about this many tries x seconds.
+ENGINE_START_ATTEMPTS = 6
+ENGINE_RESTART_SECONDS = 5.0
 
 
 def describe_seconds(seconds: float) -> str:
@@ -405,6 +409,23 @@ class JobSupervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_terminate)
         signal.signal(signal.SIGINT, self._on_terminate)
+        for attempt in range(1, ENGINE_START_ATTEMPTS + 1):
+            code = self._run_engine()
+            if attempt == ENGINE_START_ATTEMPTS or not self._engine_never_reached_api(code):
+                break
+            self.note(
+                "the job's engine could not reach the Prefect API before the job started (a server restart?); "
+                f"starting it again in {ENGINE_RESTART_SECONDS:g} s"
+            )
+            time.sleep(ENGINE_RESTART_SECONDS)
+            self.last_output.clear()
+        self.output.close()
+        self.finish(code)
+        self.reporter.close()
+        return code if code >= 0 else 128 - code
+
+    def _run_engine(self) -> int:
+        """Start the engine, pass its output on until it exits, clean up after it."""
         self.start()
         assert self.engine is not None and self.engine.stdout is not None
         stream = self.engine.stdout
@@ -440,12 +461,22 @@ class JobSupervisor:
         kill_job(self.engine.pid, self.cgroup, exclude=None)
         reap_children()
         self._drain(stream)
-        self.output.close()
+        with contextlib.suppress(OSError):
+            stream.close()
         if self.cgroup is not None:
             self.cgroup.remove()
-        self.finish(code)
-        self.reporter.close()
-        return code if code >= 0 else 128 - code
+        return code
+
+    def _engine_never_reached_api(self, code: int) -> bool:
+        """The engine gave up at its start because the Prefect API was unreachable (it
+        checks the API once, without retries) and the run is still Pending: nothing of
+        the job ran, so starting the engine again is safe, and better than failing a job
+        the user was promised would wait out a server restart."""
+        if code != 1 or self.stop_kind is not None:
+            return False
+        if "Failed to reach API" not in (self.last_error() or ""):
+            return False
+        return self.reporter.state_type() == "PENDING"
 
     def _drain(self, stream) -> None:
         with contextlib.suppress(OSError, ValueError):

@@ -235,6 +235,7 @@ def all_prefect_logs(stack, job_id: str) -> list[dict]:
                 return logs
 
 
+@ON_SQLITE_ONLY  # the cache is the API's, the same on either database
 def test_finished_job_logs_are_complete_and_a_deletion_elsewhere_shows(stack, local_lm):
     """The API caches a finished job's logs, once its terminal state is log_settle_seconds
     old: lines that arrive just after the end are not lost, and a job deleted by another

@@ -13,7 +13,6 @@ import asyncio
 import datetime as dt
 from uuid import UUID
 
-import httpx
 import pytest
 
 from api.stuck_jobs import sweep_stuck_jobs
@@ -26,18 +25,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def run_taken_and_abandoned(rstack, local_lm, state_type: str) -> str:
     """A run of the deployment, with a real job's parameters, left in `state_type` as a
     worker (Pending) or a cancel (Cancelling) would leave it, with no process behind it."""
+    from prefect.client.schemas.objects import State, StateType
+
     template = rstack.flow_run(rstack.submit(job_payload(local_lm.url, rows=20)))
-    created = httpx.post(
-        f"{rstack.prefect_url}/deployments/{template['deployment_id']}/create_flow_run",
-        json={
-            "parameters": template["parameters"],
-            "tags": template["tags"],
-            "state": {"type": state_type, "name": state_type.title()},
-        },
-        timeout=30,
-    )
-    assert created.status_code == 201, created.text
-    return created.json()["id"]
+    with rstack.prefect_client() as client:  # Prefect's client retries a busy SQLite server's 503s
+        created = client.create_flow_run_from_deployment(
+            UUID(template["deployment_id"]),
+            parameters=template["parameters"],
+            tags=template["tags"],
+            state=State(type=StateType(state_type), name=state_type.title()),
+        )
+    return str(created.id)
 
 
 def sweep(rstack, deployment_id: str, seconds_later: float) -> list[UUID]:
