@@ -223,27 +223,25 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def rss_mb(pid: int) -> float | None:
+def _proc_mb(pid: int, file: str, field: str) -> float | None:
+    """A `field:  N kB` line of /proc/<pid>/<file>, in MB."""
     try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
+        with open(f"/proc/{pid}/{file}") as lines:
+            for line in lines:
+                if line.startswith(field):
                     return round(int(line.split()[1]) / 1024, 1)
     except OSError:
         return None
     return None
+
+
+def rss_mb(pid: int) -> float | None:
+    return _proc_mb(pid, "status", "VmRSS:")
 
 
 def pss_mb(pid: int) -> float | None:
     """Proportional set size: shared pages (a zygote's, after fork) count split among their users."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as rollup:
-            for line in rollup:
-                if line.startswith("Pss:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        return None
-    return None
+    return _proc_mb(pid, "smaps_rollup", "Pss:")
 
 
 def wait_for(check, timeout: float, interval: float = 0.05, what: str = "condition"):

@@ -286,8 +286,9 @@ class Zygote:
         self.jobs[pid] = conn
 
     def fork_supervisor(self, conn: socket.socket, request: dict, fds: list[int]) -> int:
-        if threading.active_count() != 1:
-            raise RuntimeError(f"{threading.active_count()} threads running; refusing to fork")
+        from flows.job_supervisor import assert_single_threaded  # preloaded
+
+        assert_single_threaded()
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()

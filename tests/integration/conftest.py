@@ -37,6 +37,17 @@ async def _postgres_admin(sql: str) -> None:
         await conn.close()
 
 
+def start_stack(stack: Stack, home: Path) -> None:
+    """Start a test stack; if it does not come up, stop it and print the tails of its logs."""
+    try:
+        stack.start(timeout=180, progress=lambda _: None)
+    except Exception:
+        stack.stop()
+        for log in (home / "logs").glob("*.log"):
+            print(f"==== {log.name}\n{log.read_text()[-4000:]}")
+        raise
+
+
 class RunningStack:
     def __init__(self, stack: Stack, database: str):
         self.stack = stack
@@ -86,13 +97,7 @@ def stack(request, tmp_path_factory, local_lm):
     settings = ServiceSettings(home=home, database_url=database_url, job_slots=2, scheduler_loop_seconds=1)
     config = StackConfig(settings=settings, api_port=free_port(), prefect_port=free_port())
     stack = Stack(config)
-    try:
-        stack.start(timeout=180, progress=lambda _: None)
-    except Exception:
-        stack.stop()
-        for log in (home / "logs").glob("*.log"):
-            print(f"==== {log.name}\n{log.read_text()[-4000:]}")
-        raise
+    start_stack(stack, home)
     running = RunningStack(stack, database)
     yield running
     stack.stop()

@@ -19,7 +19,7 @@ from deployments.stack import Stack, StackConfig
 from dspy_service.settings import ServiceSettings
 from tests.helpers import job_payload, tenant_model
 from tests.integration import test_contract as contract
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, start_stack
 from tests.integration.reliability import test_hostile_code as hostile
 from tests.integration.reliability.conftest import (
     STACK_ENV,
@@ -63,13 +63,7 @@ def wstack(tmp_path_factory, local_lm):
     config = StackConfig(settings=settings, api_port=free_port(), prefect_port=free_port(), warm_start=True)
     stack = Stack(config)
     stack.env.update(STACK_ENV)
-    try:
-        stack.start(timeout=180, progress=lambda _: None)
-    except Exception:
-        stack.stop()
-        for log in (home / "logs").glob("*.log"):
-            print(f"==== {log.name}\n{log.read_text()[-4000:]}")
-        raise
+    start_stack(stack, home)
     yield WarmStack(stack, "sqlite")
     local_lm.set_delay(0)
     stack.stop()

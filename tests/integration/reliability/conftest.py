@@ -19,7 +19,7 @@ import pytest
 
 from deployments.stack import Stack, StackConfig
 from dspy_service.settings import ServiceSettings
-from tests.integration.conftest import RunningStack, free_port
+from tests.integration.conftest import RunningStack, free_port, start_stack
 
 TERMINAL = {"success", "failed", "cancelled"}
 CANARY_KEY = "sk-canary-worker-secret-5f4e3d"
@@ -152,13 +152,7 @@ def rstack(tmp_path_factory, local_lm):
     config = StackConfig(settings=settings, api_port=free_port(), prefect_port=free_port())
     stack = Stack(config)
     stack.env.update(STACK_ENV)
-    try:
-        stack.start(timeout=180, progress=lambda _: None)
-    except Exception:
-        stack.stop()
-        for log in (home / "logs").glob("*.log"):
-            print(f"==== {log.name}\n{log.read_text()[-4000:]}")
-        raise
+    start_stack(stack, home)
     running = ReliabilityStack(stack, "sqlite")
     yield running
     local_lm.set_delay(0)
