@@ -38,11 +38,10 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Cancelling
 
 from api import views
-from dspy_service.run_labels import SCHEDULE_ID, SERVICE_TAG, user_tag
-from dspy_service.schedules import schedule_tag
+from dspy_service.contract import SCHEDULE_ID, SERVICE_TAG, TERMINAL_STATE_TYPES, Stage, schedule_tag, user_tag
 from dspy_service.schemas import DatasetRef, JobSpec
 from dspy_service.settings import ServiceSettings
-from dspy_service.status import COMPILE_TASK_NAME, JobStatus, job_status, state_types_for
+from dspy_service.status import JobStatus, job_status, state_types_for
 from dspy_service.storage import delete_dataset
 
 logger = logging.getLogger("dspy_service.api")
@@ -52,10 +51,6 @@ RUN_PAGE = 200  # ditto for flow runs: larger `limit`s are answered with 422
 RUNNING_SCAN_LIMIT = 2000  # running jobs are bounded by the pool's slots; this is a guard
 RESULT_CACHE_SIZE = 64
 LOG_CACHE_SIZE = 256
-TERMINAL_STATE_TYPES = frozenset(
-    {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
-)  # not CANCELLING: its job process is still being stopped
-
 JobLogs = tuple[list[dict[str, Any]], list[dict[str, Any]]]  # (log entries, progress events)
 
 
@@ -157,7 +152,7 @@ class JobGateway:
             return set()
         task_runs = await self.client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=running)),
-            task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=[COMPILE_TASK_NAME])),
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=[Stage.COMPILE])),
         )
         return {t.flow_run_id for t in task_runs if t.flow_run_id}
 

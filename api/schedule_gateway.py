@@ -29,7 +29,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from api.gateway import JobGateway
-from dspy_service.schedules import champion_lock, champion_variable, schedule_tag
+from dspy_service.contract import champion_lock, champion_variable, schedule_tag
 from dspy_service.schemas import DatasetRef, JobSpec
 from dspy_service.status import JobStatus, job_status, state_types_for
 from dspy_service.storage import delete_dataset

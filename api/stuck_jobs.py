@@ -37,8 +37,8 @@ from prefect.client.schemas.responses import SetStateStatus
 from prefect.states import Cancelled, Crashed
 
 from api.gateway import DeploymentMissing, JobGateway
+from dspy_service.contract import STUCK_CANCEL_MESSAGE, STUCK_PENDING_MESSAGE
 from dspy_service.settings import ServiceSettings
-from dspy_service.status import STUCK_CANCEL_MESSAGE, STUCK_PENDING_MESSAGE
 
 logger = logging.getLogger("dspy_service.api.stuck_jobs")
 

@@ -10,7 +10,6 @@ JSON dicts of `POST /logs/filter`, or `Log` objects.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -18,12 +17,10 @@ from typing import Any
 
 from prefect.client.schemas.objects import FlowRun, Log, StateType
 
-from dspy_service import run_labels
+from dspy_service import contract
 from dspy_service.schemas import JobSpec
 from dspy_service.status import JobStatus, job_message, job_status
 
-PROGRESS_LOGGER = "dspy_service.progress"
-PROGRESS_PREFIX = "progress "
 SPEC_CACHE_SIZE = 2048
 
 Run = Mapping[str, Any]  # a flow run as the Prefect API's JSON
@@ -175,7 +172,7 @@ def common_fields(flow_run: FlowRun | Run, status: JobStatus, now: dt.datetime |
     labels = run.get("labels") or {}
     parameters = run.get("parameters") or {}
     dataset_ref = parameters.get("dataset_ref") or {}
-    remaining = run_labels.number(labels, run_labels.ESTIMATED_REMAINING)
+    remaining = contract.number_label(labels, contract.ESTIMATED_REMAINING)
     return {
         "job_id": str(run["id"]),
         "status": status.value,
@@ -186,10 +183,10 @@ def common_fields(flow_run: FlowRun | Run, status: JobStatus, now: dt.datetime |
         "elapsed": format_elapsed(_elapsed_seconds(run, now)),
         "estimated_remaining": format_elapsed(remaining) if status.active and remaining is not None else None,
         **{name: spec[name] for name in COMMON_SPEC_FIELDS},
-        "dataset_rows": labels.get(run_labels.DATASET_ROWS) or dataset_ref.get("rows"),
-        "latest_metrics": run_labels.decode_json(labels, run_labels.LATEST_METRICS, {}),
+        "dataset_rows": labels.get(contract.DATASET_ROWS) or dataset_ref.get("rows"),
+        "latest_metrics": contract.decode_json_label(labels, contract.LATEST_METRICS, {}),
         "prefect_state": run.get("state_name"),
-        "schedule_id": labels.get(run_labels.SCHEDULE_ID) or parameters.get("schedule_id"),
+        "schedule_id": labels.get(contract.SCHEDULE_ID) or parameters.get("schedule_id"),
         # When a pending job may start: runs of a schedule are created ahead of their time.
         "scheduled_start_at": _iso(run.get("expected_start_time")) if status is JobStatus.pending else None,
     }
@@ -202,26 +199,26 @@ def summary(flow_run: FlowRun | Run, status: JobStatus) -> dict[str, Any]:
     return {
         **common_fields(run, status),
         **{name: spec[name] for name in SUMMARY_SPEC_FIELDS},
-        "progress_count": int(run_labels.number(labels, run_labels.PROGRESS_COUNT) or 0),
-        "log_count": int(run_labels.number(labels, run_labels.LOG_COUNT) or 0),
-        "baseline_test_metric": run_labels.number(labels, run_labels.BASELINE_TEST_METRIC),
-        "optimized_test_metric": run_labels.number(labels, run_labels.OPTIMIZED_TEST_METRIC),
-        "usage": run_labels.decode_json(labels, run_labels.USAGE, None),
+        "progress_count": int(contract.number_label(labels, contract.PROGRESS_COUNT) or 0),
+        "log_count": int(contract.number_label(labels, contract.LOG_COUNT) or 0),
+        "baseline_test_metric": contract.number_label(labels, contract.BASELINE_TEST_METRIC),
+        "optimized_test_metric": contract.number_label(labels, contract.OPTIMIZED_TEST_METRIC),
+        "usage": contract.decode_json_label(labels, contract.USAGE, None),
         "dataset_source": spec["dataset_source"],
-        "dataset_sha256": labels.get(run_labels.DATASET_SHA256),
+        "dataset_sha256": labels.get(contract.DATASET_SHA256),
         "champion": champion_summary(labels),
     }
 
 
 def champion_summary(labels: dict[str, Any]) -> dict[str, Any] | None:
     """The champion gate's decision for a run of a schedule (full record: result.details)."""
-    promoted = labels.get(run_labels.CHAMPION_PROMOTED)
+    promoted = labels.get(contract.CHAMPION_PROMOTED)
     if not isinstance(promoted, bool):
         return None
     return {
         "promoted": promoted,
-        "champion_score": run_labels.number(labels, run_labels.CHAMPION_SCORE),
-        "previous_champion_job_id": labels.get(run_labels.CHAMPION_PREVIOUS),
+        "champion_score": contract.number_label(labels, contract.CHAMPION_SCORE),
+        "previous_champion_job_id": labels.get(contract.CHAMPION_PREVIOUS),
     }
 
 
@@ -241,11 +238,9 @@ def split_logs(logs: list[Log] | list[Mapping[str, Any]]) -> tuple[list[dict[str
     entries, events = [], []
     for log in logs:
         name, message = (log.name, log.message) if isinstance(log, Log) else (log["name"], log["message"])
-        if name == PROGRESS_LOGGER and message.startswith(PROGRESS_PREFIX):
-            try:
-                events.append(json.loads(message[len(PROGRESS_PREFIX) :]))
-            except ValueError:
-                entries.append(log_entry(log))
+        event = contract.decode_progress(name, message)
+        if event is not None:
+            events.append(event)
         else:
             entries.append(log_entry(log))
     return entries, events

@@ -23,18 +23,13 @@ from prefect.events.actions import ChangeFlowRunState
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 from prefect.events.schemas.events import ResourceSpecification
 
+from dspy_service.contract import STUCK_CANCEL_MESSAGE, STUCK_PENDING_MESSAGE, TERMINAL_STATE_TYPES, ZOMBIE_MESSAGE
 from dspy_service.settings import ServiceSettings
-from dspy_service.status import STUCK_CANCEL_MESSAGE, STUCK_PENDING_MESSAGE, ZOMBIE_MESSAGE
 
 ZOMBIE_AUTOMATION = "dspy-service: crash jobs whose process stopped sending heartbeats"
 STUCK_CANCEL_AUTOMATION = "dspy-service: finish cancellations nobody completed"
 STUCK_PENDING_AUTOMATION = "dspy-service: fail jobs whose worker never started them"
-TERMINAL_EVENTS = {
-    "prefect.flow-run.Completed",
-    "prefect.flow-run.Failed",
-    "prefect.flow-run.Cancelled",
-    "prefect.flow-run.Crashed",
-}
+TERMINAL_EVENTS = {f"prefect.flow-run.{state.title()}" for state in TERMINAL_STATE_TYPES}
 
 
 

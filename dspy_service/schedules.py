@@ -4,8 +4,7 @@ A schedule IS a Prefect deployment schedule on the optimization deployment (no t
 our own): its cadence is the Prefect schedule, its job payload the schedule's flow-run
 parameters (`job`, `dataset_ref` for inline rows stored once, `schedule_id`), its name the
 schedule's slug. Its champion pointer is a Prefect Variable, and a global concurrency
-limit serializes the champion gates of its runs. The names of those objects are defined
-here, for the API (api/schedule_gateway.py) and the flow (tasks/champion.py) alike.
+limit serializes the champion gates of its runs; their names are in dspy_service/contract.py.
 """
 
 from __future__ import annotations
@@ -18,26 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from dspy_service.schemas import JobRequest
 
-SCHEDULE_TAG_PREFIX = "dspy-schedule:"
-CHAMPION_VARIABLE_PREFIX = "dspy-champion-"
-CHAMPION_LOCK_PREFIX = "dspy-champion-gate-"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
-
-
-def schedule_tag(schedule_id: str) -> str:
-    """Tag of runs started with POST /schedules/{id}/run (runs Prefect's scheduler creates
-    are found by their `created_by` instead; neither needs the run to have started)."""
-    return f"{SCHEDULE_TAG_PREFIX}{schedule_id}"
-
-
-def champion_variable(schedule_id: str) -> str:
-    """Prefect Variable holding the schedule's champion: {job_id, optimized_test_metric, ...}."""
-    return f"{CHAMPION_VARIABLE_PREFIX}{schedule_id}".lower()
-
-
-def champion_lock(schedule_id: str) -> str:
-    """Global concurrency limit (1 slot): one champion gate per schedule at a time."""
-    return f"{CHAMPION_LOCK_PREFIX}{schedule_id}".lower()
 
 
 def _prefect_checked(build: Any) -> Any:

@@ -7,6 +7,8 @@ from enum import StrEnum
 
 from prefect.client.schemas.objects import StateType
 
+from dspy_service.contract import exit_status_message
+
 
 class JobStatus(StrEnum):
     pending = "pending"
@@ -41,11 +43,6 @@ STATE_TYPE_TO_STATUS: dict[StateType, JobStatus] = {
     StateType.CANCELLED: JobStatus.cancelled,
 }
 
-# Task runs of the flow that make up validation; once `compile-program` has started the
-# job is running. The names are the task names in tasks/.
-COMPILE_TASK_NAME = "compile-program"
-
-
 def job_status(state_type: StateType | None, compile_started: bool = True) -> JobStatus:
     """Status of a flow run; a RUNNING run is `validating` until its compile task starts."""
     if state_type is None:
@@ -62,16 +59,6 @@ def state_types_for(status: JobStatus) -> list[StateType]:
         return [StateType.RUNNING]
     return [t for t, s in STATE_TYPE_TO_STATUS.items() if s is status]
 
-
-# Messages of states our automations (deployments/automations.py) and the API's sweep
-# (api/stuck_jobs.py) set when nobody is left to end a job.
-ZOMBIE_MESSAGE = (
-    "the job's process stopped sending heartbeats (its worker host or process died); the job was marked failed"
-)
-STUCK_CANCEL_MESSAGE = "cancelled by the user; its worker could not be reached to confirm"
-STUCK_PENDING_MESSAGE = (
-    "the worker that took this job went away before starting it; the job was marked failed, submit it again"
-)
 
 # Prefect's own messages for runs that ended outside our code (the worker's exit-code
 # report, the engine's signal handler, the worker's cancellation), reworded for users.
@@ -92,16 +79,7 @@ def job_message(state_type: StateType | None, message: str | None) -> str | None
         return _FIXED_MESSAGES[message]
     match = _PROCESS_EXIT.match(message)
     if match:
-        code = int(match.group(1))
-        if code in (-9, 137):
-            return (
-                "the job process was killed (SIGKILL): by the operating system (out of memory?), by code in "
-                "the job (e.g. os.kill) or by an operator"
-            )
-        if code < 0 or code > 128:
-            signum = -code if code < 0 else code - 128
-            return f"the job process died from signal {signum} (status code {code})"
-        return f"the job process exited unexpectedly with status code {code}"
+        return exit_status_message(int(match.group(1)))
     if message.startswith("Flow run could not start:"):
         return "the job process could not start:" + message[len("Flow run could not start:") :]
     return message

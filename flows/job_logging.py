@@ -25,6 +25,7 @@ from typing import Any
 
 from prefect.logging.handlers import APILogHandler
 
+from dspy_service.contract import PROGRESS_LOGGER
 from flows.output_limits import PrintBudget
 
 # Loggers whose records belong to the job. Prefect's run loggers reach the API already.
@@ -33,7 +34,6 @@ PREFECT_RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 PRINT_LOGGER = "dspy_service.print"
 # Progress events travel as log records (flows/progress.py): shipped at any log level,
 # kept out of `run_log` (the API lists them as progress_events, not logs).
-PROGRESS_LOGGER = "dspy_service.progress"
 RUN_LOG_LIMIT = 5000
 MAX_PRINT_LINE = 10_000  # characters of one print line kept before it is logged anyway
 

@@ -48,8 +48,8 @@ from typing import Any
 
 import httpx
 
+from dspy_service.contract import STOP_SIGNAL, TERMINAL_STATE_TYPES, WORKER_GONE_MESSAGE, signal_message, signal_name
 from dspy_service.settings import ServiceSettings, get_settings
-from dspy_service.stopping import STOP_SIGNAL
 from flows.job_env import scrub_environment
 from flows.job_limits import (
     PR_SET_CHILD_SUBREAPER,
@@ -66,7 +66,6 @@ from flows.output_limits import HeadTailCap
 ENGINE_COMMAND = [sys.executable, "-m", "prefect.engine"]
 POLL_SECONDS = 0.2
 ERROR_LINE = re.compile(r"^[\w.]+(Error|Exception|Exit|Interrupt)\b:?.*$")
-TERMINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 # An engine that finds the Prefect API down at its start is started again (see
 # JobSupervisor._engine_never_reached_api), for up to about this many tries x seconds.
 ENGINE_START_ATTEMPTS = 6
@@ -82,13 +81,6 @@ def describe_seconds(seconds: float) -> str:
     if minutes:
         return f"{minutes} min {secs} s" if secs else f"{minutes} min"
     return f"{secs} s"
-
-
-def signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 class RunReporter:
@@ -367,8 +359,7 @@ class JobSupervisor:
         if self.worker_gone():
             self.request_stop(
                 "worker",
-                "the worker running this job went away (it shut down or died), so the job was stopped; "
-                "submit it again",
+                WORKER_GONE_MESSAGE,
                 grace=0,
             )
         elif now - self.started > self.timeout:
@@ -489,7 +480,7 @@ class JobSupervisor:
         # Normally the engine has reported the final state itself; not when it was killed,
         # or when user code ended the process (os._exit) in the middle of the run.
         state = self.reporter.state_type()
-        if state is None or state in TERMINAL_STATES:
+        if state is None or state in TERMINAL_STATE_TYPES:
             return
         if state == "CANCELLING":
             if self.stop_kind == "cancel":
@@ -517,15 +508,7 @@ class JobSupervisor:
                 )
             if sig == signal.SIGXFSZ:
                 return f"the job wrote a file larger than {self.limits.max_file_mb} MB (DSPY_SERVICE_JOB_MAX_FILE_MB)"
-            if sig == signal.SIGKILL:
-                return (
-                    "the job process was killed (SIGKILL): by the operating system (out of memory?) "
-                    "or by code in the job"
-                )
-            return (
-                f"the job process died from {signal_name(sig)}; if the job was using a lot of memory it may "
-                f"have run out (limit {self.limits.memory_mb} MB, DSPY_SERVICE_JOB_MEMORY_MB)"
-            )
+            return signal_message(sig, self.limits.memory_mb)
         error = self.last_error()
         if error:
             if any(word in error for word in ("ConnectError", "PrefectHTTPStatusError", "database is locked")):

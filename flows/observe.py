@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from dspy_service import run_labels
+from dspy_service import contract
 from dspy_service.prefect_http import sync_prefect_client
 from dspy_service.schemas import JobSpec
 from flows.job_artifacts import create_progress_artifact, update_progress_artifact
@@ -60,15 +60,15 @@ class JobObserver:
     def labels(self) -> dict[str, Any]:
         progress = self.progress
         values: dict[str, Any] = {
-            run_labels.PROGRESS_COUNT: progress.event_count,
-            run_labels.STAGE: progress.stage,
-            run_labels.USAGE: self.usage_total(),
+            contract.PROGRESS_COUNT: progress.event_count,
+            contract.STAGE: progress.stage,
+            contract.USAGE: self.usage_total(),
         }
         if progress.latest_metrics:
-            values[run_labels.LATEST_METRICS] = progress.latest_metrics
+            values[contract.LATEST_METRICS] = progress.latest_metrics
         remaining = progress.estimated_remaining()
         if remaining is not None:
-            values[run_labels.ESTIMATED_REMAINING] = remaining
+            values[contract.ESTIMATED_REMAINING] = remaining
         return values
 
     def describe(self) -> str:
@@ -88,7 +88,7 @@ class JobObserver:
     def report(self, client: Any, final: bool = False) -> None:
         values = self.labels()
         if final:
-            values[run_labels.ESTIMATED_REMAINING] = 0
+            values[contract.ESTIMATED_REMAINING] = 0
         changed = {k: v for k, v in values.items() if v is not None and self._published.get(k) != v}
         if changed:
             publish_labels(self.flow_run_id, changed, client=client)

@@ -1,8 +1,9 @@
 """The optimization flow: one job = one run of `optimize_program`.
 
-Six tasks, each its own task run in the Prefect UI: load-and-split-data,
+One task run per stage (`contract.Stage`, in order: load-and-split-data,
 build-language-models, load-user-code, compile-program, evaluate-programs,
-serialize-program-artifact. The flow returns the contract's `result` object; any failure
+serialize-program-artifact, and for runs of a schedule champion-gate), each shown in the
+Prefect UI. The flow returns the contract's `result` object; any failure
 ends the run Failed with a message in the user's terms.
 """
 
@@ -19,11 +20,11 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Failed
 
-from dspy_service import run_labels
+from dspy_service import contract
+from dspy_service.contract import Stage
 from dspy_service.errors import JobError, out_of_memory_message
 from dspy_service.schemas import DatasetRef, JobResult, JobSpec, SplitCounts
 from dspy_service.settings import FLOW_NAME, get_settings
-from dspy_service.stopping import install_stop_handler, stop_requested, wait_to_be_stopped
 from dspy_service.storage import load_dataset
 from flows.job_artifacts import publish_result_artifacts
 from flows.job_logging import job_logging
@@ -35,6 +36,7 @@ from tasks.compile import compile_program
 from tasks.data import load_and_split_data
 from tasks.evaluate import evaluate_programs
 from tasks.language_models import build_language_models
+from tasks.stopping import install_stop_handler, stop_requested, wait_to_be_stopped
 from tasks.user_code import load_user_code
 
 logger = logging.getLogger("dspy_service.flow")
@@ -64,28 +66,28 @@ def run_job(
     job: JobSpec, rows: list[dict[str, Any]] | None, run_log: list[dict[str, Any]], schedule_id: str | None = None
 ) -> JobResult:
     started = time.monotonic()
-    stage = "load-and-split-data"
+    stage = Stage.LOAD_DATA
     champion: ChampionDecision | None = None
     try:
         splits = load_and_split_data(job, rows)
         watch_splits(splits.counts)
         publish_labels(
             current_flow_run.id,
-            {run_labels.DATASET_ROWS: splits.rows, run_labels.DATASET_SHA256: splits.content_sha256},
+            {contract.DATASET_ROWS: splits.rows, contract.DATASET_SHA256: splits.content_sha256},
         )
-        stage = "build-language-models"
+        stage = Stage.BUILD_LMS
         lms = build_language_models(job)
         watch_usage(lms.meter)
-        stage = "load-user-code"
+        stage = Stage.LOAD_USER_CODE
         user_code = load_user_code(job, splits.train[0])
-        stage = "compile-program"
+        stage = Stage.COMPILE
         compiled = compile_program(job, splits, lms, user_code)
-        stage = "evaluate-programs"
+        stage = Stage.EVALUATE
         scores = evaluate_programs(compiled, splits, lms, user_code)
-        stage = "serialize-program-artifact"
+        stage = Stage.SERIALIZE
         artifact = serialize_program_artifact(compiled.optimized, lms.secrets)
         if schedule_id:
-            stage = "champion-gate"
+            stage = Stage.CHAMPION_GATE
             champion = champion_gate(schedule_id, str(current_flow_run.id), scores.optimized, splits, lms, user_code)
     except JobError:
         raise
@@ -170,10 +172,10 @@ def optimize_program(
         publish_labels(
             current_flow_run.id,
             {
-                run_labels.BASELINE_TEST_METRIC: result.baseline_test_metric,
-                run_labels.OPTIMIZED_TEST_METRIC: result.optimized_test_metric,
-                run_labels.USAGE: result.details["usage"]["total"],
-                run_labels.LOG_COUNT: len(capture.entries),
+                contract.BASELINE_TEST_METRIC: result.baseline_test_metric,
+                contract.OPTIMIZED_TEST_METRIC: result.optimized_test_metric,
+                contract.USAGE: result.details["usage"]["total"],
+                contract.LOG_COUNT: len(capture.entries),
                 **champion_labels(result.details.get("champion")),
             },
         )

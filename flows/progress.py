@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import json
 import logging
 import math
 import re
@@ -36,22 +35,9 @@ from typing import Any
 
 import tqdm as tqdm_module
 
-PROGRESS_LOGGER = "dspy_service.progress"
-PROGRESS_PREFIX = "progress "
-EMIT_INTERVAL = 1.0  # seconds between two events of one bar
+from dspy_service.contract import PROGRESS_LOGGER, STAGE_SPANS, Stage, encode_progress
 
-# Stages of the flow (task-run names) and the share of the whole job each one is given
-# when the progress artifact turns bars into one overall percentage.
-STAGE_SPANS = {
-    "load-and-split-data": (0.0, 2.0),
-    "build-language-models": (2.0, 3.0),
-    "load-user-code": (3.0, 5.0),
-    "compile-program": (5.0, 85.0),
-    "evaluate-programs": (85.0, 98.0),
-    "serialize-program-artifact": (98.0, 100.0),
-}
-COMPILE_STAGE = "compile-program"
-EVALUATE_STAGE = "evaluate-programs"
+EMIT_INTERVAL = 1.0  # seconds between two events of one bar
 
 progress_logger = logging.getLogger(PROGRESS_LOGGER)
 _original_tqdm = tqdm_module.tqdm
@@ -193,7 +179,7 @@ class JobProgress:
         with self._lock:
             stage = stage or _current_stage() or self.stage
             self._enter_stage(stage)
-            if stage == EVALUATE_STAGE and not synthetic:
+            if stage == Stage.EVALUATE and not synthetic:
                 self._eval_bars_seen += 1
             depth = sum(1 for b in self._bars.values() if b.stage == stage)
             bar = Bar(next(self._ids), desc, total, stage, self.clock(), synthetic=synthetic, depth=depth)
@@ -274,7 +260,7 @@ class JobProgress:
         scored. Other stages: nothing is estimated (None).
         """
         with self._lock:
-            if self.stage == COMPILE_STAGE:
+            if self.stage == Stage.COMPILE:
                 primary = self._primary_bar()
                 if primary is None:
                     return None
@@ -282,7 +268,7 @@ class JobProgress:
                 if remaining is None:
                     return None
                 return round(remaining + self._evaluation_seconds(2), 1)
-            if self.stage == EVALUATE_STAGE:
+            if self.stage == Stage.EVALUATE:
                 primary = self._primary_bar()
                 if primary is None:
                     return None
@@ -332,7 +318,7 @@ class JobProgress:
             return
         fraction = min(1.0, bar.n / bar.total)
         start, end = span
-        if bar.stage == EVALUATE_STAGE:  # baseline, then optimized: two halves
+        if bar.stage == Stage.EVALUATE:  # baseline, then optimized: two halves
             fraction = (min(self._eval_bars_seen, 2) - 1 + fraction) / 2
         self.percent = max(self.percent, round(start + (end - start) * fraction, 1))
 
@@ -349,7 +335,7 @@ class JobProgress:
         if self.emit is not None:
             self.emit(entry)
         else:
-            progress_logger.info(PROGRESS_PREFIX + json.dumps(entry, separators=(",", ":"), default=str))
+            progress_logger.info(encode_progress(entry))
 
 
 # The job being observed in this process (one job per process; None between jobs).

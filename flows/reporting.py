@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from dspy_service import run_labels
+from dspy_service import contract
+from dspy_service.contract import schedule_tag
 from dspy_service.prefect_http import sync_prefect_client
-from dspy_service.schedules import schedule_tag
 
 logger = logging.getLogger("dspy_service.reporting")
 
@@ -20,7 +20,7 @@ def publish_labels(flow_run_id: str | None, values: dict[str, Any], client: Any 
     added to most jobs): open clients with `sync_prefect_client()` (quick retries first)."""
     if not flow_run_id:
         return
-    labels = {key: run_labels.encode(value) for key, value in values.items() if value is not None}
+    labels = {key: contract.encode_label(value) for key, value in values.items() if value is not None}
     try:
         if client is not None:
             client.update_flow_run_labels(flow_run_id, labels)
@@ -36,11 +36,11 @@ def mark_schedule_run(flow_run_id: str | None, username: str, schedule_id: str) 
     job's user and schedule tags (so /jobs?username= finds them) and the schedule label."""
     if not flow_run_id:
         return
-    publish_labels(flow_run_id, {run_labels.SCHEDULE_ID: schedule_id})
+    publish_labels(flow_run_id, {contract.SCHEDULE_ID: schedule_id})
     try:
         with sync_prefect_client() as client:
             flow_run = client.read_flow_run(flow_run_id)
-            wanted = [run_labels.user_tag(username), schedule_tag(schedule_id)]
+            wanted = [contract.user_tag(username), schedule_tag(schedule_id)]
             missing = [tag for tag in wanted if tag not in flow_run.tags]
             if missing:
                 client.update_flow_run(flow_run_id, tags=[*flow_run.tags, *missing])
@@ -53,7 +53,7 @@ def champion_labels(champion: dict[str, Any] | None) -> dict[str, Any]:
     if not champion:
         return {}
     return {
-        run_labels.CHAMPION_PROMOTED: champion["promoted"],
-        run_labels.CHAMPION_SCORE: champion.get("champion_score"),
-        run_labels.CHAMPION_PREVIOUS: champion.get("champion_job_id"),
+        contract.CHAMPION_PROMOTED: champion["promoted"],
+        contract.CHAMPION_SCORE: champion.get("champion_score"),
+        contract.CHAMPION_PREVIOUS: champion.get("champion_job_id"),
     }

@@ -11,6 +11,7 @@ from typing import Any
 
 import dspy
 
+from dspy_service.contract import Stage
 from dspy_service.schemas import OptimizedPrompt, ProgramArtifact
 from tasks import stage
 
@@ -69,7 +70,7 @@ def assert_no_secrets(blobs: list[bytes], secrets: list[str]) -> None:
             raise RuntimeError("refusing to publish an artifact that contains an api_key")
 
 
-@stage("serialize-program-artifact")
+@stage(Stage.SERIALIZE)
 def serialize_program_artifact(program: dspy.Module, secrets: list[str]) -> ProgramArtifact:
     strip_language_models(program)
     with tempfile.TemporaryDirectory(prefix="dspy-artifact-") as tmp:

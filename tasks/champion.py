@@ -23,7 +23,7 @@ from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 from prefect.variables import Variable
 
-from dspy_service.schedules import champion_lock, champion_variable, schedule_tag
+from dspy_service.contract import Stage, champion_lock, champion_variable, schedule_tag
 from dspy_service.settings import get_settings
 from tasks import stage
 from tasks.data import DataSplits
@@ -126,7 +126,7 @@ def decide(
     return decision
 
 
-@stage("champion-gate")
+@stage(Stage.CHAMPION_GATE)
 def champion_gate(
     schedule_id: str,
     job_id: str,

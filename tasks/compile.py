@@ -9,14 +9,15 @@ from typing import Any
 
 import dspy
 
+from dspy_service.contract import Stage
 from dspy_service.errors import JobError
 from dspy_service.registry import LM_ARGUMENTS, OptimizerEntry, Parameters, get_registry
 from dspy_service.schemas import JobSpec
 from dspy_service.settings import get_settings
-from dspy_service.stopping import StopGEPAOnRequest
 from tasks import stage
 from tasks.data import DataSplits
 from tasks.language_models import JobLMs
+from tasks.stopping import StopGEPAOnRequest
 from tasks.user_code import UserCode
 
 # Attributes optimizers leave on the program they return. They hold whole candidate
@@ -169,7 +170,7 @@ def optimizer_metadata(program: dspy.Module) -> dict[str, Any]:
     return meta
 
 
-@stage("compile-program")
+@stage(Stage.COMPILE)
 def compile_program(spec: JobSpec, splits: DataSplits, lms: JobLMs, user_code: UserCode) -> CompiledProgram:
     """Run the chosen optimizer on the train (and val) split, all inside dspy.context."""
     student = build_student(spec, user_code)

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from dspy_service.code_checks import check_columns_present
+from dspy_service.contract import Stage
 from dspy_service.dataset_source import DatasetFormat, check_source, compression_of, is_remote, source_path
 from dspy_service.errors import JobError
 from dspy_service.registry import fit_to_splits, get_registry
@@ -151,7 +152,7 @@ def split_examples(
     return shuffled[:train_end], shuffled[train_end:val_end], shuffled[val_end:]
 
 
-@stage("load-and-split-data")
+@stage(Stage.LOAD_DATA)
 def load_and_split_data(spec: JobSpec, rows: list[dict[str, Any]] | None) -> DataSplits:
     """Map columns to signature fields, shuffle with the job's seed, split, check sizes.
 

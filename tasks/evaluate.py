@@ -7,6 +7,7 @@ from typing import Any
 
 import dspy
 
+from dspy_service.contract import Stage
 from dspy_service.settings import get_settings
 from tasks import stage
 from tasks.compile import CompiledProgram
@@ -44,7 +45,7 @@ def mean_metric(program: dspy.Module, devset: list[dspy.Example], metric: Any, n
     return round(sum(scores) / len(scores), 6) if scores else 0.0
 
 
-@stage("evaluate-programs")
+@stage(Stage.EVALUATE)
 def evaluate_programs(
     compiled: CompiledProgram, splits: DataSplits, lms: JobLMs, user_code: UserCode
 ) -> TestScores:

@@ -11,11 +11,12 @@ from typing import Any
 
 import dspy
 
+from dspy_service.contract import Stage
 from dspy_service.errors import JobError
 from dspy_service.schemas import JobSpec, ModelConfig
 from dspy_service.settings import get_settings
-from dspy_service.stopping import raise_if_stopped
 from tasks import stage
+from tasks.stopping import raise_if_stopped
 
 LM_MODEL_TYPES = {"chat", "text", "responses"}
 # ModelConfig.extra keys that set the job's own price (USD per token) instead of DSPy's
@@ -198,7 +199,7 @@ def build_lm(config: ModelConfig, *, role: str, meter: UsageMeter, cache: bool) 
         raise JobError(f"{field_name}: cannot build LM {config.name!r}: {exc}", field=field_name) from None
 
 
-@stage("build-language-models")
+@stage(Stage.BUILD_LMS)
 def build_language_models(spec: JobSpec) -> JobLMs:
     """One metered LM per configured role, sharing a per-tenant response cache."""
     configure_job_cache(spec)

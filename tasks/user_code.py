@@ -27,6 +27,7 @@ from dspy_service.code_checks import (
     find_metric_name,
     outline_signature,
 )
+from dspy_service.contract import Stage
 from dspy_service.errors import JobError, out_of_memory_message
 from dspy_service.registry import get_registry
 from dspy_service.schemas import JobSpec
@@ -225,7 +226,7 @@ def dry_run_prediction(example: dspy.Example, signature: type[dspy.Signature]) -
     return dspy.Prediction(**values)
 
 
-@stage("load-user-code")
+@stage(Stage.LOAD_USER_CODE)
 def load_user_code(spec: JobSpec, sample: dspy.Example) -> UserCode:
     """Exec signature and metric code, check them against the mapping, dry-run the metric."""
     outline_signature(spec.signature_code)  # same words as the API for shape problems

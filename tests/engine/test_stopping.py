@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from dspy_service import stopping
 from dspy_service.schemas import JobRequest
+from tasks import stopping
 from tasks.compile import compile_program
 from tasks.data import load_and_split_data
 from tasks.language_models import build_language_models
@@ -23,14 +23,14 @@ from tasks.user_code import load_user_code
 from tests.helpers import job_payload, model_config
 
 STOP_AFTER_SEED_EVALUATION = """
-import dspy_service.stopping
+import tasks.stopping
 
 CALLS = []
 
 def metric(gold, pred, trace=None, pred_name=None, pred_trace=None):
     CALLS.append(1)
     if len(CALLS) == 1 + 6:  # the dry run, then GEPA's 6 validation examples
-        dspy_service.stopping.request_stop()
+        tasks.stopping.request_stop()
     return float(str(pred.answer).strip() == str(gold.answer).strip())
 """
 

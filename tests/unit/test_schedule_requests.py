@@ -8,7 +8,8 @@ import pytest
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from pydantic import ValidationError
 
-from dspy_service.schedules import SchedulePatch, ScheduleRequest, champion_variable, merge_job
+from dspy_service.contract import champion_variable
+from dspy_service.schedules import SchedulePatch, ScheduleRequest, merge_job
 from tests.unit.test_request_validation import payload
 
 

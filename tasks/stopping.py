@@ -1,6 +1,6 @@
 """Cooperative stop of a running job.
 
-The job process wrapper (flows/job_process.py) sends STOP_SIGNAL to the engine process
+The job's supervisor (deployments/runtime/) sends STOP_SIGNAL (dspy_service/contract.py) to the engine process
 when the job is cancelled or runs out of time, then kills the whole process group after
 a short grace period. In that window the job stops on its own terms: every LM call not
 yet sent is refused (MeteredLM checks `raise_if_stopped`), and GEPA ends its search at
@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any
 
-STOP_SIGNAL = signal.SIGUSR1
+from dspy_service.contract import STOP_SIGNAL
 
 _stop = threading.Event()
 

@@ -1,0 +1,188 @@
+"""The facts every process of the service shares, defined once (stdlib only).
+
+The API, the flow and its telemetry inside the job's engine, the job runtime on the
+worker (relay, supervisor, zygote; deployments/runtime/) and the automations all read
+and write the same flow runs. What they must agree on lives here and nowhere else:
+
+- the job's stages (task-run names) and each stage's share of the progress bar;
+- flow-run tags (server-side filters) and labels (small facts on the run row);
+- schedule tags and the champion's Prefect Variable and lock names;
+- the progress events' logger and wire format;
+- the Prefect state types that end a run, and the signal that asks a job to stop;
+- the wording users see when a job ends outside its own code.
+
+Importing this module never imports Prefect, DSPy or httpx: the relay and supervisor
+import it on every job start. How it fails: `decode_*` helpers return their default for
+anything malformed rather than raise; a label value that is not a scalar is sent as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from enum import StrEnum
+from typing import Any
+
+
+# -- stages --------------------------------------------------------------------------------
+class Stage(StrEnum):
+    """The flow's task runs, in order. The API looks runs up by these names."""
+
+    LOAD_DATA = "load-and-split-data"
+    BUILD_LMS = "build-language-models"
+    LOAD_USER_CODE = "load-user-code"
+    COMPILE = "compile-program"
+    EVALUATE = "evaluate-programs"
+    SERIALIZE = "serialize-program-artifact"
+    CHAMPION_GATE = "champion-gate"  # runs of a schedule only
+
+
+# Each stage's share of the whole job (percent start, end) when the progress artifact
+# turns bars into one overall percentage. Every stage has one (a unit test checks).
+STAGE_SPANS: dict[Stage, tuple[float, float]] = {
+    Stage.LOAD_DATA: (0.0, 2.0),
+    Stage.BUILD_LMS: (2.0, 3.0),
+    Stage.LOAD_USER_CODE: (3.0, 5.0),
+    Stage.COMPILE: (5.0, 85.0),
+    Stage.EVALUATE: (85.0, 96.0),
+    Stage.SERIALIZE: (96.0, 97.0),
+    Stage.CHAMPION_GATE: (97.0, 100.0),
+}
+
+# -- flow-run tags (Prefect 3.9 filters runs by tag, not by label) --------------------------
+SERVICE_TAG = "dspy-service"
+USER_TAG_PREFIX = "user:"
+SCHEDULE_TAG_PREFIX = "dspy-schedule:"
+CHAMPION_VARIABLE_PREFIX = "dspy-champion-"
+CHAMPION_LOCK_PREFIX = "dspy-champion-gate-"
+
+
+def user_tag(username: str) -> str:
+    return f"{USER_TAG_PREFIX}{username}"
+
+
+def schedule_tag(schedule_id: str) -> str:
+    """Tag on every run of a schedule (server-side filter for its run history)."""
+    return f"{SCHEDULE_TAG_PREFIX}{schedule_id}"
+
+
+def champion_variable(schedule_id: str) -> str:
+    """Prefect Variable holding a schedule's champion pointer (names: lowercase, - and _)."""
+    return f"{CHAMPION_VARIABLE_PREFIX}{schedule_id}".lower()
+
+
+def champion_lock(schedule_id: str) -> str:
+    """One-slot global concurrency limit: champion gates of one schedule decide in turn."""
+    return f"{CHAMPION_LOCK_PREFIX}{schedule_id}".lower()
+
+
+# -- flow-run labels: small per-job facts the job list reads with the runs ------------------
+BASELINE_TEST_METRIC = "dspy.baseline_test_metric"
+OPTIMIZED_TEST_METRIC = "dspy.optimized_test_metric"
+LATEST_METRICS = "dspy.latest_metrics"  # JSON object
+ESTIMATED_REMAINING = "dspy.estimated_remaining"  # seconds
+PROGRESS_COUNT = "dspy.progress_count"
+LOG_COUNT = "dspy.log_count"
+USAGE = "dspy.usage"  # JSON object: calls, tokens, cost
+STAGE = "dspy.stage"
+SCHEDULE_ID = "dspy.schedule_id"
+DATASET_ROWS = "dspy.dataset_rows"  # rows the job read (inline or from its dataset_source)
+DATASET_SHA256 = "dspy.dataset_sha256"  # hash of those rows
+CHAMPION_PROMOTED = "dspy.champion_promoted"  # runs of a schedule: did the gate promote it
+CHAMPION_SCORE = "dspy.champion_score"  # the previous champion re-scored on this test split
+CHAMPION_PREVIOUS = "dspy.champion_previous_job_id"
+
+
+def encode_label(value: Any) -> Any:
+    """Label values are scalars; objects travel as JSON text."""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"), default=str)
+    return value
+
+
+def decode_json_label(labels: dict[str, Any], key: str, default: Any) -> Any:
+    raw = labels.get(key)
+    if not isinstance(raw, str):
+        return default
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return default
+
+
+def number_label(labels: dict[str, Any], key: str) -> float | None:
+    value = labels.get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+# -- progress events: log records the API splits out of the run's logs ----------------------
+PROGRESS_LOGGER = "dspy_service.progress"
+PROGRESS_PREFIX = "progress "
+
+
+def encode_progress(event: dict[str, Any]) -> str:
+    """The log message carrying one `{timestamp, event, metrics}` progress event."""
+    return PROGRESS_PREFIX + json.dumps(event, separators=(",", ":"), default=str)
+
+
+def decode_progress(logger_name: str, message: str) -> dict[str, Any] | None:
+    """The event a log record carries, or None for an ordinary (or malformed) record."""
+    if logger_name != PROGRESS_LOGGER or not message.startswith(PROGRESS_PREFIX):
+        return None
+    try:
+        event = json.loads(message[len(PROGRESS_PREFIX) :])
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+# -- run states and stopping ----------------------------------------------------------------
+# Prefect state types that end a run. Not CANCELLING: its job process is still being stopped.
+TERMINAL_STATE_TYPES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
+
+# The supervisor sends this to the engine to ask the job to stop cooperatively (the
+# engine's handler sets a flag LMs and optimizers check) before killing it after a grace.
+STOP_SIGNAL = signal.SIGUSR1
+
+# -- wording for jobs that ended outside their own code -------------------------------------
+ZOMBIE_MESSAGE = (
+    "the job's process stopped sending heartbeats (its worker host or process died); the job was marked failed"
+)
+STUCK_CANCEL_MESSAGE = "cancelled by the user; its worker could not be reached to confirm"
+STUCK_PENDING_MESSAGE = (
+    "the worker that took this job went away before starting it; the job was marked failed, submit it again"
+)
+WORKER_GONE_MESSAGE = (
+    "the worker running this job went away (it shut down or died), so the job was stopped; submit it again"
+)
+KILLED_MESSAGE = (
+    "the job process was killed (SIGKILL): by the operating system (out of memory?), by code in the job "
+    "(e.g. os.kill) or by an operator"
+)
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def signal_message(signum: int, memory_mb: int | None = None) -> str:
+    """A job process that died from `signum` (SIGKILL and others)."""
+    if signum == signal.SIGKILL:
+        return KILLED_MESSAGE
+    message = f"the job process died from {signal_name(signum)}"
+    if memory_mb:
+        message += (
+            f"; if the job was using a lot of memory it may have run out (limit {memory_mb} MB, "
+            "DSPY_SERVICE_JOB_MEMORY_MB)"
+        )
+    return message
+
+
+def exit_status_message(code: int) -> str:
+    """A job process's exit status as a worker reports it (negative or > 128: a signal)."""
+    if code < 0 or code > 128:
+        return signal_message(-code if code < 0 else code - 128)
+    return f"the job process exited unexpectedly with status code {code}"
