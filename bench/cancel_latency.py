@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BenchStack, gone, session_members, stat_fields, summarize  # noqa: E402
 from common import payload as job_payload  # noqa: E402
 
-from dspy_service.local_lm import start_local_lm  # noqa: E402
 from dspy_service.settings import ServiceSettings  # noqa: E402
+from dspy_service.testing.local_lm import start_local_lm  # noqa: E402
 
 
 def payload(lm_url: str, seed: int) -> dict:

@@ -17,12 +17,12 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from deployments.stack import Stack, StackConfig  # noqa: E402
-from dspy_service.local_lm import (  # noqa: E402
+from dspy_service.settings import ServiceSettings  # noqa: E402
+from dspy_service.testing.local_lm import (  # noqa: E402
     ARITHMETIC_METRIC_CODE,
     ARITHMETIC_SIGNATURE_CODE,
     make_arithmetic_dataset,
 )
-from dspy_service.settings import ServiceSettings  # noqa: E402
 
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 

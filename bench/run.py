@@ -51,7 +51,7 @@ from common import (  # noqa: E402
     summarize,
 )
 
-from dspy_service.local_lm import start_local_lm  # noqa: E402
+from dspy_service.testing.local_lm import start_local_lm  # noqa: E402
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 SMALL_JOB = {"optimizer": "bootstrap", "rows": 20}

@@ -227,7 +227,7 @@ class Stack:
             Component(
                 "local-lm",
                 python_command(
-                    "-m", "dspy_service.local_lm", "--port", str(config.local_lm_port),
+                    "-m", "dspy_service.testing.local_lm", "--port", str(config.local_lm_port),
                     "--delay-ms", str(config.local_lm_delay_ms),
                 ),
                 logs / "local-lm.log",

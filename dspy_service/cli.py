@@ -73,7 +73,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def demo_payload(lm_url: str, optimizer: str = "bootstrap", rows: int = 60) -> dict[str, Any]:
-    from dspy_service.local_lm import ARITHMETIC_METRIC_CODE, ARITHMETIC_SIGNATURE_CODE, make_arithmetic_dataset
+    from dspy_service.testing.local_lm import ARITHMETIC_METRIC_CODE, ARITHMETIC_SIGNATURE_CODE, make_arithmetic_dataset
 
     payload: dict[str, Any] = {
         "username": "demo",
@@ -193,7 +193,7 @@ def cmd_register(_: argparse.Namespace) -> int:
 
 
 def cmd_local_lm(args: argparse.Namespace) -> int:
-    from dspy_service.local_lm.__main__ import main
+    from dspy_service.testing.local_lm.__main__ import main
 
     return main(["--port", str(args.port), "--delay-ms", str(args.delay_ms)]) or 0
 

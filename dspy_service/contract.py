@@ -186,3 +186,11 @@ def exit_status_message(code: int) -> str:
     if code < 0 or code > 128:
         return signal_message(-code if code < 0 else code - 128)
     return f"the job process exited unexpectedly with status code {code}"
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count} bytes"

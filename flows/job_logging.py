@@ -26,7 +26,7 @@ from typing import Any
 from prefect.logging.handlers import APILogHandler
 
 from dspy_service.contract import PROGRESS_LOGGER
-from flows.output_limits import PrintBudget
+from flows.print_budget import PrintBudget
 
 # Loggers whose records belong to the job. Prefect's run loggers reach the API already.
 JOB_LOGGERS = ("dspy", "dspy_service", "tasks", "flows", "gepa", "optuna", "py.warnings")

@@ -13,7 +13,7 @@ os.environ["PREFECT_LOCAL_STORAGE_PATH"] = os.path.join(_HOME, "storage", "resul
 
 import pytest  # noqa: E402
 
-from dspy_service.local_lm import start_local_lm  # noqa: E402
+from dspy_service.testing.local_lm import start_local_lm  # noqa: E402
 
 
 @pytest.fixture(scope="session")

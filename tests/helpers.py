@@ -6,7 +6,7 @@ import copy
 import uuid
 from typing import Any
 
-from dspy_service.local_lm import ARITHMETIC_METRIC_CODE, ARITHMETIC_SIGNATURE_CODE, make_arithmetic_dataset
+from dspy_service.testing.local_lm import ARITHMETIC_METRIC_CODE, ARITHMETIC_SIGNATURE_CODE, make_arithmetic_dataset
 
 SECRET_KEY = "sk-test-secret-9f8e7d6c5b4a"
 

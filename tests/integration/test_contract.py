@@ -293,7 +293,7 @@ def test_a_cancel_elsewhere_shows_at_once(stack, local_lm):
 
 @ON_SQLITE_ONLY
 def test_twenty_thousand_rows(stack, local_lm):
-    from dspy_service.local_lm import make_arithmetic_dataset
+    from dspy_service.testing.local_lm import make_arithmetic_dataset
 
     payload = job_payload(
         local_lm.url,

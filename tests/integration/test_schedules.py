@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dspy_service.local_lm import make_arithmetic_dataset
+from dspy_service.testing.local_lm import make_arithmetic_dataset
 from tests.helpers import job_payload
 
 pytestmark = pytest.mark.integration

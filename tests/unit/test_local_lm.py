@@ -23,16 +23,16 @@ import dspy  # noqa: E402
 import pydantic  # noqa: E402
 import pytest  # noqa: E402
 
-from dspy_service.local_lm import (  # noqa: E402
+from dspy_service.testing.local_lm import (  # noqa: E402
     ARITHMETIC_METRIC_CODE,
     ARITHMETIC_SIGNATURE_CODE,
     LocalLMServer,
     make_arithmetic_dataset,
     start_local_lm,
 )
-from dspy_service.local_lm.prompts import read_prompt  # noqa: E402
-from dspy_service.local_lm.responder import compose_reply  # noqa: E402
-from dspy_service.local_lm.task import INSTRUCTION_VARIANTS, Question, attempt, has_cue  # noqa: E402
+from dspy_service.testing.local_lm.prompts import read_prompt  # noqa: E402
+from dspy_service.testing.local_lm.responder import compose_reply  # noqa: E402
+from dspy_service.testing.local_lm.task import INSTRUCTION_VARIANTS, Question, attempt, has_cue  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -367,7 +367,7 @@ def test_cli_port_file_and_sigterm(tmp_path):
     port_file = tmp_path / "port"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "dspy_service.local_lm", "--port", "0", "--port-file", str(port_file)],
+        [sys.executable, "-m", "dspy_service.testing.local_lm", "--port", "0", "--port-file", str(port_file)],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,

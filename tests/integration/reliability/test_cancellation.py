@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from dspy_service.local_lm import ARITHMETIC_SIGNATURE_CODE as SIG
+from dspy_service.testing.local_lm import ARITHMETIC_SIGNATURE_CODE as SIG
 from tests.helpers import job_payload, model_config
 from tests.integration.reliability.conftest import process_gone, session_members
 

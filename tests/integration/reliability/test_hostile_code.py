@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from dspy_service.local_lm import ARITHMETIC_SIGNATURE_CODE as SIG
+from dspy_service.testing.local_lm import ARITHMETIC_SIGNATURE_CODE as SIG
 from tests.helpers import SECRET_KEY, job_payload
 from tests.integration.reliability.conftest import CANARY_KEY, JOB_SLOTS, process_gone
 

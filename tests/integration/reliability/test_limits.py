@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dspy_service.local_lm import make_arithmetic_dataset
+from dspy_service.testing.local_lm import make_arithmetic_dataset
 from tests.helpers import job_payload
 from tests.integration.reliability.conftest import STACK_ENV
 

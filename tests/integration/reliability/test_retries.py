@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from dspy_service.local_lm import start_local_lm
+from dspy_service.testing.local_lm import start_local_lm
 from tests.helpers import job_payload, tenant_model
 from tests.integration.conftest import free_port
 

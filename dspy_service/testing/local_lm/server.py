@@ -54,7 +54,7 @@ from typing import Any
 from .prompts import message_text, read_prompt
 from .responder import compose_reply
 
-logger = logging.getLogger("dspy_service.local_lm")
+logger = logging.getLogger("dspy_service.testing.local_lm")
 
 CALL_TIMES_KEPT = 10_000
 DEFAULT_MODEL = "local-model"

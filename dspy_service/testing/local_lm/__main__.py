@@ -1,6 +1,6 @@
 """Run the local test LM as a process (the offline demo and subprocess-based tests).
 
-    python -m dspy_service.local_lm --host 127.0.0.1 --port 8765 --delay-ms 0 [--port-file PATH]
+    python -m dspy_service.testing.local_lm --host 127.0.0.1 --port 8765 --delay-ms 0 [--port-file PATH]
 
 ``--port 0`` binds a free port; ``--port-file`` then tells a parent process which one
 (written atomically after binding, so a reader never sees a partial number).
@@ -18,7 +18,7 @@ import threading
 
 from .server import LocalLMServer
 
-logger = logging.getLogger("dspy_service.local_lm")
+logger = logging.getLogger("dspy_service.testing.local_lm")
 
 
 def _write_port_file(path: str, port: int) -> None:
@@ -30,7 +30,9 @@ def _write_port_file(path: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dspy_service.local_lm", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m dspy_service.testing.local_lm", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="latency added to every answer")

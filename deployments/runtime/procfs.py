@@ -1,0 +1,122 @@
+"""The one reader of Linux's /proc for the job runtime, the tests and the benchmarks.
+
+Stdlib only: the relay imports it. Every reader treats a process that vanished or that
+we may not read as absent (None, or left out of a list), never as an error: processes
+come and go between listing /proc and opening their files.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+EXITED = frozenset({"Z", "X"})  # zombie (exited, not yet reaped) or dead
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    """The fields of /proc/<pid>/stat we use (see proc(5))."""
+
+    pid: int
+    state: str
+    ppid: int
+    pgrp: int
+    session: int
+
+    @property
+    def exited(self) -> bool:
+        return self.state in EXITED
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    """/proc/<pid>/stat, or None if the process is gone or unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # The command name may hold spaces and parentheses: split after its last ')'.
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return ProcStat(pid, fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[3]))
+
+
+def pids() -> list[int]:
+    return [int(entry.name) for entry in os.scandir("/proc") if entry.name.isdigit()]
+
+
+def live_processes() -> Iterator[ProcStat]:
+    """Every process that has not exited."""
+    for pid in pids():
+        stat = read_stat(pid)
+        if stat is not None and not stat.exited:
+            yield stat
+
+
+def process_gone(pid: int) -> bool:
+    """True once `pid` has exited (a zombie counts as gone) or does not exist."""
+    stat = read_stat(pid)
+    return stat is None or stat.exited
+
+
+def parent_of(pid: int) -> int | None:
+    stat = read_stat(pid)
+    return None if stat is None else stat.ppid
+
+
+def session_members(session_id: int) -> list[int]:
+    """Live processes of a session (the engine starts one; user subprocesses stay in it)."""
+    return [stat.pid for stat in live_processes() if stat.session == session_id]
+
+
+def children_of(parent: int) -> list[int]:
+    """Live direct children of `parent` (including orphans it adopted as subreaper)."""
+    return [stat.pid for stat in live_processes() if stat.ppid == parent]
+
+
+def descendants_of(pid: int) -> list[int]:
+    """Every live process below `pid`, breadth first."""
+    tree: dict[int, list[int]] = {}
+    for stat in live_processes():
+        tree.setdefault(stat.ppid, []).append(stat.pid)
+    found, todo = [], [pid]
+    while todo:
+        for child in tree.get(todo.pop(0), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def open_fds() -> set[int]:
+    """This process's open file descriptors."""
+    return {int(name) for name in os.listdir("/proc/self/fd")}
+
+
+def memory_mb(pid: int, kind: str = "rss") -> float | None:
+    """Resident (`rss`, /proc/<pid>/status VmRSS) or proportional (`pss`, smaps_rollup:
+    shared pages count split among their users) set size in MB."""
+    file, field = {"rss": ("status", "VmRSS:"), "pss": ("smaps_rollup", "Pss:")}[kind]
+    try:
+        with open(f"/proc/{pid}/{file}") as lines:
+            for line in lines:
+                if line.startswith(field):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def environ_of(pid: int) -> list[bytes] | None:
+    """The environment `pid` was exec'd with (NAME=value entries), or None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as environ:
+            return environ.read().split(b"\0")
+    except OSError:
+        return None
+
+
+def cmdline_of(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return None

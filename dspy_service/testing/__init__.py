@@ -1,0 +1,1 @@
+"""Test and demo tools only (like `prefect.testing`): never part of serving real jobs."""
