@@ -121,22 +121,16 @@ def check_fields_against_mapping(
     if not outline.complete:
         return
     sig_in, sig_out = set(outline.input_fields), set(outline.output_fields)
-    for field_name in inputs:
-        if field_name not in sig_in:
-            where = " (it is an output field)" if field_name in sig_out else ""
-            raise JobError(
-                f"column_mapping.inputs.{field_name}: signature {outline.name} has no input "
-                f"field {field_name!r}{where}; its input fields are {sorted(sig_in)}",
-                field="column_mapping",
-            )
-    for field_name in outputs:
-        if field_name not in sig_out:
-            where = " (it is an input field)" if field_name in sig_in else ""
-            raise JobError(
-                f"column_mapping.outputs.{field_name}: signature {outline.name} has no output "
-                f"field {field_name!r}{where}; its output fields are {sorted(sig_out)}",
-                field="column_mapping",
-            )
+    for side, mapped, own, other in (("input", inputs, sig_in, sig_out), ("output", outputs, sig_out, sig_in)):
+        for field_name in mapped:
+            if field_name not in own:
+                opposite = "output" if side == "input" else "input"
+                where = f" (it is an {opposite} field)" if field_name in other else ""
+                raise JobError(
+                    f"column_mapping.{side}s.{field_name}: signature {outline.name} has no {side} "
+                    f"field {field_name!r}{where}; its {side} fields are {sorted(own)}",
+                    field="column_mapping",
+                )
     unfed = sorted(sig_in - set(inputs))
     if unfed:
         raise JobError(

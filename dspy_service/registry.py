@@ -300,32 +300,32 @@ def fit_to_splits(
         auto = optimizer_kwargs.get("auto", "light")
         valset = val if val else max(1, int(train * 0.8))
         if auto is None and compile_kwargs.get("minibatch", True):
-            size = compile_kwargs.get("minibatch_size")
-            if size is None:
-                compile_kwargs["minibatch_size"] = min(35, valset)
-            elif size > valset:
-                raise JobError(
-                    f"compile_kwargs.minibatch_size={size} exceeds the validation set ({valset} "
-                    "examples); lower it, set minibatch=false, or add data",
-                    field="compile_kwargs",
-                )
+            compile_kwargs["minibatch_size"] = _size_within(
+                compile_kwargs.get("minibatch_size"), 35, valset, "compile_kwargs.minibatch_size",
+                f"the validation set ({valset} examples); lower it, set minibatch=false, or add data",
+            )
         if not val and train < 2:
             raise JobError(
                 "MIPROv2 needs at least 2 training examples when the val split is empty", field="split_fractions"
             )
     elif issubclass(factory, dspy.SIMBA):
-        size = optimizer_kwargs.get("bsize")
-        if size is None:
-            optimizer_kwargs["bsize"] = min(32, train)
-        elif size > train:
-            raise JobError(
-                f"optimizer_kwargs.bsize={size} exceeds the train split ({train} examples); "
-                "lower bsize or add data",
-                field="optimizer_kwargs",
-            )
+        optimizer_kwargs["bsize"] = _size_within(
+            optimizer_kwargs.get("bsize"), 32, train, "optimizer_kwargs.bsize",
+            f"the train split ({train} examples); lower bsize or add data",
+        )
     elif issubclass(factory, dspy.GEPA) and val == 0 and train < 2:
         raise JobError("GEPA needs at least 2 examples to train and validate on", field="split_fractions")
     return optimizer_kwargs, compile_kwargs
+
+
+def _size_within(size: int | None, default: int, available: int, name: str, what: str) -> int:
+    """A batch size: `size` if it fits in `available` examples, else a 400 naming the
+    field; unset, the smaller of `default` and what is available."""
+    if size is None:
+        return min(default, available)
+    if size > available:
+        raise JobError(f"{name}={size} exceeds {what}", field=name.split(".")[0])
+    return size
 
 
 def _load_plugins(registry: ServiceRegistry) -> None:
