@@ -188,19 +188,10 @@ class ServiceRegistry:
 
     # -- argument rules ---------------------------------------------------------------
     def check_module_kwargs(self, entry: ModuleEntry, module_kwargs: dict[str, Any]) -> None:
-        params = entry.params
-        for key in module_kwargs:
-            if key == "signature":
-                raise JobError(
-                    "module_kwargs.signature is set by the service from signature_code; remove it",
-                    field="module_kwargs",
-                )
-            if not params.accepts(key):
-                raise JobError(
-                    f"module_kwargs.{key}: {entry.name} does not accept {key!r}; accepted: "
-                    f"{sorted(params.names - {'signature'})}",
-                    field="module_kwargs",
-                )
+        _check_kwargs(
+            "module_kwargs", module_kwargs, entry.name, entry.params,
+            owned={"signature"}, owned_by="from signature_code", hidden={"signature"},
+        )
 
     def check_optimizer_kwargs(
         self,
@@ -212,18 +203,10 @@ class ServiceRegistry:
     ) -> None:
         """Raise JobError for a kwarg the optimizer or its compile() would not take."""
         init = entry.init_params
-        for key in optimizer_kwargs:
-            if key in SERVICE_OWNED_INIT:
-                raise JobError(
-                    f"optimizer_kwargs.{key} is set by the service (from metric_code); remove it",
-                    field="optimizer_kwargs",
-                )
-            if not init.accepts(key):
-                raise JobError(
-                    f"optimizer_kwargs.{key}: {entry.name} does not accept {key!r}; accepted: "
-                    f"{sorted(init.names - SERVICE_OWNED_INIT - set(LM_ARGUMENTS))}",
-                    field="optimizer_kwargs",
-                )
+        _check_kwargs(
+            "optimizer_kwargs", optimizer_kwargs, entry.name, init,
+            owned=SERVICE_OWNED_INIT, owned_by="(from metric_code)", hidden=SERVICE_OWNED_INIT | set(LM_ARGUMENTS),
+        )
         for argument, role in LM_ARGUMENTS.items():
             if role in lm_roles and not init.accepts(argument):
                 raise JobError(
@@ -249,20 +232,11 @@ class ServiceRegistry:
         self, entry: OptimizerEntry, compile_kwargs: dict[str, Any], compile_params: Parameters | None = None
     ) -> None:
         """`compile_params` comes from a built optimizer when the factory is not a class."""
-        compile_params = compile_params or entry.compile_params
-        for key in compile_kwargs:
-            if key in SERVICE_OWNED_COMPILE:
-                raise JobError(
-                    f"compile_kwargs.{key} is set by the service (from dataset, split_fractions "
-                    "and module_name); remove it",
-                    field="compile_kwargs",
-                )
-            if compile_params is not None and not compile_params.accepts(key):
-                raise JobError(
-                    f"compile_kwargs.{key}: {entry.name}.compile() does not accept {key!r}; "
-                    f"accepted: {sorted(compile_params.names - SERVICE_OWNED_COMPILE)}",
-                    field="compile_kwargs",
-                )
+        _check_kwargs(
+            "compile_kwargs", compile_kwargs, f"{entry.name}.compile()", compile_params or entry.compile_params,
+            owned=SERVICE_OWNED_COMPILE, owned_by="(from dataset, split_fractions and module_name)",
+            hidden=SERVICE_OWNED_COMPILE,
+        )
 
     def optimizer_defaults(self, entry: OptimizerEntry, optimizer_kwargs: dict[str, Any]) -> dict[str, Any]:
         """Sane defaults the service adds where DSPy would otherwise refuse to start."""
@@ -316,6 +290,28 @@ def fit_to_splits(
     elif issubclass(factory, dspy.GEPA) and val == 0 and train < 2:
         raise JobError("GEPA needs at least 2 examples to train and validate on", field="split_fractions")
     return optimizer_kwargs, compile_kwargs
+
+
+def _check_kwargs(
+    field: str,
+    kwargs: dict[str, Any],
+    owner: str,
+    params: Parameters | None,
+    *,
+    owned: set[str],
+    owned_by: str,
+    hidden: set[str],
+) -> None:
+    """A 400 naming `field.key` for a key the service sets itself (`owned`) or that
+    `owner` does not accept (`params`; None: anything goes)."""
+    for key in kwargs:
+        if key in owned:
+            raise JobError(f"{field}.{key} is set by the service {owned_by}; remove it", field=field)
+        if params is not None and not params.accepts(key):
+            raise JobError(
+                f"{field}.{key}: {owner} does not accept {key!r}; accepted: {sorted(params.names - hidden)}",
+                field=field,
+            )
 
 
 def _size_within(size: int | None, default: int, available: int, name: str, what: str) -> int:
