@@ -1,7 +1,7 @@
 """Automations that end jobs whose processes vanished (created by the start command).
 
 A job process normally reports its own final state, and when it dies the wrapper or the
-worker do (flows/job_process.py). When the whole host goes (worker, wrapper and engine
+worker do (deployments/runtime/). When the whole host goes (worker, wrapper and engine
 at once), nobody is left to report: Prefect's documented answer is flow-run heartbeats
 (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, set by deployments/stack.py) plus a proactive
 automation that marks a run Crashed when its heartbeats stop. These automations are

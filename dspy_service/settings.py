@@ -47,7 +47,7 @@ class ServiceSettings(BaseSettings):
         "your shortest schedule interval times the runs Prefect keeps ahead (3).",
     )
 
-    # -- limits of one job process (enforced by flows/job_process.py, the worker's command) --
+    # -- limits of one job process (enforced by deployments/runtime/, the worker's command) --
     job_timeout_seconds: float = Field(
         default=6 * 3600,
         gt=0,
@@ -131,8 +131,8 @@ class ServiceSettings(BaseSettings):
 
     warm_start: bool = Field(
         default=False,
-        description="Start each worker with a zygote (flows/zygote.py) that has imported Prefect, DSPy and the "
-        "flow, and fork every job's supervisor and engine from it instead of starting fresh interpreters "
+        description="Start each worker with a zygote (deployments/runtime/zygote.py) that has imported Prefect, "
+        "DSPy and the flow, and fork every job's supervisor and engine from it instead of starting fresh interpreters "
         "(`dspy-service up --warm-start`, `dspy-service worker --warm-start`). Restart workers after a code "
         "upgrade.",
     )
