@@ -43,7 +43,7 @@ from deployments.runtime.limits import (
     prctl,
     reap_children,
 )
-from deployments.runtime.outcome import ExitLimits, engine_never_reached_api, final_state
+from deployments.runtime.outcome import ExitLimits, Stop, engine_never_reached_api, final_state
 from deployments.runtime.output import OutputPump
 from deployments.runtime.reporter import RunReporter
 from deployments.runtime.stop import ParentWatch, StopPolicy, WorkerWatch
@@ -61,8 +61,8 @@ class RestartPolicy:
         self.attempts = attempts
         self.pause = pause
 
-    def start_again(self, attempt: int, code: int, stop_policy: StopPolicy, output: str) -> bool:
-        if attempt >= self.attempts or not engine_never_reached_api(code, stop_policy.stop, output):
+    def start_again(self, attempt: int, code: int, stop: Stop | None, output: str) -> bool:
+        if attempt >= self.attempts or not engine_never_reached_api(code, stop, output):
             return False
         return self.reporter.state_type() == "PENDING"
 
@@ -101,7 +101,7 @@ class JobSupervisor:
         attempt = 1
         while True:
             code = self.run_engine()
-            if not self.restart.start_again(attempt, code, self.stop, self.output.recent_text()):
+            if not self.restart.start_again(attempt, code, self.stop.stop, self.output.recent_text()):
                 break
             self.output.note(self.restart.note)
             time.sleep(self.restart.pause)
