@@ -2,7 +2,7 @@
 
 Times, each --runs times in fresh interpreters (wall and CPU seconds, median):
 - the interpreter alone, `import prefect`, `import dspy`, `import prefect.engine`,
-  `import flows.job_supervisor` (our supervisor) and `import flows.optimize` (the flow's
+  `import deployments.runtime.supervisor` (our supervisor) and `import flows.optimize` (the flow's
   entrypoint: prefect + dspy + the service's tasks);
 - `os.fork()` of a parent that has already imported flows.optimize, until the child runs
   (what a fork-from-a-warm-parent worker would pay instead of the imports).
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 STEPS = {
     "python -c pass": "pass",
-    "import flows.job_supervisor": "import flows.job_supervisor",
+    "import deployments.runtime.supervisor": "import deployments.runtime.supervisor",
     "import dspy": "import dspy",
     "import prefect": "import prefect",
     "import prefect.engine": "import prefect.engine",

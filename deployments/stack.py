@@ -17,9 +17,9 @@ from pathlib import Path
 
 import httpx
 
+from deployments.runtime.protocol import SOCKET_ENV as ZYGOTE_SOCKET_ENV
+from deployments.runtime.protocol import socket_path as zygote_socket_path
 from dspy_service.settings import ServiceSettings
-from flows.warm_protocol import SOCKET_ENV as ZYGOTE_SOCKET_ENV
-from flows.warm_protocol import socket_path as zygote_socket_path
 
 # Settings the stack's processes need, measured to matter (see README, "Configuration").
 PREFECT_DEFAULTS = {
@@ -107,7 +107,7 @@ class StackConfig:
 
 
 def interpreter_first_on_path(path: str) -> str:
-    """The deployment's job command is `python -m flows.job_process`; on a worker that
+    """The deployment's job command is `python -m deployments.runtime.relay`; on a worker that
     `python` must be this interpreter (the one dspy-service is installed in)."""
     bin_dir = os.path.dirname(sys.executable)
     parts = [p for p in path.split(os.pathsep) if p and p != bin_dir]
@@ -122,7 +122,7 @@ class Component:
     process: subprocess.Popen | None = None
     restarts: list[float] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)  # on top of the stack's environment
-    scrub_env: bool = False  # only what a job may see (flows/job_env.py)
+    scrub_env: bool = False  # only what a job may see (deployments/runtime/env.py)
 
     def start(self, env: dict[str, str]) -> None:
         env = {**env, **self.extra_env}
@@ -158,13 +158,13 @@ def python_command(*args: str) -> list[str]:
 
 
 def zygote_command(socket_path: str) -> list[str]:
-    return python_command("-u", "-m", "flows.zygote", "--socket", socket_path)
+    return python_command("-u", "-m", "deployments.runtime.zygote", "--socket", socket_path)
 
 
 def zygote_environment(env: dict[str, str]) -> dict[str, str]:
     """A zygote's jobs are forks of it: it gets only what a job may see (the scrubbed
     environment), so that no worker secret is in their memory or /proc/<pid>/environ."""
-    from flows.job_env import scrub_own_environment
+    from deployments.runtime.env import scrub_own_environment
 
     return scrub_own_environment(env)
 
@@ -204,7 +204,7 @@ class Stack:
             for i in range(config.workers)
         ]
         # Warm start: one zygote per worker, started before it; the worker's jobs find it
-        # through DSPY_SERVICE_ZYGOTE_SOCKET (flows/zygote.py).
+        # through DSPY_SERVICE_ZYGOTE_SOCKET (deployments/runtime/zygote.py).
         self.zygotes: list[Component] = []
         if config.uses_warm_start:
             for i, worker in enumerate(self.workers):

@@ -1,1 +1,4 @@
-"""The worker-side job runtime: relay, supervisor, engine starters and zygote (see README.md)."""
+"""The worker-side job runtime: relay, supervisor, engine starters and zygote (see README.md).
+
+Importing the package imports nothing: the relay, which every job runs, stays small.
+"""

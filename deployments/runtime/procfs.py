@@ -120,3 +120,22 @@ def cmdline_of(pid: int) -> str | None:
             return cmdline.read().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
         return None
+
+
+def own_cgroups() -> dict[str, str] | None:
+    """This process's cgroups (/proc/self/cgroup): controllers ("" for v2) -> path."""
+    try:
+        with open("/proc/self/cgroup") as lines:
+            entries = [line.rstrip("\n").split(":", 2) for line in lines if line.strip()]
+    except OSError:
+        return None
+    return {controllers: path for _, controllers, path in entries}
+
+
+def mount_lines() -> list[str] | None:
+    """The lines of /proc/self/mountinfo (see proc(5)), or None if unreadable."""
+    try:
+        with open("/proc/self/mountinfo") as mountinfo:
+            return mountinfo.read().splitlines()
+    except OSError:
+        return None

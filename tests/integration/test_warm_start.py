@@ -41,7 +41,7 @@ class WarmStack(ReliabilityStack):
         return process.pid
 
     def relay_of(self, job_id: str) -> int:
-        """The worker's child running this job (`python -m flows.job_process`)."""
+        """The worker's child running this job (`python -m deployments.runtime.relay`)."""
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit():
                 continue
@@ -89,9 +89,10 @@ def test_the_engine_is_forked_from_the_zygote_not_exec(wstack, local_lm):
         # The worker's child is still the relay; the supervisor is the zygote's child and
         # the engine the supervisor's, all running the zygote's interpreter image: no
         # `python -m prefect.engine` (nor the supervisor's fork + import) was exec'd.
-        assert "flows.job_process" in cmdline(relay)
+        assert "deployments.runtime.relay" in cmdline(relay)
         assert parent_of(supervisor) == wstack.zygote_pid
-        assert "flows.zygote" in cmdline(supervisor) and "flows.zygote" in cmdline(procs.engine)
+        assert "deployments.runtime.zygote" in cmdline(supervisor)
+        assert "deployments.runtime.zygote" in cmdline(procs.engine)
         assert "prefect.engine" not in cmdline(procs.engine)
         assert os.getsid(procs.engine) == procs.engine  # a session of its own, as cold
         job = wstack.wait_terminal(job_id)

@@ -1,14 +1,17 @@
 """What a job process may see of its worker's environment (stdlib only: the relay imports it).
 
-The supervisor (flows/job_supervisor.py) starts the engine with this environment; in warm
-start the relay (flows/job_process.py) scrubs before it sends its environment to the
-zygote, so a worker's secrets never enter the memory that job processes are forked from.
+The supervisor (supervisor.py) starts the engine with `engine_environment`; in warm start
+the relay (relay.py) scrubs before it sends its environment to the zygote, so a worker's
+secrets never enter the memory that job processes are forked from. Nothing here fails: a
+name that matches no allowed pattern is dropped.
 """
 
 from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping
+
+from deployments.runtime.protocol import SOCKET_ENV
 
 PASSTHROUGH_ENV = "DSPY_SERVICE_JOB_ENV_PASSTHROUGH"
 
@@ -46,6 +49,7 @@ ALLOWED_ENV = (
     "no_proxy",
 )
 
+
 def allowed_env_patterns(passthrough: str = "") -> list[str]:
     return [*ALLOWED_ENV, *(p.strip() for p in passthrough.split(",") if p.strip())]
 
@@ -58,3 +62,14 @@ def scrub_environment(environ: Mapping[str, str], passthrough: str = "") -> dict
 def scrub_own_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """`environ` scrubbed with the operator's passthrough list it carries."""
     return scrub_environment(environ, environ.get(PASSTHROUGH_ENV, ""))
+
+
+def engine_environment(environ: Mapping[str, str], passthrough: str = "") -> dict[str, str]:
+    """The environment the job's engine runs with: scrubbed, without the zygote's socket
+    (user code has no business with it), with a bounded number of malloc arenas."""
+    env = scrub_environment(environ, passthrough)
+    env.pop(SOCKET_ENV, None)
+    # glibc reserves up to 8 x cores malloc arenas of 64 MB address space each; on a
+    # big host that alone would hit the address-space limit (RLIMIT_AS).
+    env.setdefault("MALLOC_ARENA_MAX", "4")
+    return env

@@ -5,6 +5,10 @@
     dspy-service worker             # one more worker (e.g. on another host) for PREFECT_API_URL
     dspy-service up --warm-start    # jobs fork from a pre-imported zygote (also: worker --warm-start)
     dspy-service register           # (re)register the work pool and the deployment
+    dspy-service local-lm           # the deterministic local LM alone (tests and demo only)
+
+A command that cannot start what it was asked to (a busy port, a zygote that does not come
+up) or whose demo job does not succeed prints `error: ...` on stderr and exits with 1.
 """
 
 from __future__ import annotations
@@ -155,12 +159,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def run_warm_worker(command: list[str], env: dict[str, str], settings, name: str | None) -> int:
-    """The worker with its zygote (flows/zygote.py): zygote first, then the worker with
-    DSPY_SERVICE_ZYGOTE_SOCKET; signals go to the worker; the zygote stops after it."""
+    """The worker with its zygote (deployments/runtime/zygote.py): zygote first, then the
+    worker with DSPY_SERVICE_ZYGOTE_SOCKET; signals go to the worker; the zygote stops
+    after it."""
     import subprocess
 
+    from deployments.runtime.protocol import SOCKET_ENV, socket_path
     from deployments.stack import socket_connectable, zygote_command, zygote_environment
-    from flows.warm_protocol import SOCKET_ENV, socket_path
 
     path = socket_path(settings.home_dir, name or f"{os.uname().nodename}-{os.getpid()}")
     zygote = subprocess.Popen(zygote_command(path), env=zygote_environment(env), start_new_session=True)

@@ -1,17 +1,22 @@
 """Resource limits of one job's processes, and killing everything a job started.
 
-Used by the job process wrapper (flows/job_process.py) on Linux:
+Used by the job supervisor (supervisor.py) on Linux:
 
 - rlimits for the engine process (inherited by anything it starts): address space
   (memory), CPU time (a backstop behind the wall-clock timeout), file size, open files,
-  no core dumps;
+  no core dumps; `confine_engine` applies them, with PR_SET_PDEATHSIG and the cgroup, in
+  the engine child before it runs any job code;
 - a per-job `pids` cgroup (v1 or v2, whichever this host lets us write) capping the
   processes + threads the job may run at once, so a fork bomb hits a wall instead of the
-  host. Root ignores RLIMIT_NPROC, so without a writable cgroup the wrapper falls back to
-  counting the job's processes (`count_session_processes`) and killing the job when it
+  host. Root ignores RLIMIT_NPROC, so without a writable cgroup the supervisor falls back
+  to counting the job's processes (procfs.session_members) and killing the job when it
   runs away;
 - `kill_job` kills the engine's process group, everything in the job's cgroup and any
-  orphan the wrapper adopted as child subreaper.
+  orphan the supervisor adopted as child subreaper.
+
+Failures are tolerated, never raised: a limit the host refuses is left unset, a cgroup
+that cannot be created is None (the process count fallback applies), a process that is
+already gone is not killed again.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ import os
 import resource
 import signal
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from deployments.runtime import procfs
 from dspy_service.settings import ServiceSettings
 
 MB = 1024 * 1024
@@ -80,7 +87,7 @@ class JobLimits:
         if self.memory_mb:
             set_limit(resource.RLIMIT_AS, self.memory_mb * MB)
         if self.cpu_seconds:
-            # Soft limit: SIGXCPU (the wrapper reports it); hard limit: SIGKILL shortly after.
+            # Soft limit: SIGXCPU (the supervisor reports it); hard limit: SIGKILL shortly after.
             set_limit(resource.RLIMIT_CPU, self.cpu_seconds, self.cpu_seconds + 10)
         if self.max_file_mb:
             set_limit(resource.RLIMIT_FSIZE, self.max_file_mb * MB)
@@ -152,15 +159,9 @@ class PidsCgroup:
 
 def _pids_cgroup_bases() -> list[tuple[Path, int]]:
     """Directories where a child pids cgroup could be created, most specific first."""
-    try:
-        own = dict(
-            (controllers, path)
-            for _, controllers, path in (
-                line.split(":", 2) for line in Path("/proc/self/cgroup").read_text().splitlines()
-            )
-        )
-        mounts = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
+    own = procfs.own_cgroups()
+    mounts = procfs.mount_lines()
+    if own is None or mounts is None:
         return []
     bases: list[tuple[Path, int]] = []
     for mount in mounts:
@@ -186,43 +187,12 @@ def _pids_cgroup_bases() -> list[tuple[Path, int]]:
 
 
 def _remove_stale(base: Path) -> None:
-    """Empty job cgroups left by wrappers that were killed; busy ones refuse rmdir."""
+    """Empty job cgroups left by supervisors that were killed; busy ones refuse rmdir."""
     with contextlib.suppress(OSError):
         for path in base.glob(f"{CGROUP_PREFIX}*"):
             with contextlib.suppress(OSError):
                 if not (path / "cgroup.procs").read_text().strip():
                     path.rmdir()
-
-
-def count_session_processes(session_id: int) -> int:
-    """Processes in a session (the engine started one); for hosts without a pids cgroup."""
-    count = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == session_id:  # fields after "(comm)": state ppid pgrp session
-            count += 1
-    return count
-
-
-def adopted_children(parent: int) -> list[int]:
-    children = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == parent:
-            children.append(int(entry.name))
-    return children
 
 
 def kill_job(process_group: int, cgroup: PidsCgroup | None, *, exclude: int | None = None) -> None:
@@ -231,32 +201,52 @@ def kill_job(process_group: int, cgroup: PidsCgroup | None, *, exclude: int | No
         os.killpg(process_group, signal.SIGKILL)
     if cgroup is not None:
         cgroup.block_new_tasks()
-        for _ in range(200):
-            pids = cgroup.pids()
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.005)
+        kill_until_none(cgroup.pids, rounds=200)
     me = os.getpid()
-    for _ in range(5):
-        orphans = [pid for pid in adopted_children(me) if pid != exclude]
-        if not orphans:
-            break
-        for pid in orphans:
+    kill_until_none(lambda: [pid for pid in procfs.children_of(me) if pid != exclude], rounds=5)
+
+
+def kill_until_none(find: Callable[[], list[int]], rounds: int) -> None:
+    """SIGKILL what `find` lists until it lists nothing (processes may still be forking)."""
+    for _ in range(rounds):
+        pids = find()
+        if not pids:
+            return
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.005)
 
 
-def reap_children() -> None:
-    """Collect exited adopted orphans so they do not linger as zombies. Only call it
-    once the engine child has been waited for: waitpid(-1) would steal its exit code."""
+def confine_engine(limits: JobLimits, cgroup: PidsCgroup | None, supervisor_pid: int) -> None:
+    """In the engine child, before it runs any job code: die with the supervisor, join the
+    job's cgroup, take the rlimits. No threads, no logging, no Python-level locks here (it
+    runs between fork and exec)."""
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != supervisor_pid:  # the supervisor died before prctl took effect
+        os._exit(137)
+    if cgroup is not None:
+        with contextlib.suppress(OSError):
+            cgroup.add(os.getpid())
+    limits.apply(nproc=cgroup is None)
+
+
+def exited_children() -> Iterator[tuple[int, int]]:
+    """(pid, wait status) of each child that has exited, collected now, without waiting
+    for the others. waitpid(-1) takes any child: callers that wait for one particular
+    child must have waited for it first, or it steals that child's exit code."""
     while True:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
+        yield pid, status
+
+
+def reap_children() -> None:
+    """Collect exited adopted orphans so they do not linger as zombies (after the engine
+    child has been waited for)."""
+    for _ in exited_children():
+        pass

@@ -1,6 +1,6 @@
 """Warm start: the zygote, a pre-imported parent that forks job supervisors on request.
 
-    python -u -m flows.zygote --socket PATH
+    python -u -m deployments.runtime.zygote --socket PATH
 
 Started next to a worker when warm start is on (`dspy-service worker --warm-start`,
 `dspy-service up --warm-start`, or DSPY_SERVICE_WARM_START=true; deployments/stack.py).
@@ -8,13 +8,15 @@ It imports Prefect, the engine, DSPy, the supervisor and the flow entrypoint onc
 no thread, event loop or HTTP client, and listens on a Unix socket (0600) whose path the
 worker's jobs find in DSPY_SERVICE_ZYGOTE_SOCKET.
 
-For each job the relay (flows/job_process.py, still what the stock process worker
-launches) sends its environment, cwd, argv and stdin/stdout/stderr (flows/warm_protocol.py).
-The zygote forks; the child takes over those descriptors, environment and directory and
-becomes that job's supervisor (flows/job_supervisor.py), which forks the engine from
-itself (ForkedEngine) instead of exec'ing `python -m prefect.engine`. The zygote reaps
-the supervisor and sends its exit code to the relay. A job crashing takes only its own
-forks with it; the zygote keeps serving.
+For each job the relay (relay.py, still what the stock process worker launches) sends its
+environment, cwd, argv and stdin/stdout/stderr (protocol.py). The zygote forks; the child
+takes over those descriptors, environment and directory and becomes that job's supervisor
+(supervisor.py) with a `ForkStarter` (engine.py), which forks the engine from itself and
+runs `prefect.engine` in it (`run_engine` here) instead of exec'ing `python -m
+prefect.engine`. The zygote reaps the supervisor and sends its exit code to the relay. A
+job crashing takes only its own forks with it; a bad request is refused and logged; the
+zygote keeps serving. Imports that start a thread make the zygote exit with 1 at start
+(forking would be unsafe); the relay then starts its jobs cold.
 
 The zygote itself runs with the job's scrubbed environment (deployments/stack.py), so the
 forks' /proc/<pid>/environ, which shows the environment their image was exec'd with,
@@ -37,10 +39,20 @@ import sys
 import threading
 import time
 
-from flows.warm_protocol import exit_code, recv_request
+from deployments.runtime import procfs
+from deployments.runtime.engine import ForkStarter, assert_single_threaded
+from deployments.runtime.limits import exited_children
+from deployments.runtime.protocol import exit_code, recv_request
 
 # What the engine and the flow import, paid once here instead of once per job.
-PRELOAD = ("prefect", "prefect.engine", "prefect.flow_engine", "dspy", "flows.job_supervisor", "flows.optimize")
+PRELOAD = (
+    "prefect",
+    "prefect.engine",
+    "prefect.flow_engine",
+    "dspy",
+    "deployments.runtime.supervisor",
+    "flows.optimize",
+)
 
 # What a job imports later on (measured: modules new in a forked engine at its exit), so
 # that no job pays for them either. Missing ones are skipped.
@@ -73,6 +85,9 @@ PRELOAD_LAZY = (
 
 # The PREFECT_LOGGING_* variables the zygote started with (its logging was set up from them).
 ZYGOTE_LOGGING_ENV: dict[str, str] = {}
+# Descriptors the zygote's imports opened (none today): a forked engine keeps them, as a
+# fresh interpreter that made the same imports would have them.
+PRELOADED_FDS: set[int] = set()
 
 
 def log(message: str) -> None:
@@ -88,9 +103,7 @@ def preload() -> None:
     for name in PRELOAD_LAZY:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
-    from flows import job_supervisor
-
-    job_supervisor.IMPORT_FDS.update(int(fd) for fd in os.listdir("/proc/self/fd"))
+    PRELOADED_FDS.update(procfs.open_fds())
     ZYGOTE_LOGGING_ENV.update({k: v for k, v in os.environ.items() if k.startswith("PREFECT_LOGGING_")})
 
 
@@ -156,10 +169,12 @@ def become_supervisor(conn: socket.socket, request: dict, fds: list[int]) -> int
     # replaces with the scrubbed one: nothing of it is reachable from the engine's objects.
     adopt_environment(request.pop("env", None) or {}, engine=False)
     request.clear()
+    from deployments.runtime.stop import RelayWatch
+    from deployments.runtime.supervisor import JobSupervisor
     from dspy_service.settings import get_settings
-    from flows.job_supervisor import JobSupervisor
 
-    return JobSupervisor(get_settings(), os.environ, relay=conn).run()
+    starter = ForkStarter(run_engine, keep_fds=frozenset(PRELOADED_FDS))
+    return JobSupervisor(get_settings(), os.environ, starter, RelayWatch(conn)).run()
 
 
 def run_engine(env: dict[str, str]) -> int:
@@ -286,8 +301,6 @@ class Zygote:
         self.jobs[pid] = conn
 
     def fork_supervisor(self, conn: socket.socket, request: dict, fds: list[int]) -> int:
-        from flows.job_supervisor import assert_single_threaded  # preloaded
-
         assert_single_threaded()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -312,13 +325,10 @@ class Zygote:
             os._exit(code)
 
     def reap(self) -> None:
-        while self.jobs:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        """Tell each finished supervisor's relay its exit code."""
+        if not self.jobs:
+            return
+        for pid, status in exited_children():
             conn = self.jobs.pop(pid, None)
             if conn is not None:
                 with contextlib.suppress(OSError):
@@ -351,8 +361,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run as the module `flows.zygote` (not `__main__`), so that the forked children find
-    # its state (ZYGOTE_ENV) when they import it.
-    from flows.zygote import main as _main
+    # Run as the module `deployments.runtime.zygote` (not `__main__`), so that the forked
+    # children find its state (ZYGOTE_LOGGING_ENV, PRELOADED_FDS) when they import it.
+    from deployments.runtime.zygote import main as _main
 
     sys.exit(_main())

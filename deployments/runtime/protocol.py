@@ -1,6 +1,6 @@
 """The relay <-> zygote protocol of warm start (stdlib only: the relay imports it).
 
-One Unix stream connection per job, opened by the relay (flows/job_process.py):
+One Unix stream connection per job, opened by the relay (deployments/runtime/relay.py):
 
 1. relay -> zygote: an 8-byte big-endian length carrying the relay's stdin, stdout and
    stderr as SCM_RIGHTS file descriptors, then that many bytes of JSON

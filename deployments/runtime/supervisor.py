@@ -1,0 +1,172 @@
+"""The job supervisor: the process between the worker and the flow engine of one job.
+
+Started by the relay (relay.py, the deployment's job command) or, in warm start, forked by
+the zygote (zygote.py). It never runs user code. It
+
+1. scrubs the environment (env.py): provider keys and other secrets of the worker host do
+   not reach user code; a job's own API keys travel in its model config;
+2. starts the flow engine as its child (engine.py: cold, `python -m prefect.engine`, or
+   forked from this warm process), in a session and process group of its own, in a
+   per-job pids cgroup where the host allows one, with rlimits, a lower scheduling
+   priority and PR_SET_PDEATHSIG, so the engine dies with the supervisor (limits.py);
+3. forwards the engine's stdout/stderr to the worker, capped (output.py);
+4. stops the job on cancel, timeout, too many processes or the worker going away
+   (stop.py): the cooperative stop signal first, SIGKILL for the whole job after
+   DSPY_SERVICE_JOB_CANCEL_GRACE_SECONDS;
+5. starts the engine again when it found the Prefect API down before the job started
+   (`RestartPolicy`);
+6. makes sure the run ends in a terminal state that says why in user terms, whatever
+   killed the engine (outcome.py, reporter.py), and exits with the engine's exit code.
+
+So `os.kill(os.getppid(), 9)` in user code kills this supervisor (the job fails), never
+the worker; a fork bomb fills its own cgroup, not the host. This is damage control, not
+a sandbox: see README, "Trust boundary". A Prefect API that stays unreachable only costs
+the final state report (the reporter gives up after its patience); the exit code still
+reaches the worker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Mapping
+
+from deployments.runtime.engine import ColdStarter, EngineStarter
+from deployments.runtime.env import engine_environment
+from deployments.runtime.limits import (
+    PR_SET_CHILD_SUBREAPER,
+    JobLimits,
+    PidsCgroup,
+    confine_engine,
+    kill_job,
+    prctl,
+    reap_children,
+)
+from deployments.runtime.outcome import ExitLimits, Stop, engine_never_reached_api, final_state
+from deployments.runtime.output import OutputPump
+from deployments.runtime.reporter import RunReporter
+from deployments.runtime.stop import ParentWatch, StopPolicy, WorkerWatch
+from dspy_service.settings import ServiceSettings, get_settings
+
+
+class RestartPolicy:
+    """An engine that gave up at its start because the Prefect API was unreachable, while
+    the run is still Pending, ran nothing of the job: starting it again is safe, and better
+    than failing a job the user was promised would wait out a server restart. Up to about
+    `attempts` x `pause` seconds."""
+
+    def __init__(self, reporter: RunReporter, attempts: int = 6, pause: float = 5.0):
+        self.reporter = reporter
+        self.attempts = attempts
+        self.pause = pause
+
+    def start_again(self, attempt: int, code: int, stop: Stop | None, output: str) -> bool:
+        if attempt >= self.attempts or not engine_never_reached_api(code, stop, output):
+            return False
+        return self.reporter.state_type() == "PENDING"
+
+    @property
+    def note(self) -> str:
+        return (
+            "the job's engine could not reach the Prefect API before the job started (a server restart?); "
+            f"starting it again in {self.pause:g} s"
+        )
+
+
+class JobSupervisor:
+    """Runs one job's engine to its end under the service's limits and reports the end."""
+
+    def __init__(
+        self, settings: ServiceSettings, environ: Mapping[str, str], starter: EngineStarter, worker: WorkerWatch
+    ):
+        self.flow_run_id = environ.get("PREFECT__FLOW_RUN_ID")
+        self.env = engine_environment(environ, settings.job_env_passthrough)
+        self.starter = starter
+        self.limits = JobLimits.from_settings(settings)
+        self.reporter = RunReporter(environ, self.flow_run_id)
+        self.output = OutputPump(int(settings.job_output_limit_mb * 1024 * 1024))
+        self.stop = StopPolicy(
+            worker,
+            timeout=settings.job_timeout_seconds,
+            grace=settings.job_cancel_grace_seconds,
+            max_tasks=self.limits.max_tasks,
+        )
+        self.restart = RestartPolicy(self.reporter)
+
+    def run(self) -> int:
+        """Run the engine (again, if the restart policy says so); the exit code for the worker."""
+        signal.signal(signal.SIGTERM, self.stop.on_terminate)
+        signal.signal(signal.SIGINT, self.stop.on_terminate)
+        attempt = 1
+        while True:
+            code = self.run_engine()
+            if not self.restart.start_again(attempt, code, self.stop.stop, self.output.recent_text()):
+                break
+            self.output.note(self.restart.note)
+            time.sleep(self.restart.pause)
+            self.output.forget_recent()
+            attempt += 1
+        self.output.close()
+        self.finish(code)
+        self.reporter.close()
+        return code if code >= 0 else 128 - code
+
+    def run_engine(self) -> int:
+        """Start the engine, pass its output on until it exits, clean up after it."""
+        supervisor_pid = os.getpid()
+        prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of the job become ours to kill
+        cgroup = PidsCgroup.create(self.flow_run_id or str(supervisor_pid), self.limits.max_tasks)
+        engine = self.starter.start(self.env, lambda: confine_engine(self.limits, cgroup, supervisor_pid))
+        self.stop.watch(engine, cgroup)
+        watch = f"cgroup v{cgroup.version}" if cgroup else "process watch"
+        self.output.note(
+            f"{self.starter.verb} engine {engine.pid} (memory {self.limits.memory_mb or 'unlimited'} MB, "
+            f"tasks {self.limits.max_tasks} via {watch})"
+        )
+        self.stop.limit_time(self.reporter.read_job_timeout())
+        assert engine.stdout is not None
+        stream = engine.stdout
+        self.output.pump(
+            stream, exited=lambda: engine.poll() is not None, killed=lambda: self.stop.killed, tick=self.stop.check
+        )
+        code = engine.wait()
+        # Whatever the engine left behind (user subprocesses, adopted orphans) goes too.
+        kill_job(engine.pid, cgroup, exclude=None)
+        reap_children()
+        self.output.drain(stream)
+        if cgroup is not None:
+            cgroup.remove()
+        return code
+
+    def finish(self, code: int) -> None:
+        """Make sure the run ends in a terminal state that says what happened. Normally the
+        engine has reported it itself; not when it was killed, or when user code ended the
+        process (os._exit) in the middle of the run."""
+        outcome = final_state(
+            self.reporter.state_type(), code, self.stop.stop, self.exit_limits, self.cpu_exhausted(),
+            self.output.recent_text(),
+        )
+        if outcome is None:
+            return
+        if outcome.explained:
+            self.output.note(outcome.message)
+            self.reporter.log(outcome.message)
+        self.reporter.set_state(outcome.type, outcome.message, name=outcome.name)
+
+    @property
+    def exit_limits(self) -> ExitLimits:
+        return ExitLimits(self.limits.cpu_seconds, self.limits.max_file_mb, self.limits.memory_mb)
+
+    def cpu_exhausted(self) -> bool:
+        """The engine and its children used up the job's CPU time (then the kernel's
+        SIGKILL at the hard limit means the CPU limit, not memory)."""
+        if not self.limits.cpu_seconds:
+            return False
+        usage = os.times()
+        return usage.children_user + usage.children_system >= self.limits.cpu_seconds
+
+
+def run_supervisor() -> int:
+    """The cold supervisor: the relay's child, starting `python -m prefect.engine`."""
+    return JobSupervisor(get_settings(), os.environ, ColdStarter(), ParentWatch(os.getppid())).run()
