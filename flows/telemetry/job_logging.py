@@ -10,7 +10,13 @@ Also routed to the run: `warnings` (logger `py.warnings`), and `print` output th
 Prefect's `log_prints` cannot attribute: it logs prints made in a thread with a run
 context, but DSPy runs the user's metric in worker threads without one, where a print
 falls through to `sys.stdout`. For the job's duration `sys.stdout` is a line splitter
-that logs such lines as `dspy_service.print` (and still writes them through).
+that logs such lines as `dspy_service.print` (and still writes them through), within
+the job's print budget (telemetry/print_budget.py).
+
+How it fails: a console that cannot take a line loses it there only (the log keeps it);
+a record that cannot be formatted goes to logging's `handleError`; `run_log` keeps the
+newest `RUN_LOG_LIMIT` entries. Everything is restored on the way out, whatever the job
+raised.
 """
 
 from __future__ import annotations
@@ -26,13 +32,13 @@ from typing import Any
 from prefect.logging.handlers import APILogHandler
 
 from dspy_service.contract import PROGRESS_LOGGER
-from flows.print_budget import PrintBudget
+from flows.telemetry.print_budget import PrintBudget
 
 # Loggers whose records belong to the job. Prefect's run loggers reach the API already.
 JOB_LOGGERS = ("dspy", "dspy_service", "tasks", "flows", "gepa", "optuna", "py.warnings")
 PREFECT_RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 PRINT_LOGGER = "dspy_service.print"
-# Progress events travel as log records (flows/progress.py): shipped at any log level,
+# Progress events travel as log records (telemetry/progress_model.py): shipped at any log level,
 # kept out of `run_log` (the API lists them as progress_events, not logs).
 RUN_LOG_LIMIT = 5000
 MAX_PRINT_LINE = 10_000  # characters of one print line kept before it is logged anyway
@@ -188,7 +194,7 @@ def job_logging(
         logger.addHandler(capture)
         attached.append((logger, capture))
     # Handlers gate by level too: a logger may be opened further for a reader (optimizer
-    # INFO lines are progress, flows/progress.py) without those lines being shipped.
+    # INFO lines are progress, telemetry/optimizer_log.py) without those lines being shipped.
     logging.captureWarnings(True)
     stdout = sys.stdout
     print_budget = PrintBudget(print_limit_bytes)

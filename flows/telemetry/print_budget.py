@@ -1,5 +1,5 @@
 """The cap on printed lines during the flow, which become log records shipped to the API
-(flows/job_logging.py): the first and the last part are kept, with a note of what was
+(telemetry/job_logging.py): the first and the last part are kept, with a note of what was
 dropped in between."""
 
 from __future__ import annotations
