@@ -7,7 +7,7 @@ import sys
 import threading
 import warnings
 
-from flows.job_logging import job_logging
+from flows.telemetry.job_logging import job_logging
 
 
 def by_logger(entries: list[dict]) -> dict[str, list[str]]:
