@@ -25,7 +25,7 @@ import datetime as dt
 import logging
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -157,21 +157,8 @@ class RunLogCapture(logging.Handler):
                 del self.entries[: len(self.entries) - self.limit]
 
 
-@contextmanager
-def job_logging(
-    flow_run_id: str | None, level: str = "INFO", print_limit_bytes: int = 2 * 1024 * 1024
-) -> Iterator[RunLogCapture]:
-    numeric_level = logging.getLevelName(str(level).upper())
-    if not isinstance(numeric_level, int):
-        numeric_level = logging.INFO
-    capture = RunLogCapture()
-    gate = _LevelGate(numeric_level)
-    capture.addFilter(gate)
-    api_handler: APILogHandler | None = None
-    if flow_run_id:
-        api_handler = APILogHandler()
-        api_handler.addFilter(_StampFlowRun(flow_run_id))
-        api_handler.addFilter(gate)
+def _route_loggers(level: int, capture: RunLogCapture, api_handler: APILogHandler | None) -> Callable[[], None]:
+    """Attach the job's handlers to its loggers at `level`; returns the undo function."""
     attached: list[tuple[logging.Logger, logging.Handler]] = []
     # Prefect's own API handlers (added by PREFECT_LOGGING_EXTRA_LOGGERS) drop records
     # from threads without a run context; ours replaces them for the job's duration.
@@ -181,20 +168,48 @@ def job_logging(
         logger = logging.getLogger(name)
         # Explicit levels: an inherited PREFECT_LOGGING_LEVEL=WARNING would drop the job's story.
         levels[logger] = logger.level
-        logger.setLevel(logging.INFO if name == PROGRESS_LOGGER else numeric_level)
+        logger.setLevel(logging.INFO if name == PROGRESS_LOGGER else level)
         if name == PROGRESS_LOGGER:
             continue
-        if name in JOB_LOGGERS:
-            if api_handler is not None:
-                for handler in [h for h in logger.handlers if isinstance(h, APILogHandler)]:
-                    logger.removeHandler(handler)
-                    displaced.append((logger, handler))
-                logger.addHandler(api_handler)
-                attached.append((logger, api_handler))
+        if name in JOB_LOGGERS and api_handler is not None:
+            for handler in [h for h in logger.handlers if isinstance(h, APILogHandler)]:
+                logger.removeHandler(handler)
+                displaced.append((logger, handler))
+            logger.addHandler(api_handler)
+            attached.append((logger, api_handler))
         logger.addHandler(capture)
         attached.append((logger, capture))
+
+    def undo() -> None:
+        for logger, handler in attached:
+            logger.removeHandler(handler)
+        for logger, handler in displaced:
+            logger.addHandler(handler)
+        for logger, previous in levels.items():
+            logger.setLevel(previous)
+
+    return undo
+
+
+@contextmanager
+def job_logging(
+    flow_run_id: str | None, level: str = "INFO", print_limit_bytes: int = 2 * 1024 * 1024
+) -> Iterator[RunLogCapture]:
+    """Meanwhile, the job's loggers, warnings and prints go to its flow run and `run_log`."""
+    numeric_level = logging.getLevelName(str(level).upper())
+    if not isinstance(numeric_level, int):
+        numeric_level = logging.INFO
+    capture = RunLogCapture()
     # Handlers gate by level too: a logger may be opened further for a reader (optimizer
     # INFO lines are progress, telemetry/optimizer_log.py) without those lines being shipped.
+    gate = _LevelGate(numeric_level)
+    capture.addFilter(gate)
+    api_handler: APILogHandler | None = None
+    if flow_run_id:
+        api_handler = APILogHandler()
+        api_handler.addFilter(_StampFlowRun(flow_run_id))
+        api_handler.addFilter(gate)
+    restore_loggers = _route_loggers(numeric_level, capture, api_handler)
     logging.captureWarnings(True)
     stdout = sys.stdout
     print_budget = PrintBudget(print_limit_bytes)
@@ -211,9 +226,4 @@ def job_logging(
             # Send what is queued before the run turns terminal: a client that sees
             # `success` must also see the job's logs.
             api_handler.flush()
-        for logger, handler in attached:
-            logger.removeHandler(handler)
-        for logger, handler in displaced:
-            logger.addHandler(handler)
-        for logger, previous in levels.items():
-            logger.setLevel(previous)
+        restore_loggers()
