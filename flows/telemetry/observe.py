@@ -36,6 +36,8 @@ def _clock(seconds: float | None) -> str:
 
 
 class JobObserver:
+    """One job's progress and the reporter thread that publishes it as labels and artifact."""
+
     def __init__(self, flow_run_id: str | None, job: JobSpec, label_interval: float = LABEL_INTERVAL):
         self.flow_run_id = flow_run_id
         self.job = job
@@ -146,6 +148,7 @@ class JobObserver:
             self._thread.join(timeout=15)
 
 
+# The job being observed in this process (one job per process; None between jobs).
 _current: JobObserver | None = None
 
 
@@ -163,6 +166,7 @@ def watch_splits(counts: dict[str, int]) -> None:
 
 @contextmanager
 def observe_job(flow_run_id: str | None, job: JobSpec) -> Iterator[JobObserver]:
+    """Meanwhile, the job's progress is captured and published; 100 % if the body succeeds."""
     global _current
     observer = JobObserver(flow_run_id, job)
     _current = observer
