@@ -26,10 +26,10 @@ from dspy_service.errors import JobError, out_of_memory_message
 from dspy_service.schemas import DatasetRef, JobResult, JobSpec, SplitCounts
 from dspy_service.settings import FLOW_NAME, get_settings
 from dspy_service.storage import load_dataset
-from flows.job_artifacts import publish_result_artifacts
-from flows.job_logging import job_logging
-from flows.observe import observe_job, watch_splits, watch_usage
-from flows.reporting import champion_labels, mark_schedule_run, publish_labels
+from flows.telemetry.artifacts import publish_result_artifacts
+from flows.telemetry.job_logging import job_logging
+from flows.telemetry.labels import champion_labels, mark_schedule_run, publish_labels
+from flows.telemetry.observe import observe_job, watch_splits, watch_usage
 from tasks.artifact import serialize_program_artifact
 from tasks.champion import ChampionDecision, champion_gate
 from tasks.compile import compile_program

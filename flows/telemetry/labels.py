@@ -1,4 +1,10 @@
-"""Publish a job's small facts (scores, usage, progress) as labels on its flow run."""
+"""Publish a job's small facts (scores, usage, progress) as labels on its flow run, and
+tag the runs Prefect's scheduler creates as runs of their user and schedule.
+
+Label keys and their encoding are the contract's (`dspy_service.contract`). How it fails:
+best effort; a label or tag that cannot be written is logged as a warning and the job
+goes on.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,8 @@ from dspy_service import contract
 from dspy_service.contract import schedule_tag
 from dspy_service.prefect_http import sync_prefect_client
 
-logger = logging.getLogger("dspy_service.reporting")
+logger = logging.getLogger("dspy_service.labels")
+
 
 def publish_labels(flow_run_id: str | None, values: dict[str, Any], client: Any = None) -> None:
     """Best effort: a label that fails to reach the server must not fail the job.

@@ -10,7 +10,13 @@ Also routed to the run: `warnings` (logger `py.warnings`), and `print` output th
 Prefect's `log_prints` cannot attribute: it logs prints made in a thread with a run
 context, but DSPy runs the user's metric in worker threads without one, where a print
 falls through to `sys.stdout`. For the job's duration `sys.stdout` is a line splitter
-that logs such lines as `dspy_service.print` (and still writes them through).
+that logs such lines as `dspy_service.print` (and still writes them through), within
+the job's print budget (telemetry/print_budget.py).
+
+How it fails: a console that cannot take a line loses it there only (the log keeps it);
+a record that cannot be formatted goes to logging's `handleError`; `run_log` keeps the
+newest `RUN_LOG_LIMIT` entries. Everything is restored on the way out, whatever the job
+raised.
 """
 
 from __future__ import annotations
@@ -19,20 +25,20 @@ import datetime as dt
 import logging
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from prefect.logging.handlers import APILogHandler
 
 from dspy_service.contract import PROGRESS_LOGGER
-from flows.print_budget import PrintBudget
+from flows.telemetry.print_budget import PrintBudget
 
 # Loggers whose records belong to the job. Prefect's run loggers reach the API already.
 JOB_LOGGERS = ("dspy", "dspy_service", "tasks", "flows", "gepa", "optuna", "py.warnings")
 PREFECT_RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 PRINT_LOGGER = "dspy_service.print"
-# Progress events travel as log records (flows/progress.py): shipped at any log level,
+# Progress events travel as log records (telemetry/progress_model.py): shipped at any log level,
 # kept out of `run_log` (the API lists them as progress_events, not logs).
 RUN_LOG_LIMIT = 5000
 MAX_PRINT_LINE = 10_000  # characters of one print line kept before it is logged anyway
@@ -151,21 +157,8 @@ class RunLogCapture(logging.Handler):
                 del self.entries[: len(self.entries) - self.limit]
 
 
-@contextmanager
-def job_logging(
-    flow_run_id: str | None, level: str = "INFO", print_limit_bytes: int = 2 * 1024 * 1024
-) -> Iterator[RunLogCapture]:
-    numeric_level = logging.getLevelName(str(level).upper())
-    if not isinstance(numeric_level, int):
-        numeric_level = logging.INFO
-    capture = RunLogCapture()
-    gate = _LevelGate(numeric_level)
-    capture.addFilter(gate)
-    api_handler: APILogHandler | None = None
-    if flow_run_id:
-        api_handler = APILogHandler()
-        api_handler.addFilter(_StampFlowRun(flow_run_id))
-        api_handler.addFilter(gate)
+def _route_loggers(level: int, capture: RunLogCapture, api_handler: APILogHandler | None) -> Callable[[], None]:
+    """Attach the job's handlers to its loggers at `level`; returns the undo function."""
     attached: list[tuple[logging.Logger, logging.Handler]] = []
     # Prefect's own API handlers (added by PREFECT_LOGGING_EXTRA_LOGGERS) drop records
     # from threads without a run context; ours replaces them for the job's duration.
@@ -175,20 +168,48 @@ def job_logging(
         logger = logging.getLogger(name)
         # Explicit levels: an inherited PREFECT_LOGGING_LEVEL=WARNING would drop the job's story.
         levels[logger] = logger.level
-        logger.setLevel(logging.INFO if name == PROGRESS_LOGGER else numeric_level)
+        logger.setLevel(logging.INFO if name == PROGRESS_LOGGER else level)
         if name == PROGRESS_LOGGER:
             continue
-        if name in JOB_LOGGERS:
-            if api_handler is not None:
-                for handler in [h for h in logger.handlers if isinstance(h, APILogHandler)]:
-                    logger.removeHandler(handler)
-                    displaced.append((logger, handler))
-                logger.addHandler(api_handler)
-                attached.append((logger, api_handler))
+        if name in JOB_LOGGERS and api_handler is not None:
+            for handler in [h for h in logger.handlers if isinstance(h, APILogHandler)]:
+                logger.removeHandler(handler)
+                displaced.append((logger, handler))
+            logger.addHandler(api_handler)
+            attached.append((logger, api_handler))
         logger.addHandler(capture)
         attached.append((logger, capture))
+
+    def undo() -> None:
+        for logger, handler in attached:
+            logger.removeHandler(handler)
+        for logger, handler in displaced:
+            logger.addHandler(handler)
+        for logger, previous in levels.items():
+            logger.setLevel(previous)
+
+    return undo
+
+
+@contextmanager
+def job_logging(
+    flow_run_id: str | None, level: str = "INFO", print_limit_bytes: int = 2 * 1024 * 1024
+) -> Iterator[RunLogCapture]:
+    """Meanwhile, the job's loggers, warnings and prints go to its flow run and `run_log`."""
+    numeric_level = logging.getLevelName(str(level).upper())
+    if not isinstance(numeric_level, int):
+        numeric_level = logging.INFO
+    capture = RunLogCapture()
     # Handlers gate by level too: a logger may be opened further for a reader (optimizer
-    # INFO lines are progress, flows/progress.py) without those lines being shipped.
+    # INFO lines are progress, telemetry/optimizer_log.py) without those lines being shipped.
+    gate = _LevelGate(numeric_level)
+    capture.addFilter(gate)
+    api_handler: APILogHandler | None = None
+    if flow_run_id:
+        api_handler = APILogHandler()
+        api_handler.addFilter(_StampFlowRun(flow_run_id))
+        api_handler.addFilter(gate)
+    restore_loggers = _route_loggers(numeric_level, capture, api_handler)
     logging.captureWarnings(True)
     stdout = sys.stdout
     print_budget = PrintBudget(print_limit_bytes)
@@ -205,9 +226,4 @@ def job_logging(
             # Send what is queued before the run turns terminal: a client that sees
             # `success` must also see the job's logs.
             api_handler.flush()
-        for logger, handler in attached:
-            logger.removeHandler(handler)
-        for logger, handler in displaced:
-            logger.addHandler(handler)
-        for logger, previous in levels.items():
-            logger.setLevel(previous)
+        restore_loggers()

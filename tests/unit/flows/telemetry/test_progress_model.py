@@ -1,22 +1,14 @@
-"""Progress capture without Prefect: tqdm fields, throttling, estimates, optimizer log lines."""
+"""The job's progress state without Prefect: tqdm fields, throttling, estimates, stage spans."""
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 
 import pytest
-import tqdm
 
-from flows.progress import (
-    JobProgress,
-    OptimizerLogProgress,
-    ReportingTqdm,
-    Throttle,
-    capture_progress,
-    tqdm_metrics,
-)
+from dspy_service.contract import STAGE_SPANS, Stage
+from flows.telemetry.progress_model import JobProgress, Throttle, tqdm_metrics
 
 
 class FakeClock:
@@ -107,62 +99,6 @@ def test_estimated_remaining_in_evaluation_counts_the_pass_still_ahead():
     assert 85 < progress.percent < 98
 
 
-def test_mipro_log_lines_become_a_trial_bar_and_score_events():
-    events: list[dict] = []
-    progress = JobProgress(emit=events.append, interval=0)
-    progress.stage = "compile-program"
-    reader = OptimizerLogProgress(progress)
-    lines = [
-        "Bootstrapping set 1/3",
-        "Bootstrapping set 2/3",
-        "Bootstrapping set 3/3",
-        "==> STEP 2: PROPOSE INSTRUCTION CANDIDATES <==",
-        "== Trial 1 / 4 - Full Evaluation of Default Program ==",
-        "Default program score: 25.0\n",
-        "== Trial 2 / 4 - Minibatch ==",
-        "Score: 50.0 on minibatch of size 35 with parameters ['Predictor 0: Instruction 1'].",
-        "===== Trial 3 / 4 - Full Evaluation =====",
-        "Doing full eval on next top averaging program (Avg Score: 50.0) from minibatch trials...",
-        "\x1b[92mNew best full eval score!\x1b[0m Score: 62.5",
-        "Full eval scores so far: [25.0, 62.5]",
-        "Best full score so far: 62.5",
-        "Returning best identified program with score 62.5!",
-    ]
-    for line in lines:
-        reader.emit(logging.LogRecord("dspy.teleprompt.mipro_optimizer_v2", logging.INFO, "", 0, line, None, None))
-    trials = [e["metrics"] for e in events if e["event"] == "trial"]
-    assert [(t["trial"], t["score"], t["full_eval"], t["best_score"]) for t in trials] == [
-        (1, 25.0, True, 25.0),
-        (2, 50.0, False, 25.0),
-        (3, 62.5, True, 62.5),
-    ]
-    assert [t["tqdm_n"] for t in trials] == [1, 2, 3] and trials[0]["tqdm_total"] == 4
-    bars = [e["metrics"] for e in events if e["event"] == "progress"]
-    sets = [b for b in bars if b["tqdm_desc"] == "MIPROv2 bootstrapping demo sets"]
-    assert sets[-1]["tqdm_n"] == 3 and sets[-1]["final"]
-    assert bars[-1]["tqdm_desc"] == "MIPROv2 trials" and bars[-1]["final"]
-
-
-def test_tqdm_bars_report_while_captured_and_are_plain_afterwards():
-    events: list[dict] = []
-    progress = JobProgress(emit=events.append, interval=0)
-    with capture_progress(progress):
-        assert tqdm.tqdm is ReportingTqdm
-        for _ in tqdm.tqdm(range(5), desc="work", file=io.StringIO(), mininterval=0):
-            pass
-        with tqdm.tqdm(total=3, disable=True) as hidden:  # disabled bars report nothing
-            hidden.update(3)
-    assert tqdm.tqdm is not ReportingTqdm
-    reported = [e["metrics"] for e in events]
-    assert [m["tqdm_n"] for m in reported] == sorted(m["tqdm_n"] for m in reported)
-    assert reported[-1]["tqdm_n"] == 5 and reported[-1]["tqdm_total"] == 5 and reported[-1]["final"]
-    assert all(m["tqdm_desc"] == "work" for m in reported)
-    count = len(events)
-    for _ in tqdm.tqdm(range(3), file=io.StringIO()):
-        pass
-    assert len(events) == count
-
-
 def test_progress_events_travel_as_progress_log_records(caplog):
     progress = JobProgress(interval=0)
     with caplog.at_level(logging.INFO, logger="dspy_service.progress"):
@@ -192,3 +128,23 @@ def test_many_short_nested_bars_share_one_budget():
     outer_events = [e["metrics"]["tqdm_n"] for e in events if e["metrics"]["tqdm_desc"] == "GEPA Optimization"]
     assert len(inner_events) <= 12, len(inner_events)
     assert 10 <= len(outer_events) <= 13 and outer_events == sorted(outer_events) and outer_events[-1] == 300
+
+
+def test_the_champion_gate_has_its_share_of_the_percentage():
+    assert Stage.CHAMPION_GATE in STAGE_SPANS
+    events: list[dict] = []
+    progress = JobProgress(clock=FakeClock(), emit=events.append, interval=0)
+    for stage in (Stage.EVALUATE, Stage.EVALUATE):  # baseline, then optimized
+        scoring = progress.open_bar("Average Metric", 10, stage=stage)
+        progress.update_bar(scoring, 10, final=True)
+    before_gate = progress.percent
+    gate = progress.open_bar("Average Metric", 10, stage=Stage.CHAMPION_GATE)
+    assert progress.stage == "champion-gate"
+    start, end = STAGE_SPANS[Stage.CHAMPION_GATE]
+    assert progress.percent == max(before_gate, start)
+    progress.update_bar(gate, 5)
+    assert progress.percent == pytest.approx(start + (end - start) / 2)
+    progress.update_bar(gate, 10, final=True)
+    assert progress.percent == pytest.approx(end)
+    assert events[-1]["metrics"]["stage"] == "champion-gate" and events[-1]["metrics"]["final"]
+    assert progress.estimated_remaining() is None, "the gate's length is not estimated"

@@ -1,6 +1,10 @@
 """The cap on printed lines during the flow, which become log records shipped to the API
-(flows/job_logging.py): the first and the last part are kept, with a note of what was
-dropped in between."""
+(telemetry/job_logging.py): the first and the last part are kept, with a note of what was
+dropped in between.
+
+How it fails: it never raises; the tail always keeps the last line whole, even one longer
+than the tail's share of the limit.
+"""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """Watch a running job: progress capture, live flow-run labels and the progress artifact.
 
 `observe_job()` wraps the job's stages. While it is active, progress events are logged
-(flows/progress.py) and a reporter thread, every `LABEL_INTERVAL` seconds and only when
+(telemetry/capture.py) and a reporter thread, every `LABEL_INTERVAL` seconds and only when
 something changed, PATCHes the run's labels (`latest_metrics`, `estimated_remaining`,
 `progress_count`, `stage`, `usage`) and moves the progress artifact. Both are
-best-effort: a lost label update never fails a job.
+best-effort: a lost label update or artifact move never fails a job (it is logged).
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from typing import Any
 from dspy_service import contract
 from dspy_service.prefect_http import sync_prefect_client
 from dspy_service.schemas import JobSpec
-from flows.job_artifacts import create_progress_artifact, update_progress_artifact
-from flows.progress import JobProgress, capture_progress
-from flows.reporting import publish_labels
+from flows.telemetry.artifacts import create_progress_artifact, update_progress_artifact
+from flows.telemetry.capture import capture_progress
+from flows.telemetry.labels import publish_labels
+from flows.telemetry.progress_model import JobProgress
 
 logger = logging.getLogger("dspy_service.observe")
 LABEL_INTERVAL = 2.0  # seconds between two label PATCHes of a running job
@@ -35,6 +36,8 @@ def _clock(seconds: float | None) -> str:
 
 
 class JobObserver:
+    """One job's progress and the reporter thread that publishes it as labels and artifact."""
+
     def __init__(self, flow_run_id: str | None, job: JobSpec, label_interval: float = LABEL_INTERVAL):
         self.flow_run_id = flow_run_id
         self.job = job
@@ -145,6 +148,7 @@ class JobObserver:
             self._thread.join(timeout=15)
 
 
+# The job being observed in this process (one job per process; None between jobs).
 _current: JobObserver | None = None
 
 
@@ -162,6 +166,7 @@ def watch_splits(counts: dict[str, int]) -> None:
 
 @contextmanager
 def observe_job(flow_run_id: str | None, job: JobSpec) -> Iterator[JobObserver]:
+    """Meanwhile, the job's progress is captured and published; 100 % if the body succeeds."""
     global _current
     observer = JobObserver(flow_run_id, job)
     _current = observer

@@ -7,7 +7,7 @@ import sys
 import threading
 import warnings
 
-from flows.job_logging import job_logging
+from flows.telemetry.job_logging import job_logging
 
 
 def by_logger(entries: list[dict]) -> dict[str, list[str]]:
@@ -43,3 +43,16 @@ def test_the_configured_level_applies_to_dspy_loggers():
         logging.getLogger("dspy.teleprompt.example").info("an INFO line below the job's level")
         logging.getLogger("dspy.teleprompt.example").warning("a warning line")
     assert by_logger(capture.entries) == {"dspy.teleprompt.example": ["a warning line"]}
+
+
+def test_the_telemetry_modules_log_to_the_job():
+    from flows.telemetry import artifacts, labels, observe
+
+    with job_logging(None, "INFO") as capture:
+        for module in (artifacts, labels, observe):
+            module.logger.warning("from %s", module.__name__)
+    assert [entry["message"] for entry in capture.entries] == [
+        "from flows.telemetry.artifacts",
+        "from flows.telemetry.labels",
+        "from flows.telemetry.observe",
+    ]

@@ -3,6 +3,9 @@
 Keys derive from the job id (`job-<first 12 hex>-progress|results|prompt`), so the
 Prefect UI's Artifacts page groups each job's artifacts, and DELETE /jobs removes them
 with the run (api/gateway.py deletes a run's artifacts).
+
+How it fails: best effort; an artifact that cannot be written is logged as a warning and
+never fails the job.
 """
 
 from __future__ import annotations

@@ -1,3 +1,5 @@
+"""The Prefect clients jobs and the API open: 503 answers are retried quickly, then handed back."""
+
 import httpx
 
 

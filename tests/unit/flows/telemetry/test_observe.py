@@ -1,0 +1,33 @@
+"""What a running job's observer publishes: its stage, progress and time left as labels."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from dspy_service import contract
+from dspy_service.contract import Stage
+from flows.telemetry.observe import JobObserver
+
+
+def observer() -> JobObserver:
+    return JobObserver(None, SimpleNamespace(optimizer_name="bootstrap"))
+
+
+def test_the_job_shows_the_champion_gate_while_it_runs():
+    watcher = observer()
+    progress = watcher.progress
+    progress.emit = lambda event: None
+    gate = progress.open_bar("Average Metric", 4, stage=Stage.CHAMPION_GATE)
+    progress.update_bar(gate, 2)
+    labels = watcher.labels()
+    assert labels[contract.STAGE] == "champion-gate"
+    assert labels[contract.PROGRESS_COUNT] == progress.event_count > 0
+    assert contract.ESTIMATED_REMAINING not in labels, "the gate's length is not estimated"
+    assert watcher.describe() == "bootstrap: champion-gate, Average Metric 2/4; about unknown left"
+
+
+def test_a_finished_job_says_so():
+    watcher = observer()
+    watcher.stop(succeeded=True)
+    assert watcher.progress.percent == 100.0
+    assert watcher.describe() == "bootstrap: finished (0 progress events)"
