@@ -1,15 +1,27 @@
-"""FastAPI dependencies, as `Annotated` aliases the routes declare."""
+"""FastAPI dependencies, as `Annotated` aliases the routes declare.
+
+A job or schedule id that names nothing (or not one of this deployment's) answers 404.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request
-from prefect.client.schemas.objects import DeploymentSchedule, FlowRun
+from prefect.client.schemas.objects import DeploymentSchedule
 
 from api.gateway import JobGateway
+from api.prefect_reads import Run
 from api.schedule_gateway import ScheduleGateway
-from dspy_service.settings import ServiceSettings, get_settings
+from api.submission import Submission
+
+Found = TypeVar("Found")
+
+
+def found(value: Found | None, what: str) -> Found:
+    if value is None:
+        raise HTTPException(status_code=404, detail=f"{what} not found")
+    return value
 
 
 async def get_gateway(request: Request) -> JobGateway:
@@ -18,17 +30,13 @@ async def get_gateway(request: Request) -> JobGateway:
 
 
 GatewayDep = Annotated[JobGateway, Depends(get_gateway)]
-SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
 
 
-async def get_job_run(job_id: str, gateway: GatewayDep) -> FlowRun:
-    flow_run = await gateway.get(job_id)
-    if flow_run is None:
-        raise HTTPException(status_code=404, detail=f"job {job_id} not found")
-    return flow_run
+async def get_job_run(job_id: str, gateway: GatewayDep) -> Run:
+    return found(await gateway.get(job_id), f"job {job_id}")
 
 
-JobRunDep = Annotated[FlowRun, Depends(get_job_run)]
+JobRunDep = Annotated[Run, Depends(get_job_run)]
 
 
 async def get_schedule_gateway(gateway: GatewayDep) -> ScheduleGateway:
@@ -39,10 +47,14 @@ ScheduleGatewayDep = Annotated[ScheduleGateway, Depends(get_schedule_gateway)]
 
 
 async def get_schedule(schedule_id: str, schedules: ScheduleGatewayDep) -> DeploymentSchedule:
-    schedule = await schedules.get(schedule_id)
-    if schedule is None:
-        raise HTTPException(status_code=404, detail=f"schedule {schedule_id} not found")
-    return schedule
+    return found(await schedules.get(schedule_id), f"schedule {schedule_id}")
 
 
 ScheduleDep = Annotated[DeploymentSchedule, Depends(get_schedule)]
+
+
+async def get_submission(gateway: GatewayDep, schedules: ScheduleGatewayDep) -> Submission:
+    return Submission(gateway, schedules)
+
+
+SubmissionDep = Annotated[Submission, Depends(get_submission)]

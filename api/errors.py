@@ -1,4 +1,5 @@
-"""Error responses in the contract's shapes."""
+"""Error responses in the contract's shapes: each exception the API lets escape a route
+is answered with its documented status and body, never a bare 500."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from fastapi.responses import JSONResponse
 from prefect.exceptions import PrefectHTTPStatusError
 
 from api.gateway import DeploymentMissing
+from api.schedule_gateway import ScheduleNameTaken
 from dspy_service.errors import JobError
 
 
@@ -36,6 +38,10 @@ async def deployment_missing(_: Request, exc: DeploymentMissing) -> JSONResponse
     return JSONResponse(status_code=503, content={"detail": str(exc)})
 
 
+async def name_taken(_: Request, exc: ScheduleNameTaken) -> JSONResponse:
+    return JSONResponse(status_code=409, content={"detail": str(exc)})
+
+
 async def prefect_unreachable(_: Request, exc: Exception) -> JSONResponse:
     """Prefect restarting or down: a temporary 503, not a 500."""
     if isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code < 500:
@@ -50,5 +56,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(JobError, job_error)
     app.add_exception_handler(DeploymentMissing, deployment_missing)
+    app.add_exception_handler(ScheduleNameTaken, name_taken)
     app.add_exception_handler(httpx.TransportError, prefect_unreachable)
     app.add_exception_handler(PrefectHTTPStatusError, prefect_unreachable)

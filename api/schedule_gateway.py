@@ -1,15 +1,17 @@
 """Schedules on Prefect: every read and write of /schedules goes through here.
 
 A schedule is a deployment schedule of the optimization deployment (see
-dspy_service/schedules.py for what is kept where). Its runs are ordinary flow runs of the
+api/schedule_models.py for what is kept where). Its runs are ordinary flow runs of the
 deployment: those Prefect's scheduler creates carry `created_by = {type: SCHEDULE, id}`,
 those started with POST /schedules/{id}/run a schedule tag; both are found by server-side
-filters, before they start.
+filters, before they start. Runs are the Prefect API's JSON, like the job gateway's.
+
+Failures: ScheduleNameTaken for a name in use (the API answers 409); Prefect's errors
+propagate, after a half-made schedule is removed again.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 from uuid import UUID
@@ -23,28 +25,25 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
     FlowRunFilterTags,
 )
-from prefect.client.schemas.objects import DeploymentSchedule, FlowRun, StateType
+from prefect.client.schemas.objects import DeploymentSchedule, StateType
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from api.gateway import JobGateway
+from api.prefect_reads import Run
+from api.run_pages import RunPage, read_page
+from api.status import JobStatus
 from dspy_service.contract import champion_lock, champion_variable, schedule_tag
-from dspy_service.schemas import DatasetRef, JobSpec
-from dspy_service.status import JobStatus, job_status, state_types_for
 from dspy_service.storage import delete_dataset
 
 logger = logging.getLogger("dspy_service.api")
 
-RUNS_SCAN_LIMIT = 2000  # status=running|validating scans, as for /jobs
+UNSTARTED_SCAN_LIMIT = 2000  # a guard on one read of a schedule's runs not started yet
 
 
 class ScheduleNameTaken(ValueError):
     """Schedule names are Prefect schedule slugs: unique within the deployment."""
-
-
-def schedule_timezone(schedule: DeploymentSchedule) -> str | None:
-    return getattr(schedule.schedule, "timezone", None)
 
 
 class ScheduleGateway:
@@ -70,57 +69,37 @@ class ScheduleGateway:
         value = variable.value if variable else None
         return value if isinstance(value, dict) and value.get("job_id") else None
 
-    def _run_filters(self, schedule_id: UUID, state_types: list[StateType] | None) -> list[FlowRunFilter]:
+    def _run_filters(self, schedule_id: UUID) -> list[FlowRunFilter]:
         """Two disjoint sets: runs the scheduler created, and runs started by hand."""
-        state = FlowRunFilterState(type=FlowRunFilterStateType(any_=state_types)) if state_types else None
         return [
-            FlowRunFilter(created_by=FlowRunFilterCreatedBy(id_=[schedule_id]), state=state),
+            FlowRunFilter(created_by=FlowRunFilterCreatedBy(id_=[schedule_id])),
             FlowRunFilter(
                 tags=FlowRunFilterTags(all_=[schedule_tag(str(schedule_id))]),
                 created_by=FlowRunFilterCreatedBy(is_null_=True),
-                state=state,
             ),
         ]
 
-    async def runs(
-        self, schedule_id: UUID, *, status: JobStatus | None, limit: int, offset: int
-    ) -> tuple[list[FlowRun], set[UUID], int]:
-        """A page of the schedule's runs newest first (like /jobs), which passed validation, total."""
-        filters = [
-            await self.jobs._runs_filter(flow_run_filter=f)
-            for f in self._run_filters(schedule_id, state_types_for(status) if status else None)
-        ]
-        sort = FlowRunSort.EXPECTED_START_TIME_DESC
+    async def runs(self, schedule_id: UUID, *, status: JobStatus | None, limit: int, offset: int) -> RunPage:
+        """A page of the schedule's runs newest first, like GET /jobs."""
+        return await read_page(self.jobs, self._run_filters(schedule_id), status, limit=limit, offset=offset)
 
-        def newest_first(runs: list[FlowRun]) -> list[FlowRun]:
-            return sorted(runs, key=lambda r: (r.expected_start_time is not None, r.expected_start_time), reverse=True)
-
-        if status in (JobStatus.running, JobStatus.validating):
-            pages = await asyncio.gather(*(self.jobs.read_runs(f, sort, limit=RUNS_SCAN_LIMIT) for f in filters))
-            runs = newest_first([run for page in pages for run in page])
-            started = await self.jobs.compile_started(runs)
-            wanted = [r for r in runs if job_status(r.state_type, r.id in started) is status]
-            return wanted[offset : offset + limit], started, len(wanted)
-        # The page of the union is within the first offset+limit runs of each set.
-        pages, counts = await asyncio.gather(
-            asyncio.gather(*(self.jobs.read_runs(f, sort, limit=offset + limit) for f in filters)),
-            asyncio.gather(*(self.client.count_flow_runs(**f) for f in filters)),
+    async def _scheduled_runs(self, schedule_id: UUID, *, limit: int) -> list[Run]:
+        """Runs the scheduler created for this schedule that have not started, soonest first."""
+        (created, _) = self._run_filters(schedule_id)
+        scheduled = created.model_copy(
+            update={"state": FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))}
         )
-        runs = newest_first([run for page in pages for run in page])[offset : offset + limit]
-        return runs, await self.jobs.compile_started(runs), sum(counts)
+        return await self.jobs.read_runs(scheduled, FlowRunSort.EXPECTED_START_TIME_ASC, limit=limit)
 
-    async def next_run(self, schedule_id: UUID) -> FlowRun | None:
+    async def next_run(self, schedule_id: UUID) -> Run | None:
         """The earliest run the scheduler has created ahead of time for this schedule."""
-        (scheduled, _) = self._run_filters(schedule_id, [StateType.SCHEDULED])
-        filters = await self.jobs._runs_filter(flow_run_filter=scheduled)
-        runs = await self.client.read_flow_runs(**filters, sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=1)
+        runs = await self._scheduled_runs(schedule_id, limit=1)
         return runs[0] if runs else None
 
     # -- write --------------------------------------------------------------------------
     async def create(
         self,
-        spec: JobSpec,
-        dataset_ref: DatasetRef | None,
+        parameters: dict[str, Any],
         schedule: CronSchedule | IntervalSchedule,
         *,
         name: str | None,
@@ -128,7 +107,6 @@ class ScheduleGateway:
     ) -> DeploymentSchedule:
         deployment_id = await self.jobs.deployment_id()
         await self._check_name_free(name)
-        parameters = job_parameters(spec, dataset_ref)
         try:
             # Inactive until its parameters name it: the id exists only once it is created.
             (created,) = await self.client.create_deployment_schedules(
@@ -159,14 +137,13 @@ class ScheduleGateway:
         active: bool | None = None,
         cadence: CronSchedule | IntervalSchedule | None = None,
         name: str | None = None,
-        spec: JobSpec | None = None,
-        dataset_ref: DatasetRef | None = None,
+        parameters: dict[str, Any] | None = None,
     ) -> DeploymentSchedule:
+        """Change what is given. `parameters` replace the job payload (None: keep it)."""
         # Always send the parameters: Prefect 3.9's server resets a schedule's parameters to
         # {} on any PATCH that leaves them out (its update model defaults them to a dict).
-        parameters = dict(schedule.parameters or {})
-        if spec is not None:
-            parameters = {**job_parameters(spec, dataset_ref), "schedule_id": str(schedule.id)}
+        if parameters is None:
+            parameters = dict(schedule.parameters or {})
         if name is not None and name != schedule.slug:
             await self._check_name_free(name)
         await self.client.update_deployment_schedule(
@@ -179,10 +156,6 @@ class ScheduleGateway:
         )
         if active is False:
             await self._drop_unstarted_runs(schedule.id)
-        if spec is not None:
-            old = stored_dataset_url(schedule)
-            if old and old != (dataset_ref.url if dataset_ref else None):
-                delete_dataset(old)
         return await self.get(str(schedule.id)) or schedule
 
     async def delete(self, schedule: DeploymentSchedule) -> None:
@@ -201,23 +174,14 @@ class ScheduleGateway:
         if url:
             delete_dataset(url)
 
-    async def run_now(self, schedule: DeploymentSchedule) -> FlowRun:
-        spec = JobSpec.model_validate(schedule.parameters["job"])
-        ref = schedule.parameters.get("dataset_ref")
-        return await self.jobs.submit(
-            spec, DatasetRef.model_validate(ref) if ref else None, schedule_id=str(schedule.id)
-        )
-
     async def _drop_unstarted_runs(self, schedule_id: UUID) -> None:
         """Pausing stops new runs: Prefect deletes the runs it created ahead of time, but
         not those already due and not yet picked up (Late); remove those too. Runs handed
         to a worker (Pending) or running finish normally."""
-        (scheduled, _) = self._run_filters(schedule_id, [StateType.SCHEDULED])
-        filters = await self.jobs._runs_filter(flow_run_filter=scheduled)
-        for run in await self.jobs.read_runs(filters, FlowRunSort.EXPECTED_START_TIME_ASC, limit=RUNS_SCAN_LIMIT):
-            if run.run_count == 0:
+        for run in await self._scheduled_runs(schedule_id, limit=UNSTARTED_SCAN_LIMIT):
+            if not run.get("run_count"):
                 try:
-                    await self.client.delete_flow_run(run.id)
+                    await self.client.delete_flow_run(UUID(run["id"]))
                 except ObjectNotFound:
                     pass
 
@@ -232,13 +196,6 @@ class ScheduleGateway:
             )
         except ObjectAlreadyExists:
             pass
-
-
-def job_parameters(spec: JobSpec, dataset_ref: DatasetRef | None) -> dict[str, Any]:
-    parameters: dict[str, Any] = {"job": spec.wire()}
-    if dataset_ref is not None:
-        parameters["dataset_ref"] = dataset_ref.model_dump(mode="json")
-    return parameters
 
 
 def stored_dataset_url(schedule: DeploymentSchedule) -> str | None:

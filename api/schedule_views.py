@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect.client.schemas.objects import DeploymentSchedule, FlowRun
+from prefect.client.schemas.objects import DeploymentSchedule
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 
+from api.prefect_reads import Run
+from api.views import contract_timestamp
 from dspy_service.schemas import JobSpec
 
 MODEL_FIELDS = ("model_config", "reflection_model_config", "prompt_model_config", "task_model_config")
@@ -67,10 +69,10 @@ def schedule_view(schedule: DeploymentSchedule) -> dict[str, Any]:
 
 
 def schedule_detail(
-    schedule: DeploymentSchedule, champion: dict[str, Any] | None, next_run: FlowRun | None
+    schedule: DeploymentSchedule, champion: dict[str, Any] | None, next_run: Run | None
 ) -> dict[str, Any]:
     return {
         **schedule_view(schedule),
-        "next_run_at": _iso(next_run.expected_start_time) if next_run else None,
+        "next_run_at": contract_timestamp(next_run.get("expected_start_time")) if next_run else None,
         "champion": champion,
     }

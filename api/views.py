@@ -1,10 +1,10 @@
 """Flow runs -> the contract's job objects (pure translation, no I/O).
 
-The views read a flow run in the Prefect API's JSON shape (what `POST /flow_runs/filter`
-returns), so a page of runs can be translated without validating 50 `FlowRun` models
-first (that validation was a third of the API's time for GET /jobs?limit=50, py-spy).
-A `FlowRun` object is accepted too and dumped to that shape (`run_json`). Logs likewise:
-JSON dicts of `POST /logs/filter`, or `Log` objects.
+The views read a flow run in the Prefect API's JSON shape (`Run`: what
+`POST /flow_runs/filter` returns), so a page of runs is translated without validating 50
+`FlowRun` models first (that validation was a third of the API's time for
+GET /jobs?limit=50, py-spy). Logs likewise: the JSON of `POST /logs/filter`. A job spec
+that no longer validates (a run edited in Prefect) shows as nulls, never as an error.
 """
 
 from __future__ import annotations
@@ -15,38 +15,16 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
-from prefect.client.schemas.objects import FlowRun, Log, StateType
-
+from api.prefect_reads import Run
+from api.run_pages import RunPage
+from api.status import JobStatus, job_message, state_type_of
 from dspy_service import contract
 from dspy_service.schemas import JobSpec
-from dspy_service.status import JobStatus, job_message, job_status
 
 SPEC_CACHE_SIZE = 2048
 
-Run = Mapping[str, Any]  # a flow run as the Prefect API's JSON
-RUN_FIELDS = {
-    "id",
-    "created",
-    "start_time",
-    "end_time",
-    "expected_start_time",
-    "run_count",
-    "parameters",
-    "labels",
-    "state_type",
-    "state_name",
-    "state",
-}
 
-
-def run_json(flow_run: FlowRun | Run) -> Run:
-    """A flow run in the API's JSON shape (what the views read)."""
-    if isinstance(flow_run, FlowRun):
-        return flow_run.model_dump(mode="json", include=RUN_FIELDS)
-    return flow_run
-
-
-def _iso(value: str | None) -> str | None:
+def contract_timestamp(value: str | None) -> str | None:
     """The API's timestamps as the contract writes them (`+00:00`, like datetime.isoformat)."""
     if not value:
         return None
@@ -55,21 +33,6 @@ def _iso(value: str | None) -> str | None:
 
 def _datetime(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value) if value else None
-
-
-def state_type_of(run: Run) -> StateType | None:
-    value = run.get("state_type")
-    return StateType(value) if value else None
-
-
-def list_status(run: FlowRun | Run, compile_started: set[Any]) -> JobStatus:
-    """Status of a run of a page, given the ids (UUIDs) of the runs that passed validation."""
-    if isinstance(run, FlowRun):
-        return job_status(run.state_type, run.id in compile_started)
-    state_type = state_type_of(run)
-    if state_type is not StateType.RUNNING:
-        return job_status(state_type)
-    return job_status(state_type, any(str(i) == run["id"] for i in compile_started))
 
 
 def format_elapsed(seconds: float | None) -> str | None:
@@ -92,8 +55,8 @@ def _elapsed_seconds(run: Run, now: dt.datetime) -> float | None:
     return ((_datetime(run.get("end_time")) or now) - started).total_seconds()
 
 
-def job_spec_of(flow_run: FlowRun | Run) -> JobSpec | None:
-    raw = ((flow_run.parameters if isinstance(flow_run, FlowRun) else flow_run.get("parameters")) or {}).get("job")
+def job_spec_of(run: Run) -> JobSpec | None:
+    raw = (run.get("parameters") or {}).get("job")
     if not isinstance(raw, dict):
         return None
     try:
@@ -165,8 +128,7 @@ def status_message(run: Run, status: JobStatus) -> str | None:
     return None
 
 
-def common_fields(flow_run: FlowRun | Run, status: JobStatus, now: dt.datetime | None = None) -> dict[str, Any]:
-    run = run_json(flow_run)
+def common_fields(run: Run, status: JobStatus, now: dt.datetime | None = None) -> dict[str, Any]:
     now = now or dt.datetime.now(dt.UTC)
     spec = spec_fields(run)
     labels = run.get("labels") or {}
@@ -177,9 +139,9 @@ def common_fields(flow_run: FlowRun | Run, status: JobStatus, now: dt.datetime |
         "job_id": str(run["id"]),
         "status": status.value,
         "message": status_message(run, status),
-        "created_at": _iso(run.get("created")),
-        "started_at": _iso(_started_at(run)),
-        "completed_at": _iso(run.get("end_time")) if status.terminal else None,
+        "created_at": contract_timestamp(run.get("created")),
+        "started_at": contract_timestamp(_started_at(run)),
+        "completed_at": contract_timestamp(run.get("end_time")) if status.terminal else None,
         "elapsed": format_elapsed(_elapsed_seconds(run, now)),
         "estimated_remaining": format_elapsed(remaining) if status.active and remaining is not None else None,
         **{name: spec[name] for name in COMMON_SPEC_FIELDS},
@@ -188,12 +150,13 @@ def common_fields(flow_run: FlowRun | Run, status: JobStatus, now: dt.datetime |
         "prefect_state": run.get("state_name"),
         "schedule_id": labels.get(contract.SCHEDULE_ID) or parameters.get("schedule_id"),
         # When a pending job may start: runs of a schedule are created ahead of their time.
-        "scheduled_start_at": _iso(run.get("expected_start_time")) if status is JobStatus.pending else None,
+        "scheduled_start_at": (
+            contract_timestamp(run.get("expected_start_time")) if status is JobStatus.pending else None
+        ),
     }
 
 
-def summary(flow_run: FlowRun | Run, status: JobStatus) -> dict[str, Any]:
-    run = run_json(flow_run)
+def summary(run: Run, status: JobStatus) -> dict[str, Any]:
     spec = spec_fields(run)
     labels = run.get("labels") or {}
     return {
@@ -222,23 +185,20 @@ def champion_summary(labels: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def log_entry(log: Log | Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(log, Log):
-        log = log.model_dump(mode="json", include={"timestamp", "level", "name", "message"})
+def log_entry(log: Mapping[str, Any]) -> dict[str, Any]:
     return {
-        "timestamp": _iso(log["timestamp"]),
+        "timestamp": contract_timestamp(log["timestamp"]),
         "level": logging.getLevelName(log["level"]),
         "logger": log["name"],
         "message": log["message"],
     }
 
 
-def split_logs(logs: list[Log] | list[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def split_logs(logs: list[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(log entries, progress events): progress events travel as logs of one logger."""
     entries, events = [], []
     for log in logs:
-        name, message = (log.name, log.message) if isinstance(log, Log) else (log["name"], log["message"])
-        event = contract.decode_progress(name, message)
+        event = contract.decode_progress(log["name"], log["message"])
         if event is not None:
             events.append(event)
         else:
@@ -247,16 +207,40 @@ def split_logs(logs: list[Log] | list[Mapping[str, Any]]) -> tuple[list[dict[str
 
 
 def detail(
-    flow_run: FlowRun | Run,
+    run: Run,
     status: JobStatus,
     logs: tuple[list[dict[str, Any]], list[dict[str, Any]]],
     result: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """`logs` is what `split_logs` made of the run's logs (the gateway may have it cached)."""
     entries, events = logs
-    job = common_fields(flow_run, status)
+    job = common_fields(run, status)
     if events and not job["latest_metrics"]:
         job["latest_metrics"] = events[-1].get("metrics", {})
     if result is not None and not result.get("run_log"):
         result = {**result, "run_log": entries}
     return {**job, "progress_events": events, "logs": entries, "result": result}
+
+
+def page(runs: RunPage, limit: int, offset: int) -> dict[str, Any]:
+    """GET /jobs and GET /schedules/{id}/runs: a page of job summaries."""
+    items = [summary(run, status) for run, status in zip(runs.runs, runs.statuses(), strict=True)]
+    return {"items": items, "total": runs.total, "limit": limit, "offset": offset}
+
+
+def submitted(run: Run, status: JobStatus) -> dict[str, Any]:
+    """The answer to a submission (POST /run, POST /schedules/{id}/run): the new job.
+    A run of a schedule also names its schedule."""
+    spec = spec_fields(run)
+    body = {
+        "job_id": str(run["id"]),
+        "status": status.value,
+        "created_at": contract_timestamp(run.get("created")),
+        "username": spec["username"],
+        "module_name": spec["module_name"],
+        "optimizer_name": spec["optimizer_name"],
+    }
+    schedule_id = (run.get("parameters") or {}).get("schedule_id")
+    if schedule_id:
+        body["schedule_id"] = schedule_id
+    return body

@@ -16,7 +16,12 @@ from dspy_service.dataset_source import check_source
 from dspy_service.errors import JobError
 from dspy_service.schemas import JobRequest
 from tasks.data import content_hash, read_dataset_source
-from tests.unit.test_request_validation import payload
+from tests.helpers import job_payload
+
+
+def payload(**overrides):
+    return job_payload("http://127.0.0.1:1", **overrides)
+
 
 ROWS = [
     {"question": "What is 1 + 2?", "answer": "3", "weight": 1.5, "note": "first"},

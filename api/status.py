@@ -1,9 +1,16 @@
-"""The one mapping from Prefect flow-run states to the contract's job statuses."""
+"""The one mapping from Prefect flow-run states to the contract's job statuses, and
+from Prefect's end-of-run messages to the user's terms.
+
+Pure functions; a state type Prefect adds in a later release raises KeyError here rather
+than being shown as some status by guess.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Mapping
 from enum import StrEnum
+from typing import Any
 
 from prefect.client.schemas.objects import StateType
 
@@ -43,6 +50,7 @@ STATE_TYPE_TO_STATUS: dict[StateType, JobStatus] = {
     StateType.CANCELLED: JobStatus.cancelled,
 }
 
+
 def job_status(state_type: StateType | None, compile_started: bool = True) -> JobStatus:
     """Status of a flow run; a RUNNING run is `validating` until its compile task starts."""
     if state_type is None:
@@ -51,6 +59,21 @@ def job_status(state_type: StateType | None, compile_started: bool = True) -> Jo
     if status is JobStatus.running and not compile_started:
         return JobStatus.validating
     return status
+
+
+def state_type_of(run: Mapping[str, Any]) -> StateType | None:
+    """The state type of a flow run in the Prefect API's JSON."""
+    value = run.get("state_type")
+    return StateType(value) if value else None
+
+
+def run_status(run: Mapping[str, Any], compile_started: Collection[Any]) -> JobStatus:
+    """Status of a flow run (the API's JSON), given the ids (UUIDs) of the runs whose
+    compile task started."""
+    state_type = state_type_of(run)
+    if state_type is not StateType.RUNNING:
+        return job_status(state_type)
+    return job_status(state_type, any(str(i) == run["id"] for i in compile_started))
 
 
 def state_types_for(status: JobStatus) -> list[StateType]:

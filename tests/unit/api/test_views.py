@@ -1,8 +1,7 @@
-"""The job views (pure translation) and the API's caches of what does not change."""
+"""The job views: the Prefect API's JSON of a flow run -> the contract's job objects."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import uuid
@@ -11,16 +10,16 @@ import pytest
 from prefect.client.schemas.objects import FlowRun, Log, State, StateType
 
 from api import views
-from api.gateway import JobGateway
+from api.run_pages import RunPage
+from api.status import JobStatus
 from dspy_service.schemas import JobRequest
-from dspy_service.settings import ServiceSettings
-from dspy_service.status import JobStatus
 from tests.helpers import job_payload
 
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
 
 
-def flow_run(state_type: StateType = StateType.COMPLETED, **overrides) -> FlowRun:
+def api_run(state_type: StateType = StateType.COMPLETED, **overrides) -> dict:
+    """A flow run as POST /flow_runs/filter returns it (pydantic's JSON of the model)."""
     spec = JobRequest.model_validate(job_payload("http://127.0.0.1:1")).spec()
     fields = {
         "flow_id": uuid.uuid4(),
@@ -38,12 +37,7 @@ def flow_run(state_type: StateType = StateType.COMPLETED, **overrides) -> FlowRu
     # As the server fills them in: the state's type and name are columns of the run too.
     fields.setdefault("state_type", fields["state"].type)
     fields.setdefault("state_name", fields["state"].name)
-    return FlowRun(**fields)
-
-
-def as_api_json(run: FlowRun) -> dict:
-    """What POST /flow_runs/filter returns for the run: pydantic's JSON of it."""
-    return json.loads(run.model_dump_json())
+    return json.loads(FlowRun(**fields).model_dump_json())
 
 
 @pytest.mark.parametrize(
@@ -55,20 +49,22 @@ def as_api_json(run: FlowRun) -> dict:
         (StateType.RUNNING, JobStatus.running),
     ],
 )
-def test_views_of_the_api_json_equal_those_of_the_model(state_type, status):
-    run = flow_run(state_type)
-    now = NOW + dt.timedelta(seconds=5)
-    assert views.common_fields(as_api_json(run), status, now) == views.common_fields(run, status, now)
-    summary = views.summary(as_api_json(run), status)
-    assert summary == views.summary(run, status)
+def test_summary_of_a_run(state_type, status):
+    summary = views.summary(api_run(state_type), status)
+    assert summary["status"] == status.value
     assert summary["created_at"] == "2026-01-02T03:04:05+00:00", "timestamps as datetime.isoformat writes them"
     assert summary["username"] == "tester" and summary["dataset_rows"] == 40 and summary["progress_count"] == 5
+    assert summary["usage"] == {"total": {"calls": 3}} and summary["log_count"] == 9
     if status is JobStatus.failed:
         assert summary["message"].startswith("the job process was killed (SIGKILL)")
         assert summary["completed_at"] == "2026-01-02T03:04:05.678901+00:00" and summary["elapsed"] == "00:01:15"
+    else:
+        assert summary["message"] is None
+    if status is JobStatus.pending:
+        assert summary["scheduled_start_at"] == "2026-01-02T03:04:05.678901+00:00"
 
 
-def test_logs_from_api_json_and_from_models_split_alike():
+def test_logs_split_into_entries_and_progress_events():
     run_id = uuid.uuid4()
     logs = [
         Log(name="dspy_service.progress", level=20, message='progress {"event": "bar", "metrics": {"m": 1}}',
@@ -77,7 +73,6 @@ def test_logs_from_api_json_and_from_models_split_alike():
         Log(name="prefect.flow_runs", level=40, message="boom", timestamp=NOW, flow_run_id=run_id),
     ]  # fmt: skip
     entries, events = views.split_logs([json.loads(log.model_dump_json()) for log in logs])
-    assert (entries, events) == views.split_logs(logs)
     assert events == [{"event": "bar", "metrics": {"m": 1}}]
     assert [e["message"] for e in entries] == ["progress not json", "boom"]
     assert entries[1] == {
@@ -86,12 +81,12 @@ def test_logs_from_api_json_and_from_models_split_alike():
         "logger": "prefect.flow_runs",
         "message": "boom",
     }
-    job = views.detail(flow_run(), JobStatus.success, (entries, events), {"score": 1})
+    job = views.detail(api_run(), JobStatus.success, (entries, events), {"score": 1})
     assert job["latest_metrics"] == {"m": 1} and job["result"]["run_log"] == entries
 
 
 def test_spec_fields_are_cached_per_run_but_follow_changed_parameters():
-    data = as_api_json(flow_run())
+    data = api_run()
     first = views.spec_fields(data)
     assert views.spec_fields(data) is first, "parsed once per run"
     changed = json.loads(json.dumps(data))
@@ -101,39 +96,24 @@ def test_spec_fields_are_cached_per_run_but_follow_changed_parameters():
     assert views.spec_fields(broken)["username"] is None
 
 
-def test_list_status_tells_validating_from_running():
-    running = as_api_json(flow_run(StateType.RUNNING))
-    assert views.list_status(running, set()) is JobStatus.validating
-    assert views.list_status(running, {uuid.UUID(running["id"])}) is JobStatus.running
-    assert views.list_status(as_api_json(flow_run(StateType.CANCELLED)), set()) is JobStatus.cancelled
-    assert views.list_status({"id": str(uuid.uuid4()), "state_type": None}, set()) is JobStatus.pending
+def test_a_page_shows_validating_and_running_apart():
+    validating, running = api_run(StateType.RUNNING), api_run(StateType.RUNNING)
+    page = RunPage([validating, running], compile_started={uuid.UUID(running["id"])}, total=7)
+    body = views.page(page, limit=2, offset=4)
+    assert [item["status"] for item in body["items"]] == ["validating", "running"]
+    assert (body["total"], body["limit"], body["offset"]) == (7, 2, 4)
 
 
-class CountingGateway(JobGateway):
-    """The job gateway with its Prefect log read replaced by a counter (no server)."""
-
-    def __init__(self, settle: float):
-        super().__init__(client=None, settings=ServiceSettings(log_settle_seconds=settle))
-        self.reads = 0
-
-    async def logs(self, flow_run_id):
-        self.reads += 1
-        return [{"timestamp": "2026-01-02T03:04:05Z", "level": 20, "name": "x", "message": f"read {self.reads}"}]
-
-
-def test_logs_are_cached_only_once_the_run_has_settled_in_a_terminal_state():
-    gateway = CountingGateway(settle=10)
-    just_ended = flow_run(StateType.COMPLETED, state=State(type=StateType.COMPLETED, timestamp=dt.datetime.now(dt.UTC)))
-    running = flow_run(StateType.RUNNING, state=State(type=StateType.RUNNING, timestamp=NOW))
-    cancelling = flow_run(StateType.CANCELLING, state=State(type=StateType.CANCELLING, timestamp=NOW))
-    for run in (just_ended, running, cancelling):
-        asyncio.run(gateway.job_logs(run))
-        asyncio.run(gateway.job_logs(run))
-    assert gateway.reads == 6, "nothing cached: too recent, or not terminal"
-
-    ended = flow_run(StateType.FAILED)  # ended at NOW, long ago
-    first = asyncio.run(gateway.job_logs(ended))
-    assert asyncio.run(gateway.job_logs(ended)) is first and gateway.reads == 7
-    # The run moved on (say, retried from the Prefect UI) and ended again: a new state id.
-    ended.state = State(type=StateType.FAILED, timestamp=NOW + dt.timedelta(seconds=1))
-    assert asyncio.run(gateway.job_logs(ended))[0][0]["message"] == "read 8"
+def test_submitted_names_the_job_and_its_schedule_if_any():
+    run = api_run(StateType.SCHEDULED)
+    assert views.submitted(run, JobStatus.pending) == {
+        "job_id": run["id"],
+        "status": "pending",
+        "created_at": "2026-01-02T03:04:05+00:00",
+        "username": "tester",
+        "module_name": "predict",
+        "optimizer_name": "bootstrap",
+    }
+    of_schedule = api_run(StateType.SCHEDULED)
+    of_schedule["parameters"]["schedule_id"] = "s-1"
+    assert views.submitted(of_schedule, JobStatus.pending)["schedule_id"] == "s-1"

@@ -5,6 +5,10 @@ our own): its cadence is the Prefect schedule, its job payload the schedule's fl
 parameters (`job`, `dataset_ref` for inline rows stored once, `schedule_id`), its name the
 schedule's slug. Its champion pointer is a Prefect Variable, and a global concurrency
 limit serializes the champion gates of its runs; their names are in dspy_service/contract.py.
+
+Bad input fails as pydantic validation errors (422) naming the field, using Prefect's own
+cron and timezone checks; a cadence change a schedule made elsewhere cannot take raises
+JobError (400).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any, ClassVar
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from dspy_service.errors import JobError
 from dspy_service.schemas import JobRequest
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -127,3 +132,20 @@ def merge_job(stored_job: dict[str, Any], stored_ref: dict[str, Any] | None, cha
     if merged.get("dataset_source"):
         return merged, False
     return merged, stored_ref is not None
+
+
+def patched_cadence(current: Any, patch: SchedulePatch) -> CronSchedule | IntervalSchedule | None:
+    """The Prefect schedule after a PATCH (None: unchanged). A new timezone alone keeps
+    the cron or interval; a new cron or interval keeps the timezone unless one is given."""
+    timezone = getattr(current, "timezone", None)
+    if patch.cron is not None or patch.interval_seconds is not None:
+        return patch.prefect_schedule(timezone=timezone)
+    if patch.timezone is None:
+        return None
+    if isinstance(current, CronSchedule):
+        return CronSchedule(cron=current.cron, timezone=patch.timezone, day_or=current.day_or)
+    if isinstance(current, IntervalSchedule):
+        return IntervalSchedule(interval=current.interval, timezone=patch.timezone)
+    raise JobError(
+        "this schedule's cadence is not cron or interval; give `cron` or `interval_seconds` with the timezone"
+    )

@@ -8,9 +8,14 @@ import pytest
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from pydantic import ValidationError
 
+from api.schedule_models import SchedulePatch, ScheduleRequest, merge_job, patched_cadence
 from dspy_service.contract import champion_variable
-from dspy_service.schedules import SchedulePatch, ScheduleRequest, merge_job
-from tests.unit.test_request_validation import payload
+from dspy_service.errors import JobError
+from tests.helpers import job_payload
+
+
+def payload(**overrides):
+    return job_payload("http://127.0.0.1:1", rows=10, **overrides)
 
 
 def errors(body, model=ScheduleRequest):
@@ -72,3 +77,16 @@ def test_merge_job_keeps_or_replaces_the_rows():
 def test_prefect_names_are_valid_variable_names():
     name = champion_variable("3F2504E0-4F89-11D3-9A0C-0305E82C3301")
     assert name == "dspy-champion-3f2504e0-4f89-11d3-9a0c-0305e82c3301"
+
+
+def test_a_patch_keeps_what_it_does_not_name_of_the_cadence():
+    nightly = CronSchedule(cron="0 3 * * *", timezone="Europe/Berlin")
+    assert patched_cadence(nightly, SchedulePatch(active=False)) is None, "no cadence field: unchanged"
+    moved = patched_cadence(nightly, SchedulePatch(timezone="Asia/Tokyo"))
+    assert (moved.cron, moved.timezone) == ("0 3 * * *", "Asia/Tokyo")
+    hourly = patched_cadence(nightly, SchedulePatch(interval_seconds=3600))
+    assert hourly.interval == dt.timedelta(hours=1) and hourly.timezone == "Europe/Berlin"
+    every_minute = IntervalSchedule(interval=dt.timedelta(minutes=1), timezone="UTC")
+    assert patched_cadence(every_minute, SchedulePatch(timezone="Asia/Tokyo")).interval == dt.timedelta(minutes=1)
+    with pytest.raises(JobError, match="not cron or interval"):
+        patched_cadence(object(), SchedulePatch(timezone="Asia/Tokyo"))

@@ -1,0 +1,90 @@
+"""Reads of flow runs and logs as the Prefect API's JSON, in pages the API accepts.
+
+The API works on one representation of a flow run: the JSON `POST /flow_runs/filter`
+and `GET /flow_runs/{id}` return (`Run`, a mapping). These reads are
+`PrefectClient.read_flow_runs`/`read_flow_run`/`read_logs` (same bodies, same client,
+same retries) minus validating a `FlowRun` or `Log` model per item, which was a third
+of GET /jobs?limit=50 (py-spy). The Prefect API answers a `limit` over 200 with 422, so
+longer reads are made of several calls (`read_in_pages`).
+
+Failures are the client's: transport errors and 5xx propagate (the API answers 503);
+a missing run reads as None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+from uuid import UUID
+
+import httpx
+import orjson
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import DeploymentFilter, FlowRunFilter, LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.sorting import FlowRunSort, LogSort
+
+Run = Mapping[str, Any]  # a flow run as the Prefect API's JSON
+PAGE_LIMIT = 200  # the Prefect API's largest `limit` for flow runs and logs
+
+PageReader = Callable[[int, int], Awaitable[list[Any]]]  # (limit, offset) -> items
+
+
+async def read_in_pages(read_page: PageReader, *, limit: int | None, offset: int = 0) -> list[Any]:
+    """Up to `limit` items (all when None) from `offset` on, in calls of at most
+    PAGE_LIMIT; stops at the first short page."""
+    items: list[Any] = []
+    while limit is None or len(items) < limit:
+        size = PAGE_LIMIT if limit is None else min(PAGE_LIMIT, limit - len(items))
+        page = await read_page(size, offset + len(items))
+        items.extend(page)
+        if len(page) < size:
+            break
+    return items
+
+
+async def read_run(client: PrefectClient, run_id: UUID) -> Run | None:
+    """One flow run, or None when there is no such run."""
+    try:
+        response = await client.request("GET", "/flow_runs/{id}", path_params={"id": run_id})
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code == 404:
+            return None
+        raise
+    return orjson.loads(response.content)
+
+
+def filter_body(run_filter: FlowRunFilter | None, deployment_filter: DeploymentFilter | None) -> dict[str, Any]:
+    """The filter part of a flow-run filter/count request, as PrefectClient sends it."""
+    return {
+        "flow_runs": run_filter.model_dump(mode="json", exclude_unset=True) if run_filter else None,
+        "deployments": deployment_filter.model_dump(mode="json") if deployment_filter else None,
+    }
+
+
+async def filter_runs(
+    client: PrefectClient,
+    run_filter: FlowRunFilter | None,
+    deployment_filter: DeploymentFilter | None,
+    sort: FlowRunSort,
+    *,
+    limit: int,
+    offset: int = 0,
+) -> list[Run]:
+    """Up to `limit` runs matching both filters, in `sort` order."""
+
+    async def read_page(size: int, start: int) -> list[Run]:
+        body = {**filter_body(run_filter, deployment_filter), "sort": sort, "limit": size, "offset": start}
+        return orjson.loads((await client.request("POST", "/flow_runs/filter", json=body)).content)
+
+    return await read_in_pages(read_page, limit=limit, offset=offset)
+
+
+async def read_logs(client: PrefectClient, run_id: UUID) -> list[dict[str, Any]]:
+    """All logs of a run, oldest first."""
+    log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])).model_dump(mode="json")
+
+    async def read_page(size: int, start: int) -> list[dict[str, Any]]:
+        body = {"logs": log_filter, "limit": size, "offset": start, "sort": LogSort.TIMESTAMP_ASC}
+        return orjson.loads((await client.request("POST", "/logs/filter", json=body)).content)
+
+    return await read_in_pages(read_page, limit=None)

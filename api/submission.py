@@ -1,0 +1,158 @@
+"""Submitting work: validate the job, store its rows, build the run's parameters, create
+the run or schedule, and take the stored rows back when that fails.
+
+One service for POST /run, POST /schedules, PATCH /schedules/{id} and
+POST /schedules/{id}/run, so every path validates the same way (`preflight`, nothing of
+the user's code runs) and stores inline rows the same way (a `dataset_source` is read by
+the job itself at run time).
+
+Failures: JobError (400) and RequestValidationError (422) before anything is stored;
+anything the gateways raise after the rows were stored deletes those rows again and
+propagates. Rows an existing run or schedule already uses are never deleted on failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from prefect.client.schemas.objects import DeploymentSchedule
+from pydantic import ValidationError
+
+from api import views
+from api.gateway import JobGateway
+from api.prefect_reads import Run
+from api.preflight import preflight
+from api.schedule_gateway import ScheduleGateway, stored_dataset_url
+from api.schedule_models import SchedulePatch, ScheduleRequest, merge_job, patched_cadence
+from dspy_service.contract import SCHEDULE_ID, SERVICE_TAG, schedule_tag, user_tag
+from dspy_service.errors import JobError
+from dspy_service.schemas import DatasetRef, JobRequest, JobSpec
+from dspy_service.storage import delete_dataset, load_dataset, save_dataset
+
+
+def job_parameters(spec: JobSpec, dataset_ref: DatasetRef | None, schedule_id: str | None = None) -> dict[str, Any]:
+    """The flow-run parameters of a job (those of a schedule's runs name the schedule)."""
+    parameters: dict[str, Any] = {"job": spec.wire()}
+    if dataset_ref is not None:
+        parameters["dataset_ref"] = dataset_ref.model_dump(mode="json")
+    if schedule_id:
+        parameters["schedule_id"] = schedule_id
+    return parameters
+
+
+async def validated(request: JobRequest) -> JobSpec:
+    """The request's job spec, once it passed every check that runs no user code."""
+    spec = request.spec()
+    await run_in_threadpool(preflight, spec, request.dataset)
+    return spec
+
+
+@asynccontextmanager
+async def stored_rows(rows: list[dict[str, Any]] | None) -> AsyncIterator[DatasetRef | None]:
+    """Store inline rows for the block; delete them again if the block fails."""
+    ref = await run_in_threadpool(save_dataset, rows) if rows is not None else None
+    try:
+        yield ref
+    except BaseException:
+        if ref is not None:
+            delete_dataset(ref.url)
+        raise
+
+
+class Submission:
+    """Creates jobs, schedules and schedule runs on the gateways."""
+
+    def __init__(self, jobs: JobGateway, schedules: ScheduleGateway):
+        self.jobs = jobs
+        self.schedules = schedules
+
+    async def submit_job(self, request: JobRequest, idempotency_key: str | None) -> dict[str, Any]:
+        """POST /run: the new job (or the one `idempotency_key` named already)."""
+        spec = await validated(request)
+        async with stored_rows(request.dataset) as ref:
+            run = await self._create_run(spec, job_parameters(spec, ref), idempotency_key=idempotency_key)
+        used = ((run.get("parameters") or {}).get("dataset_ref") or {}).get("url")
+        if ref is not None and used != ref.url:
+            delete_dataset(ref.url)  # the key named an existing job: keep its data only
+        return views.submitted(run, await self.jobs.status_of(run))
+
+    async def run_schedule(self, schedule: DeploymentSchedule) -> dict[str, Any]:
+        """POST /schedules/{id}/run: a job from the schedule's stored payload, now."""
+        parameters = schedule.parameters or {}
+        if not parameters.get("job"):
+            raise JobError("this schedule has no job payload (made outside dspy-service?)")
+        spec = JobSpec.model_validate(parameters["job"])
+        ref = parameters.get("dataset_ref")
+        dataset_ref = DatasetRef.model_validate(ref) if ref else None
+        schedule_id = str(schedule.id)
+        run = await self._create_run(spec, job_parameters(spec, dataset_ref, schedule_id), schedule_id=schedule_id)
+        return views.submitted(run, await self.jobs.status_of(run))
+
+    async def create_schedule(self, request: ScheduleRequest) -> DeploymentSchedule:
+        """POST /schedules: validated like POST /run; inline rows are stored once for all runs."""
+        spec = await validated(request)
+        async with stored_rows(request.dataset) as ref:
+            return await self.schedules.create(
+                job_parameters(spec, ref), request.prefect_schedule(), name=request.name, active=request.active
+            )
+
+    async def update_schedule(self, schedule: DeploymentSchedule, patch: SchedulePatch) -> DeploymentSchedule:
+        """PATCH /schedules/{id}: the merged job is validated before anything changes; rows
+        the schedule no longer uses are deleted once the change is made."""
+        cadence = patched_cadence(schedule.schedule, patch)
+        changes = patch.job_fields()
+        if not changes:
+            return await self.schedules.update(schedule, active=patch.active, cadence=cadence, name=patch.name)
+        request, kept_ref = await merged_request(schedule, changes)
+        spec = await validated(request)
+        async with stored_rows(None if kept_ref else request.dataset) as new_ref:
+            ref = kept_ref or new_ref
+            updated = await self.schedules.update(
+                schedule,
+                active=patch.active,
+                cadence=cadence,
+                name=patch.name,
+                parameters=job_parameters(spec, ref, str(schedule.id)),
+            )
+        old = stored_dataset_url(schedule)
+        if old and old != (ref.url if ref else None):
+            delete_dataset(old)
+        return updated
+
+    async def _create_run(
+        self,
+        spec: JobSpec,
+        parameters: dict[str, Any],
+        *,
+        schedule_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Run:
+        tags, labels = [SERVICE_TAG, user_tag(spec.username)], {}
+        if schedule_id:  # a run of a schedule started by hand
+            tags.append(schedule_tag(schedule_id))
+            labels[SCHEDULE_ID] = schedule_id
+        return await self.jobs.create_run(
+            parameters,
+            name=f"{spec.username}-{spec.optimizer_name}-{spec.module_name}".lower()[:100],
+            tags=tags,
+            labels=labels or None,
+            idempotency_key=idempotency_key,
+        )
+
+
+async def merged_request(schedule: DeploymentSchedule, changes: dict[str, Any]) -> tuple[JobRequest, DatasetRef | None]:
+    """The schedule's job with `changes` applied, as a request (422 when it no longer
+    validates), and the stored rows' ref when those still apply (loaded to validate)."""
+    stored = schedule.parameters or {}
+    merged, keep_rows = merge_job(stored.get("job") or {}, stored.get("dataset_ref"), changes)
+    kept_ref = DatasetRef.model_validate(stored["dataset_ref"]) if keep_rows else None
+    if kept_ref is not None:
+        merged["dataset"] = await run_in_threadpool(load_dataset, kept_ref)
+    try:
+        return JobRequest.model_validate(merged), kept_ref
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None

@@ -1,0 +1,45 @@
+"""The job gateway's caches of what no longer changes (no server: the log read is counted)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+
+from api.gateway import JobGateway
+from dspy_service.settings import ServiceSettings
+
+LONG_AGO = "2026-01-02T03:04:05.678901Z"
+
+
+class CountingGateway(JobGateway):
+    """The job gateway with its Prefect log read replaced by a counter."""
+
+    def __init__(self, settle: float):
+        super().__init__(client=None, settings=ServiceSettings(log_settle_seconds=settle))
+        self.reads = 0
+
+    async def logs(self, run_id):
+        self.reads += 1
+        return [{"timestamp": "2026-01-02T03:04:05Z", "level": 20, "name": "x", "message": f"read {self.reads}"}]
+
+
+def run(state_type: str, timestamp: str) -> dict:
+    state = {"id": str(uuid.uuid4()), "type": state_type, "name": state_type.title(), "timestamp": timestamp}
+    return {"id": str(uuid.uuid4()), "state_type": state_type, "state": state}
+
+
+def test_logs_are_cached_only_once_the_run_has_settled_in_a_terminal_state():
+    gateway = CountingGateway(settle=10)
+    just_ended = run("COMPLETED", dt.datetime.now(dt.UTC).isoformat())
+    for unsettled in (just_ended, run("RUNNING", LONG_AGO), run("CANCELLING", LONG_AGO)):
+        asyncio.run(gateway.job_logs(unsettled))
+        asyncio.run(gateway.job_logs(unsettled))
+    assert gateway.reads == 6, "nothing cached: too recent, or not terminal"
+
+    ended = run("FAILED", LONG_AGO)
+    first = asyncio.run(gateway.job_logs(ended))
+    assert asyncio.run(gateway.job_logs(ended)) is first and gateway.reads == 7
+    # The run moved on (say, retried from the Prefect UI) and ended again: a new state id.
+    ended["state"] = {**ended["state"], "id": str(uuid.uuid4())}
+    assert asyncio.run(gateway.job_logs(ended))[0][0]["message"] == "read 8"

@@ -1,0 +1,159 @@
+"""The submission service: what is validated, stored, created, and taken back on failure.
+
+The gateways are in-memory stand-ins of our own classes (no Prefect here: what Prefect
+does with a created run is covered end to end in tests/integration); the dataset
+storage and the preflight checks are the real ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import uuid
+
+import pytest
+from prefect.client.schemas.objects import DeploymentSchedule
+from prefect.client.schemas.schedules import IntervalSchedule
+
+from api.schedule_models import SchedulePatch, ScheduleRequest
+from api.status import JobStatus
+from api.submission import Submission, job_parameters
+from dspy_service.errors import JobError
+from dspy_service.schemas import JobRequest
+from dspy_service.settings import get_settings
+from dspy_service.storage import save_dataset
+from tests.helpers import job_payload
+
+
+class Refused(RuntimeError):
+    """What the stand-in gateways raise when told to fail."""
+
+
+class Jobs:
+    def __init__(self, fail: bool = False, existing: dict | None = None):
+        self.fail, self.existing, self.created = fail, existing, []
+
+    async def create_run(self, parameters, *, name, tags, labels, idempotency_key):
+        if self.fail:
+            raise Refused("the Prefect API is down")
+        if self.existing is not None:  # the idempotency key named this run
+            return self.existing
+        run = {"id": str(uuid.uuid4()), "parameters": parameters, "tags": tags, "labels": labels}
+        self.created.append(run)
+        return run
+
+    async def status_of(self, run):
+        return JobStatus.pending
+
+
+class Schedules:
+    def __init__(self, fail: bool = False):
+        self.fail, self.saved = fail, []
+
+    async def create(self, parameters, schedule, *, name, active):
+        return await self.update(None, parameters=parameters)
+
+    async def update(self, schedule, *, active=None, cadence=None, name=None, parameters=None):
+        if self.fail:
+            raise Refused("the Prefect API is down")
+        self.saved.append(parameters)
+        return schedule
+
+
+def stored_files() -> set[str]:
+    directory = os.path.join(get_settings().resolved_storage_url, "datasets")
+    return set(os.listdir(directory)) if os.path.isdir(directory) else set()
+
+
+def body(rows: int = 20, **overrides) -> dict:
+    return job_payload("http://127.0.0.1:1", rows=rows, **overrides)
+
+
+def submit(submission: Submission, **overrides) -> dict:
+    return asyncio.run(submission.submit_job(JobRequest.model_validate(body(**overrides)), None))
+
+
+def stored_schedule(rows: int = 20) -> DeploymentSchedule:
+    request = JobRequest.model_validate(body())
+    ref = save_dataset(request.dataset[:rows])
+    schedule_id = uuid.uuid4()
+    return DeploymentSchedule(
+        id=schedule_id,
+        schedule=IntervalSchedule(interval=dt.timedelta(hours=1)),
+        parameters=job_parameters(request.spec(), ref, str(schedule_id)),
+    )
+
+
+def test_a_job_is_created_with_its_stored_rows():
+    jobs = Jobs()
+    before = stored_files()
+    answer = submit(Submission(jobs, Schedules()))
+    (run,) = jobs.created
+    assert answer["job_id"] == run["id"] and answer["status"] == "pending" and answer["username"] == "tester"
+    assert run["parameters"]["dataset_ref"]["rows"] == 20 and len(stored_files() - before) == 1
+
+
+def test_the_stored_rows_are_deleted_when_the_run_cannot_be_created():
+    before = stored_files()
+    with pytest.raises(Refused):
+        submit(Submission(Jobs(fail=True), Schedules()))
+    assert stored_files() == before
+
+
+def test_a_job_that_fails_preflight_stores_nothing_and_creates_nothing():
+    jobs, before = Jobs(), stored_files()
+    with pytest.raises(JobError, match="unknown optimizer"):
+        submit(Submission(jobs, Schedules()), optimizer_name="nope")
+    assert jobs.created == [] and stored_files() == before
+
+
+def test_an_idempotency_key_naming_an_existing_job_keeps_only_its_rows():
+    existing = {"id": str(uuid.uuid4()), "parameters": stored_schedule().parameters}
+    before = stored_files()
+    answer = submit(Submission(Jobs(existing=existing), Schedules()))
+    assert answer["job_id"] == existing["id"] and stored_files() == before
+
+
+def test_a_schedule_that_cannot_be_created_leaves_no_rows():
+    request = ScheduleRequest.model_validate(body(interval_seconds=60))
+    before = stored_files()
+    with pytest.raises(Refused):
+        asyncio.run(Submission(Jobs(), Schedules(fail=True)).create_schedule(request))
+    assert stored_files() == before
+
+
+def test_new_rows_replace_the_stored_ones_only_once_the_schedule_changed():
+    schedule, new_rows = stored_schedule(), body(rows=30)["dataset"]
+    before = stored_files()
+    with pytest.raises(Refused):
+        asyncio.run(Submission(Jobs(), Schedules(fail=True)).update_schedule(schedule, SchedulePatch(dataset=new_rows)))
+    assert stored_files() == before, "the new rows are taken back, the schedule's own rows kept"
+
+    schedules = Schedules()
+    asyncio.run(Submission(Jobs(), schedules).update_schedule(schedule, SchedulePatch(dataset=new_rows)))
+    (saved,) = schedules.saved
+    assert saved["dataset_ref"]["rows"] == 30 and saved["schedule_id"] == str(schedule.id)
+    after = stored_files()
+    assert len(after) == len(before) and saved["dataset_ref"]["url"].rsplit("/", 1)[1] in after
+
+
+def test_a_job_field_change_keeps_the_stored_rows_and_validates_against_them():
+    schedule, schedules = stored_schedule(), Schedules()
+    before = stored_files()
+    patch = SchedulePatch.model_validate({"optimizer_kwargs": {"max_bootstrapped_demos": 2}})
+    asyncio.run(Submission(Jobs(), schedules).update_schedule(schedule, patch))
+    assert schedules.saved[0]["dataset_ref"] == schedule.parameters["dataset_ref"] and stored_files() == before
+    misspelt = SchedulePatch.model_validate({"optimizer_kwargs": {"max_bootstrapped_demos": 2, "bogus": 1}})
+    with pytest.raises(JobError, match="bogus"):
+        asyncio.run(Submission(Jobs(), schedules).update_schedule(schedule, misspelt))
+
+
+def test_a_run_of_a_schedule_names_its_schedule():
+    schedule, jobs = stored_schedule(), Jobs()
+    answer = asyncio.run(Submission(jobs, Schedules()).run_schedule(schedule))
+    (run,) = jobs.created
+    assert answer["schedule_id"] == str(schedule.id) and run["parameters"] == schedule.parameters
+    assert f"dspy-schedule:{schedule.id}" in run["tags"]
+    with pytest.raises(JobError, match="no job payload"):
+        asyncio.run(Submission(jobs, Schedules()).run_schedule(schedule.model_copy(update={"parameters": {}})))

@@ -1,0 +1,66 @@
+"""The POST /run request model: defaults, aliases, and shape errors that name the field."""
+
+import pytest
+from pydantic import ValidationError
+
+from dspy_service.schemas import JobRequest, SplitFractions
+
+SIGNATURE = """
+class QA(dspy.Signature):
+    \"\"\"Answer the question.\"\"\"
+    question: str = dspy.InputField()
+    answer: str = dspy.OutputField()
+"""
+
+
+def payload(**overrides):
+    body = {
+        "module_name": "predict",
+        "signature_code": SIGNATURE,
+        "metric_code": "def metric(example, pred, trace=None):\n    return 1.0\n",
+        "optimizer_name": "bootstrap",
+        "dataset": [{"q": "x", "a": "y"}],
+        "column_mapping": {"inputs": {"question": "q"}, "outputs": {"answer": "a"}},
+        "model_config": {"name": "openai/local", "model_type": "chat"},
+    }
+    body.update(overrides)
+    return body
+
+
+def test_defaults_aliases_and_unknown_keys():
+    request = JobRequest.model_validate(payload(some_future_field=1))
+    assert request.username == "anonymous"
+    assert request.split_fractions.train == pytest.approx(0.7)
+    assert request.main_model.name == "openai/local"
+    assert request.main_model.model_extra == {"model_type": "chat"}
+    wire = request.spec().wire()
+    assert "dataset" not in wire and wire["model_config"]["name"] == "openai/local"
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"split_fractions": {"train": 0.5, "val": 0.2, "test": 0.2}}, "split_fractions"),
+        ({"split_fractions": {"train": 1.2, "val": -0.1, "test": -0.1}}, "split_fractions"),
+        ({"dataset": []}, "dataset"),
+        ({"column_mapping": {"inputs": {}, "outputs": {}}}, "column_mapping"),
+        ({"column_mapping": {"inputs": {"question": "q"}, "outputs": {"answer": "q"}}}, "column_mapping"),
+        ({"model_config": {"name": "x", "temperature": 3}}, "model_config"),
+        ({"model_config": None}, "model_config"),
+    ],
+)
+def test_shape_errors_name_the_field(overrides, field):
+    with pytest.raises(ValidationError) as info:
+        JobRequest.model_validate(payload(**overrides))
+    assert any(error["loc"][0] == field for error in info.value.errors())
+
+
+def test_reflection_lm_kwarg_becomes_model_config():
+    request = JobRequest.model_validate(payload(optimizer_kwargs={"reflection_lm": "openai/big", "auto": "light"}))
+    assert request.reflection_model.name == "openai/big"
+    assert request.optimizer_kwargs == {"auto": "light"}
+
+
+def test_split_counts_add_up():
+    assert SplitFractions().counts(100) == {"train": 70, "val": 15, "test": 15}
+    assert sum(SplitFractions(train=0.6, val=0.3, test=0.1).counts(7).values()) == 7
