@@ -15,7 +15,7 @@ from api.gateway import JobGateway
 from dspy_service.schemas import JobRequest
 from dspy_service.settings import ServiceSettings
 from dspy_service.status import JobStatus
-from tests.helpers import job_payload
+from tests.support.payloads import job_payload
 
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
 
