@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -27,43 +26,33 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BenchStack, gone, session_members, stat_fields, summarize  # noqa: E402
+from common import BenchStack, summarize  # noqa: E402
 from common import payload as job_payload  # noqa: E402
 
+from deployments.runtime.procfs import process_gone, session_members  # noqa: E402
 from dspy_service.settings import ServiceSettings  # noqa: E402
 from dspy_service.testing.local_lm import start_local_lm  # noqa: E402
+from tests.support.processes import JobProcesses, engine_pid  # noqa: E402
 
 
 def payload(lm_url: str, seed: int) -> dict:
     return job_payload(lm_url, seed, optimizer="bootstrap", username="bench-cancel")
 
 
-def engine_pid(api: httpx.Client, job_id: str, timeout: float = 120) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for entry in api.get(f"/jobs/{job_id}/logs").json():
-            match = re.search(r"\(process (\d+) on ", entry["message"])
-            if match:
-                return int(match.group(1))
-        time.sleep(0.1)
-    raise TimeoutError("the job never logged its process")
-
-
 def trial(api: httpx.Client, prefect_url: str, lm, seed: int) -> dict:
     job_id = api.post("/run", json=payload(lm.url, seed)).json()["job_id"]
-    engine = engine_pid(api, job_id)
+    engine = engine_pid(api, job_id, timeout=120, interval=0.1)
     while api.get(f"/jobs/{job_id}/summary").json()["status"] != "running":
         time.sleep(0.1)
     time.sleep(1.0)
-    supervisor = int(stat_fields(engine)[1])
-    relay = int(stat_fields(supervisor)[1])
-    tree = [relay, supervisor, *session_members(engine)]
+    procs = JobProcesses.of_engine(engine)
+    tree = [procs.relay, procs.supervisor, *session_members(engine)]
     started = time.time()
     assert api.post(f"/jobs/{job_id}/cancel").status_code == 200
     tree_gone = cancelled = None
     while tree_gone is None or cancelled is None:
         now = time.time()
-        if tree_gone is None and all(gone(pid) for pid in tree):
+        if tree_gone is None and all(process_gone(pid) for pid in tree):
             tree_gone = now - started
         if cancelled is None and httpx.get(f"{prefect_url}/flow_runs/{job_id}").json()["state_type"] == "CANCELLED":
             cancelled = now - started

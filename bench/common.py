@@ -1,13 +1,15 @@
-"""Shared pieces of the benchmark scripts: a private stack, job payloads, percentiles, /proc."""
+"""Shared pieces of the benchmark scripts: a private stack, job payloads, percentiles.
+
+The stack, its fresh PostgreSQL database and free ports come from the test-support
+package (tests/support/), the process lookups from deployments.runtime.procfs: the
+benchmarks start and inspect a stack exactly as the tests do.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import socket
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -16,26 +18,17 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from deployments.stack import Stack, StackConfig  # noqa: E402
-from dspy_service.settings import ServiceSettings  # noqa: E402
 from dspy_service.testing.local_lm import (  # noqa: E402
     ARITHMETIC_METRIC_CODE,
     ARITHMETIC_SIGNATURE_CODE,
     make_arithmetic_dataset,
 )
-
-POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+from tests.support.stack import configure_stack, start_stack  # noqa: E402
 
 OPTIMIZERS = {
     "bootstrap": {"max_bootstrapped_demos": 4, "max_labeled_demos": 0},
     "miprov2": {"auto": "light", "max_bootstrapped_demos": 2, "max_labeled_demos": 2},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def payload(
@@ -96,16 +89,6 @@ def summarize(values: list[float], digits: int = 3) -> dict:
 # -- the stack ----------------------------------------------------------------------------
 
 
-async def _postgres_admin(sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(POSTGRES_ADMIN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 class BenchStack:
     """A private stack (Prefect server, worker(s), API) on SQLite or a fresh PostgreSQL database."""
 
@@ -119,20 +102,11 @@ class BenchStack:
     ):
         self.db = db
         self.home = Path(tempfile.mkdtemp(prefix=prefix))
-        self.db_name = None
-        database_url = None
-        if db == "postgres":
-            self.db_name = f"bench_{uuid.uuid4().hex[:10]}"
-            asyncio.run(_postgres_admin(f'CREATE DATABASE "{self.db_name}"'))
-            database_url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{self.db_name}"
-        settings = ServiceSettings(home=self.home, database_url=database_url, job_slots=job_slots)
         self.warm_start = warm_start
-        self.config = StackConfig(
-            settings=settings, api_port=free_port(), prefect_port=free_port(), warm_start=warm_start
+        self.stack, self.fresh = configure_stack(
+            self.home, db, env=env, warm_start=warm_start, db_prefix="bench_", job_slots=job_slots
         )
-        self.stack = Stack(self.config)
-        if env:
-            self.stack.env.update(env)
+        self.config = self.stack.config
 
     @property
     def api_url(self) -> str:
@@ -143,14 +117,15 @@ class BenchStack:
         return self.config.prefect_api_url
 
     def start(self, progress=print) -> float:
-        return self.stack.start(progress=progress)
+        """Seconds the stack took to come up; if it does not, its log tails are printed."""
+        return start_stack(self.stack, timeout=120, progress=progress)
 
     def stop(self) -> None:
         try:
             self.stack.stop()
         finally:
-            if self.db_name:
-                asyncio.run(_postgres_admin(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)'))
+            if self.fresh:
+                self.fresh.drop()
 
     def pids(self) -> dict[str, int]:
         s = self.stack
@@ -168,87 +143,3 @@ class BenchStack:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-# -- /proc --------------------------------------------------------------------------------
-
-
-def stat_fields(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (state is [0], ppid [1], session [3])."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def gone(pid: int) -> bool:
-    fields = stat_fields(pid)
-    return fields is None or fields[0] in ("Z", "X")
-
-
-def all_pids() -> list[int]:
-    return [int(e.name) for e in os.scandir("/proc") if e.name.isdigit()]
-
-
-def session_members(session_id: int) -> list[int]:
-    members = []
-    for pid in all_pids():
-        fields = stat_fields(pid)
-        if fields and int(fields[3]) == session_id and fields[0] not in ("Z", "X"):
-            members.append(pid)
-    return members
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for other in all_pids():
-        fields = stat_fields(other)
-        if fields and int(fields[1]) == pid and fields[0] not in ("Z", "X"):
-            found.append(other)
-    return found
-
-
-def descendants(pid: int) -> list[int]:
-    table = {}
-    for other in all_pids():
-        fields = stat_fields(other)
-        if fields and fields[0] not in ("Z", "X"):
-            table.setdefault(int(fields[1]), []).append(other)
-    out, todo = [], [pid]
-    while todo:
-        for child in table.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def _proc_mb(pid: int, file: str, field: str) -> float | None:
-    """A `field:  N kB` line of /proc/<pid>/<file>, in MB."""
-    try:
-        with open(f"/proc/{pid}/{file}") as lines:
-            for line in lines:
-                if line.startswith(field):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        return None
-    return None
-
-
-def rss_mb(pid: int) -> float | None:
-    return _proc_mb(pid, "status", "VmRSS:")
-
-
-def pss_mb(pid: int) -> float | None:
-    """Proportional set size: shared pages (a zygote's, after fork) count split among their users."""
-    return _proc_mb(pid, "smaps_rollup", "Pss:")
-
-
-def wait_for(check, timeout: float, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"{what} not met within {timeout:.0f} s")

@@ -40,17 +40,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
-    ROOT,
-    BenchStack,
-    children,
-    descendants,
-    payload,
-    pss_mb,
-    rss_mb,
-    summarize,
-)
+from common import ROOT, BenchStack, payload, summarize  # noqa: E402
 
+from deployments.runtime.procfs import children_of, descendants_of, memory_mb  # noqa: E402
 from dspy_service.testing.local_lm import start_local_lm  # noqa: E402
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -191,30 +183,30 @@ class MemorySampler(threading.Thread):
         self.two_jobs: dict[str, float] = {}
 
     def sample(self) -> dict[str, float]:
-        values = {name: rss_mb(pid) or 0.0 for name, pid in self.pids.items()}
+        values = {name: memory_mb(pid, "rss") or 0.0 for name, pid in self.pids.items()}
         if "zygote" in self.pids:
-            values["zygote PSS"] = pss_mb(self.pids["zygote"]) or 0.0
-        relays = children(self.pids["worker"])
+            values["zygote PSS"] = memory_mb(self.pids["zygote"], "pss") or 0.0
+        relays = children_of(self.pids["worker"])
         # Cold: worker -> relay -> supervisor -> engine. Warm: worker -> relay, and
         # zygote -> supervisor -> engine.
         if "zygote" in self.pids:
-            supervisors = children(self.pids["zygote"])
+            supervisors = children_of(self.pids["zygote"])
         else:
-            supervisors = [sup for relay in relays for sup in children(relay)]
+            supervisors = [sup for relay in relays for sup in children_of(relay)]
         engines = 0
         job: dict[str, float] = {}
         for relay in relays:
-            job["job relay"] = max(job.get("job relay", 0.0), rss_mb(relay) or 0.0)
+            job["job relay"] = max(job.get("job relay", 0.0), memory_mb(relay, "rss") or 0.0)
         for supervisor in supervisors:
-            job["job supervisor"] = max(job.get("job supervisor", 0.0), rss_mb(supervisor) or 0.0)
-            job["job supervisor PSS"] = max(job.get("job supervisor PSS", 0.0), pss_mb(supervisor) or 0.0)
-            for engine in children(supervisor):
+            job["job supervisor"] = max(job.get("job supervisor", 0.0), memory_mb(supervisor, "rss") or 0.0)
+            job["job supervisor PSS"] = max(job.get("job supervisor PSS", 0.0), memory_mb(supervisor, "pss") or 0.0)
+            for engine in children_of(supervisor):
                 engines += 1
-                tree = [engine, *descendants(engine)]
+                tree = [engine, *descendants_of(engine)]
                 for key, value in (
-                    ("job engine", rss_mb(engine) or 0.0),
-                    ("job engine PSS", pss_mb(engine) or 0.0),
-                    ("job engine + its children", sum(rss_mb(p) or 0.0 for p in tree)),
+                    ("job engine", memory_mb(engine, "rss") or 0.0),
+                    ("job engine PSS", memory_mb(engine, "pss") or 0.0),
+                    ("job engine + its children", sum(memory_mb(p, "rss") or 0.0 for p in tree)),
                 ):
                     job[key] = max(job.get(key, 0.0), value)
         for key, value in job.items():
@@ -478,6 +470,15 @@ def fmt(stats: dict, keys=("p50", "p95", "p99")) -> str:
     return " / ".join(f"{stats[k]:g}" for k in keys) if stats.get("n", 1) else "-"
 
 
+def table_section(report: dict, key: str, heading: str, header: str, row) -> list[str]:
+    """A table with a row per database whose results have `key` (`row` formats the cells
+    after the db column); nothing when no database has it."""
+    rows = [f"| {db['db']} | {row(db[key])}" for db in report["databases"] if db.get(key)]
+    if not rows:
+        return []
+    return [heading, header, "|" + "---|" * (header.count("|") - 1), *rows]
+
+
 def markdown(report: dict) -> str:
     lines = []
     env = report["environment"]
@@ -504,17 +505,15 @@ def markdown(report: dict) -> str:
                     f"| {fmt(e['pickup_s'])} | {fmt(e['pending_to_running_s'])} | {fmt(e['running_to_first_line_s'])} "
                     f"| {fmt(e['to_first_line_s'])} | {fmt(e['after_work_s'])} |"
                 )
+    lines += table_section(
+        report,
+        "throughput",
+        "\n### 3. Throughput (2 job slots)\n",
+        "| db | jobs | completed | submitting all | first submit → last terminal | jobs/min |",
+        lambda t: f"{t['jobs']} | {t['completed']} | {t['submit_all_s']} s | {t['elapsed_s']} s "
+        f"| **{t['jobs_per_min']}** |",
+    )
     if any("throughput" in db for db in report["databases"]):
-        lines.append("\n### 3. Throughput (2 job slots)\n")
-        lines.append("| db | jobs | completed | submitting all | first submit → last terminal | jobs/min |")
-        lines.append("|---|---|---|---|---|---|")
-        for db in report["databases"]:
-            t = db.get("throughput")
-            if t:
-                lines.append(
-                    f"| {db['db']} | {t['jobs']} | {t['completed']} | {t['submit_all_s']} s | {t['elapsed_s']} s "
-                    f"| **{t['jobs_per_min']}** |"
-                )
         small = report["plain"].get("small")
         if small:
             lines.append(
@@ -530,19 +529,14 @@ def markdown(report: dict) -> str:
             for name, s in db.get("api_ms", {}).items():
                 if isinstance(s, dict):
                     lines.append(f"| {db['db']} | {name} | {s['n']} | {fmt(s)} | {s['max']:g} |")
-    if any("cancel" in db for db in report["databases"]):
-        lines.append("\n### 5. Cancel (LM delay 200 ms)\n")
-        lines.append(
-            "| db | trials | tree gone p50 / p95 / max (s) | Cancelled p50 / p95 (s) | LM calls after cancel (max) |"
-        )
-        lines.append("|---|---|---|---|---|")
-        for db in report["databases"]:
-            c = db.get("cancel")
-            if c:
-                lines.append(
-                    f"| {db['db']} | {c['trials']} | {fmt(c['tree_gone_s'], ('p50', 'p95', 'max'))} "
-                    f"| {fmt(c['cancelled_state_s'], ('p50', 'p95'))} | {c['lm_calls_after_cancel']['max']:g} |"
-                )
+    lines += table_section(
+        report,
+        "cancel",
+        "\n### 5. Cancel (LM delay 200 ms)\n",
+        "| db | trials | tree gone p50 / p95 / max (s) | Cancelled p50 / p95 (s) | LM calls after cancel (max) |",
+        lambda c: f"{c['trials']} | {fmt(c['tree_gone_s'], ('p50', 'p95', 'max'))} "
+        f"| {fmt(c['cancelled_state_s'], ('p50', 'p95'))} | {c['lm_calls_after_cancel']['max']:g} |",
+    )
     lines.append("\n### 6. Memory (RSS, MB)\n")
     roles = [
         "prefect_server",

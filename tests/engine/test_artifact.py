@@ -10,8 +10,8 @@ import dspy
 import pytest
 
 from tasks.user_code import exec_user_code, find_signature
-from tests.engine.runner import run_flow
-from tests.helpers import SECRET_KEY, job_payload
+from tests.support.flow_runner import run_flow
+from tests.support.payloads import SECRET_KEY, job_payload
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@
 
 import pytest
 
-from tests.engine.runner import run_flow
-from tests.helpers import job_payload
+from tests.support.flow_runner import run_flow
+from tests.support.payloads import job_payload
 
 SIG = "class QA(dspy.Signature):\n    question: str = dspy.InputField()\n    answer: str = dspy.OutputField()\n"
 

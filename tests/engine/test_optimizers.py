@@ -2,8 +2,8 @@
 
 import pytest
 
-from tests.engine.runner import run_flow
-from tests.helpers import STAGES, job_payload, model_config
+from tests.support.flow_runner import run_flow
+from tests.support.payloads import STAGES, job_payload, light_optimizer_payload
 
 
 def assert_complete_result(outcome, payload):
@@ -33,43 +33,24 @@ def test_predict_bootstrap_beats_baseline_in_six_task_runs(local_lm):
     assert usage["calls"] > 0 and usage["prompt_tokens"] > 0
 
 
-@pytest.mark.slow
-def test_cot_miprov2_light(local_lm):
-    payload = job_payload(
-        local_lm.url,
-        rows=40,
-        module_name="cot",
-        optimizer_name="miprov2",
-        optimizer_kwargs={"auto": "light", "max_bootstrapped_demos": 2, "max_labeled_demos": 2},
-    )
-    result = assert_complete_result(run_flow(payload), payload)
-    assert result["optimization_metadata"]["trials"], "MIPROv2 trial scores are kept"
+# What each optimizer keeps of its search in optimization_metadata (a key path), and the
+# model roles besides the main one that it calls.
+KEPT = {
+    "miprov2": (("trials",), ()),
+    "gepa": (("gepa", "val_aggregate_scores"), ("reflection",)),
+    "bootstrap_random_search": (("candidate_scores",), ()),
+}
 
 
 @pytest.mark.slow
-def test_cot_gepa_light_with_reflection_model(local_lm):
-    payload = job_payload(
-        local_lm.url,
-        rows=30,
-        module_name="cot",
-        optimizer_name="gepa",
-        optimizer_kwargs={"auto": "light"},
-        reflection_model_config=model_config(local_lm.url, name="openai/local-reflection"),
-    )
+@pytest.mark.parametrize("optimizer", list(KEPT))
+def test_cot_light_optimizers_keep_their_search(local_lm, optimizer):
+    payload = light_optimizer_payload(local_lm.url, optimizer)
     result = assert_complete_result(run_flow(payload), payload)
-    gepa = result["optimization_metadata"]["gepa"]
-    assert gepa["val_aggregate_scores"], "GEPA's per-candidate validation scores are kept"
-    assert result["details"]["usage"]["by_role"]["reflection"]["calls"] > 0
-
-
-@pytest.mark.slow
-def test_cot_bootstrap_random_search(local_lm):
-    payload = job_payload(
-        local_lm.url,
-        rows=40,
-        module_name="cot",
-        optimizer_name="bootstrap_random_search",
-        optimizer_kwargs={"num_candidate_programs": 2, "max_bootstrapped_demos": 2, "max_labeled_demos": 2},
-    )
-    result = assert_complete_result(run_flow(payload), payload)
-    assert result["optimization_metadata"]["candidate_scores"]
+    path, roles = KEPT[optimizer]
+    kept = result["optimization_metadata"]
+    for key in path:
+        kept = kept[key]
+    assert kept, f"{optimizer}'s {'.'.join(path)} are kept"
+    by_role = result["details"]["usage"]["by_role"]
+    assert all(by_role[role]["calls"] > 0 for role in roles), by_role

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import base64
-import os
-import re
 import time
 import uuid
 
 import pytest
 
-from tests.helpers import SECRET_KEY, STAGES, job_payload
+from deployments.runtime.procfs import process_gone
+from tests.support.checks import assert_a_job_succeeds_with_its_result
+from tests.support.payloads import job_payload
+from tests.support.polling import wait_until
+from tests.support.processes import engine_pid
+from tests.support.stack import TERMINAL
 
 pytestmark = pytest.mark.integration
 
-TERMINAL = {"success", "failed", "cancelled"}
-
-
-# Database-independent behaviour runs once, on the SQLite stack: datasets live in shared
-# storage, not in the database; worker liveness comes from heartbeats.
-ON_SQLITE_ONLY = pytest.mark.parametrize("stack", ["sqlite"], indirect=True)
+# Database-independent behaviour runs once, on the SQLite stack (`sqlite_only`): datasets
+# live in shared storage, not in the database; worker liveness comes from heartbeats.
 
 
 def submit(stack, payload, **kwargs):
@@ -28,65 +26,8 @@ def submit(stack, payload, **kwargs):
     return response.json()
 
 
-def job_process_pid(stack, job_id: str, timeout: float = 60) -> int:
-    deadline = time.monotonic() + timeout
-    entries = []
-    while time.monotonic() < deadline:
-        entries = stack.api.get(f"/jobs/{job_id}/logs").json()
-        for entry in entries:
-            match = re.search(r"\(process (\d+) on ", entry["message"])
-            if match:
-                return int(match.group(1))
-        time.sleep(0.2)
-    raise AssertionError(f"the job never logged its process id: {entries}")
-
-
-def process_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    # A zombie (exited, not yet reaped by the worker) is gone for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
 def test_submit_run_succeed_with_result(stack, local_lm):
-    payload = job_payload(local_lm.url, rows=40)
-    created = submit(stack, payload)
-    assert created["status"] == "pending"
-    assert {"job_id", "created_at", "username", "module_name", "optimizer_name"} <= created.keys()
-    seen: list[str] = []
-    stack.wait_for_status(created["job_id"], TERMINAL, seen=seen)
-    assert seen[0] == "pending" and seen[-1] == "success", seen
-    assert set(seen) <= {"pending", "validating", "running", "success"}
-
-    job = stack.api.get(f"/jobs/{created['job_id']}").json()
-    result = job["result"]
-    assert result["split_counts"] == {"train": 20, "val": 8, "test": 12}
-    assert result["optimized_test_metric"] >= result["baseline_test_metric"]
-    assert job["dataset_rows"] == 40 and job["model_name"] == "openai/local-arithmetic"
-    assert SECRET_KEY not in str(job)
-    assert any(entry["logger"].startswith("dspy") for entry in job["logs"])
-    assert result["run_log"]
-
-    summary = stack.api.get(f"/jobs/{created['job_id']}/summary").json()
-    assert summary["optimized_test_metric"] == result["optimized_test_metric"]
-    assert summary["log_count"] > 0
-    artifact = stack.api.get(f"/jobs/{created['job_id']}/artifact").json()["program_artifact"]
-    assert base64.b64decode(artifact["program_pickle_base64"])
-
-    # The job is a flow run of our deployment with the same id and the engine's task runs.
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with stack.prefect_client() as client:
-        flow_run = client.read_flow_run(uuid.UUID(created["job_id"]))
-        assert flow_run.state.is_completed()
-        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
-    assert {t.name for t in task_runs} == set(STAGES)
+    assert_a_job_succeeds_with_its_result(stack, local_lm)
 
 
 def test_schema_errors_are_422_naming_the_field(stack, local_lm):
@@ -164,12 +105,7 @@ def test_idempotency_key_returns_the_same_job(stack, local_lm):
 
 
 def test_cancel_pending_job_and_conflicts(stack, local_lm):
-    from prefect.client.schemas.actions import WorkPoolUpdate
-
-    pool = stack.stack.config.settings.work_pool
-    with stack.prefect_client() as client:
-        client.update_work_pool(pool, WorkPoolUpdate(is_paused=True))
-    try:
+    with stack.paused_work_pool():
         job_id = submit(stack, job_payload(local_lm.url, rows=20))["job_id"]
         assert stack.api.get(f"/jobs/{job_id}/artifact").status_code == 409
         assert stack.api.delete(f"/jobs/{job_id}").status_code == 409
@@ -177,9 +113,6 @@ def test_cancel_pending_job_and_conflicts(stack, local_lm):
         assert response.status_code == 200 and response.json() == {"job_id": job_id, "status": "cancelled"}
         assert stack.api.get(f"/jobs/{job_id}/summary").json()["status"] == "cancelled"
         assert stack.api.post(f"/jobs/{job_id}/cancel").status_code == 409
-    finally:
-        with stack.prefect_client() as client:
-            client.update_work_pool(pool, WorkPoolUpdate(is_paused=False))
     time.sleep(3)
     job = stack.api.get(f"/jobs/{job_id}").json()
     assert job["status"] == "cancelled" and job["started_at"] is None, "a cancelled pending job never starts"
@@ -191,22 +124,18 @@ def test_cancel_running_job_kills_its_process(stack, local_lm):
     try:
         payload = job_payload(local_lm.url, rows=60, module_name="cot")
         job_id = submit(stack, payload)["job_id"]
-        pid = job_process_pid(stack, job_id)
+        pid = engine_pid(stack.api, job_id, timeout=60)
         stack.wait_for_status(job_id, {"running", "validating"})
         assert stack.api.post(f"/jobs/{job_id}/cancel").status_code == 200
-        deadline = time.monotonic() + 30
-        while not process_gone(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert process_gone(pid), "the job process outlived its cancellation"
+        wait_until(lambda: process_gone(pid), 30, 0.1, what="the job process to exit after its cancellation")
         job = stack.wait_for_status(job_id, {"cancelled"}, timeout=60)
         assert job["status"] == "cancelled"
     finally:
         local_lm.set_delay(0)
     with stack.prefect_client() as client:
-        deadline = time.monotonic() + 30
-        while client.read_flow_run(uuid.UUID(job_id)).state_name != "Cancelled" and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert client.read_flow_run(uuid.UUID(job_id)).state_name == "Cancelled"
+        wait_until(
+            lambda: client.read_flow_run(uuid.UUID(job_id)).state_name == "Cancelled", 30, 0.5, what="Cancelled"
+        )
     assert stack.api.post(f"/jobs/{job_id}/cancel").status_code == 409
 
 
@@ -235,7 +164,7 @@ def all_prefect_logs(stack, job_id: str) -> list[dict]:
                 return logs
 
 
-@ON_SQLITE_ONLY  # the cache is the API's, the same on either database
+@pytest.mark.sqlite_only  # the cache is the API's, the same on either database
 def test_finished_job_logs_are_complete_and_a_deletion_elsewhere_shows(stack, local_lm):
     """The API caches a finished job's logs, once its terminal state is log_settle_seconds
     old: lines that arrive just after the end are not lost, and a job deleted by another
@@ -271,13 +200,9 @@ def test_finished_job_logs_are_complete_and_a_deletion_elsewhere_shows(stack, lo
 
 def test_a_cancel_elsewhere_shows_at_once(stack, local_lm):
     """Another replica (here: Prefect directly) cancels a job this API has just shown."""
-    from prefect.client.schemas.actions import WorkPoolUpdate
     from prefect.states import Cancelled
 
-    pool = stack.stack.config.settings.work_pool
-    with stack.prefect_client() as client:
-        client.update_work_pool(pool, WorkPoolUpdate(is_paused=True))
-    try:
+    with stack.paused_work_pool():
         job_id = submit(stack, job_payload(local_lm.url, rows=20))["job_id"]
         assert stack.api.get(f"/jobs/{job_id}").json()["status"] == "pending"
         with stack.prefect_client() as client:
@@ -286,12 +211,9 @@ def test_a_cancel_elsewhere_shows_at_once(stack, local_lm):
         assert stack.api.get(f"/jobs/{job_id}/summary").json()["status"] == "cancelled"
         page = stack.api.get("/jobs", params={"username": "tester", "limit": 500}).json()
         assert next(j for j in page["items"] if j["job_id"] == job_id)["status"] == "cancelled"
-    finally:
-        with stack.prefect_client() as client:
-            client.update_work_pool(pool, WorkPoolUpdate(is_paused=False))
 
 
-@ON_SQLITE_ONLY
+@pytest.mark.sqlite_only
 def test_twenty_thousand_rows(stack, local_lm):
     from dspy_service.testing.local_lm import make_arithmetic_dataset
 
@@ -308,7 +230,7 @@ def test_twenty_thousand_rows(stack, local_lm):
     assert job["dataset_rows"] == 20_000
 
 
-@ON_SQLITE_ONLY
+@pytest.mark.sqlite_only
 def test_fifty_megabyte_dataset_is_accepted(stack, local_lm):
     payload = job_payload(local_lm.url, rows=20)
     payload["dataset"] = [
@@ -327,7 +249,7 @@ def test_queue_snapshot(stack):
     assert queue["worker_threads"] == 2 and queue["workers_alive"] is True
 
 
-@ON_SQLITE_ONLY
+@pytest.mark.sqlite_only
 def test_health_503_when_the_worker_stops(stack):
     health = stack.api.get("/health")
     assert health.status_code == 200
@@ -336,13 +258,8 @@ def test_health_503_when_the_worker_stops(stack):
     worker = stack.stack.workers[0]
     worker.stop()
     try:
-        deadline = time.monotonic() + 120
-        while stack.api.get("/health").status_code != 503 and time.monotonic() < deadline:
-            time.sleep(1)
-        assert stack.api.get("/health").status_code == 503
+        wait_until(lambda: stack.api.get("/health").status_code == 503, 120, 1, what="/health to say 503")
         assert stack.api.get("/queue").json()["workers_alive"] is False
     finally:
         worker.start(stack.env)
-        deadline = time.monotonic() + 60
-        while stack.api.get("/health").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.5)
+        stack.wait_healthy(timeout=60)

@@ -7,26 +7,23 @@ runs. Each job runs alone, so the LM server's own counters are the job's usage.
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
 
-from tests.helpers import job_payload, model_config
+from tests.support.payloads import light_optimizer_payload
+from tests.support.polling import wait_until
+from tests.support.stack import TERMINAL
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.parametrize("stack", ["sqlite"], indirect=True)]
-
-TERMINAL = {"success", "failed", "cancelled"}
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.sqlite_only]
 
 
 def wait_until_idle(stack, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def idle() -> bool:
         queue = stack.api.get("/queue").json()
-        if queue["pending_jobs"] == 0 and queue["active_jobs"] == 0:
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"other jobs still running: {queue}")
+        return queue["pending_jobs"] == 0 and queue["active_jobs"] == 0
+
+    wait_until(idle, timeout, 0.5, what="the other jobs to end")
 
 
 def run_alone_and_watch(stack, local_lm, payload, delay_ms: float):
@@ -44,13 +41,12 @@ def run_alone_and_watch(stack, local_lm, payload, delay_ms: float):
         response = stack.api.post("/run", json=payload)
         assert response.status_code == 201, response.text
         job_id = response.json()["job_id"]
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            summary = stack.api.get(f"/jobs/{job_id}/summary").json()
-            polls.append(summary)
-            if summary["status"] in TERMINAL:
-                break
-            time.sleep(0.3)
+
+        def finished() -> bool:
+            polls.append(stack.api.get(f"/jobs/{job_id}/summary").json())
+            return polls[-1]["status"] in TERMINAL
+
+        wait_until(finished, 240, 0.3, what=f"job {job_id} to end")
     finally:
         local_lm.set_delay(0)
     stats = local_lm.stats()
@@ -108,14 +104,7 @@ def job_artifacts(stack, job_id: str):
 
 
 def test_gepa_job_reports_progress_candidates_logs_usage_and_artifacts(stack, local_lm):
-    payload = job_payload(
-        local_lm.url,
-        rows=30,
-        module_name="cot",
-        optimizer_name="gepa",
-        optimizer_kwargs={"auto": "light", "num_threads": 4},
-        reflection_model_config=model_config(local_lm.url, name="openai/local-reflection"),
-    )
+    payload = light_optimizer_payload(local_lm.url, "gepa", num_threads=4)
     job, polls, stats = run_alone_and_watch(stack, local_lm, payload, delay_ms=60)
     job_id = job["job_id"]
     assert_progress_while_running(polls)
@@ -146,13 +135,7 @@ def test_gepa_job_reports_progress_candidates_logs_usage_and_artifacts(stack, lo
 
 
 def test_miprov2_job_reports_trials_and_scores(stack, local_lm):
-    payload = job_payload(
-        local_lm.url,
-        rows=40,
-        module_name="cot",
-        optimizer_name="miprov2",
-        optimizer_kwargs={"auto": "light", "max_bootstrapped_demos": 2, "max_labeled_demos": 2, "num_threads": 4},
-    )
+    payload = light_optimizer_payload(local_lm.url, "miprov2", num_threads=4)
     job, polls, stats = run_alone_and_watch(stack, local_lm, payload, delay_ms=40)
     assert_progress_while_running(polls)
     events = job["progress_events"]

@@ -12,19 +12,15 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import job_payload
+from tests.support.payloads import job_payload
+from tests.support.polling import wait_until
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.slow,
-    pytest.mark.parametrize("stack", ["sqlite"], indirect=True),
-]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.sqlite_only]
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -82,14 +78,13 @@ def missing_texts(driver, texts: tuple[str, ...]) -> list[str]:
 
 
 def wait_for_text(driver, *texts: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
     missing = list(texts)
-    while time.monotonic() < deadline:
-        missing = missing_texts(driver, texts)
-        if not missing:
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"{missing} not on the page after {timeout}s:\n{page_text(driver)[-3000:]}")
+
+    def all_shown() -> bool:
+        missing[:] = missing_texts(driver, texts)
+        return not missing
+
+    wait_until(all_shown, timeout, 0.25, what=lambda: f"{missing} on the page:\n{page_text(driver)[-3000:]}")
 
 
 def shows(driver, text: str) -> bool:

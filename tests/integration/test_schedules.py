@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from dspy_service.testing.local_lm import make_arithmetic_dataset
-from tests.helpers import job_payload
+from tests.support.payloads import job_payload
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -44,16 +45,6 @@ def schedule_runs(stack, schedule_id: str, **params) -> dict:
     return response.json()
 
 
-def wait_until(check, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def prefect_schedules(stack) -> dict:
     with stack.prefect_client() as client:
         deployment = client.read_deployment_by_name("optimize-program/dspy-service")
@@ -80,7 +71,7 @@ def test_interval_schedule_runs_pauses_resumes_and_is_deleted(stack, local_lm):
     assert on_deployment.parameters["schedule_id"] == schedule_id
     assert on_deployment.parameters["job"]["optimizer_name"] == "labeled_few_shot"
 
-    wait_until(lambda: len(run_ids(stack, schedule_id, status="success")) >= 2, 120, "two successful runs")
+    wait_until(lambda: len(run_ids(stack, schedule_id, status="success")) >= 2, 120, 0.5, what="two successful runs")
     job = schedule_runs(stack, schedule_id, status="success")["items"][0]
     assert job["schedule_id"] == schedule_id and job["dataset_rows"] == 20 and job["dataset_sha256"]
     listed = stack.api.get("/jobs", params={"username": "tester", "limit": 200}).json()["items"]
@@ -110,7 +101,7 @@ def test_interval_schedule_runs_pauses_resumes_and_is_deleted(stack, local_lm):
         runs = schedule_runs(stack, schedule_id)["items"]
         return [j for j in runs if j["job_id"] not in before_window | {manual} and j["started_at"]]
 
-    wait_until(started_after_resume, 120, "a scheduled run to start after resuming")
+    wait_until(started_after_resume, 120, 0.5, what="a scheduled run to start after resuming")
 
     # Delete: the Prefect schedule is gone; its jobs stay readable in /jobs.
     in_flight = set().union(*(run_ids(stack, schedule_id, status=s) for s in ACTIVE))
@@ -136,12 +127,11 @@ def run_now_and_wait(stack, schedule_id: str) -> dict:
     return stack.api.get(f"/jobs/{summary['job_id']}").json()
 
 
+# Nothing here depends on the database (the runs listing is covered on both by the
+# interval test); three jobs in a row are worth running once.
 @pytest.mark.slow
+@pytest.mark.sqlite_only
 def test_dataset_source_is_reread_and_the_champion_gate_decides(stack, local_lm, tmp_path):
-    if stack.database == "postgres":
-        # Nothing here depends on the database (the runs listing is covered on both by the
-        # interval test); three jobs in a row are worth running once.
-        pytest.skip("database-independent; runs on the SQLite stack")
     source = tmp_path / "arithmetic.jsonl"
     write_jsonl(source, make_arithmetic_dataset(30, seed=11))
     payload = schedule_payload(local_lm.url, cron="0 3 * * *", timezone="Europe/Berlin", active=False,

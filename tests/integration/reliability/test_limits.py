@@ -7,8 +7,8 @@ import json
 import pytest
 
 from dspy_service.testing.local_lm import make_arithmetic_dataset
-from tests.helpers import job_payload
-from tests.integration.reliability.conftest import STACK_ENV
+from tests.support.payloads import job_payload
+from tests.support.reliability import STACK_ENV
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ import uuid
 import pytest
 
 from dspy_service.testing.local_lm import start_local_lm
-from tests.helpers import job_payload, tenant_model
-from tests.integration.conftest import free_port
+from tests.support.payloads import job_payload, tenant_model
+from tests.support.stack import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ import pytest
 
 from api.stuck_jobs import sweep_stuck_jobs
 from dspy_service.settings import ServiceSettings
-from tests.helpers import job_payload
+from tests.support.payloads import job_payload
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from api.schedule_models import SchedulePatch, ScheduleRequest, merge_job, patched_cadence
 from dspy_service.contract import champion_variable
 from dspy_service.errors import JobError
-from tests.helpers import job_payload
+from tests.support.payloads import job_payload
 
 
 def payload(**overrides):

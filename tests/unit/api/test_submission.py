@@ -23,7 +23,7 @@ from dspy_service.errors import JobError
 from dspy_service.schemas import JobRequest
 from dspy_service.settings import get_settings
 from dspy_service.storage import save_dataset
-from tests.helpers import job_payload
+from tests.support.payloads import job_payload
 
 
 class Refused(RuntimeError):

@@ -13,7 +13,7 @@ from api import views
 from api.run_pages import RunPage
 from api.status import JobStatus
 from dspy_service.schemas import JobRequest
-from tests.helpers import job_payload
+from tests.support.payloads import job_payload
 
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
 

@@ -1,7 +1,9 @@
+"""bench/common.py: nearest-rank percentiles and the summaries the benchmark reports print."""
+
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
 
 from common import percentile, summarize  # noqa: E402
 

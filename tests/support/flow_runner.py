@@ -1,4 +1,5 @@
-"""Run the optimization flow in-process and read back what Prefect recorded."""
+"""Run the optimization flow in-process and read back what Prefect recorded (the engine
+tests, under `prefect_test_harness`). A failing flow is returned as its state, not raised."""
 
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ from dspy_service.testing.local_lm.prompts import read_prompt  # noqa: E402
 from dspy_service.testing.local_lm.responder import compose_reply  # noqa: E402
 from dspy_service.testing.local_lm.task import INSTRUCTION_VARIANTS, Question, attempt, has_cue  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[4]
 
 
 # --------------------------------------------------------------------------- fixtures

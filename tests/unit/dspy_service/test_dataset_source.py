@@ -16,12 +16,7 @@ from dspy_service.dataset_source import check_source
 from dspy_service.errors import JobError
 from dspy_service.schemas import JobRequest
 from tasks.data import content_hash, read_dataset_source
-from tests.helpers import job_payload
-
-
-def payload(**overrides):
-    return job_payload("http://127.0.0.1:1", **overrides)
-
+from tests.support.payloads import job_payload
 
 ROWS = [
     {"question": "What is 1 + 2?", "answer": "3", "weight": 1.5, "note": "first"},
@@ -134,6 +129,10 @@ def test_static_check_accepts():
     assert check_source("https://example.org/export?id=3", "jsonl") == "jsonl"
     assert check_source("https://example.org/a/train.parquet?sig=x") == "parquet"
     assert check_source("/data/train.ndjson.gz") == "jsonl"
+
+
+def payload(**overrides):
+    return job_payload("http://127.0.0.1:9/v1", **overrides)
 
 
 def test_request_needs_exactly_one_dataset():

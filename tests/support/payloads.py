@@ -1,4 +1,7 @@
-"""Payload builders shared by the engine and integration tests."""
+"""Job request bodies for the local arithmetic task, shared by the engine and integration tests.
+
+Pure builders: each returns a fresh dict that a test may change freely.
+"""
 
 from __future__ import annotations
 
@@ -51,4 +54,27 @@ def job_payload(lm_url: str, *, rows: int = 40, seed: int = 3, **overrides: Any)
         "model_config": model_config(lm_url),
     }
     payload.update(copy.deepcopy(overrides))
+    return payload
+
+
+# The slower optimizers at light settings, for a ChainOfThought job each: (rows, optimizer_kwargs).
+LIGHT_RUNS: dict[str, tuple[int, dict[str, Any]]] = {
+    "miprov2": (40, {"auto": "light", "max_bootstrapped_demos": 2, "max_labeled_demos": 2}),
+    "gepa": (30, {"auto": "light"}),
+    "bootstrap_random_search": (
+        40,
+        {"num_candidate_programs": 2, "max_bootstrapped_demos": 2, "max_labeled_demos": 2},
+    ),
+}
+
+
+def light_optimizer_payload(lm_url: str, optimizer: str, **optimizer_kwargs: Any) -> dict[str, Any]:
+    """A ChainOfThought job running `optimizer` at its light settings (GEPA with its
+    reflection model, `openai/local-reflection`); `optimizer_kwargs` add to the settings."""
+    rows, kwargs = LIGHT_RUNS[optimizer]
+    payload = job_payload(
+        lm_url, rows=rows, module_name="cot", optimizer_name=optimizer, optimizer_kwargs={**kwargs, **optimizer_kwargs}
+    )
+    if optimizer == "gepa":
+        payload["reflection_model_config"] = model_config(lm_url, name="openai/local-reflection")
     return payload

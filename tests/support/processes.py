@@ -1,0 +1,63 @@
+"""A job's processes as the tests and benchmarks find them, read through the one /proc
+reader (deployments.runtime.procfs).
+
+The engine logs its pid ("(process N on host)"); its parent is the supervisor and the
+supervisor's parent the relay. Lookups that do not succeed in time raise AssertionError.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import httpx
+
+from deployments.runtime import procfs
+from tests.support.polling import wait_until
+
+LOGGED_PID = re.compile(r"\(process (\d+) on ")
+
+
+@dataclass(frozen=True)
+class JobProcesses:
+    engine: int
+    supervisor: int
+    relay: int
+
+    @classmethod
+    def of_engine(cls, engine: int) -> JobProcesses:
+        supervisor = procfs.parent_of(engine)
+        assert supervisor is not None, f"the engine {engine} is gone"
+        relay = procfs.parent_of(supervisor)
+        assert relay is not None, f"the supervisor {supervisor} is gone"
+        return cls(engine=engine, supervisor=supervisor, relay=relay)
+
+
+def engine_pid(api: httpx.Client, job_id: str, timeout: float = 90, interval: float = 0.2) -> int:
+    """The pid the job's engine logged, once it has."""
+
+    def logged() -> int | None:
+        for entry in api.get(f"/jobs/{job_id}/logs").json():
+            match = LOGGED_PID.search(entry["message"])
+            if match:
+                return int(match.group(1))
+        return None
+
+    return wait_until(logged, timeout, interval, what=f"job {job_id} to log its process id")
+
+
+def wait_until_gone(pids: Iterable[int], timeout: float) -> None:
+    """Until every one of `pids` has exited (zombies count as exited)."""
+    pids = list(pids)
+
+    def alive() -> list[int]:
+        return [pid for pid in pids if not procfs.process_gone(pid)]
+
+    wait_until(lambda: not alive(), timeout, interval=0.02, what=lambda: f"processes {alive()} to exit")
+
+
+def processes_of_runs(run_ids: set[str]) -> list[int]:
+    """Live processes whose environment names one of these flow runs (PREFECT__FLOW_RUN_ID)."""
+    wanted = {f"PREFECT__FLOW_RUN_ID={run_id}".encode() for run_id in run_ids}
+    return [stat.pid for stat in procfs.live_processes() if wanted & set(procfs.environ_of(stat.pid) or ())]

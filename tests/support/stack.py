@@ -1,0 +1,181 @@
+"""A private service stack for a test or a benchmark: Prefect server, worker(s), the API.
+
+`configure_stack` builds one on SQLite or on a fresh PostgreSQL database; `start_stack`
+starts it and, if it does not come up, stops it and prints the tails of its logs before
+re-raising; `RunningStack` is what tests do with a started stack (submit, wait, find a
+job's processes, pause the pool, restart the worker). Waits that time out raise
+AssertionError naming what was awaited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from deployments.stack import Stack, StackConfig
+from dspy_service.settings import ServiceSettings
+from tests.support.polling import wait_until
+from tests.support.postgres import FreshDatabase
+from tests.support.processes import JobProcesses, engine_pid
+
+TERMINAL = {"success", "failed", "cancelled"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def configure_stack(
+    home: Path,
+    database: str = "sqlite",
+    *,
+    env: dict[str, str] | None = None,
+    warm_start: bool | None = None,
+    db_prefix: str = "dspy_service_test_",
+    **settings,
+) -> tuple[Stack, FreshDatabase | None]:
+    """A stack (not started) on free ports; on `postgres` it owns a fresh database, which
+    the caller drops when done. `settings` are ServiceSettings fields, `env` the
+    processes' extra environment."""
+    fresh = FreshDatabase.create(db_prefix) if database == "postgres" else None
+    service = ServiceSettings(home=home, database_url=fresh.url if fresh else None, **settings)
+    config = StackConfig(settings=service, api_port=free_port(), prefect_port=free_port(), warm_start=warm_start)
+    stack = Stack(config)
+    stack.env.update(env or {})
+    return stack, fresh
+
+
+def start_stack(stack: Stack, timeout: float = 180, progress=lambda _: None) -> float:
+    """Start `stack`; if it does not come up, stop it and print the tails of its logs."""
+    try:
+        return stack.start(timeout=timeout, progress=progress)
+    except Exception:
+        stack.stop()
+        for log in (stack.config.settings.home_dir / "logs").glob("*.log"):
+            print(f"==== {log.name}\n{log.read_text(errors='replace')[-4000:]}")
+        raise
+
+
+class RunningStack:
+    """A started stack and the HTTP client of its API."""
+
+    def __init__(self, stack: Stack, database: str, fresh: FreshDatabase | None = None):
+        self.stack = stack
+        self.database = database
+        self.fresh = fresh
+        self.api = httpx.Client(base_url=stack.config.api_url, timeout=60)
+        self.env = stack.env
+
+    @classmethod
+    def start(cls, home: Path, database: str = "sqlite", **options) -> RunningStack:
+        """Configure (see `configure_stack`) and start a stack."""
+        stack, fresh = configure_stack(home, database, **options)
+        try:
+            start_stack(stack)
+        except Exception:
+            if fresh:
+                fresh.drop()
+            raise
+        return cls(stack, database, fresh)
+
+    def stop(self) -> None:
+        self.api.close()
+        try:
+            self.stack.stop()
+        finally:
+            if self.fresh:
+                self.fresh.drop()
+
+    @property
+    def prefect_url(self) -> str:
+        return self.stack.config.prefect_api_url
+
+    def submit(self, payload: dict, **kwargs) -> str:
+        response = self.api.post("/run", json=payload, **kwargs)
+        assert response.status_code == 201, response.text
+        return response.json()["job_id"]
+
+    def flow_run(self, job_id: str) -> dict:
+        return httpx.get(f"{self.prefect_url}/flow_runs/{job_id}", timeout=30).json()
+
+    def wait_for_status(self, job_id: str, statuses: set[str], timeout: float = 180, seen: list | None = None):
+        """The job's summary once its status is one of `statuses`; `seen` collects each
+        status it passed through, in order."""
+        last: dict = {}
+
+        def reached():
+            last.update(self.api.get(f"/jobs/{job_id}/summary").json())
+            if seen is not None and (not seen or seen[-1] != last["status"]):
+                seen.append(last["status"])
+            return dict(last) if last["status"] in statuses else None
+
+        return wait_until(reached, timeout, what=lambda: f"job {job_id} to be in {statuses}: {last}")
+
+    def wait_terminal(self, job_id: str, timeout: float = 180) -> dict:
+        return self.wait_for_status(job_id, TERMINAL, timeout=timeout)
+
+    def wait_state(self, job_id: str, state_types: set[str], timeout: float = 60) -> dict:
+        """The flow run once Prefect has it in one of `state_types` (e.g. CANCELLED)."""
+        last: dict = {}
+
+        def reached():
+            last.update(self.flow_run(job_id))
+            return dict(last) if last.get("state_type") in state_types else None
+
+        return wait_until(reached, timeout, 0.1, what=lambda: f"{job_id} in {state_types}: {last.get('state')}")
+
+    def wait_healthy(self, timeout: float = 120) -> None:
+        def healthy() -> bool:
+            try:
+                return self.api.get("/health", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(healthy, timeout, 0.5, what="the stack to be healthy")
+
+    def processes(self, job_id: str, timeout: float = 90) -> JobProcesses:
+        """The job's engine (it logs its pid), its supervisor and the supervisor's relay parent."""
+        return JobProcesses.of_engine(engine_pid(self.api, job_id, timeout))
+
+    def worker_pid(self) -> int:
+        process = self.stack.workers[0].process
+        assert process is not None and process.poll() is None, "the worker is not running"
+        return process.pid
+
+    def restart_worker(self) -> None:
+        worker = self.stack.workers[0]
+        if worker.alive:
+            worker.stop()
+        elif worker.process is not None:
+            worker.process.wait(10)
+        worker.start(self.env)
+        self.wait_healthy()
+
+    @contextlib.contextmanager
+    def prefect_client(self) -> Iterator:
+        """Prefect's sync client, pointed at this stack's server."""
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: self.prefect_url}), get_client(sync_client=True) as client:
+            yield client
+
+    @contextlib.contextmanager
+    def paused_work_pool(self) -> Iterator[None]:
+        """The work pool paused meanwhile: submitted jobs stay pending, none runs."""
+        from prefect.client.schemas.actions import WorkPoolUpdate
+
+        pool = self.stack.config.settings.work_pool
+        with self.prefect_client() as client:
+            client.update_work_pool(pool, WorkPoolUpdate(is_paused=True))
+        try:
+            yield
+        finally:
+            with self.prefect_client() as client:
+                client.update_work_pool(pool, WorkPoolUpdate(is_paused=False))
