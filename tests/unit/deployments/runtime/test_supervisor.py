@@ -9,8 +9,9 @@ import signal
 import pytest
 
 from deployments.runtime.engine import ForkStarter
+from deployments.runtime.outcome import Stop
 from deployments.runtime.stop import ParentWatch
-from deployments.runtime.supervisor import JobSupervisor
+from deployments.runtime.supervisor import JobSupervisor, RestartPolicy
 from dspy_service.settings import ServiceSettings
 
 
@@ -58,3 +59,20 @@ def test_an_engine_killed_by_a_signal_exits_like_a_shell_reports_it(supervise):
 
     code, _ = supervise(engine)
     assert code == 128 + signal.SIGKILL
+
+
+class RunState:
+    """The run's state type as the Prefect API would answer it."""
+
+    def __init__(self, state_type: str | None):
+        self.state_type = lambda: state_type
+
+
+def test_an_engine_that_never_reached_the_api_is_started_again_while_the_run_is_pending():
+    failed = "Traceback (most recent call last):\nRuntimeError: Failed to reach API at http://127.0.0.1:4200/api/\n"
+    pending = RestartPolicy(RunState("PENDING"), attempts=3)
+    assert pending.start_again(1, 1, None, failed) and pending.start_again(2, 1, None, failed)
+    assert not pending.start_again(3, 1, None, failed), "the last attempt is final"
+    assert not pending.start_again(1, 1, Stop("cancel", "stopped"), failed)
+    assert not RestartPolicy(RunState("RUNNING")).start_again(1, 1, None, failed), "the job had started"
+    assert "starting it again in 5 s" in pending.note
