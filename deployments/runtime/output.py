@@ -3,7 +3,7 @@ supervisor's own notes.
 
 `HeadTailCap` keeps the first and the last part of the raw bytes and says what was
 dropped in between (printed lines inside the flow have their own cap:
-flows/print_budget.py). `OutputPump` reads the engine's pipe until the engine exits,
+flows/telemetry/print_budget.py). `OutputPump` reads the engine's pipe until the engine exits,
 feeds the cap, and keeps the last few KB to explain a crash. A worker that is gone
 (broken pipe) is not an error: the pump keeps draining the engine so it never blocks.
 """

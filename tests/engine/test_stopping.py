@@ -1,4 +1,4 @@
-"""The cooperative stop the job process wrapper asks for (dspy_service/stopping.py).
+"""The cooperative stop the job's supervisor asks for (tasks/stopping.py).
 
 The wrapper signals the engine before it kills the job's process group: from then on
 the job's LMs refuse new requests, and GEPA ends its search at the next iteration
