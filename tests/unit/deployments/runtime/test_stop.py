@@ -1,4 +1,8 @@
-"""When the supervisor stops a job, and how it notices the worker is gone."""
+"""When the supervisor stops a job, and how it notices the worker is gone.
+
+Killing a job also kills every orphan the supervisor adopted, i.e. every other child of
+the calling process: cases that kill run in a fresh interpreter, not in the test process
+(whose children are the suite's stacks)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import time
 
 from deployments.runtime.stop import ParentWatch, RelayWatch, StopPolicy, describe_seconds
 from dspy_service.contract import STOP_SIGNAL, WORKER_GONE_MESSAGE
+from tests.support.fresh_interpreter import in_fresh_interpreter
 
 
 class Watch:
@@ -34,7 +39,7 @@ def test_a_cold_supervisor_sees_its_parent_change():
     assert ParentWatch(os.getppid() + 1).worker_gone()
 
 
-def test_a_job_over_its_time_gets_the_stop_signal_then_is_killed_after_the_grace():
+def a_job_over_its_time_gets_the_stop_signal_then_is_killed_after_the_grace() -> None:
     engine = subprocess.Popen(["sleep", "30"], start_new_session=True)
     try:
         policy = StopPolicy(Watch(), timeout=3600, grace=3600, max_tasks=512)
@@ -56,7 +61,11 @@ def test_a_job_over_its_time_gets_the_stop_signal_then_is_killed_after_the_grace
         engine.wait()
 
 
-def test_the_worker_going_kills_the_job_at_once_and_the_first_reason_wins():
+def test_a_job_over_its_time_gets_the_stop_signal_then_is_killed_after_the_grace():
+    in_fresh_interpreter(a_job_over_its_time_gets_the_stop_signal_then_is_killed_after_the_grace)
+
+
+def the_worker_going_kills_the_job_at_once_and_the_first_reason_wins() -> None:
     engine = subprocess.Popen(["sleep", "30"], start_new_session=True)
     policy = StopPolicy(Watch(gone=True), timeout=0, grace=3600, max_tasks=512)
     policy.watch(engine, None)
@@ -68,13 +77,17 @@ def test_the_worker_going_kills_the_job_at_once_and_the_first_reason_wins():
     assert policy.stop.kind == "worker"
 
 
+def test_the_worker_going_kills_the_job_at_once_and_the_first_reason_wins():
+    in_fresh_interpreter(the_worker_going_kills_the_job_at_once_and_the_first_reason_wins)
+
+
 def test_the_worker_s_sigterm_is_a_cancel():
     policy = StopPolicy(Watch(), timeout=3600, grace=3600, max_tasks=512)
     policy.on_terminate(signal.SIGTERM, None)
     assert policy.stop.kind == "cancel" and "(SIGTERM; shutting down?)" in policy.stop.reason
 
 
-def test_without_a_cgroup_too_many_processes_in_the_job_stop_it():
+def without_a_cgroup_too_many_processes_in_the_job_stop_it() -> None:
     engine = subprocess.Popen(["sh", "-c", "sleep 30 & sleep 30 & sleep 30 & wait"], start_new_session=True)
     try:
         policy = StopPolicy(Watch(), timeout=3600, grace=3600, max_tasks=8)  # fallback: > 8 // 8 processes
@@ -87,6 +100,10 @@ def test_without_a_cgroup_too_many_processes_in_the_job_stop_it():
     finally:
         engine.kill()
         engine.wait()
+
+
+def test_without_a_cgroup_too_many_processes_in_the_job_stop_it():
+    in_fresh_interpreter(without_a_cgroup_too_many_processes_in_the_job_stop_it)
 
 
 def test_durations_read_like_a_person_says_them():
