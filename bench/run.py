@@ -44,6 +44,7 @@ from common import ROOT, BenchStack, payload, summarize  # noqa: E402
 
 from deployments.runtime.procfs import children_of, descendants_of, memory_mb  # noqa: E402
 from dspy_service.testing.local_lm import start_local_lm  # noqa: E402
+from tests.support.polling import wait_until  # noqa: E402
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 SMALL_JOB = {"optimizer": "bootstrap", "rows": 20}
@@ -106,13 +107,11 @@ class Probe:
         return response.json()["job_id"], started
 
     def wait_terminal(self, job_id: str, timeout: float = 900, interval: float = 0.05) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ended() -> dict | None:
             run = self.prefect.get(f"/flow_runs/{job_id}").json()
-            if run.get("state_type") in TERMINAL:
-                return run
-            time.sleep(interval)
-        raise TimeoutError(f"job {job_id} not terminal after {timeout} s")
+            return run if run.get("state_type") in TERMINAL else None
+
+        return wait_until(ended, timeout, interval, what=f"job {job_id} to end")
 
     def timeline(self, job_id: str, submitted: float) -> dict:
         states = self.prefect.get("/flow_run_states/", params={"flow_run_id": job_id}).json()

@@ -15,7 +15,7 @@ import pytest
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.client.schemas.sorting import FlowRunSort
 
-from api.run_pages import read_page
+from api.run_pages import merge_newest_first, read_page
 from api.status import JobStatus
 
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -101,3 +101,11 @@ def test_validating_and_running_are_told_apart_before_paginating():
     assert running.total == 4 and running.statuses() == [JobStatus.running] * 3
     validating = page(source, named("all"), JobStatus.validating, limit=10, offset=0)
     assert [r["id"] for r in validating.runs] == [runs[5]["id"], runs[4]["id"]] and validating.total == 2
+
+
+def test_runs_without_an_expected_start_merge_last():
+    undated = [{"id": str(uuid.uuid4()), "state_type": "SCHEDULED", "expected_start_time": None} for _ in range(2)]
+    dated = [run(5, "COMPLETED"), run(9, "COMPLETED")]
+    merged = merge_newest_first([[undated[0], dated[0]], [undated[1], dated[1]]])
+    assert merged[:2] == [dated[1], dated[0]]
+    assert {r["id"] for r in merged[2:]} == {r["id"] for r in undated}

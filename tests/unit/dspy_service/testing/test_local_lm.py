@@ -33,6 +33,7 @@ from dspy_service.testing.local_lm import (  # noqa: E402
 from dspy_service.testing.local_lm.prompts import read_prompt  # noqa: E402
 from dspy_service.testing.local_lm.responder import compose_reply  # noqa: E402
 from dspy_service.testing.local_lm.task import INSTRUCTION_VARIANTS, Question, attempt, has_cue  # noqa: E402
+from tests.support.polling import wait_until  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[4]
 
@@ -375,9 +376,7 @@ def test_cli_port_file_and_sigterm(tmp_path):
         text=True,
     )
     try:
-        deadline = time.monotonic() + 10
-        while not port_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(port_file.exists, 10, 0.02, what="the local LM to write its port file")
         port = int(port_file.read_text())
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
             assert json.load(response) == {"status": "ok"}
