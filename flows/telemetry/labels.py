@@ -12,7 +12,6 @@ import logging
 from typing import Any
 
 from dspy_service import contract
-from dspy_service.contract import schedule_tag
 from dspy_service.prefect_http import sync_prefect_client
 
 logger = logging.getLogger("dspy_service.labels")
@@ -47,7 +46,7 @@ def mark_schedule_run(flow_run_id: str | None, username: str, schedule_id: str) 
     try:
         with sync_prefect_client() as client:
             flow_run = client.read_flow_run(flow_run_id)
-            wanted = [contract.user_tag(username), schedule_tag(schedule_id)]
+            wanted = [contract.user_tag(username), contract.schedule_tag(schedule_id)]
             missing = [tag for tag in wanted if tag not in flow_run.tags]
             if missing:
                 client.update_flow_run(flow_run_id, tags=[*flow_run.tags, *missing])
