@@ -76,6 +76,39 @@ def champion_lock(schedule_id: str) -> str:
     return f"{CHAMPION_LOCK_PREFIX}{schedule_id}".lower()
 
 
+# -- users, tokens and secrets: Prefect Variables and Secret blocks ---------------------------
+# Prefect names allow lowercase letters, digits and dashes (Variables also `_`), so
+# usernames of token users are restricted to USERNAME_PATTERN; block names of an owner's
+# credentials carry a digest of the owner (auth-off usernames are free text).
+USERNAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+CREDENTIAL_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
+USER_VARIABLE_PREFIX = "dspy-user-"
+CREDENTIAL_BLOCK_PREFIX = "dspy-cred-"
+INLINE_SECRET_BLOCK_PREFIX = "dspy-secret-"
+TOKEN_PREFIX = "dss"  # tokens read `dss.<username>.<secret>`: the store is looked up by name
+
+
+def user_variable(username: str) -> str:
+    """Prefect Variable of a token user: {username, admin, token_sha256, created_at}."""
+    return f"{USER_VARIABLE_PREFIX}{username}"
+
+
+def owner_digest(owner: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(owner.encode()).hexdigest()[:16]
+
+
+def credential_block(owner: str, name: str) -> str:
+    """Secret block of the credential `name` of `owner`."""
+    return f"{CREDENTIAL_BLOCK_PREFIX}{owner_digest(owner)}-{name}"
+
+
+def inline_secret_block(secret_id: str) -> str:
+    """Secret block holding the inline secrets of one job or schedule (deleted with it)."""
+    return f"{INLINE_SECRET_BLOCK_PREFIX}{secret_id}".lower()
+
+
 # -- flow-run labels: small per-job facts the job list reads with the runs ------------------
 BASELINE_TEST_METRIC = "dspy.baseline_test_metric"
 OPTIMIZED_TEST_METRIC = "dspy.optimized_test_metric"

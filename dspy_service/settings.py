@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -127,6 +128,39 @@ class ServiceSettings(BaseSettings):
         ge=0,
         description="The API caches a finished job's logs once its terminal state is this old: the job's "
         "log shipper and its worker may still send a few lines right after the run ended.",
+    )
+
+    # -- identity, ownership and request hardening (api/identity.py, README "Users and tokens") --
+    auth: Literal["on", "off"] = Field(
+        default="on",
+        description="`on`: every request but GET /health needs `Authorization: Bearer <token>`. `off`: the "
+        "original service's open single-user mode (the body's `username`), allowed only while the API listens "
+        "on loopback.",
+    )
+    token_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=60,
+        description="How long an API replica trusts a token it has checked; a revoke made on another replica "
+        "takes effect within this time (at once on the replica that made it).",
+    )
+    cors_origins: str = Field(
+        default="",
+        description="Comma-separated origins a browser page may call the API from; empty: no CORS at all.",
+    )
+    max_code_kb: int = Field(
+        default=200, ge=1, le=10_000, description="Largest signature_code / metric_code accepted (KB)."
+    )
+    max_active_jobs_per_user: int = Field(
+        default=20, ge=1, description="Pending + running jobs one user may have (admins exempt); more: 429."
+    )
+    max_schedules_per_user: int = Field(
+        default=20, ge=1, description="Schedules one user may own (admins exempt); more: 429."
+    )
+    min_schedule_interval_seconds: float = Field(
+        default=60.0,
+        ge=1,
+        description="Shortest interval (or cron gap) a non-admin's schedule may fire at; shorter: 400.",
     )
 
     warm_start: bool = Field(
