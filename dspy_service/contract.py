@@ -18,6 +18,7 @@ anything malformed rather than raise; a label value that is not a scalar is sent
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 from enum import StrEnum
@@ -94,8 +95,6 @@ def user_variable(username: str) -> str:
 
 
 def owner_digest(owner: str) -> str:
-    import hashlib
-
     return hashlib.sha256(owner.encode()).hexdigest()[:16]
 
 
