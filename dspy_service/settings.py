@@ -197,6 +197,16 @@ class ServiceSettings(BaseSettings):
         return self.home.expanduser()
 
     @property
+    def admin_token_file(self) -> Path:
+        """Where `dspy-service up` writes the first admin's token (mode 0600)."""
+        return self.home_dir / "admin-token"
+
+    @property
+    def prefect_auth_file(self) -> Path:
+        """Where `dspy-service up` keeps the Prefect server's API auth string (mode 0600)."""
+        return self.home_dir / "prefect-auth"
+
+    @property
     def resolved_storage_url(self) -> str:
         return self.storage_url or str(self.home_dir / "storage")
 
