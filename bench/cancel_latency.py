@@ -39,7 +39,7 @@ def payload(lm_url: str, seed: int) -> dict:
     return job_payload(lm_url, seed, optimizer="bootstrap", username="bench-cancel")
 
 
-def trial(api: httpx.Client, prefect_url: str, lm, seed: int) -> dict:
+def trial(api: httpx.Client, prefect: httpx.Client, lm, seed: int) -> dict:
     job_id = api.post("/run", json=payload(lm.url, seed)).json()["job_id"]
     engine = engine_pid(api, job_id, timeout=120, interval=0.1)
     while api.get(f"/jobs/{job_id}/summary").json()["status"] != "running":
@@ -54,7 +54,7 @@ def trial(api: httpx.Client, prefect_url: str, lm, seed: int) -> dict:
         now = time.time()
         if tree_gone is None and all(process_gone(pid) for pid in tree):
             tree_gone = now - started
-        if cancelled is None and httpx.get(f"{prefect_url}/flow_runs/{job_id}").json()["state_type"] == "CANCELLED":
+        if cancelled is None and prefect.get(f"/flow_runs/{job_id}").json()["state_type"] == "CANCELLED":
             cancelled = now - started
         if now - started > 60:
             raise TimeoutError(f"trial {seed}: tree gone {tree_gone}, cancelled {cancelled}")
@@ -81,9 +81,9 @@ def main() -> int:
     results = []
     try:
         bench.start(progress=lambda m: print(m, file=sys.stderr))
-        with httpx.Client(base_url=bench.api_url, timeout=60) as api:
+        with httpx.Client(base_url=bench.api_url, timeout=60) as api, bench.prefect_client() as prefect:
             for seed in range(args.trials):
-                result = trial(api, bench.prefect_url, lm, seed)
+                result = trial(api, prefect, lm, seed)
                 print(json.dumps(result), file=sys.stderr)
                 results.append(result)
     finally:

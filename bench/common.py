@@ -23,7 +23,7 @@ from dspy_service.testing.local_lm import (  # noqa: E402
     ARITHMETIC_SIGNATURE_CODE,
     make_arithmetic_dataset,
 )
-from tests.support.stack import configure_stack, start_stack  # noqa: E402
+from tests.support.stack import configure_stack, prefect_http_client, start_stack  # noqa: E402
 
 OPTIMIZERS = {
     "bootstrap": {"max_bootstrapped_demos": 4, "max_labeled_demos": 0},
@@ -112,9 +112,9 @@ class BenchStack:
     def api_url(self) -> str:
         return self.config.api_url
 
-    @property
-    def prefect_url(self) -> str:
-        return self.config.prefect_api_url
+    def prefect_client(self):
+        """An httpx client of the stack's Prefect API, with its auth string."""
+        return prefect_http_client(self.stack)
 
     def start(self, progress=print) -> float:
         """Seconds the stack took to come up; if it does not, its log tails are printed."""

@@ -94,7 +94,7 @@ class Probe:
     def __init__(self, bench: BenchStack):
         self.bench = bench
         self.api = httpx.Client(base_url=bench.api_url, timeout=120)
-        self.prefect = httpx.Client(base_url=bench.prefect_url, timeout=60)
+        self.prefect = bench.prefect_client()
 
     def close(self) -> None:
         self.api.close()
@@ -355,7 +355,7 @@ def cancel(probe: Probe, lm, trials: int, delay_ms: float = 200) -> dict:
     lm.set_delay(delay_ms)
     results = []
     for seed in range(trials):
-        results.append(cancel_latency.trial(probe.api, probe.bench.prefect_url, lm, seed))
+        results.append(cancel_latency.trial(probe.api, probe.prefect, lm, seed))
         log(f"  cancel #{seed + 1}: {results[-1]}")
     return {
         "trials": trials,

@@ -3,6 +3,7 @@
     dspy-service up                 # Prefect server (SQLite) + pool/deployment + worker + API + local LM
     dspy-service demo               # submit the offline demo job to a running service and follow it
     dspy-service worker             # one more worker (e.g. on another host) for PREFECT_API_URL
+                                    # (+ PREFECT_API_AUTH_STRING; default: this home's)
     dspy-service up --warm-start    # jobs fork from a pre-imported zygote (also: worker --warm-start)
     dspy-service register           # (re)register the work pool and the deployment
     dspy-service local-lm           # the deterministic local LM alone (tests and demo only)
@@ -57,7 +58,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(
             f"\ndspy-service is up in {seconds:.1f} s\n"
             f"  API        {config.api_url}  (docs: {config.api_url}/docs)\n"
-            f"  Prefect UI http://127.0.0.1:{config.prefect_port}\n"
+            f"  Prefect UI http://127.0.0.1:{config.prefect_port}  "
+            f"(log in with the auth string in {settings.prefect_auth_file})\n"
             + (f"  local LM   {config.local_lm_url}  (test/demo model, not a real LM)\n" if config.local_lm_url else "")
             + f"  logs       {settings.home_dir / 'logs'}\n"
             "Try `dspy-service demo` in another terminal. Ctrl-C stops everything.",
@@ -142,10 +144,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from deployments.prefect_auth import client_environment
     from deployments.stack import PREFECT_DEFAULTS, interpreter_first_on_path
 
     settings = get_settings()
-    env = {**PREFECT_DEFAULTS, **os.environ}
+    env = {**PREFECT_DEFAULTS, **os.environ, **client_environment(settings)}
     env["PATH"] = interpreter_first_on_path(env.get("PATH", ""))
     command = [
         sys.executable, "-m", "prefect", "worker", "start", "--pool", settings.work_pool, "--type", "process",
@@ -191,6 +194,9 @@ def run_warm_worker(command: list[str], env: dict[str, str], settings, name: str
 
 
 def cmd_register(_: argparse.Namespace) -> int:
+    from deployments.prefect_auth import client_environment
+
+    os.environ.update(client_environment(get_settings()))
     from deployments.register import main
 
     main()
@@ -229,7 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--optimizer", default="bootstrap", help="bootstrap, miprov2, gepa, ...")
     demo.set_defaults(func=cmd_demo)
 
-    worker = sub.add_parser("worker", help="start a worker for the pool at PREFECT_API_URL")
+    worker = sub.add_parser(
+        "worker",
+        help="start a worker for the pool at PREFECT_API_URL (auth: PREFECT_API_AUTH_STRING, default: the home's "
+        "prefect-auth file)",
+    )
     worker.add_argument("--name", default=None)
     worker.add_argument(
         "--warm-start", action="store_true", help="fork jobs from a pre-imported zygote (DSPY_SERVICE_WARM_START)"

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import httpx
 
+from deployments.prefect_auth import CLIENT_ENV as PREFECT_AUTH_ENV
+from deployments.prefect_auth import ensure_auth_string, server_environment
 from deployments.runtime.protocol import SOCKET_ENV as ZYGOTE_SOCKET_ENV
 from deployments.runtime.protocol import socket_path as zygote_socket_path
 from dspy_service.settings import ServiceSettings
@@ -179,11 +181,15 @@ def socket_connectable(path: str) -> bool:
 
 
 class Stack:
-    """Start, watch and stop the stack's processes."""
+    """Start, watch and stop the stack's processes.
+
+    The Prefect server listens on loopback only and requires the home's auth string
+    (deployments/prefect_auth.py), which every other process of the stack sends."""
 
     def __init__(self, config: StackConfig):
         self.config = config
-        self.env = config.environment()
+        self.prefect_auth = ensure_auth_string(config.settings.prefect_auth_file)
+        self.env = {**config.environment(), PREFECT_AUTH_ENV: self.prefect_auth}
         logs = config.settings.home_dir / "logs"
         self.server = Component(
             "prefect-server",
@@ -191,6 +197,7 @@ class Stack:
                 "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(config.prefect_port)
             ),
             logs / "prefect-server.log",
+            extra_env=server_environment(self.prefect_auth, config.prefect_port),
         )
         self.workers = [
             Component(
@@ -250,6 +257,7 @@ class Stack:
             self.local_lm.start(self.env)
         progress(f"starting Prefect server on {self.config.prefect_api_url} ...")
         self.server.start(self.env)
+        # GET /api/health is the one Prefect route open without the auth string.
         wait_until(lambda: http_ok(f"{self.config.prefect_api_url}/health"), timeout, self.server)
         progress("registering work pool and deployment ...")
         self.register()

@@ -152,16 +152,13 @@ def test_delete_then_404(stack, local_lm):
 
 def all_prefect_logs(stack, job_id: str) -> list[dict]:
     """The run's logs straight from the Prefect server, as any other replica would read them."""
-    import httpx
-
     logs: list[dict] = []
-    with httpx.Client(base_url=stack.stack.config.prefect_api_url, timeout=60) as prefect:
-        while True:
-            body = {"logs": {"flow_run_id": {"any_": [job_id]}}, "limit": 200, "offset": len(logs)}
-            page = prefect.post("/logs/filter", json={**body, "sort": "TIMESTAMP_ASC"}).json()
-            logs.extend(page)
-            if len(page) < 200:
-                return logs
+    while True:
+        body = {"logs": {"flow_run_id": {"any_": [job_id]}}, "limit": 200, "offset": len(logs)}
+        page = stack.prefect.post("/logs/filter", json={**body, "sort": "TIMESTAMP_ASC"}).json()
+        logs.extend(page)
+        if len(page) < 200:
+            return logs
 
 
 @pytest.mark.sqlite_only  # the cache is the API's, the same on either database
@@ -169,16 +166,13 @@ def test_finished_job_logs_are_complete_and_a_deletion_elsewhere_shows(stack, lo
     """The API caches a finished job's logs, once its terminal state is log_settle_seconds
     old: lines that arrive just after the end are not lost, and a job deleted by another
     replica (here: straight in Prefect) is 404 here at once, cache or not."""
-    import httpx
-
     job_id = submit(stack, job_payload(local_lm.url, rows=20))["job_id"]
     stack.wait_for_status(job_id, TERMINAL)
     ended = time.monotonic()
     # A line written right after the end (as the worker's or the log shipper's last batch is).
     late = {"name": "late.writer", "level": 20, "message": f"late line {uuid.uuid4()}", "flow_run_id": job_id}
     late["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
-    with httpx.Client(base_url=stack.stack.config.prefect_api_url, timeout=60) as prefect:
-        assert prefect.post("/logs/", json=[late]).status_code == 201
+    assert stack.prefect.post("/logs/", json=[late]).status_code == 201
     assert any(e["message"] == late["message"] for e in stack.api.get(f"/jobs/{job_id}/logs").json())
 
     settle = stack.stack.config.settings.log_settle_seconds

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from deployments.prefect_auth import auth_headers
 from deployments.stack import Stack, StackConfig
 from dspy_service.settings import ServiceSettings
 from tests.support.polling import wait_until
@@ -63,7 +64,8 @@ def start_stack(stack: Stack, timeout: float = 180, progress=lambda _: None) -> 
 
 
 class RunningStack:
-    """A started stack and the HTTP client of its API."""
+    """A started stack, the HTTP client of its API and one of its Prefect API (`prefect`,
+    with the stack's auth string)."""
 
     def __init__(self, stack: Stack, database: str, fresh: FreshDatabase | None = None):
         self.stack = stack
@@ -71,6 +73,7 @@ class RunningStack:
         self.fresh = fresh
         self.api = httpx.Client(base_url=stack.config.api_url, timeout=60)
         self.env = stack.env
+        self.prefect = prefect_http_client(stack)
 
     @classmethod
     def start(cls, home: Path, database: str = "sqlite", **options) -> RunningStack:
@@ -86,15 +89,12 @@ class RunningStack:
 
     def stop(self) -> None:
         self.api.close()
+        self.prefect.close()
         try:
             self.stack.stop()
         finally:
             if self.fresh:
                 self.fresh.drop()
-
-    @property
-    def prefect_url(self) -> str:
-        return self.stack.config.prefect_api_url
 
     def submit(self, payload: dict, **kwargs) -> str:
         response = self.api.post("/run", json=payload, **kwargs)
@@ -102,7 +102,7 @@ class RunningStack:
         return response.json()["job_id"]
 
     def flow_run(self, job_id: str) -> dict:
-        return httpx.get(f"{self.prefect_url}/flow_runs/{job_id}", timeout=30).json()
+        return self.prefect.get(f"/flow_runs/{job_id}").json()
 
     def wait_for_status(self, job_id: str, statuses: set[str], timeout: float = 180, seen: list | None = None):
         """The job's summary once its status is one of `statuses`; `seen` collects each
@@ -161,9 +161,8 @@ class RunningStack:
     def prefect_client(self) -> Iterator:
         """Prefect's sync client, pointed at this stack's server."""
         from prefect.client.orchestration import get_client
-        from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        with temporary_settings({PREFECT_API_URL: self.prefect_url}), get_client(sync_client=True) as client:
+        with prefect_settings(self.stack), get_client(sync_client=True) as client:
             yield client
 
     @contextlib.contextmanager
@@ -179,3 +178,15 @@ class RunningStack:
         finally:
             with self.prefect_client() as client:
                 client.update_work_pool(pool, WorkPoolUpdate(is_paused=False))
+
+
+def prefect_http_client(stack: Stack) -> httpx.Client:
+    """An HTTP client of the stack's Prefect API that sends its auth string."""
+    return httpx.Client(base_url=stack.config.prefect_api_url, headers=auth_headers(stack.prefect_auth), timeout=30)
+
+
+def prefect_settings(stack: Stack):
+    """Prefect's settings, for clients made in this process meanwhile, pointed at the stack's server."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    return temporary_settings({PREFECT_API_URL: stack.config.prefect_api_url, PREFECT_API_AUTH_STRING: stack.prefect_auth})

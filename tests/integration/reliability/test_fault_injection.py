@@ -44,12 +44,10 @@ def running_count(rstack, user: str) -> int:
 
 def describe_open_jobs(rstack, user: str) -> None:
     """What a job that never ended went through (printed when the test fails)."""
-    import httpx
-
     for job_id, job in statuses(rstack, user).items():
         if job["status"] in TERMINAL:
             continue
-        history = httpx.get(f"{rstack.prefect_url}/flow_run_states/", params={"flow_run_id": job_id}).json()
+        history = rstack.prefect.get("/flow_run_states/", params={"flow_run_id": job_id}).json()
         print(job_id, job["status"], [(h["timestamp"], h["type"], h["name"], h["message"]) for h in history])
         for log in rstack.stack.workers[0].log_path.read_text(errors="replace").splitlines():
             if job_id in log:

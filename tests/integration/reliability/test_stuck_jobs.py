@@ -18,6 +18,7 @@ import pytest
 from api.stuck_jobs import sweep_stuck_jobs
 from dspy_service.settings import ServiceSettings
 from tests.support.payloads import job_payload
+from tests.support.stack import prefect_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -40,14 +41,13 @@ def run_taken_and_abandoned(rstack, local_lm, state_type: str) -> str:
 
 def sweep(rstack, deployment_id: str, seconds_later: float) -> list[UUID]:
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     async def run() -> list[UUID]:
         async with get_client() as client:
             now = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds_later)
             return await sweep_stuck_jobs(client, UUID(deployment_id), ServiceSettings(), now=now)
 
-    with temporary_settings({PREFECT_API_URL: rstack.prefect_url}):
+    with prefect_settings(rstack.stack):
         return asyncio.run(run())
 
 
