@@ -189,4 +189,5 @@ def prefect_settings(stack: Stack):
     """Prefect's settings, for clients made in this process meanwhile, pointed at the stack's server."""
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    return temporary_settings({PREFECT_API_URL: stack.config.prefect_api_url, PREFECT_API_AUTH_STRING: stack.prefect_auth})
+    settings = {PREFECT_API_URL: stack.config.prefect_api_url, PREFECT_API_AUTH_STRING: stack.prefect_auth}
+    return temporary_settings(settings)
