@@ -1,4 +1,6 @@
-# One image for every role (API, worker); the command picks the role.
+# One image for every role (Prefect server, API, worker); the command picks the role.
+# Every role runs as the unprivileged user `dspy`, which owns its home and /shared (a
+# named volume mounted there starts with this ownership).
 FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 LITELLM_LOCAL_MODEL_COST_MAP=True PREFECT_SERVER_ANALYTICS_ENABLED=false
 WORKDIR /app
@@ -9,3 +11,6 @@ COPY flows ./flows
 COPY tasks ./tasks
 COPY deployments ./deployments
 RUN pip install --no-cache-dir '.[postgres]'
+RUN useradd --create-home --uid 10001 dspy && mkdir -p /shared && chown dspy:dspy /shared
+USER dspy
+ENV HOME=/home/dspy PREFECT_HOME=/home/dspy/.prefect DSPY_SERVICE_HOME=/home/dspy/.dspy-service
