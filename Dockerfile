@@ -13,4 +13,6 @@ COPY deployments ./deployments
 RUN pip install --no-cache-dir '.[postgres]'
 RUN useradd --create-home --uid 10001 dspy && mkdir -p /shared && chown dspy:dspy /shared
 USER dspy
-ENV HOME=/home/dspy PREFECT_HOME=/home/dspy/.prefect DSPY_SERVICE_HOME=/home/dspy/.dspy-service
+# The Prefect server copies its UI into a writable directory at start (site-packages is root's).
+ENV HOME=/home/dspy PREFECT_HOME=/home/dspy/.prefect DSPY_SERVICE_HOME=/home/dspy/.dspy-service \
+    PREFECT_UI_STATIC_DIRECTORY=/home/dspy/.prefect/ui
