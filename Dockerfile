@@ -11,7 +11,8 @@ COPY flows ./flows
 COPY tasks ./tasks
 COPY deployments ./deployments
 RUN pip install --no-cache-dir '.[postgres]'
-RUN useradd --create-home --uid 10001 dspy && mkdir -p /shared && chown dspy:dspy /shared
+RUN useradd --create-home --uid 10001 dspy && mkdir -p /shared /home/dspy/.prefect/ui \
+    && chown -R dspy:dspy /shared /home/dspy
 USER dspy
 # The Prefect server copies its UI into a writable directory at start (site-packages is root's).
 ENV HOME=/home/dspy PREFECT_HOME=/home/dspy/.prefect DSPY_SERVICE_HOME=/home/dspy/.dspy-service \
