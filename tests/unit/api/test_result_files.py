@@ -3,42 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
-import os
-import pickle
 import uuid
 from pathlib import Path
 
 import pytest
 from prefect._internal.result_records import ResultRecord, ResultRecordMetadata
 from prefect.filesystems import LocalFileSystem
-from prefect.serializers import CompressedJSONSerializer, JSONSerializer, PickleSerializer
+from prefect.serializers import CompressedJSONSerializer, JSONSerializer
 
 from api import result_files
 from api.gateway import JobGateway, Outcome
 from api.result_files import UnreadableResult, decode_json_record, read_json_result
 from api.status import JobStatus
 from dspy_service.settings import ServiceSettings
+from tests.support.hostile_result import pickle_record
 
 VALUE = {"program_artifact": {"path": None, "program_pickle_base64": "AAAA"}, "optimized_test_metric": 0.75}
-
-
-class TouchFile:
-    """Unpickling this creates `path`: the stand-in for code a hostile result would run."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.path}",))
-
-
-def pickle_record(key: str, marker: Path) -> bytes:
-    """A valid Prefect result record, naming the pickle serializer, whose value touches `marker`."""
-    payload = base64.b64encode(pickle.dumps(TouchFile(marker))).decode()
-    metadata = ResultRecordMetadata(storage_key=key, serializer=PickleSerializer())
-    return json.dumps({"metadata": json.loads(metadata.dump_bytes()), "result": payload}).encode()
 
 
 def prefect_record(key: str, value, serializer) -> bytes:
