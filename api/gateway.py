@@ -226,6 +226,7 @@ class JobGateway:
         try:
             return Outcome(status, await self.result(run))
         except UnreadableResult as exc:
+            logger.warning("result of %s refused: %s", run["id"], exc)
             return Outcome(JobStatus.failed, None, f"unreadable result: {exc}")
 
     # -- write --------------------------------------------------------------------------

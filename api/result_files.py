@@ -2,11 +2,15 @@
 
 Prefect's `State.aresult()` loads a result with whatever serializer its file names, pickle
 included, so a result file rewritten as a pickle would run code inside the API. The API
-therefore reads a result record itself: the run's state names the record (storage key,
-storage block); the raw bytes are read from that storage (the default local result storage,
-or the block's file system); the record is parsed with `json`; its serializer must be
-`json`, and its value is decoded with `json` too (no object hooks, no imports). Nothing
-here unpickles, decompresses or imports what a record names.
+therefore reads results itself: the run's state names the result (storage key, storage
+block, serializer), and that serializer must be `json`; the raw bytes are read from that
+storage (the default result storage, or the block's file system) and parsed with `json`.
+Flows store the value alone; a file that holds a whole result record (the shape Prefect
+would load with the serializer the record names) is read only if that serializer is
+`json` too, and its value is again parsed with `json`. No object hooks, no imports:
+nothing here unpickles, decompresses or imports what a state or a file names. Storage
+keys resolve inside the result storage: an absolute key outside it (Prefect itself would
+read it anywhere) is unreadable.
 
 Failures: `UnreadableResult(why)` for a result that is refused (another serializer, not a
 result record, not a JSON object) or cannot be read (file gone, storage unreachable). The
@@ -31,6 +35,7 @@ from pydantic import BaseModel, ValidationError
 logger = logging.getLogger("dspy_service.api")
 
 JSON_SERIALIZER = "json"
+LEGACY_RECORD_KEYS = {"serializer", "data", "prefect_version", "expiration"}
 
 
 class UnreadableResult(Exception):
@@ -77,25 +82,43 @@ async def read_bytes(storage: WritableFileSystem, key: str) -> bytes:
     return await content if inspect.isawaitable(content) else content
 
 
-def decode_json_record(raw: bytes) -> Any:
-    """The value of a result record written with Prefect's JSON serializer."""
-    try:
-        record = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise UnreadableResult("the result file is not a JSON result record") from None
-    if not isinstance(record, dict) or not isinstance(record.get("metadata"), dict):
-        raise UnreadableResult("the result file is not a result record")
-    serializer = record["metadata"].get("serializer")
-    kind = serializer.get("type") if isinstance(serializer, dict) else None
+def refuse_serializer(kind: Any) -> None:
     if kind != JSON_SERIALIZER:
         raise UnreadableResult(f"the result was written with the {kind!r} serializer; only 'json' is read")
-    value = record.get("result")
+
+
+def record_parts(content: Any) -> tuple[Any, Any] | None:
+    """(serializer, serialized value) when `content` has the shape Prefect reads as a result
+    record (its current shape, or the legacy `data`/`serializer` blob); None otherwise."""
+    if not isinstance(content, dict):
+        return None
+    if {"metadata", "result"} <= content.keys():
+        metadata = content["metadata"]
+        return (metadata.get("serializer") if isinstance(metadata, dict) else None), content["result"]
+    if {"data", "serializer"} <= content.keys() <= LEGACY_RECORD_KEYS:
+        return content["serializer"], content["data"]
+    return None
+
+
+def decode_result_file(raw: bytes) -> Any:
+    """The value a result file holds. Flows store the value alone, serialized with the
+    serializer their state names (checked by the caller); a file holding a whole result
+    record is read by Prefect with the serializer the record names, which must be JSON too."""
+    try:
+        content = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise UnreadableResult("the result file is not JSON") from None
+    parts = record_parts(content)
+    if parts is None:
+        return content
+    serializer, value = parts
+    refuse_serializer(serializer.get("type") if isinstance(serializer, dict) else None)
     if not isinstance(value, str):
         raise UnreadableResult("the result record holds no JSON text")
     try:
         return json.loads(value)
     except (ValueError, RecursionError):
-        raise UnreadableResult("the result record's value is not valid JSON") from None
+        raise UnreadableResult("the result record's value is not JSON") from None
 
 
 async def read_json_result(run: dict[str, Any]) -> dict[str, Any] | None:
@@ -103,17 +126,14 @@ async def read_json_result(run: dict[str, Any]) -> dict[str, Any] | None:
     location = record_location(run)
     if location is None:
         return None
-    if location.serializer_type not in (None, JSON_SERIALIZER):
-        raise UnreadableResult(
-            f"the result was written with the {location.serializer_type!r} serializer; only 'json' is read"
-        )
+    refuse_serializer(location.serializer_type)  # none named: Prefect's default, pickle
     try:
         storage = await result_storage(location.storage_block_id)
         raw = await read_bytes(storage, location.storage_key)
     except Exception as exc:  # noqa: BLE001 - file gone, storage unreachable from this host, ...
         logger.warning("result of %s unreadable: %s", run.get("id"), exc)
         raise UnreadableResult(f"the result file cannot be read ({type(exc).__name__})") from None
-    value = decode_json_record(raw)
+    value = decode_result_file(raw)
     if not isinstance(value, dict):
         raise UnreadableResult("the result is not a JSON object")
     return value

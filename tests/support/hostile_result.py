@@ -1,15 +1,15 @@
 """A Prefect result record that runs code when Prefect loads it: the API must refuse it.
 
 `pickle_record(key, marker)` is a valid result record (Prefect's own metadata, naming the
-pickle serializer) whose value, once unpickled, creates the file `marker`.
+pickle serializer) whose value, once unpickled, creates the file `marker`;
+`pickled_value(marker)` is that value alone, as a flow whose state names the pickle
+serializer stores it.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import pickle
 from pathlib import Path
 
 from prefect._internal.result_records import ResultRecordMetadata
@@ -26,7 +26,11 @@ class TouchFile:
         return (os.system, (f"touch {self.path}",))
 
 
+def pickled_value(marker: Path) -> bytes:
+    return PickleSerializer().dumps(TouchFile(marker))
+
+
 def pickle_record(key: str, marker: Path) -> bytes:
-    payload = base64.b64encode(pickle.dumps(TouchFile(marker))).decode()
+    payload = pickled_value(marker).decode()
     metadata = ResultRecordMetadata(storage_key=key, serializer=PickleSerializer())
     return json.dumps({"metadata": json.loads(metadata.dump_bytes()), "result": payload}).encode()
