@@ -12,11 +12,12 @@ nothing here unpickles, decompresses or imports what a state or a file names. St
 keys resolve inside the result storage: an absolute key outside it (Prefect itself would
 read it anywhere) is unreadable.
 
-Failures: `UnreadableResult(why)` for a result that is refused (another serializer, not a
-result record, not a JSON object) or cannot be read (file gone, storage unreachable). The
-job gateway makes a job whose result is unreadable read as failed, with the message
-"unreadable result: <why>", on GET /jobs/{id}, /jobs/{id}/summary and /jobs/{id}/artifact;
-lists (GET /jobs, a schedule's runs) read no results and show such a job as success.
+Failures: `UnreadableResult(why)` for a result that is refused (another serializer, not
+JSON, not a JSON object, no result record in the state) or cannot be read (file gone,
+storage unreachable). The job gateway makes a job whose result is unreadable read as
+failed, with the message "unreadable result: <why>", on GET /jobs/{id}, /jobs/{id}/summary,
+/jobs/{id}/artifact (404, no artifact) and /schedules/{id}/champion; lists (GET /jobs, a
+schedule's runs) read no results and show such a job as success.
 `delete_result_file` logs what it could not delete and never raises.
 """
 
