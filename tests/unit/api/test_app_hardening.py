@@ -38,7 +38,11 @@ def client(monkeypatch, **env: str) -> TestClient:
 
 
 def preflight(api: TestClient, origin: str):
-    headers = {"Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    headers = {
+        "Origin": origin,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization",
+    }
     return api.options("/run", headers=headers)
 
 
