@@ -5,8 +5,9 @@ is stored besides Prefect's own records, the job's dataset and its persisted res
 Runs come and go as the Prefect API's JSON (`Run`, see api/prefect_reads.py).
 
 Failures: DeploymentMissing when the deployment is not registered (the API answers 503);
-Prefect's transport and HTTP errors propagate; a result that cannot be read is logged
-and reads as None.
+Prefect's transport and HTTP errors propagate; `result` raises UnreadableResult for a
+result that is not JSON or cannot be read, and `outcome` makes that job failed
+("unreadable result: <why>", see api/result_files.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import datetime as dt
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -34,13 +36,14 @@ from prefect.client.schemas.filters import (
     TaskRunFilter,
     TaskRunFilterName,
 )
-from prefect.client.schemas.objects import State, StateType, Worker, WorkerStatus
+from prefect.client.schemas.objects import StateType, Worker, WorkerStatus
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Cancelling
 
 from api import views
 from api.prefect_reads import Run, filter_runs, read_logs, read_run
+from api.result_files import UnreadableResult, delete_result_file, read_json_result
 from api.run_pages import RunPage, read_page
 from api.status import JobStatus, run_status, state_type_of
 from dspy_service.contract import TERMINAL_STATE_TYPES, Stage, user_tag
@@ -52,6 +55,16 @@ logger = logging.getLogger("dspy_service.api")
 RESULT_CACHE_SIZE = 64
 LOG_CACHE_SIZE = 256
 JobLogs = tuple[list[dict[str, Any]], list[dict[str, Any]]]  # (log entries, progress events)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a job came to as far as the API can tell: `message`, when set, overrides the
+    run state's message (a result the API refused)."""
+
+    status: JobStatus
+    result: dict[str, Any] | None = None
+    message: str | None = None
 
 
 class DeploymentMissing(RuntimeError):
@@ -190,24 +203,31 @@ class JobGateway:
         return await read_logs(self.client, run_id)
 
     async def result(self, run: Run) -> dict[str, Any] | None:
-        """The persisted flow result of a COMPLETED run (cached: results never change)."""
+        """The stored result of a COMPLETED run, read as JSON only (see api/result_files.py);
+        cached, since results never change. Raises UnreadableResult."""
         if state_type_of(run) is not StateType.COMPLETED or not run.get("state"):
             return None
         cached = self._results.get(run["id"])
         if cached is not None:
             self._results.move_to_end(run["id"])
             return cached
-        try:
-            value = await State.model_validate(run["state"]).aresult(raise_on_failure=False)
-        except Exception as exc:  # noqa: BLE001 - storage unreachable from this host, file gone...
-            logger.warning("result of %s unreadable: %s", run["id"], exc)
-            return None
-        if not isinstance(value, dict):
+        value = await read_json_result(run)
+        if value is None:
             return None
         self._results[run["id"]] = value
         if len(self._results) > RESULT_CACHE_SIZE:
             self._results.popitem(last=False)
         return value
+
+    async def outcome(self, run: Run) -> Outcome:
+        """A run's status with its result: a COMPLETED run whose result the API refuses or
+        cannot read is failed, with the message "unreadable result: <why>"."""
+        status = await self.status_of(run)
+        try:
+            return Outcome(status, await self.result(run))
+        except UnreadableResult as exc:
+            logger.warning("result of %s refused: %s", run["id"], exc)
+            return Outcome(JobStatus.failed, None, f"unreadable result: {exc}")
 
     # -- write --------------------------------------------------------------------------
     async def cancel(self, run: Run) -> None:
@@ -282,27 +302,3 @@ def worker_alive(worker: Worker, now: dt.datetime | None = None) -> bool:
     now = now or dt.datetime.now(dt.UTC)
     interval = worker.heartbeat_interval_seconds or 30
     return (now - worker.last_heartbeat_time).total_seconds() < 3 * interval
-
-
-async def delete_result_file(run: Run) -> None:
-    from prefect._internal.result_records import ResultRecordMetadata
-    from prefect.filesystems import LocalFileSystem
-    from prefect.results import get_default_result_storage, resolve_result_storage
-
-    data = State.model_validate(run["state"]).data if run.get("state") else None
-    if not isinstance(data, ResultRecordMetadata) or not data.storage_key:
-        return
-    try:
-        storage = (
-            await resolve_result_storage(data.storage_block_id)
-            if data.storage_block_id
-            else get_default_result_storage()
-        )
-        if isinstance(storage, LocalFileSystem):
-            storage._resolve_path(data.storage_key).unlink(missing_ok=True)
-        elif hasattr(storage, "filesystem"):
-            path = storage._resolve_path(data.storage_key)
-            if storage.filesystem.exists(path):
-                storage.filesystem.rm(path)
-    except Exception as exc:  # noqa: BLE001 - the run is deleted regardless; say what was left
-        logger.warning("could not delete the stored result of %s: %s", run["id"], exc)

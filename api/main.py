@@ -36,6 +36,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 await sweep
 
 
+def install_cors(app: FastAPI, origins_setting: str) -> None:
+    """CORS only for the origins DSPY_SERVICE_CORS_ORIGINS lists (comma-separated); none
+    listed: no CORS headers at all, so no web page can call the API from a browser.
+    Bearer tokens travel in a header, never in cookies: credentials stay off."""
+    origins = [origin.strip().rstrip("/") for origin in origins_setting.split(",") if origin.strip()]
+    if not origins:
+        return
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=origins,
+        allow_methods=["GET", "POST", "PATCH", "DELETE"],
+        allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+        expose_headers=["Retry-After", "WWW-Authenticate"],
+    )
+
+
 def create_app() -> FastAPI:
     settings = get_settings()
     app = FastAPI(
@@ -44,7 +60,7 @@ def create_app() -> FastAPI:
         description="DSPy optimization jobs over HTTP; every job is a Prefect flow run.",
         lifespan=lifespan,
     )
-    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
+    install_cors(app, settings.cors_origins)
     app.add_middleware(
         BodySizeLimit, max_bytes=int(settings.max_request_mb * 1024 * 1024), max_mb=settings.max_request_mb
     )

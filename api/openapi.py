@@ -1,8 +1,15 @@
-"""The served OpenAPI schema documents the error responses the API really sends.
+"""The served OpenAPI schema documents the error responses the API really sends, and how
+a caller authenticates.
 
 FastAPI documents a 422 body the API never sends (its default `HTTPValidationError`) and
 none of the 400/404/409/413/503 answers; clients generated from the schema, and the
 schemathesis fuzz test, rely on both being right.
+
+Security: every operation but GET /health requires `Authorization: Bearer <token>`
+(the `HTTPBearer` scheme) and documents 401 (with `WWW-Authenticate: Bearer`) and 403;
+operations on an object by id document 404 (another user's object is a 404 too, so that
+an id reveals nothing); submissions, which per-user quotas bound, document 429 with
+`Retry-After`.
 """
 
 from __future__ import annotations
@@ -41,7 +48,28 @@ def _error(description: str) -> dict[str, Any]:
     }
 
 
+def _with_header(response: dict[str, Any], name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {**response, "headers": {name: {"description": description, "schema": schema}}}
+
+
 UNAVAILABLE = _error("The Prefect API is unreachable or the deployment is not registered")
+SECURITY_SCHEME = "HTTPBearer"
+PUBLIC_OPERATIONS = {("get", "/health")}
+QUOTA_BOUND_OPERATIONS = {("post", "/run"), ("post", "/schedules"), ("post", "/schedules/{schedule_id}/run")}
+UNAUTHENTICATED = _with_header(
+    _error("No token, or a token that is unknown or revoked"),
+    "WWW-Authenticate",
+    "Always `Bearer`: send `Authorization: Bearer <token>`",
+    {"type": "string", "example": "Bearer"},
+)
+FORBIDDEN = _error("Not allowed for this caller: a `username` naming another user, or an admin-only operation")
+NOT_FOUND = _error("No such object, or one that belongs to another user")
+OVER_QUOTA = _with_header(
+    _error("The caller is at a per-user quota (active jobs, schedules); try again later"),
+    "Retry-After",
+    "Seconds to wait before trying again",
+    {"type": "integer", "minimum": 0},
+)
 BY_OPERATION: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     ("post", "/run"): {
         "400": _error("A semantic problem found before queueing (unknown optimizer, bad code, ...)"),
@@ -64,6 +92,25 @@ BY_OPERATION: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
 }
 
 
+def document_security(schema: dict[str, Any]) -> None:
+    """The bearer scheme on every operation but the public ones, with its 401/403/404/429."""
+    schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+    schemes.setdefault(SECURITY_SCHEME, {"type": "http", "scheme": "bearer", "description": "An API token"})
+    for path, operations in schema.get("paths", {}).items():
+        for method, operation in operations.items():
+            if (method, path) in PUBLIC_OPERATIONS:
+                operation.pop("security", None)
+                continue
+            operation["security"] = [{SECURITY_SCHEME: []}]
+            responses = operation.setdefault("responses", {})
+            responses.setdefault("401", UNAUTHENTICATED)
+            responses.setdefault("403", FORBIDDEN)
+            if "{" in path:
+                responses.setdefault("404", NOT_FOUND)
+            if (method, path) in QUOTA_BOUND_OPERATIONS:
+                responses.setdefault("429", OVER_QUOTA)
+
+
 def install_openapi(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -82,12 +129,15 @@ def install_openapi(app: FastAPI) -> None:
                         "application/json": {"schema": {"$ref": "#/components/schemas/InvalidRequest"}}
                     }
                 if "{job_id}" in path:
-                    responses.setdefault("404", _error("No job with this id"))
+                    responses.setdefault("404", _error("No job with this id (or another user's)"))
                 if "{schedule_id}" in path:
-                    responses.setdefault("404", _error("No schedule with this id (or, for /champion, no champion)"))
+                    responses.setdefault(
+                        "404", _error("No schedule with this id, or another user's (or, for /champion, no champion)")
+                    )
                 for code, response in BY_OPERATION.get((method, path), {}).items():
                     responses.setdefault(code, response)
                 responses.setdefault("503", UNAVAILABLE)
+        document_security(schema)
         app.openapi_schema = schema
         return schema
 

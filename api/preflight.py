@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from dspy_service.code_checks import (
+    check_code_size,
     check_columns_present,
     check_fields_against_mapping,
     find_metric_name,
@@ -34,6 +35,9 @@ def check_timeout(spec: JobSpec) -> None:
 def preflight(spec: JobSpec, rows: list[dict[str, Any]] | None) -> None:
     """Raise JobError naming the field at fault. `rows` is None when not known yet."""
     check_timeout(spec)
+    max_kb = get_settings().max_code_kb
+    check_code_size(spec.signature_code, "signature_code", max_kb)
+    check_code_size(spec.metric_code, "metric_code", max_kb)
     outline = outline_signature(spec.signature_code)
     find_metric_name(spec.metric_code)
     check_fields_against_mapping(outline, spec.column_mapping.inputs, spec.column_mapping.outputs)

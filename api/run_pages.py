@@ -7,7 +7,8 @@ status becomes the Prefect state types it covers (`state_types_for`). `validatin
 so for those two the candidates (at most RUNNING_SCAN_LIMIT per filter: running jobs are
 bounded by the pool's slots, the limit is a guard) are read, classified and paginated
 here. Every other page is cut by the server (one filter) or from the first
-offset+limit runs of each set (a union).
+offset+limit runs of each set (a union); an offset past every run (BEYOND_EVERY_RUN,
+however large) reads as an empty page with the true total.
 
 Runs are the Prefect API's JSON; errors are the source's (see api/prefect_reads.py).
 """
@@ -28,6 +29,9 @@ from api.prefect_reads import Run
 from api.status import JobStatus, run_status, state_types_for
 
 RUNNING_SCAN_LIMIT = 2000
+# Offsets at or past this are past every run any server holds: such a page is read as empty
+# without asking Prefect, whose SQLite database fails on integers over 2**63.
+BEYOND_EVERY_RUN = 10**12
 NEWEST_FIRST = FlowRunSort.EXPECTED_START_TIME_DESC
 # Statuses that share a Prefect state type and are told apart by task runs.
 SPLIT_STATUSES = (JobStatus.running, JobStatus.validating)
@@ -91,6 +95,8 @@ async def read_page(
         started = await source.compile_started(candidates)
         wanted = with_status_of(candidates, started, status)
         return RunPage(wanted[offset : offset + limit], started, len(wanted))
+    if offset >= BEYOND_EVERY_RUN:
+        return RunPage([], set(), sum(await asyncio.gather(*(source.count_runs(f) for f in filters))))
     if len(filters) == 1:
         reads = [source.read_runs(filters[0], NEWEST_FIRST, limit=limit, offset=offset)]
         window = slice(None)

@@ -128,7 +128,10 @@ def status_message(run: Run, status: JobStatus) -> str | None:
     return None
 
 
-def common_fields(run: Run, status: JobStatus, now: dt.datetime | None = None) -> dict[str, Any]:
+def common_fields(
+    run: Run, status: JobStatus, now: dt.datetime | None = None, message: str | None = None
+) -> dict[str, Any]:
+    """`message`, when given, replaces the state's (see gateway.Outcome)."""
     now = now or dt.datetime.now(dt.UTC)
     spec = spec_fields(run)
     labels = run.get("labels") or {}
@@ -138,7 +141,7 @@ def common_fields(run: Run, status: JobStatus, now: dt.datetime | None = None) -
     return {
         "job_id": str(run["id"]),
         "status": status.value,
-        "message": status_message(run, status),
+        "message": message or status_message(run, status),
         "created_at": contract_timestamp(run.get("created")),
         "started_at": contract_timestamp(_started_at(run)),
         "completed_at": contract_timestamp(run.get("end_time")) if status.terminal else None,
@@ -156,11 +159,11 @@ def common_fields(run: Run, status: JobStatus, now: dt.datetime | None = None) -
     }
 
 
-def summary(run: Run, status: JobStatus) -> dict[str, Any]:
+def summary(run: Run, status: JobStatus, message: str | None = None) -> dict[str, Any]:
     spec = spec_fields(run)
     labels = run.get("labels") or {}
     return {
-        **common_fields(run, status),
+        **common_fields(run, status, message=message),
         **{name: spec[name] for name in SUMMARY_SPEC_FIELDS},
         "progress_count": int(contract.number_label(labels, contract.PROGRESS_COUNT) or 0),
         "log_count": int(contract.number_label(labels, contract.LOG_COUNT) or 0),
@@ -211,10 +214,11 @@ def detail(
     status: JobStatus,
     logs: tuple[list[dict[str, Any]], list[dict[str, Any]]],
     result: dict[str, Any] | None,
+    message: str | None = None,
 ) -> dict[str, Any]:
     """`logs` is what `split_logs` made of the run's logs (the gateway may have it cached)."""
     entries, events = logs
-    job = common_fields(run, status)
+    job = common_fields(run, status, message=message)
     if events and not job["latest_metrics"]:
         job["latest_metrics"] = events[-1].get("metrics", {})
     if result is not None and not result.get("run_log"):

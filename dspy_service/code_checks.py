@@ -3,16 +3,23 @@
 The API runs these before queueing a job, so that obvious mistakes come back as a 400
 at once; the flow runs them again before executing the code, so a job submitted some
 other way (a schedule, the Prefect UI) fails with the same words.
+
+Failures: JobError naming the field for every problem, including every way the parser can
+fail on hostile input (SyntaxError, RecursionError and MemoryError on deep nesting,
+ValueError on null bytes or lone surrogates); the AST is walked without recursion.
 """
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from dspy_service.errors import JobError
 
 _FIELD_CALLS = {"InputField": "input", "OutputField": "output"}
+SHOWN_LINE_CHARS = 120  # of the offending line, in a syntax error's message
 
 
 @dataclass
@@ -24,23 +31,50 @@ class SignatureOutline:
     complete: bool = True
 
 
-def parse_code(source: str, field_name: str) -> ast.Module:
+def check_code_size(source: str, field_name: str, max_kb: int) -> None:
+    """At most `max_kb` KB of UTF-8 (DSPY_SERVICE_MAX_CODE_KB)."""
+    size = len(source.encode("utf-8", "surrogatepass"))
+    if size > max_kb * 1024:
+        raise JobError(
+            f"{field_name} is {size / 1024:.0f} KB; this service accepts at most {max_kb} KB "
+            "(DSPY_SERVICE_MAX_CODE_KB)",
+            field=field_name,
+        )
+
+
+@contextmanager
+def parse_failures_named(field_name: str) -> Iterator[None]:
+    """Every way parsing or walking user code can fail becomes a JobError naming the field:
+    the parser and the AST builder raise RecursionError or MemoryError on deep nesting, and
+    ValueError on text that is not source (null bytes, lone surrogates)."""
     try:
-        return ast.parse(source, filename=f"<{field_name}>")
+        yield
     except SyntaxError as exc:
         where = f" at line {exc.lineno}" if exc.lineno else ""
-        line = f": {exc.text.strip()!r}" if exc.text and exc.text.strip() else ""
-        raise JobError(
-            f"{field_name} has a syntax error{where} ({exc.msg}){line}", field=field_name
-        ) from None
+        text = (exc.text or "").strip()
+        line = f": {text[:SHOWN_LINE_CHARS]!r}" if text else ""
+        raise JobError(f"{field_name} has a syntax error{where} ({exc.msg}){line}", field=field_name) from None
+    except (RecursionError, MemoryError):
+        raise JobError(f"{field_name} is nested too deeply to be parsed", field=field_name) from None
+    except ValueError as exc:
+        raise JobError(f"{field_name} cannot be parsed as Python source ({exc})", field=field_name) from None
+
+
+def parse_code(source: str, field_name: str) -> ast.Module:
+    with parse_failures_named(field_name):
+        return ast.parse(source, filename=f"<{field_name}>")
 
 
 def _dotted(node: ast.AST) -> str:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        return f"{_dotted(node.value)}.{node.attr}"
-    return ""
+    """`a.b.c` for a name or an attribute chain, else "" (a loop: chains can be long)."""
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return ""
+    parts.append(node.id)
+    return ".".join(reversed(parts))
 
 
 def outline_signature(source: str, field_name: str = "signature_code") -> SignatureOutline:

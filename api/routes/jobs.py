@@ -40,13 +40,14 @@ async def list_jobs(
 
 @router.get("/jobs/{job_id}")
 async def get_job(run: JobRunDep, gateway: GatewayDep):
-    status, logs, result = await asyncio.gather(gateway.status_of(run), gateway.job_logs(run), gateway.result(run))
-    return FastJSONResponse(views.detail(run, status, logs, result))
+    outcome, logs = await asyncio.gather(gateway.outcome(run), gateway.job_logs(run))
+    return FastJSONResponse(views.detail(run, outcome.status, logs, outcome.result, outcome.message))
 
 
 @router.get("/jobs/{job_id}/summary")
 async def get_job_summary(run: JobRunDep, gateway: GatewayDep):
-    return FastJSONResponse(views.summary(run, await gateway.status_of(run)))
+    outcome = await gateway.outcome(run)
+    return FastJSONResponse(views.summary(run, outcome.status, outcome.message))
 
 
 @router.get("/jobs/{job_id}/logs")
@@ -57,12 +58,15 @@ async def get_job_logs(run: JobRunDep, gateway: GatewayDep):
 
 @router.get("/jobs/{job_id}/artifact")
 async def get_job_artifact(run: JobRunDep, gateway: GatewayDep):
-    status = await gateway.status_of(run)
-    if status.active:
-        raise HTTPException(status_code=409, detail=f"job is {status.value}; the artifact exists after success")
-    result = await gateway.result(run)
+    outcome = await gateway.outcome(run)
+    if outcome.status.active:
+        raise HTTPException(status_code=409, detail=f"job is {outcome.status.value}; the artifact exists after success")
+    result = outcome.result
     if not result or not result.get("program_artifact"):
-        raise HTTPException(status_code=404, detail=f"job {run['id']} has no artifact (status {status.value})")
+        why = f": {outcome.message}" if outcome.message else ""
+        raise HTTPException(
+            status_code=404, detail=f"job {run['id']} has no artifact (status {outcome.status.value}{why})"
+        )
     return {"program_artifact": result["program_artifact"]}
 
 

@@ -86,10 +86,10 @@ async def get_schedule_champion(schedule: ScheduleDep, schedules: ScheduleGatewa
     run = await gateway.get(pointer["job_id"])
     if run is None:
         raise HTTPException(status_code=404, detail=f"the champion job {pointer['job_id']} was deleted")
-    status, result = await asyncio.gather(gateway.status_of(run), gateway.result(run))
+    outcome = await gateway.outcome(run)
     return {
         "schedule_id": str(schedule.id),
         "champion": pointer,
-        "job": views.summary(run, status),
-        "program_artifact": (result or {}).get("program_artifact"),
+        "job": views.summary(run, outcome.status, outcome.message),
+        "program_artifact": (outcome.result or {}).get("program_artifact"),
     }

@@ -73,6 +73,19 @@ def test_a_page_of_one_set_is_cut_by_the_server():
     assert [r["id"] for r in result.runs] == [runs[1]["id"], runs[0]["id"]] and result.total == 10
 
 
+@pytest.mark.parametrize("offset", [10**12, 2**63, 10**40])
+def test_an_offset_past_every_run_is_an_empty_page_never_asked_of_the_server(offset):
+    source = Source({"a": [run(m, "COMPLETED") for m in range(3)], "b": [run(5, "FAILED")]})
+
+    async def refuse(*args, **kwargs):
+        raise AssertionError("Prefect's SQLite fails on integers over 2**63")
+
+    source.read_runs = refuse
+    for filters in (named("a"), named("a", "b")):
+        result = page(source, filters, limit=50, offset=offset)
+        assert result.runs == [] and result.total == (3 if len(filters) == 1 else 4)
+
+
 @pytest.mark.parametrize(
     ("status", "state_types", "total"),
     [

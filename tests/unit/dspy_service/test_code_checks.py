@@ -2,7 +2,12 @@
 
 import pytest
 
-from dspy_service.code_checks import check_fields_against_mapping, find_metric_name, outline_signature
+from dspy_service.code_checks import (
+    check_code_size,
+    check_fields_against_mapping,
+    find_metric_name,
+    outline_signature,
+)
 from dspy_service.errors import JobError
 
 SIGNATURE = """
@@ -39,3 +44,42 @@ def test_mapping_against_signature_fields():
         check_fields_against_mapping(outline, {"query": "q"}, {})
     with pytest.raises(JobError, match="has no output field 'label'"):
         check_fields_against_mapping(outline, {"question": "q"}, {"label": "a"})
+
+
+BOMBS = {
+    "nested parentheses": "x = " + "(" * 200_000 + ")" * 200_000,
+    "nested lists": "x = " + "[" * 100_000 + "]" * 100_000,
+    "a chain of unary minus": "x = " + "-" * 100_000 + "1",
+    "a chain of not": "x = " + "not " * 50_000 + "1",
+    "nested lambdas": "x = " + "lambda: " * 10_000 + "1",
+    "a long sum": "x = " + "+".join(["1"] * 100_000),
+    "a long call chain": "x = f" + "()" * 100_000,
+    "a long attribute chain": "class A(" + "a." * 100_000 + "Signature): pass",
+    "deep indentation": "".join(" " * i + "if 1:\n" for i in range(200)) + " " * 200 + "pass\n",
+    "a null byte": "x = 1\x00",
+    "a lone surrogate": 'x = "\ud800"',
+}
+
+
+@pytest.mark.parametrize("source", BOMBS.values(), ids=BOMBS.keys())
+@pytest.mark.parametrize("check, field", [(outline_signature, "signature_code"), (find_metric_name, "metric_code")])
+def test_code_that_breaks_the_parser_is_a_job_error_naming_the_field(check, field, source):
+    with pytest.raises(JobError) as caught:
+        check(source)
+    assert caught.value.field == field
+    assert len(caught.value.message) < 400, "the message quotes at most a short piece of the code"
+
+
+def test_a_long_attribute_chain_the_parser_accepts_is_walked_without_recursion():
+    # Parses (the AST builder allows ~2000 levels) and is deeper than Python's recursion limit.
+    chain = "a." * 2_000
+    source = f"class QA({chain}Signature):\n    q: str = {chain}InputField()\n"
+    outline = outline_signature(source)
+    assert (outline.name, outline.input_fields) == ("QA", ["q"])
+
+
+def test_code_size_is_capped_per_field():
+    check_code_size("x" * 2048, "metric_code", max_kb=2)
+    with pytest.raises(JobError, match=r"metric_code is 2 KB; this service accepts at most 1 KB") as caught:
+        check_code_size("x" * 2048, "metric_code", max_kb=1)
+    assert caught.value.field == "metric_code"
