@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.job_secrets import credential_blocks_of
 from api.schedule_gateway import ScheduleGateway
-from api.schedule_views import schedule_spec
 from dspy_service.contract import CREDENTIAL_BLOCK_PREFIX, CREDENTIAL_NAME_PATTERN, credential_block, owner_digest
 from dspy_service.secrets import SecretNameTaken, SecretStore
 
@@ -106,7 +106,6 @@ class Credentials:
         """Names (or ids) of the schedules whose stored job refers to `block`."""
         users = []
         for schedule in await self.schedules.list():
-            spec = schedule_spec(schedule)
-            if spec and spec.secret_refs and block in spec.secret_refs.credential_blocks.values():
+            if block in credential_blocks_of(schedule.parameters):
                 users.append(schedule.slug or str(schedule.id))
         return users

@@ -82,12 +82,22 @@ async def secured(
         raise
 
 
-def inline_block_of(parameters: Mapping[str, Any] | None) -> str | None:
-    """The inline Secret block a run's or schedule's parameters refer to."""
+def _refs_of(parameters: Mapping[str, Any] | None) -> Mapping[str, Any]:
     job = (parameters or {}).get("job")
     refs = job.get("secret_refs") if isinstance(job, Mapping) else None
-    block = refs.get("inline_block") if isinstance(refs, Mapping) else None
+    return refs if isinstance(refs, Mapping) else {}
+
+
+def inline_block_of(parameters: Mapping[str, Any] | None) -> str | None:
+    """The inline Secret block a run's or schedule's parameters refer to."""
+    block = _refs_of(parameters).get("inline_block")
     return block if isinstance(block, str) else None
+
+
+def credential_blocks_of(parameters: Mapping[str, Any] | None) -> set[str]:
+    """The credential blocks a run's or schedule's parameters refer to."""
+    blocks = _refs_of(parameters).get("credential_blocks")
+    return {b for b in blocks.values() if isinstance(b, str)} if isinstance(blocks, Mapping) else set()
 
 
 async def restored_job(job: Mapping[str, Any], store: SecretStore) -> tuple[dict[str, Any], tuple[str, dict] | None]:
