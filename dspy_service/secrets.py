@@ -183,9 +183,7 @@ def read_secret_block(name: str) -> dict[str, Any] | None:
 
     with get_client(sync_client=True) as client:
         try:
-            document = client.read_block_document_by_name(
-                name, block_type_slug=SECRET_BLOCK_TYPE, include_secrets=True
-            )
+            document = client.read_block_document_by_name(name, block_type_slug=SECRET_BLOCK_TYPE, include_secrets=True)
         except ObjectNotFound:
             return None
     value = Secret._from_block_document(document).get()

@@ -18,8 +18,18 @@ from tests.support.payloads import job_payload
 
 
 @pytest.mark.parametrize(
-    "key", ["api_key", "headers", "extra_headers", "x-api-key", "AWS_SECRET_ACCESS_KEY", "vertex_credentials",
-            "access_token", "Authorization", "db_password"]
+    "key",
+    [
+        "api_key",
+        "headers",
+        "extra_headers",
+        "x-api-key",
+        "AWS_SECRET_ACCESS_KEY",
+        "vertex_credentials",
+        "access_token",
+        "Authorization",
+        "db_password",
+    ],
 )
 def test_secret_looking_keys(key):
     assert looks_secret(key)
@@ -76,8 +86,9 @@ def test_merge_order_config_then_credential_then_inline():
 
 
 def test_secret_values_include_header_values():
-    config = ModelConfig(name="openai/x", extra={"api_key": "sk-1", "headers": {"Authorization": "Bearer sk-2"},
-                                                 "num_retries": 3})
+    config = ModelConfig(
+        name="openai/x", extra={"api_key": "sk-1", "headers": {"Authorization": "Bearer sk-2"}, "num_retries": 3}
+    )
     assert sorted(secret_values(config)) == ["Bearer sk-2", "sk-1"]
 
 
@@ -97,12 +108,17 @@ def spec_with_refs(credential: str | None = "prod", inline: bool = True) -> JobS
 def test_resolve_merges_each_role_s_blocks():
     blocks = {
         credential_block("tester", "prod"): {"api_key": "sk-cred", "headers": {}},
-        inline_secret_block("abc"): {"main": {"headers": {"Authorization": "Bearer sk-2"}},
-                                     "reflection": {"api_key": "sk-r"}},
+        inline_secret_block("abc"): {
+            "main": {"headers": {"Authorization": "Bearer sk-2"}},
+            "reflection": {"api_key": "sk-r"},
+        },
     }
     resolved = resolve_model_secrets(spec_with_refs(), read=blocks.get)
-    assert resolved.main_model.extra == {"num_retries": 1, "api_key": "sk-cred",
-                                         "headers": {"Authorization": "Bearer sk-2"}}
+    assert resolved.main_model.extra == {
+        "num_retries": 1,
+        "api_key": "sk-cred",
+        "headers": {"Authorization": "Bearer sk-2"},
+    }
     assert resolved.reflection_model.extra == {"api_key": "sk-r"}
 
 
