@@ -40,23 +40,33 @@ class SecretNameTaken(ValueError):
     """A Secret block of that name exists already."""
 
 
-def looks_secret(key: str) -> bool:
-    """An `extra` key whose value is kept out of parameters and views."""
+def looks_secret(key: str, value: Any = None) -> bool:
+    """An `extra` entry kept out of parameters and views: a secret-looking name, or a
+    nested object holding one (e.g. `{"vertex": {"api_key": ...}}`). Allow-listed public
+    settings never are."""
     if key in HEADER_KEYS:
         return True
     if key in PUBLIC_EXTRA_KEYS:
         return False
     lowered = key.lower()
-    return any(word in lowered for word in SECRET_WORDS)
+    return any(word in lowered for word in SECRET_WORDS) or _holds_secret_key(value)
+
+
+def _holds_secret_key(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return any(looks_secret(str(k), v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_secret_key(item) for item in value)
+    return False
 
 
 def split_model_secrets(config: ModelConfig) -> tuple[ModelConfig, dict[str, Any]]:
     """(the config without secrets, its secret `extra` entries). Secret-looking unknown
     top-level keys are dropped: they never reach an LM, and must not reach storage."""
-    secrets = {key: value for key, value in config.extra.items() if looks_secret(key)}
+    secrets = {key: value for key, value in config.extra.items() if looks_secret(key, value)}
     kept_extra = {key: value for key, value in config.extra.items() if key not in secrets}
     data = config.model_dump(exclude={"extra"})
-    data = {key: value for key, value in data.items() if key in ModelConfig.model_fields or not looks_secret(key)}
+    data = {k: v for k, v in data.items() if k in ModelConfig.model_fields or not looks_secret(k, v)}
     return ModelConfig.model_validate({**data, "extra": kept_extra}), secrets
 
 
@@ -83,15 +93,17 @@ def merge_model_secrets(
 
 
 def secret_values(config: ModelConfig) -> list[str]:
-    """The secret strings a config's `extra` holds (api key, header values, ...), to keep
-    out of artifacts."""
-    values: list[str] = []
-    for key, value in config.extra.items():
-        if not looks_secret(key):
-            continue
-        items = value.values() if isinstance(value, Mapping) else [value]
-        values.extend(str(item) for item in items if item not in (None, ""))
-    return values
+    """The secret strings a config's `extra` holds (api key, header values, nested values),
+    to keep out of artifacts."""
+    return [value for key, entry in config.extra.items() if looks_secret(key, entry) for value in _leaves(entry)]
+
+
+def _leaves(value: Any) -> list[str]:
+    if isinstance(value, Mapping):
+        return [leaf for item in value.values() for leaf in _leaves(item)]
+    if isinstance(value, (list, tuple)):
+        return [leaf for item in value for leaf in _leaves(item)]
+    return [] if value in (None, "") else [str(value)]
 
 
 # -- reading and writing Secret blocks --------------------------------------------------------

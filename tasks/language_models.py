@@ -129,7 +129,7 @@ class JobLMs:
 
 
 def _endpoint_identity(config: ModelConfig) -> tuple[str, str, str]:
-    secrets = {key: value for key, value in config.extra.items() if looks_secret(key)}
+    secrets = {key: value for key, value in config.extra.items() if looks_secret(key, value)}
     digest = hashlib.sha256(json.dumps(secrets, sort_keys=True, default=str).encode()).hexdigest()
     return (config.name, config.base_url or "", digest)
 

@@ -42,6 +42,12 @@ def test_allow_listed_and_plain_keys_are_not_secrets(key):
     assert not looks_secret(key), "allow-listed settings (even with `token` in the name) stay public"
 
 
+def test_an_object_holding_a_secret_looking_key_is_a_secret():
+    assert looks_secret("vertex", {"project": "p", "auth": [{"Password": "x"}]})
+    assert not looks_secret("vertex", {"project": "p"})
+    assert not looks_secret("response_format", {"properties": {"token": {}}}), "allow-listed"
+
+
 def test_split_moves_keys_headers_and_secret_looking_entries_out():
     config = ModelConfig.model_validate(
         {
