@@ -14,6 +14,7 @@ from api.gateway import JobGateway
 from api.prefect_reads import Run
 from api.schedule_gateway import ScheduleGateway
 from api.submission import Submission
+from dspy_service.secrets import SecretStore
 
 Found = TypeVar("Found")
 
@@ -53,8 +54,15 @@ async def get_schedule(schedule_id: str, schedules: ScheduleGatewayDep) -> Deplo
 ScheduleDep = Annotated[DeploymentSchedule, Depends(get_schedule)]
 
 
-async def get_submission(gateway: GatewayDep, schedules: ScheduleGatewayDep) -> Submission:
-    return Submission(gateway, schedules)
+async def get_secret_store(gateway: GatewayDep) -> SecretStore:
+    return SecretStore(gateway.client)
+
+
+SecretStoreDep = Annotated[SecretStore, Depends(get_secret_store)]
+
+
+async def get_submission(gateway: GatewayDep, schedules: ScheduleGatewayDep, secrets: SecretStoreDep) -> Submission:
+    return Submission(gateway, schedules, secrets)
 
 
 SubmissionDep = Annotated[Submission, Depends(get_submission)]

@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prefect.exceptions import PrefectHTTPStatusError
 
+from api.credentials import CredentialError
 from api.gateway import DeploymentMissing
 from api.schedule_gateway import ScheduleNameTaken
 from dspy_service.errors import JobError
@@ -42,6 +43,10 @@ async def name_taken(_: Request, exc: ScheduleNameTaken) -> JSONResponse:
     return JSONResponse(status_code=409, content={"detail": str(exc)})
 
 
+async def credential_error(_: Request, exc: CredentialError) -> JSONResponse:
+    return JSONResponse(status_code=exc.status_code, content={"detail": exc.message})
+
+
 async def prefect_unreachable(_: Request, exc: Exception) -> JSONResponse:
     """Prefect restarting or down: a temporary 503, not a 500."""
     if isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code < 500:
@@ -57,5 +62,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(JobError, job_error)
     app.add_exception_handler(DeploymentMissing, deployment_missing)
     app.add_exception_handler(ScheduleNameTaken, name_taken)
+    app.add_exception_handler(CredentialError, credential_error)
     app.add_exception_handler(httpx.TransportError, prefect_unreachable)
     app.add_exception_handler(PrefectHTTPStatusError, prefect_unreachable)

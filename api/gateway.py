@@ -42,11 +42,13 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Cancelling
 
 from api import views
+from api.job_secrets import inline_block_of
 from api.prefect_reads import Run, filter_runs, read_logs, read_run
 from api.result_files import UnreadableResult, delete_result_file, read_json_result
 from api.run_pages import RunPage, read_page
 from api.status import JobStatus, run_status, state_type_of
 from dspy_service.contract import TERMINAL_STATE_TYPES, Stage, user_tag
+from dspy_service.secrets import SecretStore
 from dspy_service.settings import ServiceSettings
 from dspy_service.storage import delete_dataset
 
@@ -240,7 +242,7 @@ class JobGateway:
         await self.client.set_flow_run_state(UUID(run["id"]), state, force=True)
 
     async def delete(self, run: Run) -> None:
-        """Delete the run and what it owns: artifacts, stored result and dataset. Its logs
+        """Delete the run and what it owns: artifacts, stored result, dataset and inline secrets. Its logs
         become unreachable at once and are removed by Prefect's orphan vacuum."""
         run_id = UUID(run["id"])
         artifacts = await self.client.read_artifacts(
@@ -251,9 +253,13 @@ class JobGateway:
         await delete_result_file(run)
         parameters = run.get("parameters") or {}
         ref = parameters.get("dataset_ref")
-        # A schedule's rows are shared by all its runs; the schedule deletes them.
-        if isinstance(ref, dict) and ref.get("url") and not parameters.get("schedule_id"):
-            delete_dataset(ref["url"])
+        # A schedule's rows and inline secrets are shared by all its runs; the schedule deletes them.
+        if not parameters.get("schedule_id"):
+            if isinstance(ref, dict) and ref.get("url"):
+                delete_dataset(ref["url"])
+            block = inline_block_of(parameters)
+            if block:
+                await SecretStore(self.client).delete(block)
         self._results.pop(run["id"], None)
         for key in [k for k in self._logs if k[0] == run["id"]]:
             del self._logs[key]

@@ -15,7 +15,7 @@ from api.errors import install_error_handlers
 from api.gateway import JobGateway
 from api.limits import BodySizeLimit
 from api.openapi import install_openapi
-from api.routes import jobs, schedules, system
+from api.routes import credentials, jobs, schedules, system
 from api.stuck_jobs import sweep_forever
 from dspy_service.prefect_http import quick_retry_httpx_settings
 from dspy_service.registry import get_registry
@@ -69,6 +69,7 @@ def create_app() -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(system.router)
     app.include_router(schedules.router)
+    app.include_router(credentials.router)
     install_openapi(app)
     return app
 

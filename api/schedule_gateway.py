@@ -31,10 +31,12 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from api.gateway import JobGateway
+from api.job_secrets import inline_block_of
 from api.prefect_reads import Run
 from api.run_pages import RunPage, read_page
 from api.status import JobStatus
 from dspy_service.contract import champion_lock, champion_variable, schedule_tag
+from dspy_service.secrets import SecretStore
 from dspy_service.storage import delete_dataset
 
 logger = logging.getLogger("dspy_service.api")
@@ -160,7 +162,7 @@ class ScheduleGateway:
 
     async def delete(self, schedule: DeploymentSchedule) -> None:
         """Remove the Prefect schedule (Prefect deletes its not-yet-started runs), its
-        champion pointer, gate lock and stored rows. Its finished jobs stay in /jobs."""
+        champion pointer, gate lock, stored rows and inline secrets. Its finished jobs stay in /jobs."""
         await self.client.delete_deployment_schedule(schedule.deployment_id, schedule.id)
         for cleanup in (
             self.client.delete_variable_by_name(champion_variable(str(schedule.id))),
@@ -173,6 +175,9 @@ class ScheduleGateway:
         url = stored_dataset_url(schedule)
         if url:
             delete_dataset(url)
+        block = inline_block_of(schedule.parameters)
+        if block:
+            await SecretStore(self.client).delete(block)
 
     async def _drop_unstarted_runs(self, schedule_id: UUID) -> None:
         """Pausing stops new runs: Prefect deletes the runs it created ahead of time, but

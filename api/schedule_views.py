@@ -9,9 +9,7 @@ from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 
 from api.prefect_reads import Run
 from api.views import contract_timestamp
-from dspy_service.schemas import JobSpec
-
-MODEL_FIELDS = ("model_config", "reflection_model_config", "prompt_model_config", "task_model_config")
+from dspy_service.schemas import MODEL_ROLES, JobSpec
 
 
 def _iso(value: Any) -> str | None:
@@ -19,12 +17,14 @@ def _iso(value: Any) -> str | None:
 
 
 def public_job(spec: JobSpec) -> dict[str, Any]:
-    """The stored job payload without secrets (api keys in model `extra`)."""
+    """The stored job payload, its model configs as their allow-listed settings
+    (`ModelConfig.public_settings`), without the service's secret references."""
     job = spec.wire()
-    for field, config in zip(MODEL_FIELDS, (spec.main_model, spec.reflection_model, spec.prompt_model,
-                                            spec.task_model), strict=True):
-        if config is not None:
-            job[field] = {"name": config.name, **config.public_settings()}
+    job.pop("secret_refs", None)
+    configs = spec.lm_configs()
+    for role in MODEL_ROLES:
+        config = configs.get(role)
+        job[JobSpec.role_field(role)] = {"name": config.name, **config.public_settings()} if config else None
     return job
 
 

@@ -6,9 +6,13 @@ POST /schedules/{id}/run, so every path validates the same way (`preflight`, not
 the user's code runs) and stores inline rows the same way (a `dataset_source` is read by
 the job itself at run time).
 
+Secrets are moved out of the job before anything is created (api/job_secrets.py): the run's
+or schedule's parameters hold references only.
+
 Failures: JobError (400) and RequestValidationError (422) before anything is stored;
-anything the gateways raise after the rows were stored deletes those rows again and
-propagates. Rows an existing run or schedule already uses are never deleted on failure.
+anything the gateways raise after the rows (or a new inline Secret block) were stored
+deletes those again and propagates. Rows and blocks an existing run or schedule already
+uses are never deleted on failure.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pydantic import ValidationError
 
 from api import views
 from api.gateway import JobGateway
+from api.job_secrets import inline_block_of, restored_job, secured
 from api.prefect_reads import Run
 from api.preflight import preflight
 from api.schedule_gateway import ScheduleGateway, stored_dataset_url
@@ -31,6 +36,7 @@ from api.schedule_models import SchedulePatch, ScheduleRequest, merge_job, patch
 from dspy_service.contract import SCHEDULE_ID, SERVICE_TAG, schedule_tag, user_tag
 from dspy_service.errors import JobError
 from dspy_service.schemas import DatasetRef, JobRequest, JobSpec
+from dspy_service.secrets import SecretStore
 from dspy_service.storage import delete_dataset, load_dataset, save_dataset
 
 
@@ -66,18 +72,23 @@ async def stored_rows(rows: list[dict[str, Any]] | None) -> AsyncIterator[Datase
 class Submission:
     """Creates jobs, schedules and schedule runs on the gateways."""
 
-    def __init__(self, jobs: JobGateway, schedules: ScheduleGateway):
+    def __init__(self, jobs: JobGateway, schedules: ScheduleGateway, secrets: SecretStore):
         self.jobs = jobs
         self.schedules = schedules
+        self.secrets = secrets
 
     async def submit_job(self, request: JobRequest, idempotency_key: str | None) -> dict[str, Any]:
         """POST /run: the new job (or the one `idempotency_key` named already)."""
         spec = await validated(request)
-        async with stored_rows(request.dataset) as ref:
+        async with secured(spec, self.secrets) as spec, stored_rows(request.dataset) as ref:
             run = await self._create_run(spec, job_parameters(spec, ref), idempotency_key=idempotency_key)
-        used = ((run.get("parameters") or {}).get("dataset_ref") or {}).get("url")
+        parameters = run.get("parameters") or {}
+        used = (parameters.get("dataset_ref") or {}).get("url")
         if ref is not None and used != ref.url:
             delete_dataset(ref.url)  # the key named an existing job: keep its data only
+        made = spec.secret_refs.inline_block if spec.secret_refs else None
+        if made and inline_block_of(parameters) != made:
+            await self.secrets.delete(made)  # ... and its secrets only
         return views.submitted(run, await self.jobs.status_of(run))
 
     async def run_schedule(self, schedule: DeploymentSchedule) -> dict[str, Any]:
@@ -95,7 +106,7 @@ class Submission:
     async def create_schedule(self, request: ScheduleRequest) -> DeploymentSchedule:
         """POST /schedules: validated like POST /run; inline rows are stored once for all runs."""
         spec = await validated(request)
-        async with stored_rows(request.dataset) as ref:
+        async with secured(spec, self.secrets) as spec, stored_rows(request.dataset) as ref:
             return await self.schedules.create(
                 job_parameters(spec, ref), request.prefect_schedule(), name=request.name, active=request.active
             )
@@ -107,9 +118,13 @@ class Submission:
         changes = patch.job_fields()
         if not changes:
             return await self.schedules.update(schedule, active=patch.active, cadence=cadence, name=patch.name)
-        request, kept_ref = await merged_request(schedule, changes)
+        stored_job, inline = await restored_job((schedule.parameters or {}).get("job") or {}, self.secrets)
+        request, kept_ref = await merged_request(schedule, stored_job, changes)
         spec = await validated(request)
-        async with stored_rows(None if kept_ref else request.dataset) as new_ref:
+        async with (
+            secured(spec, self.secrets, current=inline) as spec,
+            stored_rows(None if kept_ref else request.dataset) as new_ref,
+        ):
             ref = kept_ref or new_ref
             updated = await self.schedules.update(
                 schedule,
@@ -121,6 +136,9 @@ class Submission:
         old = stored_dataset_url(schedule)
         if old and old != (ref.url if ref else None):
             delete_dataset(old)
+        old_block = inline[0] if inline else None
+        if old_block and old_block != (spec.secret_refs.inline_block if spec.secret_refs else None):
+            await self.secrets.delete(old_block)
         return updated
 
     async def _create_run(
@@ -144,11 +162,14 @@ class Submission:
         )
 
 
-async def merged_request(schedule: DeploymentSchedule, changes: dict[str, Any]) -> tuple[JobRequest, DatasetRef | None]:
-    """The schedule's job with `changes` applied, as a request (422 when it no longer
-    validates), and the stored rows' ref when those still apply (loaded to validate)."""
+async def merged_request(
+    schedule: DeploymentSchedule, stored_job: dict[str, Any], changes: dict[str, Any]
+) -> tuple[JobRequest, DatasetRef | None]:
+    """The schedule's job (`stored_job`, as its client sent it) with `changes` applied, as
+    a request (422 when it no longer validates), and the stored rows' ref when those still
+    apply (loaded to validate)."""
     stored = schedule.parameters or {}
-    merged, keep_rows = merge_job(stored.get("job") or {}, stored.get("dataset_ref"), changes)
+    merged, keep_rows = merge_job(stored_job, stored.get("dataset_ref"), changes)
     kept_ref = DatasetRef.model_validate(stored["dataset_ref"]) if keep_rows else None
     if kept_ref is not None:
         merged["dataset"] = await run_in_threadpool(load_dataset, kept_ref)

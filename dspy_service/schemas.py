@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from dspy_service.contract import CREDENTIAL_NAME_PATTERN
 from dspy_service.dataset_source import DatasetFormat, check_source
 
 # Optimizer keyword arguments that name a language model. Users may give a model name or
@@ -26,8 +27,25 @@ LM_ROLE_KWARGS = {
 }
 
 
+# What a view of a model config shows (an allow-list: anything else, secrets included,
+# stays out of every response). `extra` keys listed here are never taken for secrets.
+PUBLIC_MODEL_FIELDS = ("base_url", "temperature", "max_tokens", "top_p", "model_type", "credential")
+PUBLIC_EXTRA_KEYS = frozenset({
+    "num_retries", "cache", "input_cost_per_token", "output_cost_per_token", "timeout",
+    "reasoning_effort", "stop", "n", "seed", "max_completion_tokens", "max_tokens",
+    "frequency_penalty", "presence_penalty", "top_k", "logprobs", "top_logprobs",
+    "response_format", "rollout_id", "parallel_tool_calls", "model_type", "temperature", "top_p",
+})
+
+
 class ModelConfig(BaseModel):
-    """A LiteLLM-style model description; unknown keys (e.g. `model_type`) are kept."""
+    """A LiteLLM-style model description; unknown keys (e.g. `model_type`) are kept.
+
+    `credential` names a credential of the job's owner (POST /credentials); its api key and
+    headers reach the LM at run time. Inline secrets (`extra.api_key`, `extra.headers`,
+    secret-looking `extra` keys) are moved by the service into a Secret block owned by the
+    job; where both give the same entry, the inline one wins (headers: per header name).
+    """
 
     model_config = ConfigDict(extra="allow")
 
@@ -36,19 +54,19 @@ class ModelConfig(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=1)
     top_p: float | None = Field(default=None, ge=0, le=1)
+    credential: str | None = Field(
+        default=None,
+        pattern=CREDENTIAL_NAME_PATTERN,
+        description="Name of one of your credentials (POST /credentials): its api key and headers are used.",
+    )
     extra: dict[str, Any] = Field(default_factory=dict)
 
     def public_settings(self) -> dict[str, Any]:
-        """The settings a job listing may show: everything but secrets in `extra`."""
-        data = self.model_dump(exclude={"extra"}, exclude_none=True)
-        data.pop("name", None)
-        data["extra"] = {k: v for k, v in self.extra.items() if not _looks_secret(k)}
-        return data
-
-
-def _looks_secret(key: str) -> bool:
-    key = key.lower()
-    return any(word in key for word in ("key", "secret", "token", "password", "authorization"))
+        """The settings a view may show: an allow-list of fields and of `extra` keys."""
+        data = self.model_dump(exclude_none=True)
+        shown = {key: data[key] for key in PUBLIC_MODEL_FIELDS if key in data}
+        shown["extra"] = {k: v for k, v in self.extra.items() if k in PUBLIC_EXTRA_KEYS}
+        return shown
 
 
 class ColumnMapping(BaseModel):
@@ -93,6 +111,24 @@ class SplitFractions(BaseModel):
         return {"train": rows - val - test, "val": val, "test": test}
 
 
+# Role of a model in a job -> the JobSpec attribute holding its config.
+MODEL_ROLES = {"main": "main_model", "reflection": "reflection_model", "prompt": "prompt_model", "task": "task_model"}
+
+
+class SecretRefs(BaseModel):
+    """Where a job's secrets are: Prefect Secret block names, set by the service only.
+
+    `inline_block` holds the inline secrets of the job (or of its schedule) as
+    {role: {extra key: value}}; `credential_blocks` names, per role, the block of the
+    credential that role's `credential` refers to.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    inline_block: str | None = None
+    credential_blocks: dict[str, str] = Field(default_factory=dict)
+
+
 class JobSpec(BaseModel):
     """Everything a job needs except inline dataset rows; the flow's main parameter."""
 
@@ -129,6 +165,7 @@ class JobSpec(BaseModel):
         description="Wall-clock limit of this job; at most the service's DSPY_SERVICE_JOB_TIMEOUT_SECONDS "
         "(the default when unset). A job over its limit is stopped and fails with a timeout message.",
     )
+    secret_refs: SecretRefs | None = Field(default=None, description="Set by the service; never by a client.")
 
     @field_validator("username", mode="before")
     @classmethod
@@ -168,13 +205,17 @@ class JobSpec(BaseModel):
 
     def lm_configs(self) -> dict[str, ModelConfig]:
         """Role -> config for every model the job uses (`main` always present)."""
-        roles = {
-            "main": self.main_model,
-            "reflection": self.reflection_model,
-            "prompt": self.prompt_model,
-            "task": self.task_model,
-        }
-        return {role: config for role, config in roles.items() if config is not None}
+        configs = {role: getattr(self, attribute) for role, attribute in MODEL_ROLES.items()}
+        return {role: config for role, config in configs.items() if config is not None}
+
+    def with_configs(self, configs: dict[str, ModelConfig]) -> JobSpec:
+        """A copy with the model configs of the given roles replaced."""
+        return self.model_copy(update={MODEL_ROLES[role]: config for role, config in configs.items()})
+
+    @classmethod
+    def role_field(cls, role: str) -> str:
+        """The wire name of a role's model config (`model_config`, `reflection_model_config`, ...)."""
+        return cls.model_fields[MODEL_ROLES[role]].alias or MODEL_ROLES[role]
 
     def wire(self) -> dict[str, Any]:
         """JSON-ready dict with the contract's field names."""
@@ -193,6 +234,14 @@ class JobRequest(JobSpec):
     """The POST /run body: a JobSpec plus the inline dataset rows (or a `dataset_source`)."""
 
     dataset: list[dict[str, Any]] | None = Field(default=None, min_length=1, validate_default=True)
+
+    @field_validator("secret_refs", mode="before")
+    @classmethod
+    def _refs_are_the_service_s(cls, value: Any) -> Any:
+        """A client naming blocks could point its job at another tenant's secrets."""
+        if value is not None:
+            raise ValueError("secret_refs is set by the service; give `credential` in a model config instead")
+        return value
 
     @field_validator("dataset")
     @classmethod

@@ -14,6 +14,7 @@ import dspy
 from dspy_service.contract import Stage
 from dspy_service.errors import JobError
 from dspy_service.schemas import JobSpec, ModelConfig
+from dspy_service.secrets import looks_secret, resolve_model_secrets, secret_values
 from dspy_service.settings import get_settings
 from tasks import stage
 from tasks.stopping import raise_if_stopped
@@ -121,19 +122,21 @@ class JobLMs:
     main: dspy.LM
     by_role: dict[str, dspy.LM]
     meter: UsageMeter
-    secrets: list[str] = field(default_factory=list)  # api keys, to check artifacts against
+    secrets: list[str] = field(default_factory=list)  # api keys and header values, to check artifacts against
 
     def get(self, role: str) -> dspy.LM | None:
         return self.by_role.get(role)
 
 
 def _endpoint_identity(config: ModelConfig) -> tuple[str, str, str]:
-    key = str(config.extra.get("api_key", ""))
-    return (config.name, config.base_url or "", hashlib.sha256(key.encode()).hexdigest())
+    secrets = {key: value for key, value in config.extra.items() if looks_secret(key, value)}
+    digest = hashlib.sha256(json.dumps(secrets, sort_keys=True, default=str).encode()).hexdigest()
+    return (config.name, config.base_url or "", digest)
 
 
 def tenant_cache_scope(spec: JobSpec) -> str:
-    """A stable id of the endpoints and keys a job talks to.
+    """A stable id of the endpoints and keys (api keys, headers: the resolved secrets) a job
+    talks to.
 
     DSPy's cache key ignores api_key and api_base, so one shared disk cache would hand
     one tenant's answers to another; each scope gets its own cache directory instead.
@@ -201,7 +204,9 @@ def build_lm(config: ModelConfig, *, role: str, meter: UsageMeter, cache: bool) 
 
 @stage(Stage.BUILD_LMS)
 def build_language_models(spec: JobSpec) -> JobLMs:
-    """One metered LM per configured role, sharing a per-tenant response cache."""
+    """One metered LM per configured role, sharing a per-tenant response cache; the
+    secrets the job's references name are read here (and only here)."""
+    spec = resolve_model_secrets(spec)
     configure_job_cache(spec)
     meter = UsageMeter()
     configs = spec.lm_configs()
@@ -213,5 +218,5 @@ def build_language_models(spec: JobSpec) -> JobLMs:
         identity = _endpoint_identity(config)
         cache = seen.setdefault(config.name, identity) == identity
         by_role[role] = build_lm(config, role=role, meter=meter, cache=cache)
-    secrets = [str(c.extra["api_key"]) for c in configs.values() if c.extra.get("api_key")]
+    secrets = [value for config in configs.values() for value in secret_values(config)]
     return JobLMs(main=by_role["main"], by_role=by_role, meter=meter, secrets=secrets)

@@ -153,6 +153,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         if not isinstance(messages, list) or not messages:
             self._send_error(400, "'messages' must be a non-empty list")
             return
+        state.record_authorization(self.headers.get("Authorization"))
         fault = state.take_fault()
         if fault is not None:
             time.sleep(fault.delay_ms / 1000)

@@ -88,6 +88,11 @@ class LocalLMServer:
     def reset(self) -> None:
         self._state.reset()
 
+    def authorizations(self) -> set[str]:
+        """The distinct `Authorization` headers chat requests carried since the last reset."""
+        with self._state.lock:
+            return set(self._state.authorizations)
+
     def set_faults(self, count: int, status: int = 429, delay_ms: float = 0, retry_after: float | None = None) -> None:
         self._state.set_faults(
             count, parse_fault({"count": count, "status": status, "delay_ms": delay_ms, "retry_after": retry_after})

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 CALL_TIMES_KEPT = 10_000
+AUTHORIZATIONS_KEPT = 1_000  # distinct Authorization headers remembered
 DEFAULT_MODEL = "local-model"
 
 
@@ -67,6 +68,14 @@ class ServerState:
             self.completion_tokens = 0
             self.by_model: dict[str, dict[str, int]] = {}
             self.call_times: collections.deque[float] = collections.deque(maxlen=CALL_TIMES_KEPT)
+            self.authorizations: set[str] = set()
+
+    def record_authorization(self, value: str | None) -> None:
+        """Remember an `Authorization` header a chat request carried (tests check which key
+        a job really sent); at most AUTHORIZATIONS_KEPT distinct values."""
+        with self.lock:
+            if value and len(self.authorizations) < AUTHORIZATIONS_KEPT:
+                self.authorizations.add(value)
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:

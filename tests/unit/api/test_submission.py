@@ -61,6 +61,39 @@ class Schedules:
         return schedule
 
 
+class Secrets:
+    """An in-memory stand-in of dspy_service.secrets.SecretStore."""
+
+    def __init__(self, blocks: dict | None = None):
+        self.blocks: dict[str, dict] = dict(blocks or {})
+
+    async def store(self, name, value):
+        from dspy_service.secrets import SecretNameTaken
+
+        if name in self.blocks:
+            raise SecretNameTaken(name)
+        self.blocks[name] = value
+
+    async def read(self, name):
+        return self.blocks.get(name)
+
+    async def entry(self, name):
+        return (self.blocks[name], dt.datetime.now(dt.UTC)) if name in self.blocks else None
+
+    async def created(self, name):
+        return dt.datetime.now(dt.UTC) if name in self.blocks else None
+
+    async def delete(self, name):
+        return self.blocks.pop(name, None) is not None
+
+    async def names(self, prefix):
+        return sorted(name for name in self.blocks if name.startswith(prefix))
+
+
+def service(jobs: Jobs, schedules: Schedules, secrets: Secrets | None = None) -> Submission:
+    return Submission(jobs, schedules, secrets if secrets is not None else Secrets())
+
+
 def stored_files() -> set[str]:
     directory = os.path.join(get_settings().resolved_storage_url, "datasets")
     return set(os.listdir(directory)) if os.path.isdir(directory) else set()
@@ -88,7 +121,7 @@ def stored_schedule(rows: int = 20) -> DeploymentSchedule:
 def test_a_job_is_created_with_its_stored_rows():
     jobs = Jobs()
     before = stored_files()
-    answer = submit(Submission(jobs, Schedules()))
+    answer = submit(service(jobs, Schedules()))
     (run,) = jobs.created
     assert answer["job_id"] == run["id"] and answer["status"] == "pending" and answer["username"] == "tester"
     assert run["parameters"]["dataset_ref"]["rows"] == 20 and len(stored_files() - before) == 1
@@ -97,21 +130,21 @@ def test_a_job_is_created_with_its_stored_rows():
 def test_the_stored_rows_are_deleted_when_the_run_cannot_be_created():
     before = stored_files()
     with pytest.raises(Refused):
-        submit(Submission(Jobs(fail=True), Schedules()))
+        submit(service(Jobs(fail=True), Schedules()))
     assert stored_files() == before
 
 
 def test_a_job_that_fails_preflight_stores_nothing_and_creates_nothing():
     jobs, before = Jobs(), stored_files()
     with pytest.raises(JobError, match="unknown optimizer"):
-        submit(Submission(jobs, Schedules()), optimizer_name="nope")
+        submit(service(jobs, Schedules()), optimizer_name="nope")
     assert jobs.created == [] and stored_files() == before
 
 
 def test_an_idempotency_key_naming_an_existing_job_keeps_only_its_rows():
     existing = {"id": str(uuid.uuid4()), "parameters": stored_schedule().parameters}
     before = stored_files()
-    answer = submit(Submission(Jobs(existing=existing), Schedules()))
+    answer = submit(service(Jobs(existing=existing), Schedules()))
     assert answer["job_id"] == existing["id"] and stored_files() == before
 
 
@@ -119,7 +152,7 @@ def test_a_schedule_that_cannot_be_created_leaves_no_rows():
     request = ScheduleRequest.model_validate(body(interval_seconds=60))
     before = stored_files()
     with pytest.raises(Refused):
-        asyncio.run(Submission(Jobs(), Schedules(fail=True)).create_schedule(request))
+        asyncio.run(service(Jobs(), Schedules(fail=True)).create_schedule(request))
     assert stored_files() == before
 
 
@@ -127,11 +160,11 @@ def test_new_rows_replace_the_stored_ones_only_once_the_schedule_changed():
     schedule, new_rows = stored_schedule(), body(rows=30)["dataset"]
     before = stored_files()
     with pytest.raises(Refused):
-        asyncio.run(Submission(Jobs(), Schedules(fail=True)).update_schedule(schedule, SchedulePatch(dataset=new_rows)))
+        asyncio.run(service(Jobs(), Schedules(fail=True)).update_schedule(schedule, SchedulePatch(dataset=new_rows)))
     assert stored_files() == before, "the new rows are taken back, the schedule's own rows kept"
 
     schedules = Schedules()
-    asyncio.run(Submission(Jobs(), schedules).update_schedule(schedule, SchedulePatch(dataset=new_rows)))
+    asyncio.run(service(Jobs(), schedules).update_schedule(schedule, SchedulePatch(dataset=new_rows)))
     (saved,) = schedules.saved
     assert saved["dataset_ref"]["rows"] == 30 and saved["schedule_id"] == str(schedule.id)
     after = stored_files()
@@ -142,18 +175,18 @@ def test_a_job_field_change_keeps_the_stored_rows_and_validates_against_them():
     schedule, schedules = stored_schedule(), Schedules()
     before = stored_files()
     patch = SchedulePatch.model_validate({"optimizer_kwargs": {"max_bootstrapped_demos": 2}})
-    asyncio.run(Submission(Jobs(), schedules).update_schedule(schedule, patch))
+    asyncio.run(service(Jobs(), schedules).update_schedule(schedule, patch))
     assert schedules.saved[0]["dataset_ref"] == schedule.parameters["dataset_ref"] and stored_files() == before
     misspelt = SchedulePatch.model_validate({"optimizer_kwargs": {"max_bootstrapped_demos": 2, "bogus": 1}})
     with pytest.raises(JobError, match="bogus"):
-        asyncio.run(Submission(Jobs(), schedules).update_schedule(schedule, misspelt))
+        asyncio.run(service(Jobs(), schedules).update_schedule(schedule, misspelt))
 
 
 def test_a_run_of_a_schedule_names_its_schedule():
     schedule, jobs = stored_schedule(), Jobs()
-    answer = asyncio.run(Submission(jobs, Schedules()).run_schedule(schedule))
+    answer = asyncio.run(service(jobs, Schedules()).run_schedule(schedule))
     (run,) = jobs.created
     assert answer["schedule_id"] == str(schedule.id) and run["parameters"] == schedule.parameters
     assert f"dspy-schedule:{schedule.id}" in run["tags"]
     with pytest.raises(JobError, match="no job payload"):
-        asyncio.run(Submission(jobs, Schedules()).run_schedule(schedule.model_copy(update={"parameters": {}})))
+        asyncio.run(service(jobs, Schedules()).run_schedule(schedule.model_copy(update={"parameters": {}})))

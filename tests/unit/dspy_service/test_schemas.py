@@ -47,6 +47,9 @@ def test_defaults_aliases_and_unknown_keys():
         ({"column_mapping": {"inputs": {"question": "q"}, "outputs": {"answer": "q"}}}, "column_mapping"),
         ({"model_config": {"name": "x", "temperature": 3}}, "model_config"),
         ({"model_config": None}, "model_config"),
+        ({"model_config": {"name": "x", "credential": "Not A Name!"}}, "model_config"),
+        ({"secret_refs": {"inline_block": "dspy-secret-someone-elses"}}, "secret_refs"),
+        ({"secret_refs": {"credential_blocks": {"main": "dspy-cred-0123-prod"}}}, "secret_refs"),
     ],
 )
 def test_shape_errors_name_the_field(overrides, field):
@@ -64,3 +67,27 @@ def test_reflection_lm_kwarg_becomes_model_config():
 def test_split_counts_add_up():
     assert SplitFractions().counts(100) == {"train": 70, "val": 15, "test": 15}
     assert sum(SplitFractions(train=0.6, val=0.3, test=0.1).counts(7).values()) == 7
+
+
+def test_model_settings_views_are_an_allow_list():
+    request = JobRequest.model_validate(
+        payload(
+            model_config={
+                "name": "openai/local",
+                "base_url": "http://lm",
+                "temperature": 0.2,
+                "model_type": "chat",
+                "credential": "prod",
+                "organization_secret": "sk-top",
+                "extra": {"num_retries": 2, "input_cost_per_token": 1e-6, "api_key": "sk-1",
+                          "headers": {"Authorization": "Bearer sk-2"}, "my_custom_thing": "hidden"},
+            }
+        )
+    )
+    assert request.main_model.public_settings() == {
+        "base_url": "http://lm",
+        "temperature": 0.2,
+        "model_type": "chat",
+        "credential": "prod",
+        "extra": {"num_retries": 2, "input_cost_per_token": 1e-6},
+    }

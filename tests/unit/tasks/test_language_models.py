@@ -50,3 +50,18 @@ def test_cache_hits_are_counted_apart_and_cost_nothing():
     meter.record("main", {"usage": {}, "cost": 0.5})  # DSPy keeps the old cost on a cache hit
     usage = meter.snapshot()["total"]
     assert (usage["calls"], usage["cache_hits"], usage["total_tokens"], usage["cost"]) == (1, 1, 12, 0.5)
+
+
+def test_header_values_count_as_secrets_and_tell_tenants_apart(local_lm):
+    from dspy_service.schemas import JobSpec
+    from tasks.language_models import build_language_models, tenant_cache_scope
+    from tests.support.payloads import job_payload
+
+    def spec(bearer: str) -> JobSpec:
+        payload = job_payload(local_lm.url)
+        payload["model_config"]["extra"]["headers"] = {"Authorization": bearer}
+        return JobSpec.model_validate(payload)
+
+    assert tenant_cache_scope(spec("Bearer one")) != tenant_cache_scope(spec("Bearer two"))
+    lms = build_language_models.fn(spec("Bearer sk-header-value"))
+    assert "Bearer sk-header-value" in lms.secrets

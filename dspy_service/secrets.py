@@ -1,0 +1,233 @@
+"""Provider secrets: kept in Prefect Secret blocks, referenced from jobs by block name only.
+
+Prefect encrypts block data at rest and shows string Secret values obfuscated unless a
+reader asks for `include_secrets`; values are therefore stored as JSON strings. Two kinds
+of blocks hold a job's secrets (names in dspy_service/contract.py):
+
+- a credential of an owner (`credential_block`): {"api_key": str, "headers": {name: value}};
+- the inline secrets of one job or schedule (`inline_secret_block`): {role: {extra key: value}},
+  what `split_model_secrets` took out of each model config.
+
+`resolve_model_secrets` is the one place a job turns references back into secrets, merged
+in this order: the config's own `extra`, then its credential, then its inline secrets
+(headers merge per header name, an inline header wins).
+
+Failures: a block that is gone at run time raises JobError naming the credential or the
+job's inline secrets; Prefect's transport and HTTP errors propagate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from prefect.blocks.system import Secret
+from prefect.client.orchestration import PrefectClient
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+from dspy_service.errors import JobError
+from dspy_service.schemas import PUBLIC_EXTRA_KEYS, JobSpec, ModelConfig
+
+SECRET_WORDS = ("key", "secret", "token", "password", "authorization", "credential")
+HEADER_KEYS = ("headers", "extra_headers")  # LiteLLM's request header arguments
+SECRET_BLOCK_TYPE = "secret"
+PAGE_LIMIT = 200  # the Prefect API's largest `limit`
+
+
+class SecretNameTaken(ValueError):
+    """A Secret block of that name exists already."""
+
+
+def looks_secret(key: str, value: Any = None) -> bool:
+    """An `extra` entry kept out of parameters and views: a secret-looking name, or a
+    nested object holding one (e.g. `{"vertex": {"api_key": ...}}`). Allow-listed public
+    settings never are."""
+    if key in HEADER_KEYS:
+        return True
+    if key in PUBLIC_EXTRA_KEYS:
+        return False
+    lowered = key.lower()
+    return any(word in lowered for word in SECRET_WORDS) or _holds_secret_key(value)
+
+
+def _holds_secret_key(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return any(looks_secret(str(k), v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_secret_key(item) for item in value)
+    return False
+
+
+def split_model_secrets(config: ModelConfig) -> tuple[ModelConfig, dict[str, Any]]:
+    """(the config without secrets, its secret `extra` entries). Secret-looking unknown
+    top-level keys are dropped: they never reach an LM, and must not reach storage."""
+    secrets = {key: value for key, value in config.extra.items() if looks_secret(key, value)}
+    kept_extra = {key: value for key, value in config.extra.items() if key not in secrets}
+    data = config.model_dump(exclude={"extra"})
+    data = {k: v for k, v in data.items() if k in ModelConfig.model_fields or not looks_secret(k, v)}
+    return ModelConfig.model_validate({**data, "extra": kept_extra}), secrets
+
+
+def credential_extra(credential: Mapping[str, Any]) -> dict[str, Any]:
+    """A credential's value as `extra` entries of a model config."""
+    extra: dict[str, Any] = {"api_key": credential["api_key"]}
+    if credential.get("headers"):
+        extra["headers"] = dict(credential["headers"])
+    return extra
+
+
+def merge_model_secrets(
+    config: ModelConfig, credential: Mapping[str, Any] | None, inline: Mapping[str, Any] | None
+) -> ModelConfig:
+    """`config` with its credential's entries, then its inline ones, merged into `extra`."""
+    extra = dict(config.extra)
+    for layer in (credential_extra(credential) if credential else {}, inline or {}):
+        for key, value in layer.items():
+            if key in HEADER_KEYS and isinstance(value, Mapping) and isinstance(extra.get(key), Mapping):
+                extra[key] = {**extra[key], **value}
+            else:
+                extra[key] = value
+    return config.model_copy(update={"extra": extra})
+
+
+def secret_values(config: ModelConfig) -> list[str]:
+    """The secret strings a config's `extra` holds (api key, header values, nested values),
+    to keep out of artifacts."""
+    return [value for key, entry in config.extra.items() if looks_secret(key, entry) for value in _leaves(entry)]
+
+
+def _leaves(value: Any) -> list[str]:
+    if isinstance(value, Mapping):
+        return [leaf for item in value.values() for leaf in _leaves(item)]
+    if isinstance(value, (list, tuple)):
+        return [leaf for item in value for leaf in _leaves(item)]
+    return [] if value in (None, "") else [str(value)]
+
+
+# -- reading and writing Secret blocks --------------------------------------------------------
+
+
+class SecretStore:
+    """Secret blocks on a Prefect server, through one client."""
+
+    def __init__(self, client: PrefectClient):
+        self.client = client
+
+    async def store(self, name: str, value: dict[str, Any]) -> None:
+        """Create the block; SecretNameTaken when the name is in use."""
+        try:
+            # A JSON string, not a dict: Prefect 3.9 obfuscates only string Secret values
+            # in its API answers (a dict value reads back in plain text without include_secrets).
+            await Secret(value=json.dumps(value))._save(name=name, overwrite=False, client=self.client)
+        except (ObjectAlreadyExists, ValueError) as exc:
+            if "already" not in str(exc) and not isinstance(exc, ObjectAlreadyExists):
+                raise
+            raise SecretNameTaken(f"a secret named {name!r} exists already") from None
+
+    async def read(self, name: str) -> dict[str, Any] | None:
+        """The block's value (None when there is no such block)."""
+        entry = await self.entry(name)
+        return entry[0] if entry else None
+
+    async def entry(self, name: str) -> tuple[dict[str, Any], dt.datetime | None] | None:
+        """(the block's value, when it was created), or None when there is no such block."""
+        document = await self._document(name, include_secrets=True)
+        if document is None:
+            return None
+        value = Secret._from_block_document(document).get()
+        return (value if isinstance(value, dict) else {}), document.created
+
+    async def created(self, name: str) -> dt.datetime | None:
+        document = await self._document(name, include_secrets=False)
+        return document.created if document else None
+
+    async def delete(self, name: str) -> bool:
+        """Delete the block; False when it was gone already."""
+        document = await self._document(name, include_secrets=False)
+        if document is None:
+            return False
+        try:
+            await self.client.delete_block_document(document.id)
+        except ObjectNotFound:
+            return False
+        return True
+
+    async def names(self, prefix: str) -> list[str]:
+        """Names of the Secret blocks starting with `prefix`, sorted."""
+        names: list[str] = []
+        while True:
+            response = await self.client.request(
+                "POST",
+                "/block_documents/filter",
+                json={
+                    "block_documents": {"name": {"like_": f"{prefix}%"}},
+                    "block_types": {"slug": {"any_": [SECRET_BLOCK_TYPE]}},
+                    "include_secrets": False,
+                    "limit": PAGE_LIMIT,
+                    "offset": len(names),
+                },
+            )
+            page = [document["name"] for document in response.json()]
+            names.extend(page)
+            if len(page) < PAGE_LIMIT:
+                break
+        return sorted(name for name in names if name.startswith(prefix))
+
+    async def _document(self, name: str, *, include_secrets: bool):
+        try:
+            return await self.client.read_block_document_by_name(
+                name, block_type_slug=SECRET_BLOCK_TYPE, include_secrets=include_secrets
+            )
+        except ObjectNotFound:
+            return None
+
+
+# -- resolution: the one place a job reads its secrets ----------------------------------------
+
+BlockReader = Callable[[str], "dict[str, Any] | None"]
+
+
+def read_secret_block(name: str) -> dict[str, Any] | None:
+    """A Secret block's value through the job's Prefect client (None when it is gone)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        try:
+            document = client.read_block_document_by_name(name, block_type_slug=SECRET_BLOCK_TYPE, include_secrets=True)
+        except ObjectNotFound:
+            return None
+    value = Secret._from_block_document(document).get()
+    return value if isinstance(value, dict) else None
+
+
+def resolve_model_secrets(spec: JobSpec, read: BlockReader = read_secret_block) -> JobSpec:
+    """`spec` with the secrets its references name merged into its model configs."""
+    refs = spec.secret_refs
+    if refs is None:
+        return spec
+    inline: dict[str, Any] = {}
+    if refs.inline_block:
+        inline = read(refs.inline_block) or {}
+        if not inline:
+            raise JobError(
+                "the job's inline secrets (api keys, headers) were deleted; submit the job again "
+                "or, for a schedule, PATCH its model config with the key",
+                field="model_config",
+            )
+    updates: dict[str, ModelConfig] = {}
+    for role, config in spec.lm_configs().items():
+        credential = None
+        block = refs.credential_blocks.get(role)
+        if block:
+            credential = read(block)
+            if credential is None:
+                field = JobSpec.role_field(role)
+                raise JobError(
+                    f"{field}.credential: credential {config.credential!r} was deleted; create it again "
+                    "(POST /credentials) or change the model config",
+                    field=f"{field}.credential",
+                )
+        updates[role] = merge_model_secrets(config, credential, inline.get(role))
+    return spec.with_configs(updates)
