@@ -13,9 +13,9 @@ from prefect.client.orchestration import get_client
 
 from api.errors import install_error_handlers
 from api.gateway import JobGateway
+from api.identity import TokenCache
 from api.limits import BodySizeLimit
 from api.openapi import install_openapi
-from api.identity import TokenCache
 from api.routes import jobs, schedules, system, users
 from api.stuck_jobs import sweep_forever
 from dspy_service.prefect_http import quick_retry_httpx_settings
