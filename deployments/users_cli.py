@@ -24,7 +24,6 @@ from typing import Any
 
 import httpx
 
-from dspy_service import users
 from dspy_service.settings import get_settings
 
 LOCAL_PREFECT_API = "http://127.0.0.1:4200/api"
@@ -51,6 +50,8 @@ def with_client(action: Callable[[Any], Awaitable[Any]]) -> Any:
 
 
 async def _listing(client: Any) -> str:
+    from dspy_service import users
+
     rows = await users.list_users(client)
     if not rows:
         return "no users"
@@ -61,6 +62,8 @@ async def _listing(client: Any) -> str:
 
 
 def cmd_users(args: argparse.Namespace) -> int:
+    from dspy_service import users  # imports Prefect: only for these commands
+
     prefect_environment()
     actions: dict[str, Callable[[Any], Awaitable[Any]]] = {
         "add": lambda client: users.add_user(client, args.name, args.admin),
@@ -98,6 +101,8 @@ def add_users_parser(sub: Any) -> None:
 def create_first_admin() -> None:
     """`dspy-service up`: the first admin and its token file (see users.ensure_first_admin);
     runs against the stack's Prefect server (PREFECT_API_URL of the environment)."""
+    from dspy_service import users
+
     settings = get_settings()
     if settings.auth == "off":
         return

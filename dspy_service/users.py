@@ -150,6 +150,8 @@ async def list_users(client: PrefectClient) -> list[User]:
 async def revoke_user(client: PrefectClient, username: str) -> None:
     """Delete the user: their token stops working (on other API replicas within their
     token cache time)."""
+    if not re.fullmatch(USERNAME_PATTERN, username):
+        raise UnknownUser(f"user {username!r} not found")
     try:
         await client.delete_variable_by_name(user_variable(username))
     except ObjectNotFound:
@@ -158,7 +160,7 @@ async def revoke_user(client: PrefectClient, username: str) -> None:
 
 async def rotate_token(client: PrefectClient, username: str) -> str:
     """A new token for the user; the old one stops working."""
-    record = await _record(client, username)
+    record = await _record(client, username) if re.fullmatch(USERNAME_PATTERN, username) else None
     if record is None:
         raise UnknownUser(f"user {username!r} not found")
     token = new_token(username)

@@ -8,6 +8,8 @@ quotas answer 429 and 400.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
 
@@ -15,6 +17,7 @@ import httpx
 import pytest
 
 from tests.support.payloads import job_payload
+from tests.support.polling import wait_until
 from tests.support.stack import RunningStack
 
 pytestmark = pytest.mark.integration
@@ -201,3 +204,32 @@ def test_quotas_429_and_400(stack, local_lm):
         for job_id in jobs:
             stack.wait_terminal(job_id, timeout=60)
             user.delete(f"/jobs/{job_id}")
+
+
+@pytest.mark.sqlite_only
+def test_the_users_cli_manages_tokens_the_api_accepts(stack):
+    env = {**stack.env, "PREFECT_API_URL": stack.prefect_url}
+    name = f"cli-{uuid.uuid4().hex[:6]}"
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "deployments.cli", "users", *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    added = cli("add", name)
+    assert added.returncode == 0, added.stderr
+    token = added.stdout.strip()
+    assert token.startswith(f"dss.{name}.") and "shown once" in added.stderr
+    assert stack.client(token).get("/jobs").status_code == 200
+    assert cli("add", name).returncode == 1
+    listed = cli("list")
+    assert name in listed.stdout and "admin" in listed.stdout and token not in listed.stdout
+    rotated = cli("rotate", name).stdout.strip()
+    user = stack.client(rotated)
+    assert rotated != token and user.get("/jobs").status_code == 200
+    assert cli("revoke", name).returncode == 0
+    # a revoke made outside this API replica: within its token cache time (5 s)
+    wait_until(lambda: user.get("/jobs").status_code == 401, 15, 0.5, what="the revoked token to be refused")
+    assert_401(user.get("/jobs"))
+    assert name not in stack.api.get("/users").text
+    missing = cli("revoke", name)
+    assert missing.returncode == 1 and missing.stderr.startswith("error: ")

@@ -98,6 +98,8 @@ def test_store_errors():
         run(users.revoke_user(store, "bob"))
     with pytest.raises(users.UnknownUser):
         run(users.rotate_token(store, "bob"))
+    with pytest.raises(users.UnknownUser):
+        run(users.revoke_user(store, "Not A Name"))
     with pytest.raises(users.InvalidUsername):
         run(users.add_user(store, "Alice Smith"))
 
