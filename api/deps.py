@@ -1,6 +1,7 @@
 """FastAPI dependencies, as `Annotated` aliases the routes declare.
 
-A job or schedule id that names nothing (or not one of this deployment's) answers 404.
+A job or schedule id that names nothing, not one of this deployment's, or an object of
+another user (the caller is no admin) answers 404: an id does not reveal that it exists.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from fastapi import Depends, HTTPException, Request
 from prefect.client.schemas.objects import DeploymentSchedule
 
 from api.gateway import JobGateway
+from api.identity import CurrentUser
+from api.ownership import run_owner, schedule_owner
 from api.prefect_reads import Run
 from api.schedule_gateway import ScheduleGateway
 from api.submission import Submission
@@ -33,8 +36,9 @@ async def get_gateway(request: Request) -> JobGateway:
 GatewayDep = Annotated[JobGateway, Depends(get_gateway)]
 
 
-async def get_job_run(job_id: str, gateway: GatewayDep) -> Run:
-    return found(await gateway.get(job_id), f"job {job_id}")
+async def get_job_run(job_id: str, gateway: GatewayDep, caller: CurrentUser) -> Run:
+    run = await gateway.get(job_id)
+    return found(run if run is not None and caller.owns(run_owner(run)) else None, f"job {job_id}")
 
 
 JobRunDep = Annotated[Run, Depends(get_job_run)]
@@ -47,8 +51,10 @@ async def get_schedule_gateway(gateway: GatewayDep) -> ScheduleGateway:
 ScheduleGatewayDep = Annotated[ScheduleGateway, Depends(get_schedule_gateway)]
 
 
-async def get_schedule(schedule_id: str, schedules: ScheduleGatewayDep) -> DeploymentSchedule:
-    return found(await schedules.get(schedule_id), f"schedule {schedule_id}")
+async def get_schedule(schedule_id: str, schedules: ScheduleGatewayDep, caller: CurrentUser) -> DeploymentSchedule:
+    schedule = await schedules.get(schedule_id)
+    owned = schedule is not None and caller.owns(schedule_owner(schedule))
+    return found(schedule if owned else None, f"schedule {schedule_id}")
 
 
 ScheduleDep = Annotated[DeploymentSchedule, Depends(get_schedule)]

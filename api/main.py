@@ -13,9 +13,10 @@ from prefect.client.orchestration import get_client
 
 from api.errors import install_error_handlers
 from api.gateway import JobGateway
+from api.identity import TokenCache
 from api.limits import BodySizeLimit
 from api.openapi import install_openapi
-from api.routes import credentials, jobs, schedules, system
+from api.routes import credentials, jobs, schedules, system, users
 from api.stuck_jobs import sweep_forever
 from dspy_service.prefect_http import quick_retry_httpx_settings
 from dspy_service.registry import get_registry
@@ -24,6 +25,9 @@ from dspy_service.settings import get_settings
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    problem = get_settings().auth_mode_problem()
+    if problem:  # uvicorn logs it and exits non-zero
+        raise RuntimeError(problem)
     get_registry()  # import dspy and the plugins now, not on the first request
     async with get_client(httpx_settings=quick_retry_httpx_settings()) as client:
         app.state.gateway = JobGateway(client, get_settings())
@@ -65,11 +69,13 @@ def create_app() -> FastAPI:
         BodySizeLimit, max_bytes=int(settings.max_request_mb * 1024 * 1024), max_mb=settings.max_request_mb
     )
 
+    app.state.tokens = TokenCache(settings.token_cache_seconds)
     install_error_handlers(app)
     app.include_router(jobs.router)
     app.include_router(system.router)
     app.include_router(schedules.router)
     app.include_router(credentials.router)
+    app.include_router(users.router)
     install_openapi(app)
     return app
 

@@ -6,13 +6,16 @@ POST /schedules/{id}/run, so every path validates the same way (`preflight`, not
 the user's code runs) and stores inline rows the same way (a `dataset_source` is read by
 the job itself at run time).
 
-Secrets are moved out of the job before anything is created (api/job_secrets.py): the run's
-or schedule's parameters hold references only.
+Every path acts for a `Caller` (api/identity.py): the owner a body may name and the
+per-user quotas are checked here (api/ownership.py, api/quotas.py) before anything is
+stored. Secrets are moved out of the job before anything is created (api/job_secrets.py):
+the run's or schedule's parameters hold references only.
 
-Failures: JobError (400) and RequestValidationError (422) before anything is stored;
-anything the gateways raise after the rows (or a new inline Secret block) were stored
-deletes those again and propagates. Rows and blocks an existing run or schedule already
-uses are never deleted on failure.
+Failures: JobError (400), RequestValidationError (422), HTTPException (403 for a foreign
+`username`, 429 over a quota) before anything is stored; anything the gateways raise
+after the rows (or a new inline Secret block) were stored deletes those again and
+propagates. Rows and blocks an existing run or schedule already uses are never deleted on
+failure.
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ from pydantic import ValidationError
 
 from api import views
 from api.gateway import JobGateway
+from api.identity import Caller
 from api.job_secrets import inline_block_of, restored_job, secured
+from api.ownership import owned_request, patched_username, schedule_owner, scoped_idempotency_key
 from api.prefect_reads import Run
 from api.preflight import preflight
+from api.quotas import check_active_jobs, check_cadence, check_schedule_count
 from api.schedule_gateway import ScheduleGateway, stored_dataset_url
 from api.schedule_models import SchedulePatch, ScheduleRequest, merge_job, patched_cadence
 from dspy_service.contract import SCHEDULE_ID, SERVICE_TAG, schedule_tag, user_tag
@@ -77,11 +83,14 @@ class Submission:
         self.schedules = schedules
         self.secrets = secrets
 
-    async def submit_job(self, request: JobRequest, idempotency_key: str | None) -> dict[str, Any]:
-        """POST /run: the new job (or the one `idempotency_key` named already)."""
+    async def submit_job(self, request: JobRequest, idempotency_key: str | None, caller: Caller) -> dict[str, Any]:
+        """POST /run: the new job (or the one the owner's `idempotency_key` named already)."""
+        request = owned_request(caller, request)
+        await check_active_jobs(self.jobs, caller, request.username)
         spec = await validated(request)
+        key = scoped_idempotency_key(request.username, idempotency_key)
         async with secured(spec, self.secrets) as spec, stored_rows(request.dataset) as ref:
-            run = await self._create_run(spec, job_parameters(spec, ref), idempotency_key=idempotency_key)
+            run = await self._create_run(spec, job_parameters(spec, ref), idempotency_key=key)
         parameters = run.get("parameters") or {}
         used = (parameters.get("dataset_ref") or {}).get("url")
         if ref is not None and used != ref.url:
@@ -91,31 +100,41 @@ class Submission:
             await self.secrets.delete(made)  # ... and its secrets only
         return views.submitted(run, await self.jobs.status_of(run))
 
-    async def run_schedule(self, schedule: DeploymentSchedule) -> dict[str, Any]:
-        """POST /schedules/{id}/run: a job from the schedule's stored payload, now."""
+    async def run_schedule(self, schedule: DeploymentSchedule, caller: Caller) -> dict[str, Any]:
+        """POST /schedules/{id}/run: a job from the schedule's stored payload, now (its owner's)."""
         parameters = schedule.parameters or {}
         if not parameters.get("job"):
             raise JobError("this schedule has no job payload (made outside dspy-service?)")
         spec = JobSpec.model_validate(parameters["job"])
+        await check_active_jobs(self.jobs, caller, spec.username)
         ref = parameters.get("dataset_ref")
         dataset_ref = DatasetRef.model_validate(ref) if ref else None
         schedule_id = str(schedule.id)
         run = await self._create_run(spec, job_parameters(spec, dataset_ref, schedule_id), schedule_id=schedule_id)
         return views.submitted(run, await self.jobs.status_of(run))
 
-    async def create_schedule(self, request: ScheduleRequest) -> DeploymentSchedule:
+    async def create_schedule(self, request: ScheduleRequest, caller: Caller) -> DeploymentSchedule:
         """POST /schedules: validated like POST /run; inline rows are stored once for all runs."""
+        request = owned_request(caller, request)
+        settings = self.jobs.settings
+        check_cadence(caller, request.prefect_schedule(), settings.min_schedule_interval_seconds)
+        owned = sum(schedule_owner(s) == request.username for s in await self.schedules.list())
+        check_schedule_count(caller, owned, settings.max_schedules_per_user)
         spec = await validated(request)
         async with secured(spec, self.secrets) as spec, stored_rows(request.dataset) as ref:
             return await self.schedules.create(
                 job_parameters(spec, ref), request.prefect_schedule(), name=request.name, active=request.active
             )
 
-    async def update_schedule(self, schedule: DeploymentSchedule, patch: SchedulePatch) -> DeploymentSchedule:
-        """PATCH /schedules/{id}: the merged job is validated before anything changes; rows
-        the schedule no longer uses are deleted once the change is made."""
+    async def update_schedule(
+        self, schedule: DeploymentSchedule, patch: SchedulePatch, caller: Caller
+    ) -> DeploymentSchedule:
+        """PATCH /schedules/{id}: the merged job (still the schedule owner's) is validated
+        before anything changes; rows the schedule no longer uses are deleted once the change
+        is made."""
         cadence = patched_cadence(schedule.schedule, patch)
-        changes = patch.job_fields()
+        check_cadence(caller, cadence, self.jobs.settings.min_schedule_interval_seconds)
+        changes = patched_username(caller, schedule_owner(schedule), patch.job_fields())
         if not changes:
             return await self.schedules.update(schedule, active=patch.active, cadence=cadence, name=patch.name)
         stored_job, inline = await restored_job((schedule.parameters or {}).get("job") or {}, self.secrets)

@@ -23,7 +23,7 @@ from dspy_service.testing.local_lm import (  # noqa: E402
     ARITHMETIC_SIGNATURE_CODE,
     make_arithmetic_dataset,
 )
-from tests.support.stack import configure_stack, prefect_http_client, start_stack  # noqa: E402
+from tests.support.stack import admin_headers, configure_stack, prefect_http_client, start_stack  # noqa: E402
 
 OPTIMIZERS = {
     "bootstrap": {"max_bootstrapped_demos": 4, "max_labeled_demos": 0},
@@ -115,6 +115,11 @@ class BenchStack:
     def prefect_client(self):
         """An httpx client of the stack's Prefect API, with its auth string."""
         return prefect_http_client(self.stack)
+
+    @property
+    def api_headers(self) -> dict[str, str]:
+        """The first admin's Authorization header (read once the stack is up)."""
+        return admin_headers(self.stack)
 
     def start(self, progress=print) -> float:
         """Seconds the stack took to come up; if it does not, its log tails are printed."""

@@ -93,7 +93,7 @@ def plain_runs(lm, delay_ms: float, optimizer: str, runs: int, rows: int = 60) -
 class Probe:
     def __init__(self, bench: BenchStack):
         self.bench = bench
-        self.api = httpx.Client(base_url=bench.api_url, timeout=120)
+        self.api = httpx.Client(base_url=bench.api_url, timeout=120, headers=bench.api_headers)
         self.prefect = bench.prefect_client()
 
     def close(self) -> None:

@@ -7,6 +7,7 @@
     dspy-service up --warm-start    # jobs fork from a pre-imported zygote (also: worker --warm-start)
     dspy-service register           # (re)register the work pool and the deployment
     dspy-service local-lm           # the deterministic local LM alone (tests and demo only)
+    dspy-service users add NAME     # a user and their API token (also: users list/revoke/rotate)
 
 A command that cannot start what it was asked to (a busy port, a zygote that does not come
 up) or whose demo job does not succeed prints `error: ...` on stderr and exits with 1.
@@ -23,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from deployments.users_cli import add_users_parser, api_token
 from dspy_service.settings import get_settings
 
 
@@ -62,11 +64,14 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"(log in with the auth string in {settings.prefect_auth_file})\n"
             + (f"  local LM   {config.local_lm_url}  (test/demo model, not a real LM)\n" if config.local_lm_url else "")
             + f"  logs       {settings.home_dir / 'logs'}\n"
-            "Try `dspy-service demo` in another terminal. Ctrl-C stops everything.",
+            + admin_token_line(settings)
+            + "Try `dspy-service demo` in another terminal. Ctrl-C stops everything.",
             flush=True,
         )
         if args.demo:
-            run_demo(config.api_url, config.local_lm_url or args.lm_url, optimizer=args.demo_optimizer)
+            run_demo(
+                config.api_url, config.local_lm_url or args.lm_url, optimizer=args.demo_optimizer, token=api_token()
+            )
         stack.watch(lambda: stopping, progress=lambda m: print(m, flush=True))
     except (RuntimeError, TimeoutError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -76,6 +81,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     stack.stop()
     print("stopped", flush=True)
     return 0
+
+
+def admin_token_line(settings) -> str:
+    if settings.auth == "off":
+        return "  auth       off: no tokens, loopback only (DSPY_SERVICE_AUTH=off)\n"
+    if settings.admin_token_file.exists():
+        return f"  admin token {settings.admin_token_file}  (send `Authorization: Bearer <token>`)\n"
+    return "  admin token an admin exists already; `dspy-service users add NAME` makes more users\n"
 
 
 def demo_payload(lm_url: str, optimizer: str = "bootstrap", rows: int = 60) -> dict[str, Any]:
@@ -100,9 +113,12 @@ def demo_payload(lm_url: str, optimizer: str = "bootstrap", rows: int = 60) -> d
     return payload
 
 
-def run_demo(api_url: str, lm_url: str, optimizer: str = "bootstrap", timeout: float = 600) -> dict[str, Any]:
+def run_demo(
+    api_url: str, lm_url: str, optimizer: str = "bootstrap", timeout: float = 600, token: str | None = None
+) -> dict[str, Any]:
     """Submit the demo job and follow it to the end, printing status changes."""
-    with httpx.Client(base_url=api_url, timeout=30) as client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(base_url=api_url, timeout=30, headers=headers) as client:
         response = client.post("/run", json=demo_payload(lm_url, optimizer))
         if response.status_code != 201:
             raise RuntimeError(f"POST /run answered {response.status_code}: {response.text}")
@@ -136,7 +152,7 @@ def run_demo(api_url: str, lm_url: str, optimizer: str = "bootstrap", timeout: f
 
 def cmd_demo(args: argparse.Namespace) -> int:
     try:
-        run_demo(args.api_url, args.lm_url, optimizer=args.optimizer)
+        run_demo(args.api_url, args.lm_url, optimizer=args.optimizer, token=api_token(args.token))
     except (RuntimeError, TimeoutError, httpx.HTTPError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -233,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--api-url", default="http://127.0.0.1:8000")
     demo.add_argument("--lm-url", default="http://127.0.0.1:8765/v1")
     demo.add_argument("--optimizer", default="bootstrap", help="bootstrap, miprov2, gepa, ...")
+    demo.add_argument(
+        "--token", default=None, help="API token (default: DSPY_SERVICE_TOKEN, else the admin-token file)"
+    )
     demo.set_defaults(func=cmd_demo)
 
     worker = sub.add_parser(
@@ -253,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     local_lm.add_argument("--port", type=int, default=8765)
     local_lm.add_argument("--delay-ms", type=int, default=0)
     local_lm.set_defaults(func=cmd_local_lm)
+    add_users_parser(sub)
     return parser
 
 

@@ -95,6 +95,8 @@ class StackConfig:
                 "DSPY_SERVICE_DEPLOYMENT": self.settings.deployment,
                 "DSPY_SERVICE_JOB_SLOTS": str(self.settings.job_slots),
                 "DSPY_SERVICE_SCHEDULER_LOOP_SECONDS": f"{self.settings.scheduler_loop_seconds:g}",
+                "DSPY_SERVICE_AUTH": self.settings.auth,
+                "DSPY_SERVICE_API_HOST": self.api_host,
                 "PREFECT_HOME": str(home / "prefect"),
                 "PREFECT_API_URL": self.prefect_api_url,
                 "PREFECT_API_DATABASE_CONNECTION_URL": self.settings.resolved_database_url,
@@ -251,6 +253,9 @@ class Stack:
     def start(self, timeout: float = 120.0, progress=print) -> float:
         """Start everything; returns seconds until the API reports healthy."""
         started = time.monotonic()
+        problem = self.config.settings.model_copy(update={"api_host": self.config.api_host}).auth_mode_problem()
+        if problem:
+            raise RuntimeError(problem)
         self.check_ports_free()
         self.config.settings.home_dir.mkdir(parents=True, exist_ok=True)
         if self.local_lm:
@@ -292,7 +297,12 @@ class Stack:
                     ) from None
 
     def register(self) -> None:
-        code = "import asyncio; from deployments.register import register; asyncio.run(register())"
+        """The pool, the deployment and its automations; then the first admin user and its
+        token file (deployments/users_cli.py), in one process."""
+        code = (
+            "import asyncio; from deployments.register import register; asyncio.run(register()); "
+            "from deployments.users_cli import create_first_admin; create_first_admin()"
+        )
         subprocess.run(python_command("-c", code), env=self.env, check=True, timeout=120)
 
     def stop(self) -> None:

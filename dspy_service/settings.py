@@ -137,6 +137,10 @@ class ServiceSettings(BaseSettings):
         "original service's open single-user mode (the body's `username`), allowed only while the API listens "
         "on loopback.",
     )
+    api_host: str = Field(
+        default="127.0.0.1",
+        description="The address the API listens on (`dspy-service up --host`); auth `off` needs a loopback one.",
+    )
     token_cache_seconds: float = Field(
         default=5.0,
         ge=0,
@@ -177,6 +181,16 @@ class ServiceSettings(BaseSettings):
         "'database is locked'). Default: on when the Prefect database is SQLite.",
     )
 
+    def auth_mode_problem(self) -> str | None:
+        """Why this configuration may not run (auth off on a non-loopback address), or None."""
+        if self.auth == "off" and not is_loopback_host(self.api_host):
+            return (
+                f"DSPY_SERVICE_AUTH=off (no tokens) is allowed only while the API listens on loopback, not on "
+                f"{self.api_host!r}: listen on 127.0.0.1, or turn auth on and give users tokens "
+                "(`dspy-service users add NAME`)"
+            )
+        return None
+
     @property
     def deployment_full_name(self) -> str:
         return f"{FLOW_NAME}/{self.deployment}"
@@ -213,6 +227,20 @@ class ServiceSettings(BaseSettings):
     @property
     def resolved_lm_cache_dir(self) -> Path:
         return (self.lm_cache_dir or self.home_dir / "lm-cache").expanduser()
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """Loopback addresses (127.0.0.0/8, ::1) and `localhost`; anything else is reachable from outside."""
+    import ipaddress
+
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @functools.lru_cache(maxsize=1)

@@ -9,6 +9,8 @@ from fastapi import APIRouter, Header, HTTPException, Query
 
 from api import views
 from api.deps import GatewayDep, JobRunDep, SubmissionDep
+from api.identity import CurrentUser
+from api.ownership import listed_username
 from api.responses import FastJSONResponse
 from api.status import JobStatus
 from dspy_service.schemas import JobRequest
@@ -20,21 +22,26 @@ router = APIRouter()
 async def submit_job(
     request: JobRequest,
     submission: SubmissionDep,
+    caller: CurrentUser,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ):
-    """Validate without running user code, store the dataset, create the flow run."""
-    return await submission.submit_job(request, idempotency_key)
+    """Validate without running user code, store the dataset, create the flow run. The job
+    is the caller's (an admin may name another user in `username`)."""
+    return await submission.submit_job(request, idempotency_key, caller)
 
 
 @router.get("/jobs")
 async def list_jobs(
     gateway: GatewayDep,
+    caller: CurrentUser,
     status: JobStatus | None = None,
     username: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ):
-    page = await gateway.list(status=status, username=username, limit=limit, offset=offset)
+    """The caller's jobs newest first (an admin's: everyone's, `username` filters)."""
+    owner = listed_username(caller, username)
+    page = await gateway.list(status=status, username=owner, limit=limit, offset=offset)
     return FastJSONResponse(views.page(page, limit, offset))
 
 

@@ -10,6 +10,8 @@ from prefect.client.schemas.objects import DeploymentSchedule
 
 from api import schedule_views, views
 from api.deps import GatewayDep, ScheduleDep, ScheduleGatewayDep, SubmissionDep
+from api.identity import CurrentUser
+from api.ownership import listed_username, schedule_owner
 from api.responses import FastJSONResponse
 from api.schedule_gateway import ScheduleGateway
 from api.schedule_models import SchedulePatch, ScheduleRequest
@@ -24,15 +26,18 @@ async def _detail(schedule: DeploymentSchedule, schedules: ScheduleGateway) -> d
 
 
 @router.post("/schedules", status_code=201)
-async def create_schedule(request: ScheduleRequest, submission: SubmissionDep):
+async def create_schedule(request: ScheduleRequest, submission: SubmissionDep, caller: CurrentUser):
     """Validate the job exactly like POST /run, store inline rows once, create the Prefect schedule."""
-    created = await submission.create_schedule(request)
+    created = await submission.create_schedule(request, caller)
     return schedule_views.schedule_detail(created, champion=None, next_run=None)
 
 
 @router.get("/schedules")
-async def list_schedules(schedules: ScheduleGatewayDep):
-    items = [schedule_views.schedule_view(s) for s in await schedules.list()]
+async def list_schedules(schedules: ScheduleGatewayDep, caller: CurrentUser, username: str | None = None):
+    """The caller's schedules newest first (an admin's: everyone's, `username` filters)."""
+    owner = listed_username(caller, username)
+    found = [s for s in await schedules.list() if owner is None or schedule_owner(s) == owner]
+    items = [schedule_views.schedule_view(s) for s in found]
     return {"items": items, "total": len(items)}
 
 
@@ -43,11 +48,15 @@ async def get_schedule(schedule: ScheduleDep, schedules: ScheduleGatewayDep):
 
 @router.patch("/schedules/{schedule_id}")
 async def update_schedule(
-    patch: SchedulePatch, schedule: ScheduleDep, schedules: ScheduleGatewayDep, submission: SubmissionDep
+    patch: SchedulePatch,
+    schedule: ScheduleDep,
+    schedules: ScheduleGatewayDep,
+    submission: SubmissionDep,
+    caller: CurrentUser,
 ):
     """Pause/resume (`active`), rename, change the cadence or job fields; the merged job is
-    validated like POST /run (422/400) before anything changes."""
-    return await _detail(await submission.update_schedule(schedule, patch), schedules)
+    validated like POST /run (422/400) before anything changes. The owner never changes."""
+    return await _detail(await submission.update_schedule(schedule, patch, caller), schedules)
 
 
 @router.delete("/schedules/{schedule_id}")
@@ -72,9 +81,9 @@ async def list_schedule_runs(
 
 
 @router.post("/schedules/{schedule_id}/run", status_code=201)
-async def run_schedule_now(schedule: ScheduleDep, submission: SubmissionDep):
+async def run_schedule_now(schedule: ScheduleDep, submission: SubmissionDep, caller: CurrentUser):
     """Start a run of the schedule now (paused schedules too): an ordinary job with its schedule_id."""
-    return await submission.run_schedule(schedule)
+    return await submission.run_schedule(schedule, caller)
 
 
 @router.get("/schedules/{schedule_id}/champion")

@@ -3,7 +3,9 @@
 `configure_stack` builds one on SQLite or on a fresh PostgreSQL database; `start_stack`
 starts it and, if it does not come up, stops it and prints the tails of its logs before
 re-raising; `RunningStack` is what tests do with a started stack (submit, wait, find a
-job's processes, pause the pool, restart the worker). Waits that time out raise
+job's processes, pause the pool, restart the worker). Stacks run with auth on unless
+`auth="off"` is given: `RunningStack.api` then carries the first admin's token (from the
+home's admin-token file) and `add_user` gives a client of a new user. Waits that time out raise
 AssertionError naming what was awaited.
 """
 
@@ -52,6 +54,14 @@ def configure_stack(
     return stack, fresh
 
 
+def admin_headers(stack: Stack) -> dict[str, str]:
+    """The Authorization header of the stack's first admin (none when auth is off)."""
+    path = stack.config.settings.admin_token_file
+    if stack.env.get("DSPY_SERVICE_AUTH") == "off" or not path.exists():
+        return {}
+    return {"Authorization": f"Bearer {path.read_text().strip()}"}
+
+
 def start_stack(stack: Stack, timeout: float = 180, progress=lambda _: None) -> float:
     """Start `stack`; if it does not come up, stop it and print the tails of its logs."""
     try:
@@ -71,9 +81,10 @@ class RunningStack:
         self.stack = stack
         self.database = database
         self.fresh = fresh
-        self.api = httpx.Client(base_url=stack.config.api_url, timeout=60)
+        self.api = httpx.Client(base_url=stack.config.api_url, timeout=60, headers=admin_headers(stack))
         self.env = stack.env
         self.prefect = prefect_http_client(stack)
+        self._clients: list[httpx.Client] = []
 
     @classmethod
     def start(cls, home: Path, database: str = "sqlite", **options) -> RunningStack:
@@ -87,7 +98,22 @@ class RunningStack:
             raise
         return cls(stack, database, fresh)
 
+    def client(self, token: str | None = None) -> httpx.Client:
+        """A client of this stack's API sending `token` (none: unauthenticated); closed on stop."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        client = httpx.Client(base_url=self.stack.config.api_url, timeout=60, headers=headers)
+        self._clients.append(client)
+        return client
+
+    def add_user(self, name: str, admin: bool = False) -> httpx.Client:
+        """Create the user (POST /users as the admin); a client sending their token."""
+        response = self.api.post("/users", json={"username": name, "admin": admin})
+        assert response.status_code == 201, response.text
+        return self.client(response.json()["token"])
+
     def stop(self) -> None:
+        for client in self._clients:
+            client.close()
         self.api.close()
         self.prefect.close()
         try:

@@ -13,9 +13,11 @@ import os
 import uuid
 
 import pytest
+from fastapi import HTTPException
 from prefect.client.schemas.objects import DeploymentSchedule
 from prefect.client.schemas.schedules import IntervalSchedule
 
+from api.identity import Caller
 from api.schedule_models import SchedulePatch, ScheduleRequest
 from api.status import JobStatus
 from api.submission import Submission, job_parameters
@@ -30,11 +32,21 @@ class Refused(RuntimeError):
     """What the stand-in gateways raise when told to fail."""
 
 
+ADMIN = Caller("root", admin=True)
+
+
 class Jobs:
-    def __init__(self, fail: bool = False, existing: dict | None = None):
+    def __init__(self, fail: bool = False, existing: dict | None = None, active: int = 0):
         self.fail, self.existing, self.created = fail, existing, []
+        self.settings = get_settings()
+        self.active, self.keys, self.counted = active, [], []
+
+    async def count_runs(self, run_filter):
+        self.counted.append(run_filter)
+        return self.active
 
     async def create_run(self, parameters, *, name, tags, labels, idempotency_key):
+        self.keys.append(idempotency_key)
         if self.fail:
             raise Refused("the Prefect API is down")
         if self.existing is not None:  # the idempotency key named this run
@@ -48,8 +60,11 @@ class Jobs:
 
 
 class Schedules:
-    def __init__(self, fail: bool = False):
-        self.fail, self.saved = fail, []
+    def __init__(self, fail: bool = False, existing: list | None = None):
+        self.fail, self.saved, self.existing = fail, [], existing or []
+
+    async def list(self):
+        return self.existing
 
     async def create(self, parameters, schedule, *, name, active):
         return await self.update(None, parameters=parameters)
@@ -103,8 +118,8 @@ def body(rows: int = 20, **overrides) -> dict:
     return job_payload("http://127.0.0.1:1", rows=rows, **overrides)
 
 
-def submit(submission: Submission, **overrides) -> dict:
-    return asyncio.run(submission.submit_job(JobRequest.model_validate(body(**overrides)), None))
+def submit(submission: Submission, caller: Caller = ADMIN, key: str | None = None, **overrides) -> dict:
+    return asyncio.run(submission.submit_job(JobRequest.model_validate(body(**overrides)), key, caller))
 
 
 def stored_schedule(rows: int = 20) -> DeploymentSchedule:
@@ -152,7 +167,7 @@ def test_a_schedule_that_cannot_be_created_leaves_no_rows():
     request = ScheduleRequest.model_validate(body(interval_seconds=60))
     before = stored_files()
     with pytest.raises(Refused):
-        asyncio.run(service(Jobs(), Schedules(fail=True)).create_schedule(request))
+        asyncio.run(service(Jobs(), Schedules(fail=True)).create_schedule(request, ADMIN))
     assert stored_files() == before
 
 
@@ -160,11 +175,12 @@ def test_new_rows_replace_the_stored_ones_only_once_the_schedule_changed():
     schedule, new_rows = stored_schedule(), body(rows=30)["dataset"]
     before = stored_files()
     with pytest.raises(Refused):
-        asyncio.run(service(Jobs(), Schedules(fail=True)).update_schedule(schedule, SchedulePatch(dataset=new_rows)))
+        submission = service(Jobs(), Schedules(fail=True))
+        asyncio.run(submission.update_schedule(schedule, SchedulePatch(dataset=new_rows), ADMIN))
     assert stored_files() == before, "the new rows are taken back, the schedule's own rows kept"
 
     schedules = Schedules()
-    asyncio.run(service(Jobs(), schedules).update_schedule(schedule, SchedulePatch(dataset=new_rows)))
+    asyncio.run(service(Jobs(), schedules).update_schedule(schedule, SchedulePatch(dataset=new_rows), ADMIN))
     (saved,) = schedules.saved
     assert saved["dataset_ref"]["rows"] == 30 and saved["schedule_id"] == str(schedule.id)
     after = stored_files()
@@ -175,18 +191,87 @@ def test_a_job_field_change_keeps_the_stored_rows_and_validates_against_them():
     schedule, schedules = stored_schedule(), Schedules()
     before = stored_files()
     patch = SchedulePatch.model_validate({"optimizer_kwargs": {"max_bootstrapped_demos": 2}})
-    asyncio.run(service(Jobs(), schedules).update_schedule(schedule, patch))
+    asyncio.run(service(Jobs(), schedules).update_schedule(schedule, patch, ADMIN))
     assert schedules.saved[0]["dataset_ref"] == schedule.parameters["dataset_ref"] and stored_files() == before
     misspelt = SchedulePatch.model_validate({"optimizer_kwargs": {"max_bootstrapped_demos": 2, "bogus": 1}})
     with pytest.raises(JobError, match="bogus"):
-        asyncio.run(service(Jobs(), schedules).update_schedule(schedule, misspelt))
+        asyncio.run(service(Jobs(), schedules).update_schedule(schedule, misspelt, ADMIN))
 
 
 def test_a_run_of_a_schedule_names_its_schedule():
     schedule, jobs = stored_schedule(), Jobs()
-    answer = asyncio.run(service(jobs, Schedules()).run_schedule(schedule))
+    answer = asyncio.run(service(jobs, Schedules()).run_schedule(schedule, ADMIN))
     (run,) = jobs.created
     assert answer["schedule_id"] == str(schedule.id) and run["parameters"] == schedule.parameters
     assert f"dspy-schedule:{schedule.id}" in run["tags"]
     with pytest.raises(JobError, match="no job payload"):
-        asyncio.run(service(jobs, Schedules()).run_schedule(schedule.model_copy(update={"parameters": {}})))
+        asyncio.run(service(jobs, Schedules()).run_schedule(schedule.model_copy(update={"parameters": {}}), ADMIN))
+
+
+# -- owners and quotas --------------------------------------------------------------------
+ALICE = Caller("alice")
+
+
+def test_a_job_without_username_is_the_callers_and_tagged_so():
+    jobs = Jobs()
+    payload = body()
+    del payload["username"]
+    asyncio.run(service(jobs, Schedules()).submit_job(JobRequest.model_validate(payload), None, ALICE))
+    (run,) = jobs.created
+    assert "user:alice" in run["tags"] and run["parameters"]["job"]["username"] == "alice"
+
+
+def test_naming_another_user_is_403_for_a_user_and_allowed_for_an_admin():
+    with pytest.raises(HTTPException) as refused:
+        submit(service(Jobs(), Schedules()), caller=ALICE, username="bob")
+    assert refused.value.status_code == 403 and "bob" in refused.value.detail
+    jobs = Jobs()
+    submit(service(jobs, Schedules()), caller=ADMIN, username="bob")
+    assert "user:bob" in jobs.created[0]["tags"]
+
+
+def test_idempotency_keys_are_scoped_per_owner():
+    jobs = Jobs()
+    submit(service(jobs, Schedules()), caller=ALICE, key="k1", username="alice")
+    submit(service(jobs, Schedules()), caller=Caller("mallory"), key="k1", username="mallory")
+    alice_key, mallory_key = jobs.keys
+    assert alice_key.endswith(":k1") and mallory_key.endswith(":k1") and alice_key != mallory_key
+
+
+def test_a_user_at_the_active_job_quota_gets_429_and_an_admin_does_not():
+    limit = get_settings().max_active_jobs_per_user
+    with pytest.raises(HTTPException) as refused:
+        submit(service(Jobs(active=limit), Schedules()), caller=ALICE, username="alice")
+    assert refused.value.status_code == 429 and refused.value.headers["Retry-After"]
+    admin_jobs = Jobs(active=limit)
+    submit(service(admin_jobs, Schedules()), caller=ADMIN)
+    assert admin_jobs.created and not admin_jobs.counted
+
+
+def test_a_users_fast_schedule_is_400_naming_the_field():
+    request = ScheduleRequest.model_validate({**body(), "username": "alice", "interval_seconds": 5})
+    with pytest.raises(JobError) as refused:
+        asyncio.run(service(Jobs(), Schedules()).create_schedule(request, ALICE))
+    assert refused.value.field == "interval_seconds"
+    every_minute = ScheduleRequest.model_validate({**body(), "username": "alice", "cron": "* * * * *"})
+    asyncio.run(service(Jobs(), Schedules()).create_schedule(every_minute, ALICE))  # 60 s: the minimum
+
+
+def test_a_user_at_the_schedule_quota_gets_429():
+    limit = get_settings().max_schedules_per_user
+    owned = [stored_schedule().model_copy(update={"parameters": {"job": {"username": "alice"}}})] * limit
+    request = ScheduleRequest.model_validate({**body(), "username": "alice", "interval_seconds": 3600})
+    with pytest.raises(HTTPException) as refused:
+        asyncio.run(service(Jobs(), Schedules(existing=owned)).create_schedule(request, ALICE))
+    assert refused.value.status_code == 429
+
+
+def test_a_patch_keeps_the_schedule_owner():
+    schedule = stored_schedule()  # owned by the payload's user, "tester"
+    schedules = Schedules()
+    with pytest.raises(HTTPException) as refused:
+        asyncio.run(service(Jobs(), schedules).update_schedule(schedule, SchedulePatch(username="mallory"),
+                                                                  Caller("tester")))
+    assert refused.value.status_code == 403 and not schedules.saved
+    asyncio.run(service(Jobs(), schedules).update_schedule(schedule, SchedulePatch(seed=3), ADMIN))
+    assert schedules.saved[-1]["job"]["username"] == "tester"
