@@ -86,8 +86,8 @@ class Submission:
     async def submit_job(self, request: JobRequest, idempotency_key: str | None, caller: Caller) -> dict[str, Any]:
         """POST /run: the new job (or the one the owner's `idempotency_key` named already)."""
         request = owned_request(caller, request)
+        spec = await validated(request)  # a bad request is a 400 whatever the quota says
         await check_active_jobs(self.jobs, caller, request.username)
-        spec = await validated(request)
         key = scoped_idempotency_key(request.username, idempotency_key)
         async with secured(spec, self.secrets) as spec, stored_rows(request.dataset) as ref:
             run = await self._create_run(spec, job_parameters(spec, ref), idempotency_key=key)
@@ -118,9 +118,9 @@ class Submission:
         request = owned_request(caller, request)
         settings = self.jobs.settings
         check_cadence(caller, request.prefect_schedule(), settings.min_schedule_interval_seconds)
+        spec = await validated(request)
         owned = sum(schedule_owner(s) == request.username for s in await self.schedules.list())
         check_schedule_count(caller, owned, settings.max_schedules_per_user)
-        spec = await validated(request)
         async with secured(spec, self.secrets) as spec, stored_rows(request.dataset) as ref:
             return await self.schedules.create(
                 job_parameters(spec, ref), request.prefect_schedule(), name=request.name, active=request.active

@@ -81,7 +81,8 @@ def main() -> int:
     results = []
     try:
         bench.start(progress=lambda m: print(m, file=sys.stderr))
-        with httpx.Client(base_url=bench.api_url, timeout=60, headers=bench.api_headers) as api, bench.prefect_client() as prefect:
+        api = httpx.Client(base_url=bench.api_url, timeout=60, headers=bench.api_headers)
+        with api, bench.prefect_client() as prefect:
             for seed in range(args.trials):
                 result = trial(api, prefect, lm, seed)
                 print(json.dumps(result), file=sys.stderr)

@@ -208,7 +208,7 @@ def test_quotas_429_and_400(stack, local_lm):
 
 @pytest.mark.sqlite_only
 def test_the_users_cli_manages_tokens_the_api_accepts(stack):
-    env = {**stack.env, "PREFECT_API_URL": stack.prefect_url}
+    env = dict(stack.env)  # PREFECT_API_URL and the auth string of the stack's server
     name = f"cli-{uuid.uuid4().hex[:6]}"
 
     def cli(*args: str) -> subprocess.CompletedProcess:

@@ -192,7 +192,6 @@ def test_parameters_tab_shows_the_jobs_request(parameters_tab, local_lm):
     assert local_lm.url in text and "bootstrap" in text
 
 
-@pytest.mark.xfail(strict=True, reason="secrets still in parameters until the credentials branch lands")
 def test_parameters_tab_shows_no_provider_key(parameters_tab):
     text, canary = parameters_tab
     assert canary not in text

@@ -25,7 +25,7 @@ DEPLOYMENT = "optimize-program/dspy-service"
 
 def prefect(stack, method: str, path: str, **kwargs) -> httpx.Response:
     """A request to the stack's Prefect API (`path` after /api)."""
-    return httpx.request(method, f"{stack.prefect_url}{path}", timeout=30, **kwargs)
+    return stack.prefect.request(method, path, **kwargs)
 
 
 def canary(label: str) -> str:

@@ -22,7 +22,7 @@ from api.schedule_views import public_job, schedule_spec
 from dspy_service.contract import INLINE_SECRET_BLOCK_PREFIX, credential_block
 from dspy_service.errors import JobError
 from dspy_service.schemas import JobRequest
-from tests.unit.api.test_submission import Jobs, Refused, Schedules, Secrets, body, service
+from tests.unit.api.test_submission import ADMIN, Jobs, Refused, Schedules, Secrets, body, service
 
 KEY, BEARER = "sk-inline-canary-1", "Bearer sk-header-canary-2"
 
@@ -36,7 +36,7 @@ def secret_body(**overrides) -> dict:
 def submit(secrets: Secrets, jobs: Jobs | None = None, payload: dict | None = None) -> dict:
     jobs = jobs if jobs is not None else Jobs()
     request = JobRequest.model_validate(payload or secret_body())
-    asyncio.run(service(jobs, Schedules(), secrets).submit_job(request, None))
+    asyncio.run(service(jobs, Schedules(), secrets).submit_job(request, None, ADMIN))
     return jobs.created[-1] if jobs.created else {}
 
 
@@ -71,7 +71,7 @@ def test_an_idempotency_key_naming_an_existing_job_keeps_only_its_block():
     parameters = {"job": {"secret_refs": {"inline_block": "dspy-secret-existing"}}}
     existing = {"id": str(uuid.uuid4()), "parameters": parameters}
     request = JobRequest.model_validate(secret_body())
-    asyncio.run(service(Jobs(existing=existing), Schedules(), secrets).submit_job(request, "key-1"))
+    asyncio.run(service(Jobs(existing=existing), Schedules(), secrets).submit_job(request, "key-1", ADMIN))
     assert list(secrets.blocks) == ["dspy-secret-existing"]
 
 
@@ -101,7 +101,7 @@ def test_an_unknown_credential_is_a_400_naming_the_field_and_nothing_is_made():
 def secured_schedule(secrets: Secrets) -> DeploymentSchedule:
     schedules = Schedules()
     request = ScheduleRequest.model_validate({**secret_body(), "interval_seconds": 3600})
-    asyncio.run(service(Jobs(), schedules, secrets).create_schedule(request))
+    asyncio.run(service(Jobs(), schedules, secrets).create_schedule(request, ADMIN))
     schedule_id = uuid.uuid4()
     return DeploymentSchedule(
         id=schedule_id,
@@ -112,7 +112,7 @@ def secured_schedule(secrets: Secrets) -> DeploymentSchedule:
 
 def patch_schedule(secrets: Secrets, schedule: DeploymentSchedule, changes: dict, fail: bool = False) -> dict:
     schedules = Schedules(fail=fail)
-    asyncio.run(service(Jobs(), schedules, secrets).update_schedule(schedule, SchedulePatch.model_validate(changes)))
+    asyncio.run(service(Jobs(), schedules, secrets).update_schedule(schedule, SchedulePatch.model_validate(changes), ADMIN))
     return schedules.saved[-1]
 
 
