@@ -112,7 +112,8 @@ def secured_schedule(secrets: Secrets) -> DeploymentSchedule:
 
 def patch_schedule(secrets: Secrets, schedule: DeploymentSchedule, changes: dict, fail: bool = False) -> dict:
     schedules = Schedules(fail=fail)
-    asyncio.run(service(Jobs(), schedules, secrets).update_schedule(schedule, SchedulePatch.model_validate(changes), ADMIN))
+    patch = SchedulePatch.model_validate(changes)
+    asyncio.run(service(Jobs(), schedules, secrets).update_schedule(schedule, patch, ADMIN))
     return schedules.saved[-1]
 
 
