@@ -24,3 +24,8 @@ class FastJSONResponse(JSONResponse):
         return json.dumps(
             content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"), default=_fallback
         ).encode("utf-8")
+
+
+# The largest page offset accepted (422 above): an offset past SQLite's 64-bit integers
+# made the Prefect server's page read fail and the API retry it for a minute.
+MAX_OFFSET = 10**9
