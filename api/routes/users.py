@@ -12,10 +12,14 @@ from pydantic import BaseModel, Field
 
 from api.deps import GatewayDep
 from api.identity import AdminUser, token_cache
+from api.openapi import ErrorDetail
 from dspy_service import users
 from dspy_service.contract import USERNAME_PATTERN
 
 router = APIRouter(tags=["users"])
+FORBIDDEN = {403: {"model": ErrorDetail, "description": "The caller is not an admin"}}
+UNKNOWN = {404: {"model": ErrorDetail, "description": "No user with this name"}}
+TAKEN = {409: {"model": ErrorDetail, "description": "The name is taken"}}
 
 
 class NewUser(BaseModel):
@@ -23,7 +27,7 @@ class NewUser(BaseModel):
     admin: bool = False
 
 
-@router.post("/users", status_code=201)
+@router.post("/users", status_code=201, responses={**FORBIDDEN, **TAKEN})
 async def add_user(new: NewUser, gateway: GatewayDep, _admin: AdminUser):
     """Create a user; the answer holds their token, the only time it is shown."""
     try:
@@ -33,13 +37,13 @@ async def add_user(new: NewUser, gateway: GatewayDep, _admin: AdminUser):
     return {"username": new.username, "admin": new.admin, "token": token}
 
 
-@router.get("/users")
+@router.get("/users", responses=FORBIDDEN)
 async def list_users(gateway: GatewayDep, _admin: AdminUser):
     items = [user.public() for user in await users.list_users(gateway.client)]
     return {"items": items, "total": len(items)}
 
 
-@router.delete("/users/{username}")
+@router.delete("/users/{username}", responses={**FORBIDDEN, **UNKNOWN})
 async def revoke_user(username: str, request: Request, gateway: GatewayDep, _admin: AdminUser):
     """Delete the user; their token stops working. Their jobs and schedules stay."""
     try:
@@ -51,7 +55,7 @@ async def revoke_user(username: str, request: Request, gateway: GatewayDep, _adm
     return {"username": username, "deleted": True}
 
 
-@router.post("/users/{username}/rotate")
+@router.post("/users/{username}/rotate", responses={**FORBIDDEN, **UNKNOWN})
 async def rotate_token(username: str, request: Request, gateway: GatewayDep, _admin: AdminUser):
     """A new token for the user (shown this once); the old one stops working."""
     try:
