@@ -129,7 +129,7 @@ def test_keys_reach_the_lm_and_appear_nowhere_else(stack, local_lm):
         leaked = [c for c in canaries if c in text or c[-12:] in text]
         assert not leaked, f"{leaked} readable in {where}"
     stored = stored_bytes(stack)
-    assert credential_block("anonymous", name).encode() in stored, "the scan sees the Prefect database"
+    assert credential_block("admin", name).encode() in stored, "the scan sees the Prefect database"
     assert not [c for c in canaries if c.encode() in stored], "a key is stored in plain text"
 
     # Cleanup follows ownership: a job's own block goes with it, a schedule's with the schedule.
