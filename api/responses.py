@@ -24,8 +24,3 @@ class FastJSONResponse(JSONResponse):
         return json.dumps(
             content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"), default=_fallback
         ).encode("utf-8")
-
-
-# The largest page offset accepted (422 above): GET /jobs with an offset beyond 64-bit
-# integers (e.g. 3e23, found by the fuzz test) did not answer within 60 s.
-MAX_OFFSET = 10**9
