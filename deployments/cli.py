@@ -214,8 +214,13 @@ def cmd_register(_: argparse.Namespace) -> int:
 
     os.environ.update(client_environment(get_settings()))
     from deployments.register import main
+    from deployments.users_cli import create_first_admin
 
     main()
+    create_first_admin()  # no-op once an admin exists (or with auth off)
+    token_file = get_settings().admin_token_file
+    if token_file.exists():
+        print(f"first admin's token: {token_file}", flush=True)
     return 0
 
 
