@@ -13,6 +13,7 @@ errors propagate.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -91,6 +92,8 @@ class Credentials:
         return views
 
     async def delete(self, owner: str, name: str) -> None:
+        if not re.fullmatch(CREDENTIAL_NAME_PATTERN, name):  # no block can have that name
+            raise CredentialNotFound(f"credential {name!r} not found")
         block = credential_block(owner, name)
         if await self.store.created(block) is None:
             raise CredentialNotFound(f"credential {name} not found")
