@@ -18,6 +18,7 @@ from prefect.utilities.callables import parameter_schema
 from prefect.workers.process import ProcessWorker
 
 from deployments.automations import ensure_automations
+from deployments.job_template import base_job_template
 from dspy_service.settings import FLOW_NAME, ServiceSettings, get_settings
 
 PREFECT_YAML = Path(__file__).resolve().parent.parent / "prefect.yaml"
@@ -31,7 +32,11 @@ def deployment_definition(path: Path = PREFECT_YAML) -> dict[str, Any]:
 
 
 async def ensure_work_pool(client: PrefectClient, settings: ServiceSettings) -> None:
-    """A `process` pool whose concurrency limit is the configured number of job slots."""
+    """A `process` pool whose concurrency limit is the configured number of job slots and
+    whose base job template fixes what the worker runs (deployments/job_template.py). An
+    existing pool is brought up to date: an older install's pool has Prefect's default
+    template, which lets a flow run's `job_variables` choose the command."""
+    template = base_job_template()
     try:
         pool = await client.read_work_pool(settings.work_pool)
     except ObjectNotFound:
@@ -39,14 +44,19 @@ async def ensure_work_pool(client: PrefectClient, settings: ServiceSettings) -> 
             WorkPoolCreate(
                 name=settings.work_pool,
                 type=ProcessWorker.type,
-                base_job_template=ProcessWorker.get_default_base_job_template(),
+                base_job_template=template,
                 concurrency_limit=settings.job_slots,
                 description="dspy-service optimization jobs",
             )
         )
         return
+    changes: dict[str, Any] = {}
     if pool.concurrency_limit != settings.job_slots:
-        await client.update_work_pool(settings.work_pool, WorkPoolUpdate(concurrency_limit=settings.job_slots))
+        changes["concurrency_limit"] = settings.job_slots
+    if pool.base_job_template != template:
+        changes["base_job_template"] = template
+    if changes:
+        await client.update_work_pool(settings.work_pool, WorkPoolUpdate(**changes))
 
 
 async def ensure_deployment(client: PrefectClient, settings: ServiceSettings) -> UUID:

@@ -50,6 +50,11 @@ ALLOWED_ENV = (
 )
 
 
+# Set for every job's engine (the work pool's template fixes the job's environment to the
+# worker's own: deployments/job_template.py).
+JOB_ENV = {"PYTHONUNBUFFERED": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+
+
 def allowed_env_patterns(passthrough: str = "") -> list[str]:
     return [*ALLOWED_ENV, *(p.strip() for p in passthrough.split(",") if p.strip())]
 
@@ -72,4 +77,7 @@ def engine_environment(environ: Mapping[str, str], passthrough: str = "") -> dic
     # glibc reserves up to 8 x cores malloc arenas of 64 MB address space each; on a
     # big host that alone would hit the address-space limit (RLIMIT_AS).
     env.setdefault("MALLOC_ARENA_MAX", "4")
+    # Whatever the worker's environment says: output reaches the job's log line by line,
+    # and LiteLLM never fetches its model cost map from the internet.
+    env.update(JOB_ENV)
     return env

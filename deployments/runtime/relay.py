@@ -1,7 +1,7 @@
 """The relay: what the worker runs for every job (`python -m deployments.runtime.relay`).
 
-prefect.yaml sets it as the deployment's `command` job variable, so the process worker
-starts this instead of `python -m prefect.engine`. It forks once:
+The work pool's base job template fixes it as the command (deployments/job_template.py),
+so the process worker starts this instead of `python -m prefect.engine`. It forks once:
 
 - the parent stays tiny: it relays the worker's signals (SIGTERM = cancel) to the
   supervisor and exits with its exit code. On its own shutdown the worker SIGKILLs the

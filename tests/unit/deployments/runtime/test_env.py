@@ -55,3 +55,9 @@ def test_the_engine_does_not_see_the_zygote_socket_and_gets_few_malloc_arenas():
 def test_an_operator_malloc_setting_passed_through_is_kept():
     env = engine_environment({**WORKER, "MALLOC_ARENA_MAX": "2"}, "MALLOC_ARENA_MAX")
     assert env["MALLOC_ARENA_MAX"] == "2"
+
+
+def test_the_engine_always_gets_unbuffered_output_and_the_local_litellm_cost_map():
+    # The pool's template gives a job no environment of its own: these come from here.
+    env = engine_environment({**WORKER, "LITELLM_LOCAL_MODEL_COST_MAP": "False"})
+    assert env["LITELLM_LOCAL_MODEL_COST_MAP"] == "True" and env["PYTHONUNBUFFERED"] == "1"
