@@ -6,8 +6,10 @@ Runs come and go as the Prefect API's JSON (`Run`, see api/prefect_reads.py).
 
 Failures: DeploymentMissing when the deployment is not registered (the API answers 503);
 Prefect's transport and HTTP errors propagate; `result` raises UnreadableResult for a
-result that is not JSON or cannot be read, and `outcome` makes that job failed
-("unreadable result: <why>", see api/result_files.py).
+result that is not JSON or cannot be read (see dspy_service/result_files.py), and
+`outcome` makes that job failed ("unreadable result: <why>"): GET /jobs/{id},
+/jobs/{id}/summary, /jobs/{id}/artifact (404, no artifact) and /schedules/{id}/champion
+show it so; lists (GET /jobs, a schedule's runs) read no results and show it as success.
 """
 
 from __future__ import annotations
@@ -44,10 +46,10 @@ from prefect.states import Cancelled, Cancelling
 from api import views
 from api.job_secrets import inline_block_of
 from api.prefect_reads import Run, filter_runs, read_logs, read_run
-from api.result_files import UnreadableResult, delete_result_file, read_json_result
 from api.run_pages import RunPage, read_page
 from api.status import JobStatus, run_status, state_type_of
 from dspy_service.contract import TERMINAL_STATE_TYPES, Stage, user_tag
+from dspy_service.result_files import UnreadableResult, delete_result_file, read_json_result
 from dspy_service.secrets import SecretStore
 from dspy_service.settings import ServiceSettings
 from dspy_service.storage import delete_dataset
@@ -205,7 +207,7 @@ class JobGateway:
         return await read_logs(self.client, run_id)
 
     async def result(self, run: Run) -> dict[str, Any] | None:
-        """The stored result of a COMPLETED run, read as JSON only (see api/result_files.py);
+        """The stored result of a COMPLETED run, read as JSON only (see dspy_service/result_files.py);
         cached, since results never change. Raises UnreadableResult."""
         if state_type_of(run) is not StateType.COMPLETED or not run.get("state"):
             return None

@@ -88,7 +88,9 @@ def run_job(
         artifact = serialize_program_artifact(compiled.optimized, lms.secrets)
         if schedule_id:
             stage = Stage.CHAMPION_GATE
-            champion = champion_gate(schedule_id, str(current_flow_run.id), scores.optimized, splits, lms, user_code)
+            champion = champion_gate(
+                schedule_id, str(current_flow_run.id), scores.optimized, splits, lms, job, user_code
+            )
     except JobError:
         raise
     except MemoryError:

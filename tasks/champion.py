@@ -5,27 +5,29 @@ champion only if its optimized program beats the champion's program when BOTH ar
 on this run's test split with this run's metric and LM: scores from different test splits
 (the data changes between runs) are not comparable, so the champion is re-evaluated here.
 A global concurrency limit of one slot per schedule makes read-compare-write atomic when
-runs of one schedule overlap.
+runs of one schedule overlap. The champion's program is rebuilt from its JSON state and
+this run's code (tasks/champion_program.py); a champion that cannot be loaded or scored
+is replaced by this run, and the decision's reason says why.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import logging
-import pickle
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
-from uuid import UUID
 
 import dspy
-from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 from prefect.variables import Variable
 
 from dspy_service.contract import Stage, champion_lock, champion_variable, schedule_tag
+from dspy_service.schemas import JobSpec
 from dspy_service.settings import get_settings
 from tasks import stage
+from tasks.champion_program import load_champion_program
 from tasks.data import DataSplits
 from tasks.evaluate import mean_metric
 from tasks.language_models import JobLMs
@@ -66,29 +68,15 @@ def write_champion(schedule_id: str, job_id: str, score: float | None) -> None:
     )
 
 
-def load_champion_program(job_id: str) -> dspy.Module:
-    """The champion's optimized program, from its persisted flow result (Prefect's result API)."""
-    with get_client(sync_client=True) as client:
-        flow_run = client.read_flow_run(UUID(job_id))
-    if flow_run.state is None or not flow_run.state.is_completed():
-        raise RuntimeError(f"its run is {flow_run.state_name}, not Completed")
-    result = flow_run.state.result(raise_on_failure=False)
-    if not isinstance(result, dict):
-        raise RuntimeError("its persisted result is unreadable")
-    encoded = (result.get("program_artifact") or {}).get("program_pickle_base64")
-    if not encoded:
-        raise RuntimeError("its result has no program")
-    # Our own artifact (written by serialize-program-artifact of that run), not user input.
-    return pickle.loads(base64.b64decode(encoded))  # noqa: S301
-
-
 def decide(
     champion: dict[str, Any] | None,
     challenger_score: float | None,
     splits: DataSplits,
     lms: JobLMs,
     user_code: UserCode,
+    load_program: Callable[[str], dspy.Module],
 ) -> ChampionDecision:
+    """`load_program(job_id)` is the champion's program (see tasks/champion_program.py)."""
     decision = ChampionDecision(promoted=False, reason="", challenger_score=challenger_score,
                                 test_examples=len(splits.test))
     if challenger_score is None:
@@ -101,7 +89,7 @@ def decide(
     decision.champion_job_id = champion["job_id"]
     decision.champion_recorded_score = champion.get("optimized_test_metric")
     try:
-        program = load_champion_program(champion["job_id"])
+        program = load_program(champion["job_id"])
     except Exception as exc:  # noqa: BLE001 - a lost champion must not block the schedule
         decision.promoted = True
         decision.reason = f"the champion {champion['job_id']} could not be loaded ({exc}); this run replaces it"
@@ -109,7 +97,7 @@ def decide(
     try:
         with dspy.context(lm=lms.main):
             decision.champion_score = mean_metric(program, splits.test, user_code.metric, get_settings().num_threads)
-    except Exception as exc:  # noqa: BLE001 - e.g. the payload's signature changed since
+    except Exception as exc:  # noqa: BLE001 - e.g. the metric raises on the champion's outputs
         decision.promoted = True
         decision.reason = f"the champion {champion['job_id']} could not be evaluated on this test split ({exc})"
         return decision
@@ -133,12 +121,14 @@ def champion_gate(
     challenger_score: float | None,
     splits: DataSplits,
     lms: JobLMs,
+    spec: JobSpec,
     user_code: UserCode,
 ) -> ChampionDecision:
     """Compare with the schedule's champion; record this run as champion if it wins."""
+    load_program = partial(load_champion_program, schedule_id, spec=spec, user_code=user_code)
     try:
         with concurrency(champion_lock(schedule_id), occupy=1, timeout_seconds=LOCK_TIMEOUT_SECONDS):
-            decision = decide(read_champion(schedule_id), challenger_score, splits, lms, user_code)
+            decision = decide(read_champion(schedule_id), challenger_score, splits, lms, user_code, load_program)
             if decision.promoted:
                 write_champion(schedule_id, job_id, challenger_score)
     except Exception as exc:  # noqa: BLE001 - the optimization itself succeeded; keep its result

@@ -11,10 +11,10 @@ from prefect._internal.result_records import ResultRecord, ResultRecordMetadata
 from prefect.filesystems import LocalFileSystem
 from prefect.serializers import CompressedJSONSerializer, JSONSerializer, PickleSerializer
 
-from api import result_files
 from api.gateway import JobGateway, Outcome
-from api.result_files import UnreadableResult, decode_result_file, read_json_result
 from api.status import JobStatus
+from dspy_service import result_files
+from dspy_service.result_files import UnreadableResult, decode_result_file, read_json_result
 from dspy_service.settings import ServiceSettings
 from tests.support.hostile_result import pickle_record, pickled_value
 

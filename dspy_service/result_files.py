@@ -1,23 +1,25 @@
 """Jobs' stored results, read as JSON and as nothing else.
 
-Prefect's `State.aresult()` loads a result with whatever serializer its file names, pickle
-included, so a result file rewritten as a pickle would run code inside the API. The API
-therefore reads results itself: the run's state names the result (storage key, storage
-block, serializer), and that serializer must be `json`; the raw bytes are read from that
-storage (the default result storage, or the block's file system) and parsed with `json`.
-Flows store the value alone; a file that holds a whole result record (the shape Prefect
-would load with the serializer the record names) is read only if that serializer is
-`json` too, and its value is again parsed with `json`. No object hooks, no imports:
-nothing here unpickles, decompresses or imports what a state or a file names. Storage
-keys resolve inside the result storage: an absolute key outside it (Prefect itself would
-read it anywhere) is unreadable.
+Prefect's `State.result()` loads a result with whatever serializer its file names, pickle
+included, so a result file rewritten as a pickle would run code in whoever reads it. The
+API (job results, a schedule's champion) and the champion gate of a job (the previous
+champion's program) therefore read results here, and only here: the run's state names
+the result (storage key, storage block, serializer), and that serializer must be `json`;
+the raw bytes are read from that storage (the default result storage of the reading
+process, or the block's file system) and parsed with `json`. Flows store the value alone;
+a file that holds a whole result record (the shape Prefect would load with the
+serializer the record names) is read only if that serializer is `json` too, and its value
+is again parsed with `json`. No object hooks, no imports: nothing here unpickles,
+decompresses or imports what a state or a file names. Storage keys resolve inside the
+result storage: an absolute key outside it (Prefect itself would read it anywhere) is
+unreadable. A run is given as the Prefect API's JSON (a `FlowRun` model:
+`flow_run.model_dump(mode="json")`).
 
 Failures: `UnreadableResult(why)` for a result that is refused (another serializer, not
 JSON, not a JSON object, no result record in the state) or cannot be read (file gone,
-storage unreachable). The job gateway makes a job whose result is unreadable read as
-failed, with the message "unreadable result: <why>", on GET /jobs/{id}, /jobs/{id}/summary,
-/jobs/{id}/artifact (404, no artifact) and /schedules/{id}/champion; lists (GET /jobs, a
-schedule's runs) read no results and show such a job as success.
+storage unreachable). Callers decide what that means: the API's job gateway makes such a
+job read as failed ("unreadable result: <why>"); the champion gate lets the run replace
+a champion whose result is unreadable.
 `delete_result_file` logs what it could not delete and never raises.
 """
 
@@ -33,14 +35,14 @@ from prefect.filesystems import LocalFileSystem, WritableFileSystem
 from prefect.results import aget_default_result_storage, aresolve_result_storage
 from pydantic import BaseModel, ValidationError
 
-logger = logging.getLogger("dspy_service.api")
+logger = logging.getLogger("dspy_service.result_files")
 
 JSON_SERIALIZER = "json"
 LEGACY_RECORD_KEYS = {"serializer", "data", "prefect_version", "expiration"}
 
 
 class UnreadableResult(Exception):
-    """A job's stored result that the API refuses or cannot read; the message says why."""
+    """A job's stored result that is refused or cannot be read; the message says why."""
 
 
 class RecordLocation(BaseModel):
