@@ -13,7 +13,7 @@ a missing run reads as None.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
@@ -23,23 +23,9 @@ from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import DeploymentFilter, FlowRunFilter, LogFilter, LogFilterFlowRunId
 from prefect.client.schemas.sorting import FlowRunSort, LogSort
 
+from dspy_service.prefect_pages import read_in_pages
+
 Run = Mapping[str, Any]  # a flow run as the Prefect API's JSON
-PAGE_LIMIT = 200  # the Prefect API's largest `limit` for flow runs and logs
-
-PageReader = Callable[[int, int], Awaitable[list[Any]]]  # (limit, offset) -> items
-
-
-async def read_in_pages(read_page: PageReader, *, limit: int | None, offset: int = 0) -> list[Any]:
-    """Up to `limit` items (all when None) from `offset` on, in calls of at most
-    PAGE_LIMIT; stops at the first short page."""
-    items: list[Any] = []
-    while limit is None or len(items) < limit:
-        size = PAGE_LIMIT if limit is None else min(PAGE_LIMIT, limit - len(items))
-        page = await read_page(size, offset + len(items))
-        items.extend(page)
-        if len(page) < size:
-            break
-    return items
 
 
 async def read_run(client: PrefectClient, run_id: UUID) -> Run | None:

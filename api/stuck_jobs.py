@@ -42,8 +42,9 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.states import Cancelled, Crashed
 
 from api.gateway import DeploymentMissing, JobGateway
-from api.prefect_reads import PAGE_LIMIT, Run, filter_runs
+from api.prefect_reads import Run, filter_runs
 from dspy_service.contract import STUCK_CANCEL_MESSAGE, STUCK_PENDING_MESSAGE
+from dspy_service.prefect_pages import PAGE_LIMIT
 from dspy_service.settings import ServiceSettings
 
 logger = logging.getLogger("dspy_service.api.stuck_jobs")

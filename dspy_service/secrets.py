@@ -28,12 +28,12 @@ from prefect.client.orchestration import PrefectClient
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from dspy_service.errors import JobError
+from dspy_service.prefect_pages import read_in_pages
 from dspy_service.schemas import PUBLIC_EXTRA_KEYS, JobSpec, ModelConfig
 
 SECRET_WORDS = ("key", "secret", "token", "password", "authorization", "credential")
 HEADER_KEYS = ("headers", "extra_headers")  # LiteLLM's request header arguments
 SECRET_BLOCK_TYPE = "secret"
-PAGE_LIMIT = 200  # the Prefect API's largest `limit`
 
 
 class SecretNameTaken(ValueError):
@@ -156,23 +156,19 @@ class SecretStore:
 
     async def names(self, prefix: str) -> list[str]:
         """Names of the Secret blocks starting with `prefix`, sorted."""
-        names: list[str] = []
-        while True:
-            response = await self.client.request(
-                "POST",
-                "/block_documents/filter",
-                json={
-                    "block_documents": {"name": {"like_": f"{prefix}%"}},
-                    "block_types": {"slug": {"any_": [SECRET_BLOCK_TYPE]}},
-                    "include_secrets": False,
-                    "limit": PAGE_LIMIT,
-                    "offset": len(names),
-                },
-            )
-            page = [document["name"] for document in response.json()]
-            names.extend(page)
-            if len(page) < PAGE_LIMIT:
-                break
+
+        async def read_page(limit: int, offset: int) -> list[str]:
+            body = {
+                "block_documents": {"name": {"like_": f"{prefix}%"}},
+                "block_types": {"slug": {"any_": [SECRET_BLOCK_TYPE]}},
+                "include_secrets": False,
+                "limit": limit,
+                "offset": offset,
+            }
+            response = await self.client.request("POST", "/block_documents/filter", json=body)
+            return [document["name"] for document in response.json()]
+
+        names = await read_in_pages(read_page, limit=None)
         return sorted(name for name in names if name.startswith(prefix))
 
     async def _document(self, name: str, *, include_secrets: bool):

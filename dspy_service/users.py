@@ -30,10 +30,10 @@ from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from dspy_service.contract import TOKEN_PREFIX, USER_VARIABLE_PREFIX, USERNAME_PATTERN, user_variable
+from dspy_service.prefect_pages import read_in_pages
 
 FIRST_ADMIN = "admin"
 USER_TAG = "dspy-service-user"  # on every user Variable (shown in the Prefect UI's Variables page)
-PAGE = 200  # the Prefect API's largest page of Variables
 
 
 class UserStoreError(ValueError):
@@ -129,22 +129,17 @@ async def add_user(client: PrefectClient, username: str, admin: bool = False) ->
 
 
 async def list_users(client: PrefectClient) -> list[User]:
-    users: list[User] = []
-    offset = 0
-    while True:
-        response = await client.request(
-            "POST",
-            "/variables/filter",
-            json={"variables": {"name": {"like_": f"{USER_VARIABLE_PREFIX}%"}}, "limit": PAGE, "offset": offset},
-        )
-        page = response.json()
-        for variable in page:
-            value = variable.get("value")
-            if isinstance(value, dict) and variable.get("name") == user_variable(str(value.get("username"))):
-                users.append(User(value["username"], bool(value.get("admin")), value.get("created_at")))
-        if len(page) < PAGE:
-            return sorted(users, key=lambda u: u.username)
-        offset += PAGE
+    async def read_page(limit: int, offset: int) -> list[dict[str, Any]]:
+        body = {"variables": {"name": {"like_": f"{USER_VARIABLE_PREFIX}%"}}, "limit": limit, "offset": offset}
+        return (await client.request("POST", "/variables/filter", json=body)).json()
+
+    users = [
+        User(value["username"], bool(value.get("admin")), value.get("created_at"))
+        for variable in await read_in_pages(read_page, limit=None)
+        if isinstance(value := variable.get("value"), dict)
+        and variable.get("name") == user_variable(str(value.get("username")))
+    ]
+    return sorted(users, key=lambda u: u.username)
 
 
 async def revoke_user(client: PrefectClient, username: str) -> None:

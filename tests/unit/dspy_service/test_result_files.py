@@ -8,15 +8,14 @@ from pathlib import Path
 
 import pytest
 from prefect._internal.result_records import ResultRecord, ResultRecordMetadata
-from prefect.filesystems import LocalFileSystem
 from prefect.serializers import CompressedJSONSerializer, JSONSerializer, PickleSerializer
 
 from api.gateway import JobGateway, Outcome
 from api.status import JobStatus
-from dspy_service import result_files
 from dspy_service.result_files import UnreadableResult, decode_result_file, read_json_result
 from dspy_service.settings import ServiceSettings
 from tests.support.hostile_result import pickle_record, pickled_value
+from tests.support.result_storage import use_local_result_storage
 
 VALUE = {"program_artifact": {"path": None, "program_pickle_base64": "AAAA"}, "optimized_test_metric": 0.75}
 
@@ -36,12 +35,7 @@ def completed_run(key: str, serializer_type: str | None = "json") -> dict:
 @pytest.fixture
 def storage(tmp_path, monkeypatch) -> Path:
     """Results live under tmp_path (as under PREFECT_LOCAL_STORAGE_PATH on a stack)."""
-
-    async def local_storage(block_id):
-        return LocalFileSystem(basepath=str(tmp_path))
-
-    monkeypatch.setattr(result_files, "result_storage", local_storage)
-    return tmp_path
+    return use_local_result_storage(monkeypatch, tmp_path)
 
 
 def gateway() -> JobGateway:

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-from dspy_service import users
+from dspy_service import prefect_pages, users
 from dspy_service.contract import TOKEN_PREFIX, user_variable
 
 
@@ -105,7 +105,7 @@ def test_store_errors():
 
 
 def test_list_users_pages_through_the_store_and_shows_no_hashes(monkeypatch):
-    monkeypatch.setattr(users, "PAGE", 2)
+    monkeypatch.setattr(prefect_pages, "PAGE_LIMIT", 2)  # three users: two pages and an empty one
     store = Variables()
     store.values["dspy-champion-x"] = {"job_id": "1"}
     for name in ("carol", "alice", "bob"):

@@ -13,10 +13,8 @@ import dspy
 import httpx
 import pytest
 from prefect._internal.result_records import ResultRecord, ResultRecordMetadata
-from prefect.filesystems import LocalFileSystem
 from prefect.serializers import JSONSerializer
 
-from dspy_service import result_files
 from dspy_service.schemas import JobSpec
 from dspy_service.testing.local_lm import make_arithmetic_dataset
 from tasks import champion_program
@@ -30,6 +28,7 @@ from tasks.language_models import build_language_models
 from tasks.user_code import UserCode, load_user_code
 from tests.support.hostile_result import pickle_record, pickled_value
 from tests.support.payloads import job_payload
+from tests.support.result_storage import use_local_result_storage
 
 SCHEDULE = str(uuid.uuid4())
 INSTRUCTIONS = "Work through the problem step by step, then give only the final answer."
@@ -118,12 +117,7 @@ def prefect(monkeypatch) -> Prefect:
 @pytest.fixture
 def storage(tmp_path, monkeypatch) -> Path:
     """Results live under tmp_path (as under PREFECT_LOCAL_STORAGE_PATH on a stack)."""
-
-    async def local_storage(block_id):
-        return LocalFileSystem(basepath=str(tmp_path))
-
-    monkeypatch.setattr(result_files, "result_storage", local_storage)
-    return tmp_path
+    return use_local_result_storage(monkeypatch, tmp_path)
 
 
 def stored(storage: Path, value: dict) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from api.prefect_reads import PAGE_LIMIT, read_in_pages
+from dspy_service.prefect_pages import PAGE_LIMIT, read_in_pages
 
 STORED = list(range(1000))
 
