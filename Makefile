@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install browser up test test-fast bench lint
+.PHONY: install system-packages test-system-packages up test test-fast bench lint
 
 install: $(VENV)/.installed
 
@@ -13,14 +13,18 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test,postgres]'
 	touch $@
 
-# Debian's chromium + chromium-driver for the Prefect UI test (idempotent, quiet; as root).
-browser:
-	@bash scripts/install-test-browser.sh
+# Debian's bubblewrap for the job sandbox; for the tests also chromium + chromium-driver
+# for the Prefect UI test (idempotent, quiet; as root).
+system-packages:
+	@bash scripts/install-system-packages.sh service
 
-up: install
+test-system-packages:
+	@bash scripts/install-system-packages.sh test
+
+up: install system-packages
 	$(VENV)/bin/dspy-service up
 
-test: install browser
+test: install test-system-packages
 	$(PY) -m pytest
 
 test-fast: install

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from deployments.users_cli import add_users_parser, api_token
+from dspy_service.sandbox_check import startup_check
 from dspy_service.settings import get_settings
 
 
@@ -164,6 +165,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from deployments.stack import PREFECT_DEFAULTS, interpreter_first_on_path
 
     settings = get_settings()
+    error, warning = startup_check(settings.sandbox, settings.sandbox_uid)
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     env = {**PREFECT_DEFAULTS, **os.environ, **client_environment(settings)}
     env["PATH"] = interpreter_first_on_path(env.get("PATH", ""))
     command = [

@@ -21,6 +21,7 @@ from deployments.prefect_auth import CLIENT_ENV as PREFECT_AUTH_ENV
 from deployments.prefect_auth import ensure_auth_string, server_environment
 from deployments.runtime.protocol import SOCKET_ENV as ZYGOTE_SOCKET_ENV
 from deployments.runtime.protocol import socket_path as zygote_socket_path
+from dspy_service.sandbox_check import startup_check
 from dspy_service.settings import ServiceSettings
 
 # Settings the stack's processes need, measured to matter (see README, "Configuration").
@@ -257,6 +258,11 @@ class Stack:
         if problem:
             raise RuntimeError(problem)
         self.check_ports_free()
+        error, warning = startup_check(self.config.settings.sandbox, self.config.settings.sandbox_uid)
+        if error:
+            raise RuntimeError(error)
+        if warning:
+            progress(f"warning: {warning}")
         self.config.settings.home_dir.mkdir(parents=True, exist_ok=True)
         if self.local_lm:
             self.local_lm.start(self.env)

@@ -176,6 +176,11 @@ TERMINAL_STATE_TYPES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 # engine's handler sets a flag LMs and optimizers check) before killing it after a grace.
 STOP_SIGNAL = signal.SIGUSR1
 
+# Set in a sandboxed engine's environment (deployments/runtime/sandbox.py): the engine runs
+# without Prefect credentials and reads its job's secrets from the file its supervisor handed it.
+SANDBOXED_ENV = "DSPY_SERVICE_SANDBOXED"
+JOB_SECRETS_FILE_ENV = "DSPY_SERVICE_JOB_SECRETS_FILE"
+
 # -- wording for jobs that ended outside their own code -------------------------------------
 ZOMBIE_MESSAGE = (
     "the job's process stopped sending heartbeats (its worker host or process died); the job was marked failed"

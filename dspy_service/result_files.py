@@ -10,9 +10,11 @@ process, or the block's file system) and parsed with `json`. Flows store the val
 a file that holds a whole result record (the shape Prefect would load with the
 serializer the record names) is read only if that serializer is `json` too, and its value
 is again parsed with `json`. No object hooks, no imports: nothing here unpickles,
-decompresses or imports what a state or a file names. Storage keys resolve inside the
-result storage: an absolute key outside it (Prefect itself would read it anywhere) is
-unreadable. A run is given as the Prefect API's JSON (a `FlowRun` model:
+decompresses or imports what a state or a file names. Only a file directly in the result
+storage's base directory is read (`key_name`): any other path in a key (`..`, another run's
+directory, outside the storage) is refused, since a job may set its own state to anything.
+A sandboxed job's result lies in a directory of its own, `<run id>/<name>`, tried first; an
+unsandboxed job's at `<name>`. A run is given as the Prefect API's JSON (a `FlowRun` model:
 `flow_run.model_dump(mode="json")`).
 
 Failures: `UnreadableResult(why)` for a result that is refused (another serializer, not
@@ -25,9 +27,11 @@ a champion whose result is unreadable.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
+from pathlib import Path, PurePosixPath
 from typing import Any
 from uuid import UUID
 
@@ -124,6 +128,36 @@ def decode_result_file(raw: bytes) -> Any:
         raise UnreadableResult("the result record's value is not JSON") from None
 
 
+def key_name(storage: WritableFileSystem, key: str) -> str:
+    """The file name a result key names directly in the storage's base directory (Prefect
+    records `<base>/<name>` for local storage, `<name>` elsewhere). Any other path (`..`,
+    another run's directory, a path outside the storage) is refused: a job may set its own
+    state to anything, and must not point the reader at another job's file."""
+    path = PurePosixPath(key)
+    if path.is_absolute():
+        base = getattr(storage, "basepath", None)
+        if not base or Path(key).parent.resolve() != Path(str(base)).expanduser().resolve():
+            raise UnreadableResult("the run's state names a result outside the result storage")
+    elif len(path.parts) != 1:
+        raise UnreadableResult("the run's state names a result outside its own result location")
+    if path.name in ("", ".", ".."):
+        raise UnreadableResult("the run's state names no result file")
+    return path.name
+
+
+async def read_result_bytes(storage: WritableFileSystem, run_id: str, key: str) -> bytes:
+    """A sandboxed job writes its result into a directory of its own (`<run id>/<key>`,
+    deployments/runtime/job_sandbox.py); results of unsandboxed jobs lie at `<key>`."""
+    try:
+        return await read_bytes(storage, f"{run_id}/{key}")
+    except (FileNotFoundError, ValueError):  # LocalFileSystem says ValueError for a missing file
+        return await read_bytes(storage, key)
+
+
+def result_paths(run_id: str, key: str) -> list[str]:
+    return [f"{run_id}/{key}", key]
+
+
 async def read_json_result(run: dict[str, Any]) -> dict[str, Any] | None:
     """The JSON object a run's state names as its result; None when it names none."""
     location = record_location(run)
@@ -132,7 +166,11 @@ async def read_json_result(run: dict[str, Any]) -> dict[str, Any] | None:
     refuse_serializer(location.serializer_type)  # none named: Prefect's default, pickle
     try:
         storage = await result_storage(location.storage_block_id)
-        raw = await read_bytes(storage, location.storage_key)
+    except Exception as exc:  # noqa: BLE001 - e.g. a storage block that is gone
+        raise UnreadableResult(f"the result storage cannot be loaded ({type(exc).__name__})") from None
+    key = key_name(storage, location.storage_key)
+    try:
+        raw = await read_result_bytes(storage, str(run.get("id")), key)
     except Exception as exc:  # noqa: BLE001 - file gone, storage unreachable from this host, ...
         logger.warning("result of %s unreadable: %s", run.get("id"), exc)
         raise UnreadableResult(f"the result file cannot be read ({type(exc).__name__})") from None
@@ -149,11 +187,16 @@ async def delete_result_file(run: dict[str, Any]) -> None:
         if location is None:
             return
         storage = await result_storage(location.storage_block_id)
-        if isinstance(storage, LocalFileSystem):
-            storage._resolve_path(location.storage_key).unlink(missing_ok=True)
-        elif hasattr(storage, "filesystem"):
-            path = storage._resolve_path(location.storage_key)
-            if storage.filesystem.exists(path):
-                storage.filesystem.rm(path)
+        for key in result_paths(str(run["id"]), key_name(storage, location.storage_key)):
+            if isinstance(storage, LocalFileSystem):
+                path = storage._resolve_path(key)
+                path.unlink(missing_ok=True)
+                if path.parent.name == str(run["id"]):
+                    with contextlib.suppress(OSError):
+                        path.parent.rmdir()
+            elif hasattr(storage, "filesystem"):
+                path = storage._resolve_path(key)
+                if storage.filesystem.exists(path):
+                    storage.filesystem.rm(path)
     except Exception as exc:  # noqa: BLE001 - the run is deleted regardless; say what was left
         logger.warning("could not delete the stored result of %s: %s", run["id"], exc)

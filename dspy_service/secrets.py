@@ -27,6 +27,7 @@ from prefect.blocks.system import Secret
 from prefect.client.orchestration import PrefectClient
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+from dspy_service.contract import JOB_SECRETS_FILE_ENV
 from dspy_service.errors import JobError
 from dspy_service.prefect_pages import read_in_pages
 from dspy_service.schemas import PUBLIC_EXTRA_KEYS, JobSpec, ModelConfig
@@ -185,6 +186,7 @@ class SecretStore:
 BlockReader = Callable[[str], "dict[str, Any] | None"]
 
 
+
 def read_secret_block(name: str) -> dict[str, Any] | None:
     """A Secret block's value through the job's Prefect client (None when it is gone)."""
     from prefect.client.orchestration import get_client
@@ -196,6 +198,40 @@ def read_secret_block(name: str) -> dict[str, Any] | None:
             return None
     value = Secret._from_block_document(document).get()
     return value if isinstance(value, dict) else None
+
+
+def referenced_blocks(spec: JobSpec) -> list[str]:
+    """The Secret blocks `spec`'s references name (what its engine may be handed)."""
+    refs = spec.secret_refs
+    if refs is None:
+        return []
+    names = [refs.inline_block] if refs.inline_block else []
+    return names + sorted(set(refs.credential_blocks.values()) - set(names))
+
+
+def handed_blocks(spec: JobSpec, read: BlockReader = read_secret_block) -> dict[str, Any]:
+    """The values of the blocks `spec` names (None for a deleted one), read by the trusted
+    job supervisor to hand a sandboxed engine only its own job's secrets."""
+    return {name: read(name) for name in referenced_blocks(spec)}
+
+
+def job_block_reader(environ: Mapping[str, str]) -> BlockReader:
+    """Where this engine reads its job's Secret blocks: the file its supervisor handed it in a
+    sandbox (JOB_SECRETS_FILE_ENV), else the Prefect API."""
+    path = environ.get(JOB_SECRETS_FILE_ENV)
+    if not path:
+        return read_secret_block
+    try:
+        with open(path, encoding="utf-8") as handle:
+            handed = json.load(handle)
+    except FileNotFoundError:
+        handed = {}
+
+    def read(name: str) -> dict[str, Any] | None:
+        value = handed.get(name)
+        return value if isinstance(value, dict) else None
+
+    return read
 
 
 def resolve_model_secrets(spec: JobSpec, read: BlockReader = read_secret_block) -> JobSpec:

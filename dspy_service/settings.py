@@ -94,6 +94,22 @@ class ServiceSettings(BaseSettings):
         "and its processes are killed this much later. 0: at once (bench/cancel_latency.py: p95 0.6 s to a dead "
         "process tree, vs 1.2 s with 0.5, and the same LM calls after the cancel).",
     )
+    sandbox: Literal["on", "off"] = Field(
+        default="on",
+        description="Run each job's engine (the process running user code) in a bubblewrap sandbox: "
+        "own user/pid/mount/network/ipc/uts namespaces, only its own files, Prefect and the internet "
+        "only through the supervisor's job-scoped proxies (deployments/runtime/sandbox.py). `off` runs "
+        "user code with the worker's view of the host and its Prefect credentials; `up`, the worker "
+        "and /health then warn.",
+    )
+    sandbox_uid: int = Field(
+        default=65534, ge=1, le=2**31 - 1, description="The user id a job's engine runs as inside its sandbox."
+    )
+    sandbox_dir: Path | None = Field(
+        default=None,
+        description="Local directory for the per-job sandbox directories (sockets, private work "
+        "directory); removed when the job ends. Default: <system temp>/dspy-service-jobs.",
+    )
     job_env_passthrough: str = Field(
         default="",
         description="Comma-separated extra environment variables (names, or prefixes ending in *) that job "

@@ -42,6 +42,14 @@ from tasks.user_code import load_user_code
 logger = logging.getLogger("dspy_service.flow")
 
 
+def where_running() -> str:
+    """Where this engine runs, for the job's log; a sandboxed engine's pid is its namespace's
+    (its supervisor logs the host's)."""
+    if os.environ.get(contract.SANDBOXED_ENV):
+        return "in its sandbox"
+    return f"process {os.getpid()} on {socket.gethostname()}"
+
+
 def resolve_rows(
     job: JobSpec, dataset: list[dict[str, Any]] | None, dataset_ref: DatasetRef | None
 ) -> list[dict[str, Any]] | None:
@@ -148,13 +156,12 @@ def optimize_program(
         try:
             rows = resolve_rows(job, dataset, dataset_ref)
             run_logger.info(
-                "job: %s + %s on %s, model %s (process %d on %s)",
+                "job: %s + %s on %s, model %s (%s)",
                 job.module_name,
                 job.optimizer_name,
                 f"{len(rows)} rows" if rows is not None else f"dataset_source {job.dataset_source}",
                 job.main_model.name,
-                os.getpid(),
-                socket.gethostname(),
+                where_running(),
             )
             with observe_job(current_flow_run.id, job):
                 result = run_job(job, rows, capture.entries, schedule_id)

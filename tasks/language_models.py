@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,8 +12,9 @@ import dspy
 
 from dspy_service.contract import Stage
 from dspy_service.errors import JobError
+from dspy_service.lm_cache import endpoint_identity, tenant_cache_dir
 from dspy_service.schemas import JobSpec, ModelConfig
-from dspy_service.secrets import looks_secret, resolve_model_secrets, secret_values
+from dspy_service.secrets import job_block_reader, resolve_model_secrets, secret_values
 from dspy_service.settings import get_settings
 from tasks import stage
 from tasks.stopping import raise_if_stopped
@@ -128,30 +128,11 @@ class JobLMs:
         return self.by_role.get(role)
 
 
-def _endpoint_identity(config: ModelConfig) -> tuple[str, str, str]:
-    secrets = {key: value for key, value in config.extra.items() if looks_secret(key, value)}
-    digest = hashlib.sha256(json.dumps(secrets, sort_keys=True, default=str).encode()).hexdigest()
-    return (config.name, config.base_url or "", digest)
-
-
-def tenant_cache_scope(spec: JobSpec) -> str:
-    """A stable id of the endpoints and keys (api keys, headers: the resolved secrets) a job
-    talks to.
-
-    DSPy's cache key ignores api_key and api_base, so one shared disk cache would hand
-    one tenant's answers to another; each scope gets its own cache directory instead.
-    """
-    identities = sorted({_endpoint_identity(c) for c in spec.lm_configs().values()})
-    return hashlib.sha256(json.dumps(identities).encode()).hexdigest()[:32]
-
-
 def configure_job_cache(spec: JobSpec) -> None:
-    settings = get_settings()
-    if not settings.lm_cache:
+    directory = tenant_cache_dir(spec, get_settings())
+    if directory is None:
         dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
         return
-    directory = settings.resolved_lm_cache_dir / tenant_cache_scope(spec)
-    directory.mkdir(parents=True, exist_ok=True)
     dspy.configure_cache(enable_disk_cache=True, enable_memory_cache=True, disk_cache_dir=str(directory))
 
 
@@ -206,7 +187,7 @@ def build_lm(config: ModelConfig, *, role: str, meter: UsageMeter, cache: bool) 
 def build_language_models(spec: JobSpec) -> JobLMs:
     """One metered LM per configured role, sharing a per-tenant response cache; the
     secrets the job's references name are read here (and only here)."""
-    spec = resolve_model_secrets(spec)
+    spec = resolve_model_secrets(spec, job_block_reader(os.environ))
     configure_job_cache(spec)
     meter = UsageMeter()
     configs = spec.lm_configs()
@@ -215,7 +196,7 @@ def build_language_models(spec: JobSpec) -> JobLMs:
     seen: dict[str, tuple[str, str, str]] = {}
     by_role: dict[str, dspy.LM] = {}
     for role, config in configs.items():
-        identity = _endpoint_identity(config)
+        identity = endpoint_identity(config)
         cache = seen.setdefault(config.name, identity) == identity
         by_role[role] = build_lm(config, role=role, meter=meter, cache=cache)
     secrets = [value for config in configs.values() for value in secret_values(config)]

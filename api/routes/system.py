@@ -1,11 +1,15 @@
 """GET /queue (authenticated) and GET /health (open, for load balancers).
 
-/health says whether the service can take jobs (status, a detail on failure) and which
-modules, metrics and optimizers it offers; nothing about users, jobs or workers (job
-counts and workers are behind authentication, in GET /queue).
+/health says whether the service can take jobs (status, a detail on failure), which
+modules, metrics and optimizers it offers, and whether jobs run sandboxed (`sandbox`: on,
+off or unavailable, with `warnings`); nothing about users, jobs or workers (job counts and
+workers are behind authentication, in GET /queue).
 """
 
 from __future__ import annotations
+
+import asyncio
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -14,6 +18,8 @@ from api.deps import GatewayDep
 from api.gateway import DeploymentMissing
 from api.identity import CurrentUser
 from dspy_service.registry import get_registry
+from dspy_service.sandbox_check import SANDBOX_OFF_WARNING, cached_bubblewrap_problem
+from dspy_service.settings import ServiceSettings
 
 router = APIRouter()
 
@@ -38,4 +44,15 @@ async def health(gateway: GatewayDep):
         return unavailable(str(exc))
     if not snapshot["workers_alive"]:
         return unavailable(f"no worker online in work pool {snapshot['work_pool']!r}")
-    return {"status": "ok", "registered_assets": get_registry().asset_names()}
+    return {"status": "ok", "registered_assets": get_registry().asset_names(), **await sandbox_status(gateway.settings)}
+
+
+async def sandbox_status(settings: ServiceSettings) -> dict[str, Any]:
+    """The configured sandbox mode, and a warning when it is off or bubblewrap does not work
+    on this host (workers check it for themselves at start and before every job)."""
+    if settings.sandbox == "off":
+        return {"sandbox": "off", "warnings": [SANDBOX_OFF_WARNING]}
+    problem = await asyncio.to_thread(cached_bubblewrap_problem, settings.sandbox_uid)
+    if problem is not None:
+        return {"sandbox": "unavailable", "warnings": [f"on the API host: {problem}"]}
+    return {"sandbox": "on"}

@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections.abc import Mapping
 
 from deployments.runtime.engine import ColdStarter, EngineStarter
 from deployments.runtime.env import engine_environment
+from deployments.runtime.job_sandbox import JobSandbox, SandboxUnavailable
 from deployments.runtime.limits import (
     PR_SET_CHILD_SUBREAPER,
     JobLimits,
@@ -47,6 +49,8 @@ from deployments.runtime.outcome import ExitLimits, Stop, engine_never_reached_a
 from deployments.runtime.output import OutputPump
 from deployments.runtime.reporter import RunReporter
 from deployments.runtime.stop import ParentWatch, StopPolicy, WorkerWatch
+from dspy_service.errors import JobError
+from dspy_service.sandbox_check import SANDBOX_OFF_WARNING
 from dspy_service.settings import ServiceSettings, get_settings
 
 
@@ -81,6 +85,9 @@ class JobSupervisor:
         self, settings: ServiceSettings, environ: Mapping[str, str], starter: EngineStarter, worker: WorkerWatch
     ):
         self.flow_run_id = environ.get("PREFECT__FLOW_RUN_ID")
+        self.settings = settings
+        self.environ = environ
+        self.sandbox: JobSandbox | None = None
         self.env = engine_environment(environ, settings.job_env_passthrough)
         self.starter = starter
         self.limits = JobLimits.from_settings(settings)
@@ -98,19 +105,58 @@ class JobSupervisor:
         """Run the engine (again, if the restart policy says so); the exit code for the worker."""
         signal.signal(signal.SIGTERM, self.stop.on_terminate)
         signal.signal(signal.SIGINT, self.stop.on_terminate)
+        refusal = self.enter_sandbox()
+        if refusal is not None:
+            return self.refuse(refusal)
         attempt = 1
-        while True:
-            code = self.run_engine()
-            if not self.restart.start_again(attempt, code, self.stop.stop, self.output.recent_text()):
-                break
-            self.output.note(self.restart.note)
-            time.sleep(self.restart.pause)
-            self.output.forget_recent()
-            attempt += 1
+        try:
+            while True:
+                code = self.run_engine()
+                if not self.restart.start_again(attempt, code, self.stop.stop, self.output.recent_text()):
+                    break
+                self.output.note(self.restart.note)
+                time.sleep(self.restart.pause)
+                self.output.forget_recent()
+                attempt += 1
+        finally:
+            if self.sandbox is not None:
+                self.sandbox.close()
         self.output.close()
         self.finish(code)
         self.reporter.close()
         return code if code >= 0 else 128 - code
+
+    def enter_sandbox(self) -> str | None:
+        """Prepare the job's sandbox (settings.sandbox on); why the job cannot start, if so."""
+        if self.settings.sandbox == "off":
+            self.output.note(f"warning: {SANDBOX_OFF_WARNING}")
+            return None
+        run = self.reporter.read_run()
+        if run is None or not self.flow_run_id:
+            return None  # the engine finds out the API is down, and the restart policy waits
+        self.sandbox = JobSandbox(self.settings, self.environ, self.flow_run_id, self.denied)
+        try:
+            self.sandbox.prepare(run)
+        except (SandboxUnavailable, JobError) as exc:
+            self.sandbox.close()
+            self.sandbox = None
+            return str(exc)
+        self.starter = self.sandbox.starter()
+        return None
+
+    def denied(self, message: str) -> None:
+        """A proxy refused something the job's code asked for: the user sees it in the job's log."""
+        self.output.note(message)
+        self.reporter.log(message, level=30)
+
+    def refuse(self, reason: str) -> int:
+        message = f"the job could not start: {reason}"
+        self.output.note(message)
+        self.output.close()
+        self.reporter.log(message)
+        self.reporter.set_state("FAILED", message)
+        self.reporter.close()
+        return 1
 
     def run_engine(self) -> int:
         """Start the engine, pass its output on until it exits, clean up after it."""
@@ -119,6 +165,8 @@ class JobSupervisor:
         cgroup = PidsCgroup.create(self.flow_run_id or str(supervisor_pid), self.limits.max_tasks)
         engine = self.starter.start(self.env, lambda: confine_engine(self.limits, cgroup, supervisor_pid))
         self.stop.watch(engine, cgroup)
+        if self.sandbox is not None:  # the engine's own pid is its namespace's, not the host's
+            self.reporter.log(f"sandboxed engine (process {engine.pid} on {socket.gethostname()})", level=20)
         watch = f"cgroup v{cgroup.version}" if cgroup else "process watch"
         self.output.note(
             f"{self.starter.verb} engine {engine.pid} (memory {self.limits.memory_mb or 'unlimited'} MB, "

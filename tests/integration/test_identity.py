@@ -62,7 +62,8 @@ def test_missing_bad_revoked_and_rotated_tokens_get_401(stack):
     assert_401(stack.client("dss.admin.not-the-token").get("/jobs"))
     assert_401(stack.client("not-even-a-token").get("/queue"))
     health = anonymous.get("/health")
-    assert health.status_code == 200 and set(health.json()) == {"status", "registered_assets"}
+    assert health.status_code == 200 and set(health.json()) == {"status", "registered_assets", "sandbox"}
+    assert health.json()["sandbox"] == "on"
 
     name = f"temp-{uuid.uuid4().hex[:6]}"
     user = stack.add_user(name)

@@ -2,7 +2,7 @@
 its logs, its artifacts and its parameters.
 
 Drives Debian's headless Chromium (packages `chromium`, `chromium-driver`, installed by
-scripts/install-test-browser.sh: `make test` runs it, and so does this test when they are
+`scripts/install-system-packages.sh test`: `make test` runs it, and so does this test when they are
 missing) with selenium. Screenshots go to the test's temp dir; set
 UI_SCREENSHOT_DIR=docs to refresh the ones the README shows.
 """
@@ -41,7 +41,9 @@ CHROMIUM_FLAGS = (
 @pytest.fixture(scope="module")
 def browser():
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        subprocess.run(["bash", str(REPO / "scripts" / "install-test-browser.sh")], check=False, timeout=900)
+        subprocess.run(
+            ["bash", str(REPO / "scripts" / "install-system-packages.sh"), "test"], check=False, timeout=900
+        )
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         pytest.skip("Debian's chromium and chromium-driver are not installed and could not be (needs root + apt-get)")
     from selenium import webdriver

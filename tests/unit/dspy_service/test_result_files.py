@@ -119,12 +119,36 @@ def test_a_result_that_is_not_an_object_or_not_there_makes_the_job_failed(storag
     assert job.status is JobStatus.failed
     assert job.message == "unreadable result: the result file cannot be read (ValueError)"
     outside = outcome(gateway(), completed_run("/etc/hostname"))
-    assert outside.message == "unreadable result: the result file cannot be read (ValueError)"
+    assert outside.message == "unreadable result: the run's state names a result outside the result storage"
     run = completed_run("x")
     run["state"]["data"] = {"program_artifact": {}}
     assert outcome(gateway(), run).message == "unreadable result: the run's state holds no result record"
     run["state"]["data"] = None
     assert outcome(gateway(), run) == Outcome(JobStatus.success)
+
+
+@pytest.mark.parametrize("key", ["{base}/{other}/result", "{other}/result", "../result", "{base}/../result"])
+def test_a_state_that_names_another_job_s_result_directory_is_refused(storage, key):
+    """A sandboxed job sets its own state: it must not point the reader at another job's file."""
+    other = storage / "victim-run-id"
+    other.mkdir()
+    (other / "result").write_bytes(orjson_value())
+    (storage.parent / "result").write_bytes(orjson_value())
+    run = completed_run(key.format(base=storage, other="victim-run-id"))
+    with pytest.raises(UnreadableResult, match="outside"):
+        asyncio.run(read_json_result(run))
+
+
+def test_a_sandboxed_job_s_result_is_read_from_its_own_directory(storage):
+    run = completed_run(str(storage / "result-key"))
+    own = storage / run["id"]
+    own.mkdir()
+    (own / "result-key").write_bytes(orjson_value())
+    assert asyncio.run(read_json_result(run)) == VALUE
+
+
+def orjson_value() -> bytes:
+    return record("unused", VALUE, JSONSerializer()).serialize_result()
 
 
 def test_runs_that_did_not_complete_read_no_result(storage):

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from dspy_service.contract import credential_block, inline_secret_block
+from dspy_service.contract import JOB_SECRETS_FILE_ENV, credential_block, inline_secret_block
 from dspy_service.errors import JobError
 from dspy_service.schemas import JobSpec, ModelConfig, SecretRefs
 from dspy_service.secrets import (
+    handed_blocks,
+    job_block_reader,
     looks_secret,
     merge_model_secrets,
+    read_secret_block,
     resolve_model_secrets,
     secret_values,
     split_model_secrets,
@@ -143,3 +148,25 @@ def test_a_deleted_credential_fails_the_job_naming_it():
 def test_deleted_inline_secrets_fail_the_job():
     with pytest.raises(JobError, match="inline secrets .* were deleted"):
         resolve_model_secrets(spec_with_refs(credential=None), read=lambda name: None)
+
+
+def test_a_sandboxed_engine_resolves_exactly_the_blocks_its_supervisor_handed_it(tmp_path):
+    blocks = {
+        credential_block("tester", "prod"): {"api_key": "sk-cred", "headers": {}},
+        inline_secret_block("abc"): {"main": {}, "reflection": {"api_key": "sk-r"}},
+        credential_block("victim", "prod"): {"api_key": "sk-victim", "headers": {}},
+    }
+    spec = spec_with_refs()
+    handed = handed_blocks(spec, read=blocks.get)
+    assert set(handed) == {credential_block("tester", "prod"), inline_secret_block("abc")}
+    path = tmp_path / "secrets.json"
+    path.write_text(json.dumps(handed))
+    reader = job_block_reader({JOB_SECRETS_FILE_ENV: str(path)})
+    assert reader(credential_block("victim", "prod")) is None
+    resolved = resolve_model_secrets(spec, read=reader)
+    assert resolved == resolve_model_secrets(spec, read=blocks.get)
+    assert resolved.main_model.extra["api_key"] == "sk-cred"
+
+
+def test_an_engine_without_a_handed_file_reads_blocks_through_prefect():
+    assert job_block_reader({}) is read_secret_block

@@ -53,8 +53,9 @@ def test_cache_hits_are_counted_apart_and_cost_nothing():
 
 
 def test_header_values_count_as_secrets_and_tell_tenants_apart(local_lm):
+    from dspy_service.lm_cache import tenant_cache_scope
     from dspy_service.schemas import JobSpec
-    from tasks.language_models import build_language_models, tenant_cache_scope
+    from tasks.language_models import build_language_models
     from tests.support.payloads import job_payload
 
     def spec(bearer: str) -> JobSpec:

@@ -1,0 +1,236 @@
+"""The trusted side of one job's sandbox: what the supervisor prepares before the engine starts.
+
+`JobSandbox.prepare(run)` reads what it needs from the job's flow run as the Prefect API
+returned it to the supervisor (parameters, deployment, flow, schedule), then
+
+- creates the job's private directory (sandbox.JobDirectory);
+- reads the Secret blocks the job's model configs reference and hands them to the engine in
+  `work/secrets.json` (the engine never sees a Prefect credential, so it cannot read blocks);
+- mounts only the job's own data: its stored dataset and a `dataset_source` file read-only,
+  its result directory `<results>/<flow run id>` read-write at `<results>`, its tenant's LM
+  cache directory read-write (dspy_service/lm_cache.py);
+- starts the job-scoped Prefect proxy and the egress proxy on Unix sockets in `run/`.
+
+`SandboxStarter` then starts the engine as `bwrap ... python -m deployments.runtime.sandbox_entry`
+behind the supervisor's `Engine` interface: `pid` is the engine's host pid inside the sandbox
+(where the stop signal goes), `poll`/`wait` are bubblewrap's, whose exit code is the engine's
+(128 + N when signal N killed it, turned back into -N here). `close()` stops the proxies and
+removes the directory.
+
+Failures: `SandboxUnavailable` (bubblewrap missing or not permitted; the message says how to
+fix it) and `JobError` (a dataset or result location a sandbox cannot mount) end the job
+with that message before any job code runs; OSError from the file system propagates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+from deployments.runtime import procfs
+from deployments.runtime.engine import Confine
+from deployments.runtime.sandbox import (
+    EGRESS_SOCKET,
+    PREFECT_SOCKET,
+    JobDirectory,
+    Mount,
+    SandboxLayout,
+    bwrap_command,
+    entry_argv,
+    hidden_inside_mounts,
+    sandbox_environment,
+)
+from dspy_service.errors import JobError
+from dspy_service.sandbox_check import cached_bubblewrap_problem
+from dspy_service.settings import ServiceSettings
+
+RESULTS_ENV = "PREFECT_LOCAL_STORAGE_PATH"
+RESULT_BLOCK_ENV = "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"
+
+
+class SandboxUnavailable(RuntimeError):
+    """No sandbox can start on this host; the message says how to fix it."""
+
+
+class Proxy(Protocol):
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def local_path(url: str | None) -> Path | None:
+    """The file path of a local fsspec URL or path; None for a remote one."""
+    if not url:
+        return None
+    parsed = urlparse(url)
+    if parsed.scheme in ("", "file") and parsed.path.startswith("/"):
+        return Path(parsed.path)
+    return None
+
+
+def results_root(environ: Mapping[str, str]) -> Path:
+    if environ.get(RESULT_BLOCK_ENV):
+        raise JobError(
+            "a sandboxed job writes its result to a file system path (PREFECT_LOCAL_STORAGE_PATH); "
+            f"{RESULT_BLOCK_ENV} names a storage block, which a sandbox cannot mount"
+        )
+    raw = environ.get(RESULTS_ENV) or str(Path(environ.get("PREFECT_HOME", "~/.prefect")) / "storage")
+    return Path(raw).expanduser()
+
+
+class JobSandbox:
+    """One job's sandbox, from `prepare` (once per job) to `close`."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        environ: Mapping[str, str],
+        flow_run_id: str,
+        on_denied: Callable[[str], None],
+    ):
+        self.settings = settings
+        self.environ = environ
+        self.flow_run_id = flow_run_id
+        self.on_denied = on_denied
+        self.directory: JobDirectory | None = None
+        self.layout: SandboxLayout | None = None
+        self.proxies: list[Proxy] = []
+
+    def prepare(self, run: dict[str, Any]) -> None:
+        problem = cached_bubblewrap_problem(self.settings.sandbox_uid)
+        if problem:
+            raise SandboxUnavailable(problem)
+        from dspy_service.lm_cache import tenant_cache_dir
+        from dspy_service.schemas import DatasetRef, JobSpec
+        from dspy_service.secrets import handed_blocks, resolve_model_secrets
+
+        parameters = run.get("parameters") or {}
+        spec = JobSpec.model_validate(parameters["job"])
+        self.directory = JobDirectory(self.settings.sandbox_dir, self.flow_run_id)
+        layout = SandboxLayout(job_dir=self.directory.path, uid=self.settings.sandbox_uid)
+        handed = handed_blocks(spec)
+        layout.secrets_file.write_text(json.dumps(handed))
+        os.chmod(layout.secrets_file, 0o600)
+        results = results_root(self.environ)
+        own_results = results / self.flow_run_id
+        own_results.mkdir(parents=True, exist_ok=True)
+        layout.mounts.append(Mount(own_results, writable=True, target=results))
+        ref = parameters.get("dataset_ref")
+        for path in (local_path(DatasetRef.model_validate(ref).url) if ref else None, local_path(spec.dataset_source)):
+            if path is not None and path.is_file():
+                layout.mounts.append(Mount(path))
+        cache = tenant_cache_dir(resolve_model_secrets(spec, handed.get), self.settings)
+        if cache is not None:
+            layout.mounts.append(Mount(cache, writable=True))
+        layout.hidden = hidden_inside_mounts([self.settings.home_dir])
+        self.layout = layout
+        self.start_proxies(run, spec, parameters.get("schedule_id"))
+
+    def start_proxies(self, run: dict[str, Any], spec: Any, schedule_id: str | None) -> None:
+        from dspy_service.egress_policy import EgressPolicy, job_hosts
+
+        from deployments.prefect_auth import auth_headers
+        from deployments.runtime.egress_proxy import EgressProxy
+        from deployments.runtime.prefect_proxy import PrefectProxy
+        from deployments.runtime.prefect_scope import JobScope
+
+        assert self.layout is not None
+        scope = JobScope(
+            flow_run_id=self.flow_run_id,
+            deployment_id=run.get("deployment_id"),
+            flow_id=run.get("flow_id"),
+            schedule_id=schedule_id,
+        )
+        self.proxies = [
+            PrefectProxy(
+                self.layout.run_dir / PREFECT_SOCKET,
+                self.environ["PREFECT_API_URL"],
+                auth_headers(auth) if (auth := self.environ.get("PREFECT_API_AUTH_STRING")) else {},
+                scope,
+                self.on_denied,
+            ),
+            EgressProxy(
+                self.layout.run_dir / EGRESS_SOCKET,
+                EgressPolicy.from_settings(self.settings),
+                job_hosts(spec),
+                self.on_denied,
+            ),
+        ]
+        for proxy in self.proxies:
+            proxy.start()
+
+    def starter(self) -> SandboxStarter:
+        assert self.layout is not None, "prepare() first"
+        return SandboxStarter(self.layout)
+
+    def close(self) -> None:
+        for proxy in self.proxies:
+            proxy.close()
+        self.proxies = []
+        if self.directory is not None:
+            self.directory.remove()
+
+
+class SandboxedEngine:
+    """The engine inside bubblewrap, as the supervisor's `Engine`."""
+
+    def __init__(self, process: subprocess.Popen, pid: int):
+        self.process = process
+        self.pid = pid
+        self.stdout = process.stdout
+
+    def _code(self, code: int | None) -> int | None:
+        if code is not None and code > 128 and code - 128 < signal.NSIG:
+            return 128 - code  # bubblewrap's 128 + N for an engine killed by signal N
+        return code
+
+    def poll(self) -> int | None:
+        return self._code(self.process.poll())
+
+    def wait(self) -> int:
+        code = self._code(self.process.wait())
+        assert code is not None
+        return code
+
+
+class SandboxStarter:
+    verb = "started sandboxed"
+
+    def __init__(self, layout: SandboxLayout):
+        self.layout = layout
+
+    def start(self, env: Mapping[str, str], confine: Confine) -> SandboxedEngine:
+        process = subprocess.Popen(
+            bwrap_command(self.layout, entry_argv()),
+            env=sandbox_environment(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=confine,
+            close_fds=True,
+        )
+        return SandboxedEngine(process, engine_process(process.pid))
+
+
+def engine_process(bwrap_pid: int, timeout: float = 5.0) -> int:
+    """The host pid of the engine: bubblewrap's child is the sandbox's init, whose child is
+    the engine. Falls back to bubblewrap's pid (signals then end the sandbox at once)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for init in procfs.children_of(bwrap_pid):
+            children = procfs.children_of(init)
+            if children:
+                return children[0]
+        if procfs.process_gone(bwrap_pid):
+            break
+        time.sleep(0.005)
+    return bwrap_pid
+
