@@ -1,4 +1,5 @@
-"""Datasets by reference: which `dataset_source` strings a job may give (no I/O here).
+"""Datasets by reference: which `dataset_source` strings a job may give (no I/O here, but
+`file_source_problem`, which resolves symlinks).
 
 A source is an absolute file path (or file:// URL) on the worker hosts, or an http(s) URL,
 of a CSV, JSON Lines, JSON or Parquet file. The API checks only the string (this module);
@@ -8,6 +9,7 @@ data as it is when the run starts.
 
 from __future__ import annotations
 
+import os
 import posixpath
 from typing import Literal
 from urllib.parse import urlparse
@@ -79,3 +81,18 @@ def check_source(source: str, explicit_format: DatasetFormat | None = None) -> D
             f"cannot tell the file format of {source!r}: name it with one of {endings} or set dataset_format"
         )
     return fmt
+
+
+def file_source_problem(path: str, allowed_dirs: str, private_dirs: list[str]) -> str | None:
+    """Why a job may not read the file `path` (None: it may): after resolving symlinks it
+    must lie in one of the comma-separated `allowed_dirs` (DSPY_SERVICE_DATASET_DIRS) and in
+    none of `private_dirs` (the service home: databases, results, caches of every tenant)."""
+    real = os.path.realpath(path)
+    allowed = [os.path.realpath(d.strip()) for d in allowed_dirs.split(",") if d.strip()]
+    if not allowed:
+        return "file paths are not enabled on this service (the operator sets DSPY_SERVICE_DATASET_DIRS)"
+    inside = [d for d in allowed if real == d or real.startswith(d.rstrip("/") + "/")]
+    private = [d for d in map(os.path.realpath, private_dirs) if real == d or real.startswith(d.rstrip("/") + "/")]
+    if not inside or private:
+        return f"{path} is not in a directory jobs may read ({', '.join(allowed)})"
+    return None

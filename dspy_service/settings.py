@@ -102,6 +102,12 @@ class ServiceSettings(BaseSettings):
         "user code with the worker's view of the host and its Prefect credentials; `up`, the worker "
         "and /health then warn.",
     )
+    dataset_dirs: str = Field(
+        default="",
+        description="Comma-separated directories on the worker hosts from which a job's `dataset_source` "
+        "file path may be read (after resolving symlinks; never inside the service home). Empty: file "
+        "paths are refused, only http(s) sources and uploaded rows work.",
+    )
     sandbox_uid: int = Field(
         default=65534, ge=1, le=2**31 - 1, description="The user id a job's engine runs as inside its sandbox."
     )

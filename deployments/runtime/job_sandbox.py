@@ -47,6 +47,7 @@ from deployments.runtime.sandbox import (
     hidden_inside_mounts,
     sandbox_environment,
 )
+from dspy_service.dataset_source import file_source_problem
 from dspy_service.errors import JobError
 from dspy_service.sandbox_check import cached_bubblewrap_problem
 from dspy_service.settings import ServiceSettings
@@ -123,9 +124,16 @@ class JobSandbox:
         own_results.mkdir(parents=True, exist_ok=True)
         layout.mounts.append(Mount(own_results, writable=True, target=results))
         ref = parameters.get("dataset_ref")
-        for path in (local_path(DatasetRef.model_validate(ref).url) if ref else None, local_path(spec.dataset_source)):
-            if path is not None and path.is_file():
-                layout.mounts.append(Mount(path))
+        stored = local_path(DatasetRef.model_validate(ref).url) if ref else None
+        if stored is not None and stored.is_file():
+            layout.mounts.append(Mount(stored))
+        source = local_path(spec.dataset_source)
+        if source is not None:
+            problem = file_source_problem(str(source), self.settings.dataset_dirs, [str(self.settings.home_dir)])
+            if problem:
+                raise JobError(f"dataset_source: {problem}", field="dataset_source")
+            if source.is_file():
+                layout.mounts.append(Mount(Path(os.path.realpath(source)), target=source))
         cache = tenant_cache_dir(resolve_model_secrets(spec, handed.get), self.settings)
         if cache is not None:
             layout.mounts.append(Mount(cache, writable=True))

@@ -149,3 +149,17 @@ def test_request_needs_exactly_one_dataset():
     assert [e["loc"] for e in info.value.errors()] == [("dataset_source",)]  # one error, the real one
     request = JobRequest.model_validate(payload(dataset=None, dataset_source=" /data/train.csv "))
     assert request.spec().dataset_source == "/data/train.csv" and request.dataset is None
+
+
+def test_a_file_source_must_lie_in_an_allowed_directory_and_outside_the_service_home(tmp_path):
+    from dspy_service.dataset_source import file_source_problem
+
+    data, home = tmp_path / "data", tmp_path / "data" / "home"
+    home.mkdir(parents=True)
+    (data / "train.csv").write_text("q,a\n")
+    (home / "prefect.db").write_text("keys")
+    (data / "link.csv").symlink_to(home / "prefect.db")
+    assert file_source_problem(str(data / "train.csv"), str(data), [str(home)]) is None
+    assert "DSPY_SERVICE_DATASET_DIRS" in file_source_problem(str(data / "train.csv"), "", [str(home)])
+    for refused in (home / "prefect.db", data / "link.csv", tmp_path / "elsewhere.csv", data / ".." / "x.csv"):
+        assert "not in a directory jobs may read" in file_source_problem(str(refused), str(data), [str(home)])
