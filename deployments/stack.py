@@ -105,6 +105,9 @@ class StackConfig:
         )
         if self.settings.storage_url:
             env["DSPY_SERVICE_STORAGE_URL"] = self.settings.storage_url
+        env["DSPY_SERVICE_SANDBOX"] = self.settings.sandbox
+        if self.settings.dataset_dirs:
+            env["DSPY_SERVICE_DATASET_DIRS"] = self.settings.dataset_dirs
         env["PATH"] = interpreter_first_on_path(env.get("PATH", ""))
         # Flow results; a storage block (PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK) overrides it.
         env["PREFECT_LOCAL_STORAGE_PATH"] = str(home / "storage" / "results")

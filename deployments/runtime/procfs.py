@@ -58,6 +58,15 @@ def process_gone(pid: int) -> bool:
     return stat is None or stat.exited
 
 
+def read_comm(pid: int) -> str | None:
+    """/proc/<pid>/comm (the command name), or None if the process is gone or unreadable."""
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as comm:
+            return comm.read().decode(errors="replace").strip()
+    except OSError:
+        return None
+
+
 def parent_of(pid: int) -> int | None:
     stat = read_stat(pid)
     return None if stat is None else stat.ppid

@@ -1,8 +1,8 @@
 """A job's processes as the tests and benchmarks find them, read through the one /proc
 reader (deployments.runtime.procfs).
 
-The engine logs its pid ("(process N on host)"); its parent is the supervisor and the
-supervisor's parent the relay. Lookups that do not succeed in time raise AssertionError.
+The engine's host pid is logged ("(process N on host)": by the flow, or for a sandboxed
+engine by its supervisor); above it are bubblewrap (sandboxed), the supervisor and the relay. Lookups that do not succeed in time raise AssertionError.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ class JobProcesses:
     @classmethod
     def of_engine(cls, engine: int) -> JobProcesses:
         supervisor = procfs.parent_of(engine)
+        # A sandboxed engine's parents are bubblewrap's init and bubblewrap itself.
+        while supervisor is not None and procfs.read_comm(supervisor) == "bwrap":
+            supervisor = procfs.parent_of(supervisor)
         assert supervisor is not None, f"the engine {engine} is gone"
         relay = procfs.parent_of(supervisor)
         assert relay is not None, f"the supervisor {supervisor} is gone"

@@ -47,6 +47,8 @@ def configure_stack(
     the caller drops when done. `settings` are ServiceSettings fields, `env` the
     processes' extra environment."""
     fresh = FreshDatabase.create(db_prefix) if database == "postgres" else None
+    # Tests write dataset_source files into their own temp dirs, next to the stack's home.
+    settings.setdefault("dataset_dirs", str(home.parent))
     service = ServiceSettings(home=home, database_url=fresh.url if fresh else None, **settings)
     config = StackConfig(settings=service, api_port=free_port(), prefect_port=free_port(), warm_start=warm_start)
     stack = Stack(config)
