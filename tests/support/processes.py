@@ -2,7 +2,8 @@
 reader (deployments.runtime.procfs).
 
 The engine's host pid is logged ("(process N on host)": by the flow, or for a sandboxed
-engine by its supervisor); above it are bubblewrap (sandboxed), the supervisor and the relay. Lookups that do not succeed in time raise AssertionError.
+engine by its supervisor); above it are bubblewrap (sandboxed), the supervisor and the
+relay. Lookups that do not succeed in time raise AssertionError.
 """
 
 from __future__ import annotations
