@@ -11,6 +11,8 @@ COPY flows ./flows
 COPY tasks ./tasks
 COPY deployments ./deployments
 RUN pip install --no-cache-dir '.[postgres]'
+# bubblewrap: every job's engine runs in a sandbox (deployments/runtime/sandbox.py).
+RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap && rm -rf /var/lib/apt/lists/*
 RUN useradd --create-home --uid 10001 dspy && mkdir -p /shared /home/dspy/.prefect/ui \
     && chown -R dspy:dspy /shared /home/dspy
 USER dspy
