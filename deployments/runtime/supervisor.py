@@ -4,11 +4,14 @@ Started by the relay (relay.py, the deployment's job command) or, in warm start,
 the zygote (zygote.py). It never runs user code. It
 
 1. scrubs the environment (env.py): provider keys and other secrets of the worker host do
-   not reach user code; a job's own API keys travel in its model config;
-2. starts the flow engine as its child (engine.py: cold, `python -m prefect.engine`, or
-   forked from this warm process), in a session and process group of its own, in a
+   not reach user code;
+2. prepares the job's sandbox (job_sandbox.py: its own mounts, its handed secrets, the
+   job-scoped Prefect and egress proxies) and starts the flow engine in it as its child
+   (bubblewrap; with DSPY_SERVICE_SANDBOX=off, engine.py: cold, `python -m prefect.engine`,
+   or forked from this warm process), in a session and process group of its own, in a
    per-job pids cgroup where the host allows one, with rlimits, a lower scheduling
-   priority and PR_SET_PDEATHSIG, so the engine dies with the supervisor (limits.py);
+   priority and PR_SET_PDEATHSIG, so the engine dies with the supervisor (limits.py); a job
+   whose sandbox cannot start fails with the reason, before any of its code runs;
 3. forwards the engine's stdout/stderr to the worker, capped (output.py);
 4. stops the job on cancel, timeout, too many processes or the worker going away
    (stop.py): the cooperative stop signal first, SIGKILL for the whole job after
@@ -18,11 +21,11 @@ the zygote (zygote.py). It never runs user code. It
 6. makes sure the run ends in a terminal state that says why in user terms, whatever
    killed the engine (outcome.py, reporter.py), and exits with the engine's exit code.
 
-So `os.kill(os.getppid(), 9)` in user code kills this supervisor (the job fails), never
-the worker; a fork bomb fills its own cgroup, not the host. This is damage control, not
-a sandbox: see README, "Trust boundary". A Prefect API that stays unreachable only costs
-the final state report (the reporter gives up after its patience); the exit code still
-reaches the worker.
+User code sees no process outside its sandbox (unsandboxed, `os.kill(os.getppid(), 9)`
+kills this supervisor and the job fails, never the worker); a fork bomb fills its own
+cgroup, not the host. What a job can see and reach is in README, "Trust boundary". A
+Prefect API that stays unreachable only costs the final state report (the reporter gives
+up after its patience); the exit code still reaches the worker.
 """
 
 from __future__ import annotations
