@@ -5,7 +5,9 @@ Times, each --runs times in fresh interpreters (wall and CPU seconds, median):
   `import deployments.runtime.supervisor` (our supervisor) and `import flows.optimize` (the flow's
   entrypoint: prefect + dspy + the service's tasks);
 - `os.fork()` of a parent that has already imported flows.optimize, until the child runs
-  (what a fork-from-a-warm-parent worker would pay instead of the imports).
+  (what a fork-from-a-warm-parent worker would pay instead of the imports);
+- the same interpreter and entrypoint imports inside a job's bubblewrap sandbox
+  (deployments/runtime/sandbox.py): the sandbox's start cost is the difference.
 
     python bench/startup.py [--runs 5] [--json out.json]
 """
@@ -33,11 +35,25 @@ STEPS = {
 }
 
 
-def timed_interpreter(code: str) -> tuple[float, float]:
+SANDBOXED_STEPS = {
+    "python -c pass (in a job sandbox)": "pass",
+    "import flows.optimize (in a job sandbox)": "import flows.optimize",
+}
+
+
+def timed_interpreter(code: str, sandboxed: bool = False) -> tuple[float, float]:
+    from deployments.runtime.sandbox import JobDirectory, SandboxLayout, bwrap_command
+
     env = {**os.environ, "PYTHONPATH": str(ROOT), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    command = [sys.executable, "-c", code]
+    directory = JobDirectory(None, "bench") if sandboxed else None
+    if directory is not None:
+        command = bwrap_command(SandboxLayout(job_dir=directory.path), command)
     before = os.times()
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+    subprocess.run(command, env=env, check=True)
+    if directory is not None:
+        directory.remove()
     wall = time.perf_counter() - started
     after = os.times()
     cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
@@ -72,13 +88,15 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     report = {}
-    for name, code in STEPS.items():
-        samples = [timed_interpreter(code) for _ in range(args.runs)]
+    steps = [(name, code, False) for name, code in STEPS.items()]
+    steps += [(name, code, True) for name, code in SANDBOXED_STEPS.items()]
+    for name, code, sandboxed in steps:
+        samples = [timed_interpreter(code, sandboxed) for _ in range(args.runs)]
         report[name] = {
             "wall_s": round(statistics.median(s[0] for s in samples), 3),
             "cpu_s": round(statistics.median(s[1] for s in samples), 3),
         }
-        print(f"{name:40s} wall {report[name]['wall_s']:6.3f} s  cpu {report[name]['cpu_s']:6.3f} s", file=sys.stderr)
+        print(f"{name:44s} wall {report[name]['wall_s']:6.3f} s  cpu {report[name]['cpu_s']:6.3f} s", file=sys.stderr)
     forks = fork_from_warm_parent(max(args.runs, 20))
     report["fork of a warm parent (child running)"] = {"wall_s": round(statistics.median(forks), 4)}
     print(f"{'fork of a warm parent':40s} wall {statistics.median(forks) * 1000:6.1f} ms", file=sys.stderr)

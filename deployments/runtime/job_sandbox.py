@@ -192,6 +192,7 @@ class SandboxedEngine:
     def __init__(self, process: subprocess.Popen, pid: int):
         self.process = process
         self.pid = pid
+        self.session = process.pid  # bubblewrap leads the job's session; the engine is in it
         self.stdout = process.stdout
 
     def _code(self, code: int | None) -> int | None:

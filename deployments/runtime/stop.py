@@ -150,4 +150,7 @@ class StopPolicy:
         if self.cgroup is not None:
             return bool(self.cgroup.limit_hits())
         # Without a cgroup the count is only a fallback: stop well before the host suffers.
-        return self.engine is not None and len(procfs.session_members(self.engine.pid)) > self.max_tasks // 8
+        if self.engine is None:
+            return False
+        session = getattr(self.engine, "session", self.engine.pid)  # a sandboxed engine's is bubblewrap's
+        return len(procfs.session_members(session)) > self.max_tasks // 8

@@ -134,9 +134,11 @@ class JobSupervisor:
         if self.settings.sandbox == "off":
             self.output.note(f"warning: {SANDBOX_OFF_WARNING}")
             return None
-        run = self.reporter.read_run()
-        if run is None or not self.flow_run_id:
-            return None  # the engine finds out the API is down, and the restart policy waits
+        if not self.flow_run_id:
+            return "the worker started the job without a flow run id"
+        run = self.reporter.read_run()  # waits out a Prefect restart (the reporter's patience)
+        if run is None:
+            return "the Prefect API could not be reached to prepare the job's sandbox; submit the job again"
         self.sandbox = JobSandbox(self.settings, self.environ, self.flow_run_id, self.denied)
         try:
             self.sandbox.prepare(run)

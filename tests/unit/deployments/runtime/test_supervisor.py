@@ -29,7 +29,7 @@ def run_job(engine, environ: dict[str, str]) -> tuple[int, str]:
         stdout = os.dup(1)
         os.dup2(worker_log.fileno(), 1)
         try:
-            supervisor = JobSupervisor(ServiceSettings(), environ, ForkStarter(engine), ParentWatch(os.getppid()))
+            supervisor = JobSupervisor(ServiceSettings(sandbox="off"), environ, ForkStarter(engine), ParentWatch(os.getppid()))
             code = supervisor.run()
         finally:
             sys.stdout.flush()
