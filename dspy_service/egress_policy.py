@@ -21,10 +21,10 @@ leaves it to the proxy, which resolves it again when the job connects.
 
 from __future__ import annotations
 
-import concurrent.futures
 import ipaddress
 import re
 import socket
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -251,18 +251,23 @@ class EgressPolicy:
         return self.addresses_problem(host, port, addresses) if addresses else None
 
 
-_resolver = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="egress-resolve")
-
-
 def resolve(host: str, port: int, timeout: float = RESOLVE_TIMEOUT_SECONDS) -> list[str]:
     """The distinct addresses `host` resolves to (TCP), in the resolver's order; [] when
-    it does not resolve within `timeout` seconds."""
-    future = _resolver.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
-    try:
-        infos = future.result(timeout)
-    except (OSError, UnicodeError, concurrent.futures.TimeoutError):
-        return []
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+    it does not resolve within `timeout` seconds. (A daemon thread per lookup: a resolver
+    that hangs holds up neither the caller nor the process's exit.)"""
+    found: list[list[str]] = []
+
+    def lookup() -> None:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            infos = []
+        found.append(list(dict.fromkeys(str(info[4][0]) for info in infos)))
+
+    thread = threading.Thread(target=lookup, name="egress-resolve", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return found[0] if found else []
 
 
 @dataclass(frozen=True)

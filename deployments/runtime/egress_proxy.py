@@ -93,7 +93,9 @@ class RequestHead:
         return normal_host(parts.hostname), port
 
     def origin_form(self) -> bytes:
-        """The request as the target's server expects it: path only, no hop-by-hop headers, one request."""
+        """The request as the target's server expects it: path only, no hop-by-hop headers,
+        one request, and the Host of the checked URL (RFC 9112 3.2.2: a proxy replaces the
+        client's, which could name another site behind the same address)."""
         parts = urlsplit(self.target)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         named = {
@@ -102,10 +104,11 @@ class RequestHead:
             if name.lower() == "connection"
             for token in value.split(",")
         }
-        kept = [f"{n}: {v}" for n, v in self.headers if n.lower() not in HOP_BY_HOP and n.lower() not in named]
-        return "\r\n".join([f"{self.method} {path} {self.version}", *kept, "Connection: close", "", ""]).encode(
-            "latin-1"
-        )
+        dropped = HOP_BY_HOP | named | {"host"}
+        kept = [f"{n}: {v}" for n, v in self.headers if n.lower() not in dropped]
+        host = parts.netloc.rpartition("@")[2]
+        lines = [f"{self.method} {path} {self.version}", f"Host: {host}", *kept, "Connection: close", "", ""]
+        return "\r\n".join(lines).encode("latin-1")
 
 
 def response(status: int, reason: str, body: str = "") -> bytes:

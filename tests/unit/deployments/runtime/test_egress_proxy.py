@@ -6,12 +6,14 @@ with the sandbox's proxy environment, go through it.
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import httpx
@@ -73,6 +75,43 @@ def test_plain_http_is_forwarded_and_every_request_gets_a_fresh_connection(proxi
     assert first.json() == second.json() == {"status": "ok"} and first.headers["connection"] == "close"
     assert answer.status_code == 200 and answer.json()["choices"]
     assert proxied.proxy.allowed[f"127.0.0.1:{local_lm.port}"] == 3 and proxied.denied == []
+
+
+class EchoHeaders(http.server.BaseHTTPRequestHandler):
+    """Answers with the request line and headers it received, as JSON."""
+
+    def do_GET(self):
+        body = json.dumps({"line": self.requestline, "headers": dict(self.headers)}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "keep-alive")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_target_gets_origin_form_the_checked_host_and_no_proxy_headers():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), EchoHeaders)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    made = Proxied(f"127.0.0.1:{port}", {("127.0.0.1", port)})
+    try:
+        request = (
+            f"GET http://127.0.0.1:{port}/path?q=1 HTTP/1.1\r\nHost: evil.example\r\nProxy-Connection: keep-alive\r\n"
+            "Proxy-Authorization: Basic eA==\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\nX-Keep: 2\r\n\r\n"
+        ).encode()
+        answer = raw_exchange(made.forwarder.port, request, until=b"}}")
+    finally:
+        made.close()
+        server.shutdown()
+        server.server_close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200") and b"Connection: close" in head and b"keep-alive" not in head
+    seen = json.loads(body)
+    assert seen["line"] == "GET /path?q=1 HTTP/1.1"
+    assert seen["headers"] == {"Host": f"127.0.0.1:{port}", "X-Keep": "2", "Connection": "close"}
 
 
 def test_connect_tunnels_bytes_both_ways(proxied, local_lm):
