@@ -17,9 +17,11 @@ addresses it checked: a name cannot resolve to something else between check and 
 Failures, as the client sees them: a denied target gets `403 Egress denied: <reason>`
 (the reason is in the status line, which is what HTTP clients report for a refused
 CONNECT, and in the body) and is reported once per distinct target through `on_denied`;
-a malformed or oversized request head gets 400; more than `max_connections` at once get
-503; an allowed target that cannot be reached within `connect_timeout` gets 502/504.
-`start()` raises OSError when the socket cannot be bound; `close()` never raises.
+a malformed request gets 400, a request head over 64 KiB 431; more than `max_connections`
+at once get 503; an allowed target that cannot be reached gets 502, or 504 after
+`connect_timeout`; a client that sends no complete head within 30 s is disconnected.
+`start()` raises OSError when the socket cannot be bound (a path over ~100 bytes is too
+long for a Unix socket); `close()` never raises.
 """
 
 from __future__ import annotations
