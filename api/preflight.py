@@ -2,7 +2,10 @@
 
 The API runs this on POST /run (and on schedules) to answer 400 at once; nothing here
 executes user code: it parses, walks the AST, resolves names in the registry and reads
-real constructor signatures with `inspect`.
+real constructor signatures with `inspect`. The URLs a job will connect to (model
+`base_url`s, an http(s) `dataset_source`) are checked against the egress policy
+(dspy_service/egress_policy.py), resolving names (a few seconds at most; a name that
+does not resolve passes, and the job's egress proxy decides when it connects).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dspy_service.code_checks import (
     find_metric_name,
     outline_signature,
 )
+from dspy_service.dataset_source import is_remote
 from dspy_service.errors import JobError
 from dspy_service.registry import fit_to_splits, get_registry
 from dspy_service.schemas import JobSpec
@@ -30,6 +34,18 @@ def check_timeout(spec: JobSpec) -> None:
             "(DSPY_SERVICE_JOB_TIMEOUT_SECONDS)",
             field="timeout_seconds",
         )
+
+
+def check_egress(spec: JobSpec) -> None:
+    """A model base_url or a dataset_source URL the egress policy denies: JobError naming the field."""
+    urls = {f"{spec.role_field(role)}.base_url": c.base_url for role, c in spec.lm_configs().items() if c.base_url}
+    if spec.dataset_source and is_remote(spec.dataset_source):
+        urls["dataset_source"] = spec.dataset_source
+    policy = get_settings().egress_policy
+    for field, url in urls.items():
+        problem = policy.url_problem(url)
+        if problem:
+            raise JobError(f"{field} is not allowed: {problem}", field=field)
 
 
 def preflight(spec: JobSpec, rows: list[dict[str, Any]] | None) -> None:
@@ -50,6 +66,7 @@ def preflight(spec: JobSpec, rows: list[dict[str, Any]] | None) -> None:
     registry.check_optimizer_kwargs(
         optimizer, optimizer_kwargs, spec.compile_kwargs, lm_roles=set(spec.lm_configs()) - {"main"}
     )
+    check_egress(spec)
     if rows is None:
         return
     limit = get_settings().max_dataset_rows

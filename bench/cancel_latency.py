@@ -31,8 +31,8 @@ from common import payload as job_payload  # noqa: E402
 
 from deployments.runtime.procfs import process_gone, session_members  # noqa: E402
 from dspy_service.settings import ServiceSettings  # noqa: E402
-from dspy_service.testing.local_lm import start_local_lm  # noqa: E402
 from tests.support.processes import JobProcesses, engine_pid  # noqa: E402
+from tests.support.stack import start_job_lm  # noqa: E402
 
 
 def payload(lm_url: str, seed: int) -> dict:
@@ -76,7 +76,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    lm = start_local_lm(delay_ms=args.delay_ms)
+    lm = start_job_lm(delay_ms=args.delay_ms)
     bench = BenchStack("sqlite", job_slots=2, prefix="bench-cancel-")
     results = []
     try:

@@ -43,8 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, BenchStack, payload, summarize  # noqa: E402
 
 from deployments.runtime.procfs import children_of, descendants_of, memory_mb  # noqa: E402
-from dspy_service.testing.local_lm import start_local_lm  # noqa: E402
 from tests.support.polling import wait_until  # noqa: E402
+from tests.support.stack import start_job_lm  # noqa: E402
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 SMALL_JOB = {"optimizer": "bootstrap", "rows": 20}
@@ -610,7 +610,7 @@ def main() -> int:
     dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
 
     report = {"environment": environment(), "plain": {}, "databases": []}
-    lm = start_local_lm(delay_ms=args.delays[0])
+    lm = start_job_lm(delay_ms=args.delays[0])
     try:
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)

@@ -80,6 +80,15 @@ class StackConfig:
     def local_lm_url(self) -> str | None:
         return f"http://127.0.0.1:{self.local_lm_port}/v1" if self.local_lm_port else None
 
+    @property
+    def egress_allow(self) -> str:
+        """DSPY_SERVICE_EGRESS_ALLOW of the stack's processes: the operator's entries and the
+        local demo LM's address, which jobs may then reach (dspy_service/egress_policy.py)."""
+        entries = [entry.strip() for entry in self.settings.egress_allow.split(",") if entry.strip()]
+        if self.local_lm_port:
+            entries.append(f"127.0.0.1:{self.local_lm_port}")
+        return ",".join(dict.fromkeys(entries))
+
     def environment(self) -> dict[str, str]:
         home = self.settings.home_dir
         env = dict(os.environ)
@@ -98,6 +107,7 @@ class StackConfig:
                 "DSPY_SERVICE_SCHEDULER_LOOP_SECONDS": f"{self.settings.scheduler_loop_seconds:g}",
                 "DSPY_SERVICE_AUTH": self.settings.auth,
                 "DSPY_SERVICE_API_HOST": self.api_host,
+                "DSPY_SERVICE_EGRESS_ALLOW": self.egress_allow,
                 "PREFECT_HOME": str(home / "prefect"),
                 "PREFECT_API_URL": self.prefect_api_url,
                 "PREFECT_API_DATABASE_CONNECTION_URL": self.settings.resolved_database_url,

@@ -6,8 +6,10 @@ import functools
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dspy_service.egress_policy import EgressPolicy
 
 # The optimization flow's name; with `deployment` it forms the deployment's full name.
 FLOW_NAME = "optimize-program"
@@ -189,6 +191,20 @@ class ServiceSettings(BaseSettings):
         description="Shortest interval (or cron gap) a non-admin's schedule may fire at; shorter: 400.",
     )
 
+    # -- where jobs may connect (dspy_service/egress_policy.py) --
+    egress_allow: str = Field(
+        default="",
+        description="Comma-separated hosts, host:port pairs and CIDR blocks that jobs may reach although they are "
+        "loopback, private or otherwise non-public (e.g. `127.0.0.1:8765,10.0.0.0/8`); a job still reaches only "
+        "its own models' and dataset's hosts. Link-local and cloud metadata addresses are always denied.",
+    )
+    max_fetch_mb: float = Field(
+        default=512.0,
+        gt=0,
+        le=100_000,
+        description="Largest http(s) dataset_source a job downloads; a larger one fails the job.",
+    )
+
     warm_start: bool = Field(
         default=False,
         description="Start each worker with a zygote (deployments/runtime/zygote.py) that has imported Prefect, "
@@ -202,6 +218,16 @@ class ServiceSettings(BaseSettings):
         description="Create flow runs one at a time (SQLite answers parallel writes with "
         "'database is locked'). Default: on when the Prefect database is SQLite.",
     )
+
+    @field_validator("egress_allow")
+    @classmethod
+    def _egress_allow_parses(cls, value: str) -> str:
+        EgressPolicy.parse(value)  # ValueError naming the bad entry
+        return value
+
+    @property
+    def egress_policy(self) -> EgressPolicy:
+        return EgressPolicy.parse(self.egress_allow)
 
     def auth_mode_problem(self) -> str | None:
         """Why this configuration may not run (auth off on a non-loopback address), or None."""

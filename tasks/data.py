@@ -44,11 +44,31 @@ class DataSplits:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
 
+def _too_large(url: str, limit_mb: float) -> JobError:
+    return JobError(
+        f"dataset_source {url} is larger than {limit_mb:g} MB, the most this service downloads; the operator "
+        "may raise it with DSPY_SERVICE_MAX_FETCH_MB",
+        field="dataset_source",
+    )
+
+
 def _fetch(url: str) -> io.BytesIO:
-    """Download a remote source with a timeout (pandas' own urlopen has none)."""
-    response = httpx.get(url, timeout=SOURCE_TIMEOUT_SECONDS, follow_redirects=True)
-    response.raise_for_status()
-    return io.BytesIO(response.content)
+    """Download a remote source with a timeout (pandas' own urlopen has none) and a size
+    cap (DSPY_SERVICE_MAX_FETCH_MB, counted on the decoded bytes); JobError over the cap."""
+    limit_mb = get_settings().max_fetch_mb
+    limit = int(limit_mb * 1024 * 1024)
+    content = io.BytesIO()
+    with httpx.stream("GET", url, timeout=SOURCE_TIMEOUT_SECONDS, follow_redirects=True) as response:
+        response.raise_for_status()
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise _too_large(url, limit_mb)
+        for chunk in response.iter_bytes():
+            content.write(chunk)
+            if content.tell() > limit:
+                raise _too_large(url, limit_mb)
+    content.seek(0)
+    return content
 
 
 def _read_frame(source: str, fmt: DatasetFormat) -> pd.DataFrame:
@@ -94,6 +114,8 @@ def read_dataset_source(source: str, fmt: DatasetFormat | None = None) -> list[d
             "file paths must be readable by every worker host",
             field="dataset_source",
         ) from None
+    except JobError:
+        raise
     except Exception as exc:  # HTTP errors, parse errors, ... in the user's terms
         raise JobError(
             f"could not read dataset_source {source} as {fmt}: {type(exc).__name__}: {exc}",

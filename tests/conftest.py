@@ -13,13 +13,14 @@ os.environ["PREFECT_LOCAL_STORAGE_PATH"] = os.path.join(_HOME, "storage", "resul
 
 import pytest  # noqa: E402
 
-from dspy_service.testing.local_lm import start_local_lm  # noqa: E402
+from tests.support.stack import start_job_lm  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def local_lm():
-    """The project's deterministic OpenAI-compatible LM (a test tool, not a real model)."""
-    server = start_local_lm()
+    """The project's deterministic OpenAI-compatible LM (a test tool, not a real model);
+    the jobs of test stacks may reach it (allow-listed)."""
+    server = start_job_lm()
     yield server
     server.close()
 

@@ -142,12 +142,11 @@ class JobSandbox:
         self.start_proxies(run, spec, parameters.get("schedule_id"))
 
     def start_proxies(self, run: dict[str, Any], spec: Any, schedule_id: str | None) -> None:
-        from dspy_service.egress_policy import EgressPolicy, job_hosts
-
         from deployments.prefect_auth import auth_headers
         from deployments.runtime.egress_proxy import EgressProxy
         from deployments.runtime.prefect_proxy import PrefectProxy
         from deployments.runtime.prefect_scope import JobScope
+        from dspy_service.egress_policy import job_hosts
 
         assert self.layout is not None
         scope = JobScope(
@@ -166,7 +165,7 @@ class JobSandbox:
             ),
             EgressProxy(
                 self.layout.run_dir / EGRESS_SOCKET,
-                EgressPolicy.from_settings(self.settings),
+                self.settings.egress_policy,
                 job_hosts(spec),
                 self.on_denied,
             ),

@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deployments.runtime.forwarder import proxy_environment
 from dspy_service.contract import JOB_SECRETS_FILE_ENV, SANDBOXED_ENV
 from dspy_service.sandbox_check import BWRAP, namespace_arguments
 
@@ -201,9 +202,7 @@ def sandbox_environment(engine_env: Mapping[str, str]) -> dict[str, str]:
             JOB_SECRETS_FILE_ENV: f"{SANDBOX_WORK_DIR}/{JOB_SECRETS_FILE}",
         }
     )
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        env[name] = env[name.lower()] = proxy
-    env["NO_PROXY"] = env["no_proxy"] = f"{prefect},http://{prefect}"
+    env.update(proxy_environment(proxy, f"{prefect},http://{prefect}"))
     return env
 
 

@@ -70,6 +70,19 @@ def test_semantic_errors_are_400_before_queueing(stack, local_lm, overrides, exp
     assert stack.api.get("/jobs", params={"limit": 1}).json()["total"] == before
 
 
+@pytest.mark.sqlite_only  # the API's check, the same on either database
+def test_urls_the_egress_policy_denies_are_400_naming_the_field(stack, local_lm):
+    """The stack allow-lists the test's local LM only: its Prefect API and metadata stay out of reach."""
+    victim = f"{stack.stack.config.prefect_api_url}/flow_runs/{uuid.uuid4()}"
+    cases = {
+        "dataset_source": job_payload(local_lm.url, dataset=None, dataset_source=victim, dataset_format="json"),
+        "model_config.base_url": job_payload("http://169.254.169.254/latest/meta-data"),
+    }
+    for field, payload in cases.items():
+        response = stack.api.post("/run", json=payload)
+        assert response.status_code == 400 and response.json()["field"] == field, response.text
+
+
 def test_unknown_jobs_are_404(stack):
     for path in ("/jobs/{}", "/jobs/{}/summary", "/jobs/{}/logs", "/jobs/{}/artifact"):
         assert stack.api.get(path.format(uuid.uuid4())).status_code == 404

@@ -7,6 +7,10 @@ job's processes, pause the pool, restart the worker). Stacks run with auth on un
 `auth="off"` is given: `RunningStack.api` then carries the first admin's token (from the
 home's admin-token file) and `add_user` gives a client of a new user. Waits that time out raise
 AssertionError naming what was awaited.
+
+Servers this test process runs for jobs (the local LM: `start_job_lm`; others:
+`reachable_by_jobs`) are allow-listed (DSPY_SERVICE_EGRESS_ALLOW) in every stack configured
+after they started; nothing else on loopback is.
 """
 
 from __future__ import annotations
@@ -20,12 +24,32 @@ import httpx
 
 from deployments.prefect_auth import auth_headers
 from deployments.stack import Stack, StackConfig
+from dspy_service.egress_policy import url_target
 from dspy_service.settings import ServiceSettings
+from dspy_service.testing.local_lm import LocalLMServer, start_local_lm
 from tests.support.polling import wait_until
 from tests.support.postgres import FreshDatabase
 from tests.support.processes import JobProcesses, engine_pid
 
 TERMINAL = {"success", "failed", "cancelled"}
+
+
+# host:port of the servers this process runs for jobs to reach.
+JOB_REACHABLE: list[str] = []
+
+
+def reachable_by_jobs(url: str) -> None:
+    """Allow-list the server at `url` in the stacks configured from now on."""
+    target = url_target(url)
+    assert target is not None, f"not an http(s) URL: {url}"
+    JOB_REACHABLE.append(f"{target[0]}:{target[1]}")
+
+
+def start_job_lm(**options) -> LocalLMServer:
+    """The local LM (`start_local_lm` options), reachable by the jobs of stacks configured from now on."""
+    server = start_local_lm(**options)
+    reachable_by_jobs(server.url)
+    return server
 
 
 def free_port() -> int:
@@ -45,7 +69,8 @@ def configure_stack(
 ) -> tuple[Stack, FreshDatabase | None]:
     """A stack (not started) on free ports; on `postgres` it owns a fresh database, which
     the caller drops when done. `settings` are ServiceSettings fields, `env` the
-    processes' extra environment."""
+    processes' extra environment; `egress_allow` adds to the servers of `JOB_REACHABLE`."""
+    settings["egress_allow"] = ",".join(filter(None, [*JOB_REACHABLE, settings.get("egress_allow", "")]))
     fresh = FreshDatabase.create(db_prefix) if database == "postgres" else None
     # Tests write dataset_source files into their own temp dirs, next to the stack's home.
     settings.setdefault("dataset_dirs", str(home.parent))

@@ -13,7 +13,6 @@ import pytest
 
 from dspy_service.testing.local_lm import start_local_lm
 from tests.support.payloads import job_payload, tenant_model
-from tests.support.stack import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -56,8 +55,8 @@ def test_transient_lm_errors_are_retried(rstack, local_lm):
     assert usage["calls"] == local_lm.stats()["calls"], "each retried call was paid once"
 
 
-def test_connection_refused_is_retried_until_the_provider_is_back(rstack, local_lm):
-    port = free_port()
+def test_connection_refused_is_retried_until_the_provider_is_back(rstack, late_lm_port):
+    port = late_lm_port
     url = f"http://127.0.0.1:{port}/v1"
     job_id = rstack.submit(job_payload(url, rows=20, model_config=tenant_model(url)))
     rstack.wait_for_status(job_id, {"running"}, timeout=90)

@@ -22,7 +22,16 @@ from api.schedule_views import public_job, schedule_spec
 from dspy_service.contract import INLINE_SECRET_BLOCK_PREFIX, credential_block
 from dspy_service.errors import JobError
 from dspy_service.schemas import JobRequest
-from tests.unit.api.test_submission import ADMIN, Jobs, Refused, Schedules, Secrets, body, service
+from tests.unit.api.test_submission import (  # noqa: F401 - uncalled_lm_allowed: an autouse fixture
+    ADMIN,
+    Jobs,
+    Refused,
+    Schedules,
+    Secrets,
+    body,
+    service,
+    uncalled_lm_allowed,
+)
 
 KEY, BEARER = "sk-inline-canary-1", "Bearer sk-header-canary-2"
 

@@ -114,8 +114,17 @@ def stored_files() -> set[str]:
     return set(os.listdir(directory)) if os.path.isdir(directory) else set()
 
 
+UNCALLED_LM = "127.0.0.1:1"  # the jobs' LM: nothing here calls it
+
+
+@pytest.fixture(autouse=True)
+def uncalled_lm_allowed(egress_allow):
+    """The operator allow-lists the jobs' loopback LM, as `dspy-service up` does its demo LM."""
+    egress_allow(UNCALLED_LM)
+
+
 def body(rows: int = 20, **overrides) -> dict:
-    return job_payload("http://127.0.0.1:1", rows=rows, **overrides)
+    return job_payload(f"http://{UNCALLED_LM}", rows=rows, **overrides)
 
 
 def submit(submission: Submission, caller: Caller = ADMIN, key: str | None = None, **overrides) -> dict:

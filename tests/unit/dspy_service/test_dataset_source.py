@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from dspy_service.dataset_source import check_source
 from dspy_service.errors import JobError
 from dspy_service.schemas import JobRequest
+from dspy_service.settings import get_settings
 from tasks.data import content_hash, read_dataset_source
 from tests.support.payloads import job_payload
 
@@ -97,6 +98,60 @@ def test_read_errors_are_job_errors_in_user_terms(tmp_path, http_dir):
     broken.write_text("{not json")
     with pytest.raises(JobError, match="could not read dataset_source .* as json"):
         read_dataset_source(str(broken))
+
+
+class GzipBombHandler(http.server.BaseHTTPRequestHandler):
+    """Serves /bomb.jsonl: a few KB on the wire (Content-Length says so) that decode to ~2 MB."""
+
+    BODY = gzip.compress(("".join(json.dumps(row) + "\n" for row in ROWS) * 10_000).encode())
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(self.BODY)))
+        self.end_headers()
+        self.wfile.write(self.BODY)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fetch_cap_mb(monkeypatch):
+    """DSPY_SERVICE_MAX_FETCH_MB set to the given value for this test."""
+
+    def cap(megabytes: float) -> None:
+        monkeypatch.setenv("DSPY_SERVICE_MAX_FETCH_MB", str(megabytes))
+        get_settings.cache_clear()
+
+    yield cap
+    get_settings.cache_clear()
+
+
+def test_a_download_over_the_cap_fails_naming_the_cap_and_how_to_raise_it(http_dir, fetch_cap_mb):
+    directory, base = http_dir
+    (directory / "big.jsonl").write_text("".join(json.dumps(row) + "\n" for row in ROWS) * 20)  # ~3 KB
+    fetch_cap_mb(0.01)  # ~10 KB
+    assert len(read_dataset_source(f"{base}/big.jsonl")) == 40
+    fetch_cap_mb(0.002)  # ~2 KB: the declared Content-Length is over it
+    with pytest.raises(JobError, match=r"larger than 0.002 MB.*DSPY_SERVICE_MAX_FETCH_MB") as info:
+        read_dataset_source(f"{base}/big.jsonl")
+    assert info.value.field == "dataset_source"
+
+
+def test_the_cap_counts_decoded_bytes_not_the_declared_length(fetch_cap_mb):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), GzipBombHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert len(GzipBombHandler.BODY) < 100 * 1024
+        fetch_cap_mb(1)
+        with pytest.raises(JobError, match="larger than 1 MB"):
+            read_dataset_source(f"http://127.0.0.1:{server.server_address[1]}/bomb.jsonl")
+        fetch_cap_mb(4)
+        assert len(read_dataset_source(f"http://127.0.0.1:{server.server_address[1]}/bomb.jsonl")) == 20_000
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_changed_file_changes_count_and_hash(tmp_path):

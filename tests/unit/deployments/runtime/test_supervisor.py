@@ -29,7 +29,8 @@ def run_job(engine, environ: dict[str, str]) -> tuple[int, str]:
         stdout = os.dup(1)
         os.dup2(worker_log.fileno(), 1)
         try:
-            supervisor = JobSupervisor(ServiceSettings(sandbox="off"), environ, ForkStarter(engine), ParentWatch(os.getppid()))
+            settings = ServiceSettings(sandbox="off")  # fake engines: the supervisor's own mechanics
+            supervisor = JobSupervisor(settings, environ, ForkStarter(engine), ParentWatch(os.getppid()))
             code = supervisor.run()
         finally:
             sys.stdout.flush()

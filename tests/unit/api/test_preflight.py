@@ -1,0 +1,94 @@
+"""The API's egress checks (api/preflight.py `check_egress`) as the routes answer them: a
+model `base_url` or a `dataset_source` the egress policy denies is a 400 naming the field,
+on POST /run, POST /schedules and PATCH /schedules/{id}; allowed ones are accepted.
+
+No Prefect here: the routes get the submission service with the in-memory gateways of
+test_submission.py, and the schedule a PATCH changes is one of those.
+"""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.deps import get_schedule, get_submission
+from api.gateway import JobGateway
+from api.identity import Caller, current_user
+from api.main import create_app
+from dspy_service.settings import ServiceSettings, get_settings
+from tests.support.payloads import job_payload, light_optimizer_payload, model_config
+from tests.unit.api.test_submission import Jobs, Schedules, Secrets, service, stored_schedule
+
+PUBLIC_LM = "http://8.8.8.8/v1"  # a public literal address: allowed, and never called here
+
+
+@pytest.fixture
+def api():
+    get_settings.cache_clear()
+    app = create_app()
+    app.state.gateway = JobGateway(client=None, settings=ServiceSettings())
+    app.dependency_overrides[current_user] = lambda: Caller("tester", admin=False)
+    app.state.jobs = Jobs()
+    app.dependency_overrides[get_submission] = lambda: service(app.state.jobs, Schedules(), Secrets())
+    app.dependency_overrides[get_schedule] = stored_schedule
+    yield TestClient(app)
+    get_settings.cache_clear()
+
+
+def with_dataset_url(url: str) -> dict:
+    return job_payload(PUBLIC_LM, dataset=None, dataset_source=url, dataset_format="json")
+
+
+def with_reflection_url(url: str) -> dict:
+    payload = light_optimizer_payload(PUBLIC_LM, "gepa")
+    payload["reflection_model_config"] = model_config(url, name="openai/reflect")
+    return payload
+
+
+DENIED = {
+    "metadata IP": (job_payload("http://169.254.169.254/latest/meta-data"), "model_config.base_url", "metadata"),
+    "Prefect port": (with_dataset_url("http://127.0.0.1:4200/api/flow_runs/x"), "dataset_source", "loopback"),
+    "private IP": (job_payload("http://10.1.2.3:8000/v1"), "model_config.base_url", "private"),
+    "localhost": (job_payload("http://localhost:8765/v1"), "model_config.base_url", "loopback"),
+    "CGNAT": (job_payload("http://100.64.0.7/v1"), "model_config.base_url", "CGNAT"),
+    "role config": (with_reflection_url("http://127.0.0.1:8765/v1"), "reflection_model_config.base_url", "loopback"),
+}
+# What a PATCH sends to turn the stored schedule's job into the denied one.
+PATCHED_FIELDS = ("model_config", "reflection_model_config", "dataset", "dataset_source", "dataset_format",
+                  "optimizer_name", "optimizer_kwargs", "module_name")
+
+
+@pytest.mark.parametrize("payload, field, kind", DENIED.values(), ids=DENIED.keys())
+def test_a_denied_url_is_a_400_naming_the_field_on_every_route(api, egress_allow, payload, field, kind):
+    egress_allow("127.0.0.1:1")  # the stored schedule's own LM (test_submission.py)
+    patch = {key: payload[key] for key in PATCHED_FIELDS if key in payload}
+    answers = {
+        "POST /run": api.post("/run", json=payload),
+        "POST /schedules": api.post("/schedules", json={**payload, "interval_seconds": 3600}),
+        "PATCH /schedules/{id}": api.patch("/schedules/any", json=patch),
+    }
+    for route, answer in answers.items():
+        assert answer.status_code == 400, (route, answer.text)
+        body = answer.json()
+        assert body["field"] == field and f"{field} is not allowed" in body["detail"], (route, body)
+        assert kind in body["detail"], (route, body)
+    assert api.app.state.jobs.created == []
+
+
+def test_the_operator_allow_list_lets_loopback_and_private_targets_through(api, egress_allow):
+    egress_allow("127.0.0.1:8765", "10.0.0.0/8", "localhost:9000")
+    for url in ("http://127.0.0.1:8765/v1", "http://10.1.2.3:8000/v1", "http://localhost:9000/v1"):
+        answer = api.post("/run", json=job_payload(url, rows=20))
+        assert answer.status_code == 201, (url, answer.text)
+    denied = api.post("/run", json=job_payload("http://127.0.0.1:4200/api", rows=20))  # not the allowed port
+    assert denied.status_code == 400 and "loopback" in denied.json()["detail"]
+    metadata = api.post("/run", json=job_payload("http://169.254.169.254/", rows=20))
+    assert metadata.status_code == 400 and "always denied" in metadata.json()["detail"]
+    assert len(api.app.state.jobs.created) == 3
+
+
+def test_a_public_literal_address_and_an_unresolvable_name_pass(api):
+    assert api.post("/run", json=job_payload(PUBLIC_LM, rows=20)).status_code == 201
+    unresolvable = job_payload("https://no-such-llm.invalid/v1", rows=20)  # the proxy decides when the job connects
+    assert api.post("/run", json=unresolvable).status_code == 201
+    assert len(api.app.state.jobs.created) == 2
