@@ -7,6 +7,8 @@ and write the same flow runs. What they must agree on lives here and nowhere els
 - the job's stages (task-run names) and each stage's share of the progress bar;
 - flow-run tags (server-side filters) and labels (small facts on the run row);
 - schedule tags and the champion's Prefect Variable and lock names;
+- the keys of a job's Prefect artifacts;
+- what a sandboxed engine is told, and the job-scoped Prefect proxy's own route;
 - the progress events' logger and wire format;
 - the Prefect state types that end a run, and the signal that asks a job to stop;
 - the wording users see when a job ends outside its own code.
@@ -21,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import uuid
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -75,6 +79,31 @@ def champion_variable(schedule_id: str) -> str:
 def champion_lock(schedule_id: str) -> str:
     """One-slot global concurrency limit: champion gates of one schedule decide in turn."""
     return f"{CHAMPION_LOCK_PREFIX}{schedule_id}".lower()
+
+
+# -- a job's Prefect artifacts: keyed by the job, so a job can only write its own keys --------
+def artifact_key_prefix(job_id: str | uuid.UUID) -> str:
+    """`job-<first 12 hex digits of the job id>-`: every artifact key of the job starts so."""
+    return f"job-{uuid.UUID(str(job_id)).hex[:12]}-"
+
+
+def artifact_key(job_id: str | uuid.UUID, kind: str) -> str:
+    """`job-<12 hex>-<kind>` (progress, results, prompt): lowercase letters, digits, dashes."""
+    return f"{artifact_key_prefix(job_id)}{kind}"
+
+
+# -- the sandbox: what the engine is told, and what the job-scoped Prefect proxy serves ------
+# Set (to "1") in the environment of an engine that runs inside the sandbox, where only
+# its own job's files are mounted and Prefect is reached through the job-scoped proxy
+# (deployments/runtime/prefect_proxy.py).
+SANDBOXED_ENV = "DSPY_SERVICE_SANDBOXED"
+# Served by that proxy itself, under the API root: the schedule's champion run and its
+# result, read on the trusted side (a sandbox cannot read another job's result file).
+CHAMPION_RESULT_ROUTE = "/dspy-service/champion-result"
+
+
+def engine_is_sandboxed(environ: Mapping[str, str]) -> bool:
+    return environ.get(SANDBOXED_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 # -- users, tokens and secrets: Prefect Variables and Secret blocks ---------------------------

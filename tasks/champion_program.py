@@ -1,15 +1,20 @@
 """The champion's program for the champion gate, rebuilt from JSON: no pickle, ever.
 
 A champion pointer (a Prefect Variable) names a job; the job's stored result is another
-run's file. Neither is trusted: the pointer must name a completed run of the same
-schedule (its parameters' `schedule_id`), its result is read with the JSON-only reader
-(`dspy_service/result_files.py`), and only its `program_artifact.program_state` (the JSON
-state of `program.save(path.json)`) is used. That state is loaded into a module built the
-way this job built its own student: from this job's `signature_code`, `module_name` and
+run's file. Neither is trusted (dspy_service/champion_runs.py checks both): the pointer
+must name a completed run of the same schedule, its result is read with the JSON-only
+reader, and only its `program_artifact.program_state` (the JSON state of
+`program.save(path.json)`) is used. That state is loaded into a module built the way this
+job built its own student: from this job's `signature_code`, `module_name` and
 `module_kwargs` (`tasks/compile.build_student`). The state must fit that module: the same
 predictors, each with the entries `dump_state` writes and nothing else (a `config` entry
 would become LM call arguments), fields matching this signature's; LMs saved in it are
 dropped, so the champion is scored with this job's LM only.
+
+Where the run and result come from: a job reads the champion's run from the Prefect API
+and its result file itself; a sandboxed job (`DSPY_SERVICE_SANDBOXED`, where only its own
+result directory is mounted) asks the job-scoped Prefect proxy's champion-result route,
+which reads both on the trusted side with the same checks, and checks the run again.
 
 Failures: `ChampionUnloadable(why)` for a pointer, run (gone, of another schedule, not
 completed), result or state that is refused or does not fit (the message says which; the
@@ -20,60 +25,62 @@ propagate to the gate, which does the same.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
-from uuid import UUID
 
 import dspy
 import httpx
-from prefect.client.schemas.objects import StateType
 from prefect.utilities.asyncutils import run_coro_as_sync
 
+from dspy_service.champion_runs import ChampionUnloadable, champion_run_id, check_champion_run, read_champion_result
+from dspy_service.contract import CHAMPION_RESULT_ROUTE, engine_is_sandboxed
 from dspy_service.prefect_http import sync_prefect_client
-from dspy_service.result_files import UnreadableResult, read_json_result
 from dspy_service.schemas import JobSpec
 from tasks.artifact import strip_language_models
 from tasks.compile import build_student
 from tasks.user_code import UserCode
 
 SIGNATURE_CHANGED = "the schedule's module or signature changed since"
-
-
-class ChampionUnloadable(Exception):
-    """The champion's program cannot be rebuilt from its JSON state; the message says why."""
+__all__ = ["ChampionUnloadable", "load_champion_program"]
 
 
 def read_champion_run(schedule_id: str, job_id: str) -> dict[str, Any]:
     """The champion's flow run as the Prefect API's JSON, if it is a completed run of
     this schedule. Read raw: parsing it into Prefect's `FlowRun` would import the pickle
     library a state's serializer names."""
-    try:
-        run_id = UUID(job_id)
-    except ValueError:
-        raise ChampionUnloadable("its job id is not a flow-run id") from None
+    run_id = champion_run_id(job_id)
     with sync_prefect_client() as client:
         try:
             response = client.request("GET", "/flow_runs/{id}", path_params={"id": run_id})
         except httpx.HTTPStatusError as exc:
             if exc.response.status_code == 404:
-                raise ChampionUnloadable("its run no longer exists") from None
+                return check_champion_run(None, schedule_id)
             raise
-    run = json.loads(response.content)
-    parameters = run.get("parameters") if isinstance(run, dict) else None
-    owner = parameters.get("schedule_id") if isinstance(parameters, dict) else None
-    if not isinstance(owner, str) or owner.lower() != schedule_id.lower():
-        raise ChampionUnloadable(f"its run is not a run of schedule {schedule_id}")
-    state = run.get("state") if isinstance(run.get("state"), dict) else {}
-    if state.get("type") != StateType.COMPLETED.value:
-        raise ChampionUnloadable(f"its run is {state.get('name')}, not Completed")
-    return run
+    return check_champion_run(json.loads(response.content), schedule_id)
 
 
-def stored_program(run: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
-    """(program_state, optimized_prompts) of a run's result, read as JSON only."""
-    try:
-        result = run_coro_as_sync(read_json_result(run))
-    except UnreadableResult as exc:
-        raise ChampionUnloadable(f"its result is refused: {exc}") from None
+def champion_from_proxy(schedule_id: str, job_id: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(run, result) of the champion as the job-scoped Prefect proxy read them on the
+    trusted side (a sandboxed job cannot read another job's result file)."""
+    champion_run_id(job_id)
+    with sync_prefect_client() as client:
+        try:
+            response = client.request("GET", CHAMPION_RESULT_ROUTE)  # type: ignore[arg-type]
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code == 404:
+                raise ChampionUnloadable("the schedule has no champion any more") from None
+            if exc.response.status_code == 422:
+                raise ChampionUnloadable(str(exc.response.json().get("detail"))) from None
+            raise
+    answer = json.loads(response.content)
+    if str(answer.get("job_id")).lower() != job_id.lower():
+        raise ChampionUnloadable(f"the champion changed to {answer.get('job_id')} while it was read")
+    result = answer.get("result")
+    return check_champion_run(answer.get("run"), schedule_id), result if isinstance(result, dict) else None
+
+
+def stored_program(result: dict[str, Any] | None) -> tuple[dict[str, Any], list[Any]]:
+    """(program_state, optimized_prompts) of a run's stored result."""
     artifact = (result or {}).get("program_artifact")
     state = artifact.get("program_state") if isinstance(artifact, dict) else None
     if not isinstance(state, dict) or not state:
@@ -147,7 +154,11 @@ def fitted_state(program: dspy.Module, state: dict[str, Any], prompts: list[Any]
 
 def load_champion_program(schedule_id: str, job_id: str, spec: JobSpec, user_code: UserCode) -> dspy.Module:
     """The champion's optimized program, rebuilt from this job's code and its JSON state."""
-    state, prompts = stored_program(read_champion_run(schedule_id, job_id))
+    if engine_is_sandboxed(os.environ):
+        _, result = champion_from_proxy(schedule_id, job_id)
+    else:
+        result = run_coro_as_sync(read_champion_result(read_champion_run(schedule_id, job_id)))
+    state, prompts = stored_program(result)
     program = build_student(spec, user_code)
     try:
         program.load_state(fitted_state(program, state, prompts))

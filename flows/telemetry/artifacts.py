@@ -14,16 +14,12 @@ import logging
 import uuid
 from typing import Any
 
+from dspy_service.contract import artifact_key
 from dspy_service.schemas import JobResult
 
 logger = logging.getLogger("dspy_service.artifacts")
 PROMPT_MARKDOWN_LIMIT = 60_000  # characters; a long few-shot prompt is cut, not dropped
 DEMOS_SHOWN = 3
-
-
-def artifact_key(job_id: str | uuid.UUID, kind: str) -> str:
-    """`job-<first 12 hex digits of the job id>-<kind>`: lowercase letters, digits, dashes."""
-    return f"job-{uuid.UUID(str(job_id)).hex[:12]}-{kind}"
 
 
 def create_progress_artifact(job_id: str, description: str) -> uuid.UUID | None:

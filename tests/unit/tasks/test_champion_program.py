@@ -15,6 +15,7 @@ import pytest
 from prefect._internal.result_records import ResultRecord, ResultRecordMetadata
 from prefect.serializers import JSONSerializer
 
+from dspy_service.contract import CHAMPION_RESULT_ROUTE, SANDBOXED_ENV
 from dspy_service.schemas import JobSpec
 from dspy_service.testing.local_lm import make_arithmetic_dataset
 from tasks import champion_program
@@ -84,6 +85,7 @@ class Prefect:
 
     def __init__(self):
         self.runs: dict[str, dict] = {}
+        self.proxy_answer: tuple[int, dict] | None = None  # what a sandboxed job's proxy answers
 
     def add(self, key: str, *, schedule_id: str | None = SCHEDULE, serializer: str = "json", state: str = "COMPLETED"):
         run_id = str(uuid.uuid4())
@@ -95,8 +97,11 @@ class Prefect:
         }
         return run_id
 
-    def request(self, method: str, path: str, path_params: dict) -> httpx.Response:
-        request = httpx.Request(method, f"http://prefect/api{path.format(**path_params)}")
+    def request(self, method: str, path: str, path_params: dict | None = None) -> httpx.Response:
+        request = httpx.Request(method, f"http://prefect/api{path.format(**(path_params or {}))}")
+        if path == CHAMPION_RESULT_ROUTE:
+            assert self.proxy_answer is not None, "a job that is not sandboxed reads the champion itself"
+            return httpx.Response(self.proxy_answer[0], json=self.proxy_answer[1], request=request).raise_for_status()
         run = self.runs.get(str(path_params["id"]))
         response = httpx.Response(200 if run else 404, json=run or {"detail": "Not found"}, request=request)
         return response.raise_for_status()
@@ -241,3 +246,29 @@ def test_a_pointer_to_a_run_of_another_schedule_is_refused_unread(prefect, stora
         assert str(refused.value) == why
     assert not marker.exists()
     assert load_champion_program(SCHEDULE.upper(), prefect.add(stored(storage, champion_result())), spec, user_code)
+
+
+def test_a_sandboxed_job_takes_the_champion_from_its_proxy_and_checks_it_again(prefect, monkeypatch):
+    monkeypatch.setenv(SANDBOXED_ENV, "1")
+    spec, user_code = job()
+    run_id = prefect.add("read by the proxy, not here")
+    run, result = prefect.runs[run_id], champion_result()
+    prefect.proxy_answer = (200, {"job_id": run_id, "run": run, "result": result})
+    program = load_champion_program(SCHEDULE, run_id, spec, user_code)
+    assert program.predictors()[0].signature.instructions == INSTRUCTIONS
+
+    refusals = [
+        (200, {"job_id": str(uuid.uuid4()), "run": run, "result": result}, "the champion changed to"),
+        (200, {"job_id": run_id, "run": {**run, "parameters": {"job": {}}}, "result": result},
+         f"its run is not a run of schedule {SCHEDULE}"),
+        (200, {"job_id": run_id, "run": run, "result": None}, "its result has no program state"),
+        (422, {"job_id": run_id, "detail": "its run is Failed, not Completed"}, "its run is Failed, not Completed"),
+        (404, {"detail": "no champion"}, "the schedule has no champion any more"),
+    ]
+    for status, body, why in refusals:
+        prefect.proxy_answer = (status, body)
+        with pytest.raises(ChampionUnloadable, match=why):
+            load_champion_program(SCHEDULE, run_id, spec, user_code)
+    prefect.proxy_answer = (502, {"detail": "sandbox: the champion could not be read (ConnectError)"})
+    with pytest.raises(httpx.HTTPStatusError):  # propagates like any Prefect error of the direct path
+        load_champion_program(SCHEDULE, run_id, spec, user_code)
