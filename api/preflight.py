@@ -19,7 +19,7 @@ from dspy_service.code_checks import (
     find_metric_name,
     outline_signature,
 )
-from dspy_service.dataset_source import is_remote
+from dspy_service.dataset_source import file_source_problem, is_remote, source_path
 from dspy_service.errors import JobError
 from dspy_service.registry import fit_to_splits, get_registry
 from dspy_service.schemas import JobSpec
@@ -48,6 +48,17 @@ def check_egress(spec: JobSpec) -> None:
             raise JobError(f"{field} is not allowed: {problem}", field=field)
 
 
+def check_file_source(spec: JobSpec) -> None:
+    """A `dataset_source` file path outside DSPY_SERVICE_DATASET_DIRS, or inside the service
+    home: JobError naming the field (a job's sandbox would not mount it)."""
+    if not spec.dataset_source or is_remote(spec.dataset_source):
+        return
+    settings = get_settings()
+    problem = file_source_problem(source_path(spec.dataset_source), settings.dataset_dirs, [str(settings.home_dir)])
+    if problem:
+        raise JobError(f"dataset_source is not allowed: {problem}", field="dataset_source")
+
+
 def preflight(spec: JobSpec, rows: list[dict[str, Any]] | None) -> None:
     """Raise JobError naming the field at fault. `rows` is None when not known yet."""
     check_timeout(spec)
@@ -67,6 +78,7 @@ def preflight(spec: JobSpec, rows: list[dict[str, Any]] | None) -> None:
         optimizer, optimizer_kwargs, spec.compile_kwargs, lm_roles=set(spec.lm_configs()) - {"main"}
     )
     check_egress(spec)
+    check_file_source(spec)
     if rows is None:
         return
     limit = get_settings().max_dataset_rows

@@ -92,3 +92,22 @@ def test_a_public_literal_address_and_an_unresolvable_name_pass(api):
     unresolvable = job_payload("https://no-such-llm.invalid/v1", rows=20)  # the proxy decides when the job connects
     assert api.post("/run", json=unresolvable).status_code == 201
     assert len(api.app.state.jobs.created) == 2
+
+
+def test_a_file_source_outside_the_dataset_dirs_or_inside_the_home_is_a_400(api, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.json").write_text("[]")
+    monkeypatch.setenv("DSPY_SERVICE_DATASET_DIRS", str(data))
+    monkeypatch.setenv("DSPY_SERVICE_HOME", str(data / "home"))
+    get_settings.cache_clear()
+    allowed = api.post("/run", json=with_dataset_url(str(data / "train.json")))
+    assert allowed.status_code == 201, allowed.text
+    for path in ("/etc/shadow", str(data / "home" / "prefect.db"), f"file://{data}/../x.json"):
+        answer = api.post("/run", json=with_dataset_url(path))
+        assert answer.status_code == 400 and answer.json()["field"] == "dataset_source", (path, answer.text)
+        assert "not in a directory jobs may read" in answer.json()["detail"]
+    monkeypatch.delenv("DSPY_SERVICE_DATASET_DIRS")
+    get_settings.cache_clear()
+    off = api.post("/run", json=with_dataset_url(str(data / "train.json")))
+    assert off.status_code == 400 and "DSPY_SERVICE_DATASET_DIRS" in off.json()["detail"]
