@@ -152,6 +152,9 @@ class EgressProxy:
         self.connect_timeout, self.resolve_timeout = connect_timeout, resolve_timeout
         self.max_connections, self.socket_mode = max_connections, socket_mode
         self.active = 0  # connections being served now
+        # Python 3.11's streams keep a connection's reader only weakly and its handler task
+        # not at all: without this set an idle tunnel's task can be garbage-collected.
+        self._tasks: set[asyncio.Task] = set()
         self.allowed: Counter[str] = Counter()  # "host:port" -> connections opened to it
         self.reported: set[str] = set()
         self._thread = LoopThread(f"egress-proxy-{self.socket_path.name}", self._serve)
@@ -180,6 +183,9 @@ class EgressProxy:
             await close_writer(writer)
             return
         self.active += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         try:
             await self._serve_one(reader, writer)
         except Refusal as refusal:
@@ -192,6 +198,7 @@ class EgressProxy:
             pass
         finally:
             self.active -= 1
+            self._tasks.discard(task)
             await close_writer(writer)
 
     async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -1,14 +1,9 @@
-"""Plumbing of the sandbox's ways out (stdlib only): an asyncio loop in a daemon thread,
-a byte pipe between two streams, and a TCP -> Unix socket forwarder.
+"""Plumbing of the egress proxy (stdlib only): an asyncio loop in a daemon thread, a byte
+pipe between two streams, and the environment that sends a process's HTTP clients through
+a proxy. (The sandbox's TCP -> Unix socket bridge is unix_forward.py.)
 
-Inside a job's sandbox the network namespace has only loopback; `TcpToUnixForwarder`
-listens on 127.0.0.1:<port> and passes every connection on, byte for byte, to a Unix
-socket the supervisor serves outside (the egress proxy, the Prefect proxy). It enforces
-nothing: the proxies behind the sockets do.
-
-Failures: `start()` raises the OSError of a port or socket path it cannot bind (and
-RuntimeError when the loop thread does not come up); a connection whose other end cannot
-be reached is closed at once; `close()` never raises.
+Failures: `LoopThread.start()` raises what the server's start raised (RuntimeError when the
+loop thread does not come up); `close()` never raises.
 """
 
 from __future__ import annotations
@@ -17,7 +12,6 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 CHUNK = 64 * 1024
 START_TIMEOUT_SECONDS = 10.0
@@ -126,32 +120,3 @@ class LoopThread:
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout)
-
-
-class TcpToUnixForwarder:
-    """127.0.0.1:`port` -> the Unix socket at `socket_path`, for every connection.
-    `port=0` picks a free port; `port` holds the bound one after `start()`."""
-
-    def __init__(self, port: int, socket_path: Path | str, host: str = "127.0.0.1"):
-        self.host, self.port, self.socket_path = host, port, str(socket_path)
-        self._thread = LoopThread(f"forward-{port}-to-{Path(self.socket_path).name}", self._serve)
-
-    async def _serve(self) -> asyncio.AbstractServer:
-        server = await asyncio.start_server(self._forward, self.host, self.port)
-        self.port = server.sockets[0].getsockname()[1]
-        return server
-
-    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            upstream = await asyncio.open_unix_connection(self.socket_path)
-        except OSError:
-            await close_writer(writer)
-            return
-        await pipe((reader, writer), upstream)
-
-    def start(self) -> TcpToUnixForwarder:
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self._thread.close()

@@ -6,7 +6,7 @@ The sandbox's network namespace has only a loopback interface, and the superviso
 job-scoped Prefect proxy and egress proxy are Unix sockets in /run/dspy. Prefect's client
 and LiteLLM speak TCP, so this process listens on 127.0.0.1:4200 (PREFECT_API_URL) and
 127.0.0.1:3128 (HTTP(S)_PROXY) inside the namespace and copies each connection to the
-matching socket (forwarder.py). The bridge is plumbing, not a boundary: user code may talk to the sockets
+matching socket (unix_forward.py). The bridge is plumbing, not a boundary: user code may talk to the sockets
 directly, and the proxies outside decide what is allowed.
 
 Then it runs `prefect.engine` as `__main__` in this process, which executes the job's one flow
@@ -20,7 +20,6 @@ import runpy
 import sys
 from pathlib import Path
 
-from deployments.runtime.forwarder import TcpToUnixForwarder
 from deployments.runtime.sandbox import (
     EGRESS_PORT,
     EGRESS_SOCKET,
@@ -28,14 +27,15 @@ from deployments.runtime.sandbox import (
     PREFECT_SOCKET,
     SANDBOX_RUN_DIR,
 )
+from deployments.runtime.unix_forward import TcpToUnixForwarder
 
 
 def main() -> int:
     try:
-        bridges = [  # noqa: F841 - kept for the life of the engine
-            TcpToUnixForwarder(port, Path(SANDBOX_RUN_DIR) / name).start()
-            for port, name in ((PREFECT_PORT, PREFECT_SOCKET), (EGRESS_PORT, EGRESS_SOCKET))
-        ]
+        bridges = [TcpToUnixForwarder(Path(SANDBOX_RUN_DIR) / name, port=port) for port, name in
+                   ((PREFECT_PORT, PREFECT_SOCKET), (EGRESS_PORT, EGRESS_SOCKET))]
+        for bridge in bridges:  # kept for the life of the engine
+            bridge.start()
     except (OSError, RuntimeError) as exc:
         print(f"sandbox: cannot bridge to the job's proxies: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -20,7 +20,8 @@ import httpx
 import pytest
 
 from deployments.runtime.egress_proxy import EgressProxy
-from deployments.runtime.forwarder import TcpToUnixForwarder, proxy_environment
+from deployments.runtime.forwarder import proxy_environment
+from deployments.runtime.unix_forward import TcpToUnixForwarder
 from dspy_service.egress_policy import EgressPolicy, JobHosts
 from tests.support.polling import wait_until
 
@@ -37,7 +38,8 @@ class Proxied:
             self.directory / "egress.sock", EgressPolicy.parse(allow), JobHosts(frozenset(targets)),
             self.denied.append, **options,
         ).start()
-        self.forwarder = TcpToUnixForwarder(0, self.proxy.socket_path).start()
+        self.forwarder = TcpToUnixForwarder(self.proxy.socket_path)
+        self.forwarder.start()
         self.url = f"http://127.0.0.1:{self.forwarder.port}"
 
     def client(self) -> httpx.Client:

@@ -1,4 +1,4 @@
-"""The sandbox's TCP -> Unix socket forwarder on real sockets, and the proxy environment."""
+"""The sandbox's TCP -> Unix socket bridge (unix_forward.py) on real sockets, and the proxy environment."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from deployments.runtime.forwarder import TcpToUnixForwarder, proxy_environment
+from deployments.runtime.forwarder import proxy_environment
+from deployments.runtime.unix_forward import TcpToUnixForwarder
 
 
 def unix_server(path: Path, handle) -> socket.socket:
@@ -40,7 +41,8 @@ def read_all_then_answer(conn: socket.socket) -> None:
 def test_bytes_and_half_closes_pass_both_ways():
     path = Path(tempfile.mkdtemp(prefix="fwd-", dir="/tmp")) / "target.sock"
     server = unix_server(path, read_all_then_answer)
-    forwarder = TcpToUnixForwarder(0, path).start()
+    forwarder = TcpToUnixForwarder(path)
+    forwarder.start()
     try:
         payload = bytes(range(256)) * 2000  # 512 KB, more than one chunk
         with socket.create_connection(("127.0.0.1", forwarder.port), timeout=10) as sock:
@@ -56,7 +58,8 @@ def test_bytes_and_half_closes_pass_both_ways():
 
 
 def test_a_missing_socket_closes_the_connection_at_once_and_close_stops_listening():
-    forwarder = TcpToUnixForwarder(0, "/tmp/no-such-dir-for-the-forwarder/x.sock").start()
+    forwarder = TcpToUnixForwarder("/tmp/no-such-dir-for-the-forwarder/x.sock")
+    forwarder.start()
     with socket.create_connection(("127.0.0.1", forwarder.port), timeout=5) as sock:
         assert sock.recv(10) == b""
     forwarder.close()
