@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 
+from dspy_service.result_files import decode_result_file
 from tests.support.hostile.campaign import ATTACK_JOBS, CANCELLED, PENDING, all_flow_run_ids, all_variables
 from tests.support.hostile.denials import assert_denials_reported, expected_denials
 
@@ -85,8 +86,10 @@ def victims_objects_changed(campaign) -> list[str]:
     if campaign.victim_result.read_bytes() != campaign.victim_result_bytes:
         changed.append("the finished job's result file")
     finished = victim.client.get(f"/jobs/{victim.jobs['finished']}").json()
-    if finished["status"] != "success" or "tampered_by" in str(finished["result"]):
-        changed.append(f"the finished job as the API shows it: {finished['status']} {finished.get('message')}")
+    stored = decode_result_file(campaign.victim_result_bytes)["optimized_test_metric"]
+    if finished["status"] != "success" or finished["result"]["optimized_test_metric"] != stored:
+        changed.append(f"the finished job as the API shows it: {finished['status']} {finished.get('message')} "
+                       f"{(finished['result'] or {}).get('optimized_test_metric')} (was {stored})")
     for role in PENDING:
         status = victim.client.get(f"/jobs/{victim.jobs[role]}").json().get("status")
         if status != "pending":
@@ -113,7 +116,7 @@ def victims_objects_changed(campaign) -> list[str]:
 
 def test_the_victims_objects_are_unchanged(campaign):
     changed = victims_objects_changed(campaign)
-    assert not changed, changed
+    assert not changed, "changed: " + "; ".join(changed)
 
 
 def test_the_prefect_attack_job_says_what_the_sandbox_denied(campaign):

@@ -131,23 +131,24 @@ def read_database(targets):
 
 
 def read_proc_environ(targets):
-    me, readable, roles, blobs = os.getpid(), 0, set(), []
+    """Every process's environment (this one's too: it must hold no canary either)."""
+    others, roles, blobs = 0, set(), []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
+        if not entry.isdigit():
             continue
         try:
             command = read_file(f"/proc/{entry}/cmdline")
             environ = read_file(f"/proc/{entry}/environ")
         except OSError:
             continue
-        if environ:
-            readable += 1
-            blobs.append(environ)
+        blobs.append(environ)
+        if environ and int(entry) != os.getpid():
+            others += 1
             argv = command.split(b"\0")
             pairs = set(zip(argv, argv[1:], strict=False))
             roles.update(role for role, words in PROC_ROLES.items() if words in pairs)
     found = found_in(*blobs)
-    return bool(roles or found), f"{readable} other processes' environ readable; roles {sorted(roles)}", found
+    return bool(roles or found), f"{others} other processes' environ readable; roles {sorted(roles)}", found
 
 
 def list_directory(root, wanted):
@@ -177,6 +178,7 @@ def write_result(targets):
     path = targets["result"]
     content = json.loads(read_file(path))
     content["tampered_by"] = "hostile tenant"
+    content["optimized_test_metric"] = -1.0  # what the victim sees of their result
     with open(path, "w") as handle:
         json.dump(content, handle)
     return True, f"rewrote {path}", []
