@@ -36,6 +36,10 @@ ENV_DUMP = (
     "raise RuntimeError('ENV ' + ' '.join(sorted(os.environ)) + ' VALUES ' + ' '.join(os.environ.values()))\n"
 )
 
+# Bombs: signature-code prefixes that exhaust the job's process and memory limits.
+FORK_BOMB = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+MEMORY_BOMB = "chunks = []\nwhile True:\n    chunks.append(b'x' * 50_000_000)\n"
+
 # A user subprocess started by the job: it must die with the job.
 SPAWNS_CHILD = "import subprocess\n_child = subprocess.Popen(['sleep', '300'])\n" + SIG
 

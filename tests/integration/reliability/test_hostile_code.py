@@ -14,11 +14,16 @@ import pytest
 from tests.support.payloads import job_payload
 from tests.support.polling import wait_until
 from tests.support.processes import processes_of_runs
-from tests.support.reliability import ENV_DUMP, JOB_SLOTS, SIG, assert_environment_scrubbed
+from tests.support.reliability import (
+    ENV_DUMP,
+    FORK_BOMB,
+    JOB_SLOTS,
+    MEMORY_BOMB,
+    SIG,
+    assert_environment_scrubbed,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-FORK_BOMB = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
 
 # name -> (request overrides, words the failure message must contain)
 HOSTILE = {
@@ -27,7 +32,7 @@ HOSTILE = {
         ["exceeded its time limit of 25 s"],
     ),
     "memory_bomb": (
-        {"signature_code": "chunks = []\nwhile True:\n    chunks.append(b'x' * 50_000_000)\n" + SIG},
+        {"signature_code": MEMORY_BOMB + SIG},
         ["ran out of memory", "2048 MB"],
     ),
     "sys_exit": ({"signature_code": "import sys\nsys.exit(3)\n" + SIG}, ["signature_code line 2", "SystemExit"]),
