@@ -32,7 +32,7 @@ from deployments.runtime.prefect_proxy import PrefectProxy
 from deployments.runtime.prefect_scope import JobScope
 from deployments.runtime.unix_forward import TcpToUnixForwarder
 from dspy_service.contract import SANDBOXED_ENV, artifact_key, champion_variable
-from tests.support.payloads import STAGES, job_payload, model_config
+from tests.support.payloads import STAGES, job_payload, light_optimizer_payload, model_config
 from tests.support.polling import wait_until
 from tests.support.result_storage import use_local_result_storage
 
@@ -107,9 +107,16 @@ def artifacts(stack, job_id: str) -> dict[str, dict]:
     return {a["key"]: a for a in stack.prefect.post("/artifacts/filter", json=body).json()}
 
 
-def test_a_job_runs_through_its_proxy_like_any_job(stack, local_lm, tmp_path):
+@pytest.mark.parametrize("optimizer", ["bootstrap", "gepa", "miprov2"])
+def test_a_job_runs_through_its_proxy_like_any_job(stack, local_lm, tmp_path, optimizer):
+    payload = keyless_job(local_lm.url)
+    if optimizer != "bootstrap":
+        payload = light_optimizer_payload(local_lm.url, optimizer)
+        for key in ("model_config", "reflection_model_config"):
+            if payload.get(key):
+                payload[key]["extra"] = {}
     with stack.paused_work_pool():
-        job_id = stack.submit(keyless_job(local_lm.url))
+        job_id = stack.submit(payload)
         local_lm.reset()
         front, job = run_job_through_proxy(stack, job_id, tmp_path)
 
