@@ -7,14 +7,13 @@ engine's `/api/events/out` subscription with `own_events_filter` and passes back
 messages `is_own_flow_run_event` accepts, and tells `JobObjects` what the upstream created
 for the job (the ids later requests may name).
 
-The allow-list (`ROUTES`) is what engines of real jobs (BootstrapFewShot; runs of a
-schedule through the champion gate) were seen to call through a logging pass-through,
-plus creating and reading their own task runs: its own run (read, the engine's PATCH of
+The allow-list (`ROUTES`) is what engines of real jobs were seen to call through a logging
+pass-through, plus creating and reading their own task runs: its own run (read, PATCH of
 its version and retry policy, set state, labels), its deployment, flow, work pool and
-queue (events name them), harmless server reads, its logs, its artifacts (keys
-`job-<12 hex of its id>-`), the event websockets, and for runs of a schedule only the
-champion gate's Variable and lock (leases it took) and the proxy's champion-result route.
-Everything else is denied: other runs, filters, creating runs, blocks (Secrets), deletes.
+queue, harmless server reads, its logs, its artifacts (keys `job-<12 hex of its id>-`),
+the event websockets; for runs of a schedule only, the champion gate's Variable (naming
+this job), lock (leases it took) and the proxy's champion-result route. Everything else
+is denied: other runs, filters, creating runs, blocks (Secrets), deletes.
 
 How it fails: never raises on what the engine sends; anything malformed (a path outside
 /api, odd characters or `..`, a body that is not JSON or repeats a key) is a denial whose
@@ -175,15 +174,19 @@ def own_artifact(scope: JobScope, objects: JobObjects, body: Any) -> str | None:
     return None if key is None or (isinstance(key, str) and key.startswith(prefix)) else f"artifact keys start {prefix}"
 
 
-def champion_variable_named(scope: JobScope, objects: JobObjects, body: Any) -> str | None:
-    """A create or update of the champion Variable (an update may leave the name out)."""
-    own = champion_variable(scope.schedule_id or "")
-    return None if isinstance(body, dict) and body.get("name", own) == own else "not this schedule's champion variable"
+def champion_pointer(require_name: bool) -> BodyCheck:
+    """Creating (the name required) or updating the champion Variable, with a value that
+    names this job: the only champion its gate ever records (tasks/champion.py)."""
 
+    def check(scope: JobScope, objects: JobObjects, body: Any) -> str | None:
+        own = champion_variable(scope.schedule_id or "")
+        if not isinstance(body, dict) or body.get("name", None if require_name else own) != own:
+            return "not this schedule's champion variable"
+        value = body.get("value")
+        ok = isinstance(value, dict) and same_id(value.get("job_id"), scope.flow_run_id)
+        return None if ok else "the champion may only name this job"
 
-def champion_variable_created(scope: JobScope, objects: JobObjects, body: Any) -> str | None:
-    ok = isinstance(body, dict) and "name" in body
-    return champion_variable_named(scope, objects, body) if ok else "not this schedule's champion variable"
+    return check
 
 
 def champion_lock_only(scope: JobScope, objects: JobObjects, body: Any) -> str | None:
@@ -237,16 +240,13 @@ ROUTES: tuple[Route, ...] = (
     route("GET", "events/in", "send events about this job", websocket=True),
     route("GET", "events/out", "follow this job's flow-run events", websocket=True),
     route("GET", "variables/name/{variable}", "read the champion", schedule_only=True),
-    route("POST", "variables", "record the first champion", body=champion_variable_created, schedule_only=True),
-    route("PATCH", "variables/name/{variable}", "record a new champion", body=champion_variable_named,
-          schedule_only=True),
+    route("POST", "variables", "record the first champion", body=champion_pointer(True), schedule_only=True),
+    route("PATCH", "variables/name/{variable}", "a new champion", body=champion_pointer(False), schedule_only=True),
     route("POST", "v2/concurrency_limits/increment-with-lease", "take the champion lock", body=champion_lock_only,
           schedule_only=True, creates=("leases", "lease_id")),
     route("POST", "v2/concurrency_limits/leases/{lease}/renew", "keep the champion lock", schedule_only=True),
-    route("POST", "v2/concurrency_limits/decrement-with-lease", "release the champion lock", body=held_lease,
-          schedule_only=True),
-    route("GET", CHAMPION_RESULT_ROUTE, "read the champion's run and result (served by the proxy)",
-          schedule_only=True),
+    route("POST", "v2/concurrency_limits/decrement-with-lease", "release it", body=held_lease, schedule_only=True),
+    route("GET", CHAMPION_RESULT_ROUTE, "the champion's run and result (the proxy's own)", schedule_only=True),
 )
 
 # placeholder -> (does the segment belong to this job?, the reason when it does not)

@@ -32,7 +32,7 @@ from deployments.runtime.prefect_proxy import PrefectProxy
 from deployments.runtime.prefect_scope import JobScope
 from deployments.runtime.unix_forward import TcpToUnixForwarder
 from dspy_service.contract import SANDBOXED_ENV, artifact_key, champion_variable
-from tests.support.payloads import STAGES, job_payload, model_config
+from tests.support.payloads import STAGES, job_payload, light_optimizer_payload, model_config
 from tests.support.polling import wait_until
 from tests.support.result_storage import use_local_result_storage
 
@@ -107,9 +107,16 @@ def artifacts(stack, job_id: str) -> dict[str, dict]:
     return {a["key"]: a for a in stack.prefect.post("/artifacts/filter", json=body).json()}
 
 
-def test_a_job_runs_through_its_proxy_like_any_job(stack, local_lm, tmp_path):
+@pytest.mark.parametrize("optimizer", ["bootstrap", "gepa", "miprov2"])
+def test_a_job_runs_through_its_proxy_like_any_job(stack, local_lm, tmp_path, optimizer):
+    payload = keyless_job(local_lm.url)
+    if optimizer != "bootstrap":
+        payload = light_optimizer_payload(local_lm.url, optimizer)
+        for key in ("model_config", "reflection_model_config"):
+            if payload.get(key):
+                payload[key]["extra"] = {}
     with stack.paused_work_pool():
-        job_id = stack.submit(keyless_job(local_lm.url))
+        job_id = stack.submit(payload)
         local_lm.reset()
         front, job = run_job_through_proxy(stack, job_id, tmp_path)
 
@@ -240,18 +247,20 @@ def test_the_champion_gate_of_a_sandboxed_run_reads_the_champion_through_the_pro
         assert decision["champion_score"] is not None, decision  # loaded (from the proxy's answer) and re-scored
         assert front.denials == []
 
-        # A run of the schedule may point the champion at any job; the proxy reads only runs of the schedule.
+        # A job may record only itself as champion; and whoever wrote the pointer (a job that
+        # ran unsandboxed), the proxy hands out only a completed run of the same schedule.
         other_id = stack.submit(keyless_job(local_lm.url))
+        variable = f"/variables/name/{champion_variable(schedule_id)}"
         with job_proxy(stack, second_id, tmp_path / "again") as front, front.client() as api:
-            pointer = api.get(f"/variables/name/{champion_variable(schedule_id)}").json()["value"]
-            assert api.patch(f"/variables/name/{champion_variable(schedule_id)}",
-                             json={"value": {**pointer, "job_id": other_id}}).status_code == 204
-            refused = api.get("/dspy-service/champion-result")
-            assert api.patch(f"/variables/name/{champion_variable(schedule_id)}",
-                             json={"value": pointer}).status_code == 204
-            served = api.get("/dspy-service/champion-result")
+            pointer = api.get(variable).json()["value"]
+            redirected = api.patch(variable, json={"value": {**pointer, "job_id": other_id}})
             other_variable = api.post("/variables/", json={"name": "dspy-user-intruder", "value": {"admin": True}})
+            assert stack.prefect.patch(variable, json={"value": {**pointer, "job_id": other_id}}).status_code == 204
+            refused = api.get("/dspy-service/champion-result")
+            assert stack.prefect.patch(variable, json={"value": pointer}).status_code == 204
+            served = api.get("/dspy-service/champion-result")
         stack.api.post(f"/jobs/{other_id}/cancel")
+    assert redirected.status_code == 403 and front.denied("the champion may only name this job")
     assert other_variable.status_code == 403 and front.denied("not this schedule's champion variable")
     assert refused.status_code == 422, refused.text
     assert refused.json()["detail"] == f"its run is not a run of schedule {schedule_id}"
