@@ -139,9 +139,9 @@ class JobSandbox:
             layout.mounts.append(Mount(cache, writable=True))
         layout.hidden = hidden_inside_mounts([self.settings.home_dir])
         self.layout = layout
-        self.start_proxies(run, spec, parameters.get("schedule_id"))
+        self.start_proxies(run, spec)
 
-    def start_proxies(self, run: dict[str, Any], spec: Any, schedule_id: str | None) -> None:
+    def start_proxies(self, run: dict[str, Any], spec: Any) -> None:
         from deployments.prefect_auth import auth_headers
         from deployments.runtime.egress_proxy import EgressProxy
         from deployments.runtime.prefect_proxy import PrefectProxy
@@ -149,12 +149,7 @@ class JobSandbox:
         from dspy_service.egress_policy import job_hosts
 
         assert self.layout is not None
-        scope = JobScope(
-            flow_run_id=self.flow_run_id,
-            deployment_id=run.get("deployment_id"),
-            flow_id=run.get("flow_id"),
-            schedule_id=schedule_id,
-        )
+        scope = JobScope.of_flow_run(run)
         self.proxies = [
             PrefectProxy(
                 self.layout.run_dir / PREFECT_SOCKET,
