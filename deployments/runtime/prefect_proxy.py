@@ -47,14 +47,12 @@ import httpx
 import uvicorn
 from websockets.asyncio.client import connect as websocket_connect
 
+from deployments.runtime.prefect_event_scope import event_decision, is_own_flow_run_event, own_events_filter
 from deployments.runtime.prefect_scope import (
     Decision,
     JobObjects,
     JobScope,
     decide,
-    event_decision,
-    is_own_flow_run_event,
-    own_events_filter,
     split_path,
     strict_json,
 )

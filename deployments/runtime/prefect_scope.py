@@ -1,19 +1,19 @@
 """What the engine of one job may ask of the Prefect API: the job-scoped proxy's policy.
 
 Pure: the standard library and dspy_service.contract (names), no I/O. The proxy
-(prefect_proxy.py) asks `decide` about every request before it forwards it, asks
-`event_decision` about every event the engine sends over `/api/events/in`, narrows the
-engine's `/api/events/out` subscription with `own_events_filter` and passes back only the
-messages `is_own_flow_run_event` accepts, and tells `JobObjects` what the upstream created
-for the job (the ids later requests may name).
+(prefect_proxy.py) asks `decide` about every request before it forwards it and tells
+`JobObjects` what the upstream created for the job (the ids later requests may name); the
+events it relays are prefect_event_scope.py's business.
 
 The allow-list (`ROUTES`) is what engines of real jobs were seen to call through a logging
 pass-through, plus creating and reading their own task runs: its own run (read, PATCH of
 its version and retry policy, set state, labels), its deployment, flow, work pool and
 queue, harmless server reads, its logs, its artifacts (keys `job-<12 hex of its id>-`),
-the event websockets; for runs of a schedule only, the champion gate's Variable (naming
-this job), lock (leases it took) and the proxy's champion-result route. Everything else
-is denied: other runs, filters, creating runs, blocks (Secrets), deletes.
+the event websockets, a filter of runs bounded to its own run's id (the engine's cancel and
+suspend watches poll that way when their websocket drops); for runs of a schedule only,
+the champion gate's Variable (naming this job), lock (leases it took) and the proxy's
+champion-result route. Everything else is denied: other runs, other filters, creating
+runs, blocks (Secrets), deletes.
 
 How it fails: never raises on what the engine sends; anything malformed (a path outside
 /api, odd characters or `..`, a body that is not JSON or repeats a key) is a denial whose
@@ -35,8 +35,6 @@ API_ROOT = "/api"
 SEGMENT = re.compile(r"^[A-Za-z0-9_.~-]+$")
 FLOW_RUN = "prefect.flow-run."
 ALLOWED = "allowed"
-# What else an event may be about when its related "flow-run" is this job's run.
-RUN_EVENT_KINDS = ("prefect.task-run.", "prefect.artifact.", "prefect.concurrency-limit.")
 
 
 @dataclass(frozen=True)
@@ -160,6 +158,17 @@ def in_own_run(scope: JobScope, objects: JobObjects, body: Any) -> str | None:
     return None if same_id(named, scope.flow_run_id) else "not this job's flow run"
 
 
+def own_run_filter(scope: JobScope, objects: JobObjects, body: Any) -> str | None:
+    """The engine's cancel and suspend watches poll their own run by id when their event
+    stream drops (a filter's parts AND together: an id filter bounds the whole answer)."""
+    runs = body.get("flow_runs") if isinstance(body, dict) else None
+    ids = runs.get("id") if isinstance(runs, dict) else None
+    ids = ids.get("any_") if isinstance(ids, dict) else None
+    if isinstance(ids, list) and ids and all(same_id(i, scope.flow_run_id) for i in ids):
+        return None
+    return "a job cannot list or filter runs or other objects, only its own run by id"
+
+
 def own_logs(scope: JobScope, objects: JobObjects, body: Any) -> str | None:
     if not isinstance(body, list) or not all(isinstance(entry, dict) for entry in body):
         return "the body must be a list of log entries"
@@ -221,6 +230,7 @@ ROUTES: tuple[Route, ...] = (
     route("GET", "admin/version", "the server's version"),
     route("GET", "admin/storage", "the server's default result storage"),
     route("GET", "csrf-token", "a CSRF token", any_query=True),
+    route("POST", "flow_runs/filter", "poll this job's own run by id", body=own_run_filter),
     route("GET", "flow_runs/{run}", "read this job's flow run"),
     route("PATCH", "flow_runs/{run}", "the engine's flow version and retry policy",
           body=only_keys("flow_version", "empirical_policy")),
@@ -344,57 +354,3 @@ def decide(
     if reason is None and shaped:
         reason = placeholder_denial(shaped[0], parts, scope, objects)
     return Decision(False, reason or "not needed by a job's engine")
-
-
-# -- events -------------------------------------------------------------------------------------
-def event_decision(scope: JobScope, event: Any) -> Decision:
-    """May the engine send `event` (one message on /api/events/in, parsed)? Only events
-    about its own flow run, or about a task run, artifact or (for a schedule) champion
-    lock whose related flow run is its own; an event naming any other flow run is not.
-    Reasons never quote the event (the proxy shows its name)."""
-    event = event if isinstance(event, dict) else {}
-    resource, related, name = event.get("resource"), event.get("related", []), event.get("event")
-    entries = [resource, *related] if isinstance(related, list) else [None]
-    if not isinstance(name, str) or not all(isinstance(e, dict) for e in entries):
-        return Decision(False, "not an event")
-    resource_id = str(resource.get("prefect.resource.id", ""))
-    for entry in entries:
-        entry_id = str(entry.get("prefect.resource.id", ""))
-        names_run = entry_id.startswith(FLOW_RUN) or entry.get("prefect.resource.role") == "flow-run"
-        if names_run and not (entry_id.startswith(FLOW_RUN) and same_id(entry_id[len(FLOW_RUN) :], scope.flow_run_id)):
-            return Decision(False, "an event about another flow run")
-    if resource_id.startswith(FLOW_RUN):
-        return Decision(name.startswith(FLOW_RUN), ALLOWED if name.startswith(FLOW_RUN) else "not a flow-run event")
-    if not any(entry.get("prefect.resource.role") == "flow-run" for entry in entries[1:]):
-        return Decision(False, "an event not related to this job's flow run")
-    kind = next((k for k in RUN_EVENT_KINDS if resource_id.startswith(k) and name.startswith(k)), None)
-    if kind is None:
-        return Decision(False, "an event about a resource that is not this job's")
-    payload = event.get("payload") if isinstance(event.get("payload"), dict) else {}
-    task_run = payload.get("task_run") if isinstance(payload.get("task_run"), dict) else {}
-    if task_run.get("flow_run_id") is not None and not same_id(task_run["flow_run_id"], scope.flow_run_id):
-        return Decision(False, "an event about another flow run's task run")
-    lock = champion_lock(scope.schedule_id) if scope.schedule_id else None
-    if kind == "prefect.concurrency-limit." and resource.get("prefect.resource.name") != lock:
-        return Decision(False, "an event about another concurrency limit")
-    return Decision(True, ALLOWED)
-
-
-def own_events_filter(scope: JobScope, message: Any) -> dict[str, Any] | None:
-    """The engine's /api/events/out subscription narrowed to its own flow run's events;
-    None when `message` is not a subscription."""
-    if not isinstance(message, dict) or message.get("type") != "filter" or not isinstance(message.get("filter"), dict):
-        return None
-    narrowed = {**message["filter"], "resource": {"id": [f"{FLOW_RUN}{scope.flow_run_id}"]}}
-    return {**message, "filter": narrowed}
-
-
-def is_own_flow_run_event(scope: JobScope, message: Any) -> bool:
-    """A message of /api/events/out the engine may see: an event about its own flow run
-    (messages that carry no event pass)."""
-    if not isinstance(message, dict) or message.get("type") != "event":
-        return isinstance(message, dict)
-    event = message.get("event")
-    resource = event.get("resource") if isinstance(event, dict) else None
-    resource_id = str(resource.get("prefect.resource.id", "")) if isinstance(resource, dict) else ""
-    return resource_id.startswith(FLOW_RUN) and same_id(resource_id[len(FLOW_RUN) :], scope.flow_run_id)

@@ -11,14 +11,12 @@ import uuid
 
 import pytest
 
+from deployments.runtime.prefect_event_scope import event_decision, is_own_flow_run_event, own_events_filter
 from deployments.runtime.prefect_scope import (
     ROUTES,
     JobObjects,
     JobScope,
     decide,
-    event_decision,
-    is_own_flow_run_event,
-    own_events_filter,
 )
 from dspy_service.contract import artifact_key, champion_lock, champion_variable
 
@@ -55,6 +53,8 @@ ALLOWED = [
     (JOB, "POST", f"/api/flow_runs/{OWN}/set_state", state(), ""),
     (JOB, "POST", f"/api/flow_runs/{OWN}/set_state", state(None, "COMPLETED"), ""),
     (JOB, "PATCH", f"/api/flow_runs/{OWN}/labels", {"dspy.stage": "compile-program"}, ""),
+    (JOB, "POST", "/api/flow_runs/filter",
+     {"flow_runs": {"id": {"any_": [OWN]}, "state": {"type": {"any_": ["PAUSED"]}}}, "limit": 10}, ""),
     (JOB, "GET", f"/api/deployments/{DEPLOYMENT}", None, ""),
     (JOB, "GET", f"/api/flows/{FLOW}", None, ""),
     (JOB, "GET", "/api/work_pools/dspy-service", None, ""),
@@ -108,6 +108,9 @@ DENIED = [
     (JOB, "PATCH", f"/api/flow_runs/{OWN}", {"job_variables": {"command": "sh"}}, "only flow_version"),
     # listing, filtering, creating runs
     (JOB, "POST", "/api/flow_runs/filter", {}, "a job cannot list or filter"),
+    (JOB, "POST", "/api/flow_runs/filter", {"flow_runs": {"id": {"any_": [OTHER]}}}, "only its own run by id"),
+    (JOB, "POST", "/api/flow_runs/filter", {"flow_runs": {"id": {"any_": [OWN, OTHER]}}}, "only its own run"),
+    (JOB, "POST", "/api/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}}}, "by id"),
     (JOB, "POST", "/api/flow_runs/count", {}, "a job cannot list or filter"),
     (JOB, "POST", "/api/task_runs/filter", {}, "a job cannot list or filter"),
     (JOB, "POST", "/api/logs/filter", {}, "a job cannot list or filter"),
