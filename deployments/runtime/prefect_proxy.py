@@ -19,7 +19,7 @@ string. Every request is checked with the job's scope (prefect_scope.py) first:
   no other job's result file.
 
 Everything else gets 403 with `{"detail": "sandbox: <reason>"}`, and `on_denied` gets
-`sandbox: denied <METHOD> <path> (<reason>)` once per distinct reason (`close()` reports
+`sandbox: denied <METHOD> <path> (<reason>)` once per distinct request, up to MAX_REPORTED (`close()` reports
 how many more were denied). `on_denied` runs in a worker thread and may block; its
 errors are logged and dropped.
 
@@ -61,6 +61,7 @@ from dspy_service.contract import CHAMPION_RESULT_ROUTE, champion_variable
 
 logger = logging.getLogger("dspy_service.prefect_proxy")
 
+MAX_REPORTED = 50  # distinct denials written to a job's log
 MAX_BODY_BYTES = 32 * 1024 * 1024
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 UPSTREAM_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
@@ -192,17 +193,18 @@ class PrefectProxy:
         with contextlib.suppress(OSError):
             self.socket_path.unlink()
         if self._unreported:
-            self._report(f"sandbox: {self._unreported} more requests were denied (reasons shown above)")
+            self._report(f"sandbox: {self._unreported} more requests were denied (not listed)")
             self._unreported = 0
 
     # -- denials ------------------------------------------------------------------------------
     def deny(self, message: str, reason: str) -> None:
-        """Report `message` unless its reason was reported already."""
+        """Report `message` (a request and why it was denied) once; after MAX_REPORTED
+        distinct ones, only count them (a hostile job must not flood its own log)."""
         with self._lock:
-            if reason in self._reported:
-                self._unreported += 1
+            if message in self._reported or len(self._reported) >= MAX_REPORTED:
+                self._unreported += message not in self._reported
                 return
-            self._reported.add(reason)
+            self._reported.add(message)
         asyncio.get_running_loop().run_in_executor(None, self._report, message)
 
     def _report(self, message: str) -> None:

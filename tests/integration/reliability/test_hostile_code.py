@@ -40,9 +40,12 @@ HOSTILE = {
         {"metric_code": "import os\ndef metric(gold, pred, trace=None):\n    os._exit(7)\n"},
         ["exited with code 7 before the job finished"],
     ),
+    # In its sandbox the job's parent is the sandbox's own init (pid 1), which ignores it:
+    # it cannot reach its supervisor or the worker.
     "kill_parent": (
-        {"signature_code": "import os\nos.kill(os.getppid(), 9)\n" + SIG},
-        ["job process was killed (SIGKILL)"],
+        {"signature_code": "import os\nos.kill(os.getppid(), 9)\n"
+                           "raise RuntimeError(f'alive after killing pid {os.getppid()}')\n" + SIG},
+        ["alive after killing pid 1"],
     ),
     "fork_bomb": (
         {"signature_code": FORK_BOMB + SIG},

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deployments.runtime.prefect_proxy import PrefectProxy
+from deployments.runtime.prefect_proxy import MAX_REPORTED, PrefectProxy
 from deployments.runtime.prefect_scope import JobScope
 from deployments.runtime.unix_forward import TcpToUnixForwarder, socket_address
 
@@ -101,20 +101,23 @@ def test_allowed_requests_reach_the_upstream_with_its_credentials_only(proxy):
     assert denials == []
 
 
-def test_denied_requests_get_403_and_each_reason_is_reported_once(proxy):
+def test_denied_requests_get_403_and_each_is_reported_once_up_to_a_cap(proxy):
     running, denials = proxy
     with client(running.socket_path) as api:
         answers = [api.get(f"/flow_runs/{OTHER}"), api.delete(f"/flow_runs/{OTHER}"),
-                   api.post(f"/flow_runs/{OTHER}/set_state", json={}), api.get("/block_documents/x")]
-    assert [a.status_code for a in answers] == [403] * 4
+                   api.post(f"/flow_runs/{OTHER}/set_state", json={}), api.get("/block_documents/x"),
+                   api.get(f"/flow_runs/{OTHER}")]
+        flood = [api.get(f"/flow_runs/{uuid.uuid4()}").status_code for _ in range(MAX_REPORTED)]
+    assert [a.status_code for a in answers] == [403] * 5 and set(flood) == {403}
     assert answers[0].json() == {"detail": "sandbox: not this job's flow run"}
     running.close()
-    assert denials == [
+    assert denials[:4] == [
         f"sandbox: denied GET /api/flow_runs/{OTHER} (not this job's flow run)",
         f"sandbox: denied DELETE /api/flow_runs/{OTHER} (a job cannot delete anything)",
+        f"sandbox: denied POST /api/flow_runs/{OTHER}/set_state (not this job's flow run)",
         "sandbox: denied GET /api/block_documents/x (blocks (Secrets, credentials) are not readable from a job)",
-        "sandbox: 1 more requests were denied (reasons shown above)",
     ]
+    assert len(denials) == MAX_REPORTED + 1 and denials[-1] == "sandbox: 4 more requests were denied (not listed)"
     assert not running.socket_path.exists()
 
 
