@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from tests.support.hostile_result import pickle_record
 from tests.support.payloads import job_payload
+from tests.support.result_storage import stored_result_path
 
 pytestmark = pytest.mark.integration
-
-
-def result_file(stack, job_id: str) -> Path:
-    """The job's stored result: its state's storage key, under PREFECT_LOCAL_STORAGE_PATH."""
-    data = stack.flow_run(job_id)["state"]["data"]
-    assert data["serializer"]["type"] == "json", data
-    path = Path(data["storage_key"])
-    if not path.is_absolute():
-        path = stack.stack.config.settings.home_dir / "storage" / "results" / path
-    assert path.is_file(), path
-    return path
 
 
 def test_a_result_rewritten_as_a_pickle_is_refused_and_never_loaded(stack, local_lm, tmp_path):
     job_id = stack.submit(job_payload(local_lm.url, rows=20))
     # Waiting on Prefect, not the API: the API must not have read (and cached) the result yet.
     stack.wait_state(job_id, {"COMPLETED"}, timeout=180)
-    path = result_file(stack, job_id)
+    path = stored_result_path(stack, job_id)
     marker = tmp_path / "the-pickle-ran"
     path.write_bytes(pickle_record(str(path), marker))
 

@@ -37,6 +37,7 @@ from dspy_service.storage import DATASETS_DIR
 from dspy_service.testing.local_lm import ARITHMETIC_METRIC_CODE, ARITHMETIC_SIGNATURE_CODE
 from tests.support.payloads import job_payload, light_optimizer_payload
 from tests.support.reliability import FORK_BOMB, MEMORY_BOMB
+from tests.support.result_storage import stored_result_path
 from tests.support.stack import RunningStack
 
 CANARY_ENV = "HOSTILE_TENANT_CANARY"  # in the environment of the stack's processes
@@ -125,18 +126,6 @@ def prefect_ok(stack: RunningStack, method: str, path: str, **kwargs) -> httpx.R
     response = stack.prefect.request(method, path, **kwargs)
     assert response.is_success, f"{method} {path}: {response.status_code} {response.text}"
     return response
-
-
-def result_path(stack: RunningStack, job_id: str) -> Path:
-    """A finished job's result file: `<results>/<job id>/<key>` (a sandboxed engine's own
-    directory), else the key under `<results>` (an absolute key stays itself)."""
-    key = Path(stack.flow_run(job_id)["state"]["data"]["storage_key"])
-    results = Path(stack.env["PREFECT_LOCAL_STORAGE_PATH"])
-    inside = key.relative_to(results) if key.is_relative_to(results) else key
-    candidates = [results / job_id / inside, results / key]
-    existing = [path for path in candidates if path.is_file()]
-    assert existing, f"no result file of {job_id} among {candidates}"
-    return existing[0]
 
 
 def all_variables(stack: RunningStack) -> dict[str, Any]:
@@ -249,7 +238,7 @@ def run_campaign(stack: RunningStack, lm_url: str, canaries: Canaries) -> Campai
     victim = plant_victim(stack, lm_url, canaries)
     attacker = new_tenant(stack, "mallory")
     finished = victim.jobs["finished"]
-    result = result_path(stack, finished)
+    result = stored_result_path(stack, finished)
     cache_names = sorted(p.name for p in stack.stack.config.settings.resolved_lm_cache_dir.iterdir())
     assert len(cache_names) == 1, f"the victim's job made the only LM cache directory so far: {cache_names}"
     campaign = Campaign(stack, canaries, victim, attacker, result, result.read_bytes(), all_variables(stack))
