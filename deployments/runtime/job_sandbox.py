@@ -134,7 +134,10 @@ class JobSandbox:
                 raise JobError(f"dataset_source: {problem}", field="dataset_source")
             if source.is_file():
                 layout.mounts.append(Mount(Path(os.path.realpath(source)), target=source))
-        cache = tenant_cache_dir(resolve_model_secrets(spec, handed.get), self.settings)
+        try:
+            cache = tenant_cache_dir(resolve_model_secrets(spec, handed.get), self.settings)
+        except JobError:  # e.g. a deleted credential: the engine fails on it where it builds its LMs
+            cache = None
         if cache is not None:
             layout.mounts.append(Mount(cache, writable=True))
         layout.hidden = hidden_inside_mounts([self.settings.home_dir])
