@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BenchStack, summarize  # noqa: E402
 from common import payload as job_payload  # noqa: E402
 
-from deployments.runtime.procfs import process_gone, session_members  # noqa: E402
+from deployments.runtime.procfs import process_gone  # noqa: E402
 from dspy_service.settings import ServiceSettings  # noqa: E402
 from tests.support.processes import JobProcesses, engine_pid  # noqa: E402
 from tests.support.stack import start_job_lm  # noqa: E402
@@ -46,7 +46,7 @@ def trial(api: httpx.Client, prefect: httpx.Client, lm, seed: int) -> dict:
         time.sleep(0.1)
     time.sleep(1.0)
     procs = JobProcesses.of_engine(engine)
-    tree = [procs.relay, procs.supervisor, *session_members(engine)]
+    tree = [procs.relay, procs.supervisor, *procs.job_session()]
     started = time.time()
     assert api.post(f"/jobs/{job_id}/cancel").status_code == 200
     tree_gone = cancelled = None

@@ -3,7 +3,10 @@ and keep every guarantee of a cold job process.
 
 A stack of its own (SQLite, one worker with its zygote, the reliability suite's hostile
 settings: a canary provider key in the worker's environment, lowered limits). The checks
-are the contract and hostile-code suites' own (from tests.support).
+are the contract and hostile-code suites' own (from tests.support). The engine is a fork of
+the warm supervisor only with DSPY_SERVICE_SANDBOX=off, which that stack runs with; with the
+sandbox on (the default, the last test's stack) the supervisor is still the zygote's fork
+and the engine a new interpreter inside bubblewrap.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import time
 
 import pytest
 
-from deployments.runtime.procfs import cmdline_of, parent_of, process_gone, session_members
+from deployments.runtime.procfs import cmdline_of, parent_of, process_gone
 from tests.support.checks import assert_a_job_succeeds_with_its_result
 from tests.support.payloads import job_payload, tenant_model
 from tests.support.processes import engine_pid, processes_of_runs, wait_until_gone
@@ -49,7 +52,7 @@ class WarmStack(RunningStack):
 @pytest.fixture(scope="module")
 def wstack(tmp_path_factory, local_lm):
     home = tmp_path_factory.mktemp("stack-warm")
-    running = WarmStack.start(home, job_slots=2, env=STACK_ENV, warm_start=True)
+    running = WarmStack.start(home, job_slots=2, env=STACK_ENV, warm_start=True, sandbox="off")
     yield running
     local_lm.set_delay(0)
     running.stop()
@@ -99,7 +102,7 @@ def test_cancel_kills_the_warm_job_tree(wstack, local_lm):
         wstack.wait_for_status(job_id, {"running"}, timeout=60)
         time.sleep(1)
         supervisor = parent_of(procs.engine)
-        tree = [wstack.relay_of(job_id), supervisor, *session_members(procs.engine)]
+        tree = [wstack.relay_of(job_id), supervisor, *procs.job_session()]
         assert len(tree) >= 4, f"expected relay, supervisor, engine and the user's child: {tree}"
         assert wstack.api.post(f"/jobs/{job_id}/cancel").status_code == 200
         wait_until_gone(tree, timeout=10)
@@ -186,3 +189,21 @@ def test_a_zygote_crash_neither_hangs_nor_fails_jobs(wstack, local_lm):
     engine = engine_pid(wstack.api, cold, timeout=60)
     worker_log = wstack.stack.workers[0].log_path.read_text(errors="replace")
     assert "warm start unavailable" in worker_log and f"started engine {engine}" in worker_log
+
+
+def test_with_the_sandbox_on_the_supervisor_is_the_zygote_s_fork_and_the_engine_sandboxed(
+    tmp_path_factory, local_lm
+):
+    sandboxed = WarmStack.start(tmp_path_factory.mktemp("stack-warm-sandboxed"), job_slots=1, warm_start=True)
+    try:
+        local_lm.set_delay(300)
+        job_id = sandboxed.submit(job_payload(local_lm.url, rows=20))
+        procs = sandboxed.processes(job_id)
+        assert parent_of(procs.supervisor) == sandboxed.zygote_pid
+        assert "deployments.runtime.sandbox_entry" in cmdline(procs.engine)
+        assert os.getsid(procs.engine) != procs.engine  # bubblewrap leads the job's session
+        local_lm.set_delay(0)
+        assert sandboxed.wait_terminal(job_id)["status"] == "success"
+    finally:
+        local_lm.set_delay(0)
+        sandboxed.stop()

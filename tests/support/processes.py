@@ -37,6 +37,12 @@ class JobProcesses:
         assert relay is not None, f"the supervisor {supervisor} is gone"
         return cls(engine=engine, supervisor=supervisor, relay=relay)
 
+    def job_session(self) -> list[int]:
+        """The processes of the engine's session: a sandboxed engine's is led by bubblewrap,
+        and holds it, the sandbox's init, the engine and what the user's code started."""
+        stat = procfs.read_stat(self.engine)
+        return procfs.session_members(stat.session) if stat is not None else []
+
 
 def engine_pid(api: httpx.Client, job_id: str, timeout: float = 90, interval: float = 0.2) -> int:
     """The pid the job's engine logged, once it has."""

@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from deployments.runtime.procfs import session_members
 from tests.support.payloads import job_payload, model_config
 from tests.support.processes import wait_until_gone
 from tests.support.reliability import SPAWNS_CHILD
@@ -24,7 +23,7 @@ def test_cancel_running_job_kills_its_tree_and_stops_lm_calls(rstack, local_lm):
         procs = rstack.processes(job_id)
         rstack.wait_for_status(job_id, {"running"}, timeout=60)
         time.sleep(2)
-        tree = [procs.relay, procs.supervisor, *session_members(procs.engine)]
+        tree = [procs.relay, procs.supervisor, *procs.job_session()]
         assert len(tree) >= 4, f"expected relay, supervisor, engine and the user's child: {tree}"
 
         cancelled_at = time.time()
@@ -61,7 +60,7 @@ def test_cancel_gepa_run(rstack, local_lm):
         procs = rstack.processes(job_id)
         rstack.wait_for_status(job_id, {"running"}, timeout=60)
         time.sleep(3)
-        tree = [procs.relay, procs.supervisor, *session_members(procs.engine)]
+        tree = [procs.relay, procs.supervisor, *procs.job_session()]
         cancelled_at = time.time()
         assert rstack.api.post(f"/jobs/{job_id}/cancel").status_code == 200
         wait_until_gone(tree, timeout=10)
