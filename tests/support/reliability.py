@@ -20,7 +20,9 @@ STACK_ENV = {
     "DSPY_SERVICE_JOB_PRINT_LIMIT_MB": "0.25",
     "DSPY_SERVICE_JOB_MAX_TASKS": "256",
     "DSPY_SERVICE_ZOMBIE_AFTER_SECONDS": "45",
-    "DSPY_SERVICE_STUCK_PENDING_SECONDS": "40",
+    # Pending -> Running of a sandboxed job includes its supervisor's preparation and the
+    # engine's imports in a new interpreter: on a loaded 2-core host that took over 40 s.
+    "DSPY_SERVICE_STUCK_PENDING_SECONDS": "60",
     "DSPY_SERVICE_STUCK_JOB_SWEEP_SECONDS": "5",
     "DSPY_SERVICE_MAX_REQUEST_MB": "2",
     "DSPY_SERVICE_MAX_DATASET_ROWS": "5000",
