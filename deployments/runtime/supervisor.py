@@ -146,6 +146,10 @@ class JobSupervisor:
             self.sandbox.close()
             self.sandbox = None
             return str(exc)
+        except Exception as exc:  # noqa: BLE001 - never run the job unsandboxed; say why it did not start
+            self.sandbox.close()
+            self.sandbox = None
+            return f"its sandbox could not be prepared ({type(exc).__name__}: {exc})"
         self.starter = self.sandbox.starter()
         return None
 
