@@ -166,8 +166,10 @@ def system_arguments() -> list[str]:
 
 def bwrap_command(layout: SandboxLayout, argv: Sequence[str]) -> list[str]:
     """The full command: namespaces, system mounts, private dirs, the job's mounts, `argv`."""
-    args = [BWRAP, *namespace_arguments(layout.uid), *system_arguments()]
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    # The private /tmp first: a Python or project directory under /tmp (a checkout there)
+    # is then mounted into it, not hidden by it.
+    args = [BWRAP, *namespace_arguments(layout.uid), "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    args += system_arguments()
     for hidden in layout.hidden:  # e.g. a service home that lies inside a mounted directory
         args += ["--tmpfs", str(hidden)]
     args += _bind("--bind", layout.work_dir, SANDBOX_WORK_DIR)

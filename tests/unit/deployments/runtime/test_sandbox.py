@@ -131,3 +131,10 @@ def test_the_engine_environment_keeps_no_prefect_credentials_and_points_at_the_b
     assert env["HTTPS_PROXY"] == env["http_proxy"] == "http://127.0.0.1:3128"
     assert env["PREFECT__FLOW_RUN_ID"] == "abc" and env["PREFECT_LOCAL_STORAGE_PATH"] == "/srv/results"
     assert env[SANDBOXED_ENV] == "1" and env["HOME"] == SANDBOX_WORK_DIR
+
+
+def test_the_private_tmp_is_mounted_before_the_code_so_a_checkout_under_tmp_stays_visible(tmp_path):
+    command = bwrap_command(SandboxLayout(job_dir=tmp_path), ["true"])
+    tmpfs = command.index("/tmp", command.index("--tmpfs"))
+    first_bind = command.index("--ro-bind")
+    assert tmpfs < first_bind
