@@ -218,8 +218,7 @@ def test_hostile_requests_through_the_same_front_are_denied_and_reported(stack, 
                    "a job cannot delete anything", "log entries of another flow run",
                    "dropped event prefect.flow-run.heartbeat (an event about another flow run)"):
         assert front.denied(reason), (reason, front.denials)
-    assert len(front.denials) == len(set(front.denials)), "each reason is reported once"
-    assert any("more requests were denied" in denial for denial in front.denials)
+    assert len(front.denials) == len(set(front.denials)), "each denied request is reported once"
     wait_until(lambda: event_recorded(stack, own["id"]), 60, 0.5, what="the job's own event to be recorded")
     assert not event_recorded(stack, foreign["id"]), "the event about another run was dropped"
 
