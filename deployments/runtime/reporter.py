@@ -73,6 +73,9 @@ class RunReporter:
         result = self._call("POST", f"/flow_runs/{self.flow_run_id}/set_state", json={"state": state})
         return (result or {}).get("status")
 
+    def set_tags(self, tags: list[str]) -> None:
+        self._call("PATCH", f"/flow_runs/{self.flow_run_id}", json={"tags": tags})
+
     def log(self, message: str, level: int = 40) -> None:
         entry = {
             "name": "dspy_service.job_process",

@@ -52,6 +52,7 @@ from deployments.runtime.outcome import ExitLimits, Stop, engine_never_reached_a
 from deployments.runtime.output import OutputPump
 from deployments.runtime.reporter import RunReporter
 from deployments.runtime.stop import ParentWatch, StopPolicy, WorkerWatch
+from dspy_service.contract import schedule_tag, user_tag
 from dspy_service.errors import JobError
 from dspy_service.sandbox_check import SANDBOX_OFF_WARNING
 from dspy_service.settings import ServiceSettings, get_settings
@@ -139,6 +140,7 @@ class JobSupervisor:
         run = self.reporter.read_run()  # waits out a Prefect restart (the reporter's patience)
         if run is None:
             return "the Prefect API could not be reached to prepare the job's sandbox; submit the job again"
+        self.tag_schedule_run(run)
         self.sandbox = JobSandbox(self.settings, self.environ, self.flow_run_id, self.denied)
         try:
             self.sandbox.prepare(run)
@@ -152,6 +154,19 @@ class JobSupervisor:
             return f"its sandbox could not be prepared ({type(exc).__name__}: {exc})"
         self.starter = self.sandbox.starter()
         return None
+
+    def tag_schedule_run(self, run: dict) -> None:
+        """Runs Prefect's scheduler creates carry only the deployment's tags. A sandboxed
+        engine may not change its own tags (it could claim another user's), so its supervisor
+        adds the owner's and the schedule's, from parameters only our API writes."""
+        parameters = run.get("parameters") or {}
+        schedule_id, username = parameters.get("schedule_id"), (parameters.get("job") or {}).get("username")
+        if not (isinstance(schedule_id, str) and isinstance(username, str)):
+            return
+        tags = list(run.get("tags") or [])
+        missing = [tag for tag in (user_tag(username), schedule_tag(schedule_id)) if tag not in tags]
+        if missing:
+            self.reporter.set_tags([*tags, *missing])
 
     def denied(self, message: str) -> None:
         """A proxy refused something the job's code asked for: the user sees it in the job's log."""
