@@ -87,7 +87,10 @@ def file_source_problem(path: str, allowed_dirs: str, private_dirs: list[str]) -
     """Why a job may not read the file `path` (None: it may): after resolving symlinks it
     must lie in one of the comma-separated `allowed_dirs` (DSPY_SERVICE_DATASET_DIRS) and in
     none of `private_dirs` (the service home: databases, results, caches of every tenant)."""
-    real = os.path.realpath(path)
+    try:
+        real = os.path.realpath(path)
+    except ValueError:  # e.g. lone surrogates: no file system can name it
+        return f"{path!r} is not a valid file path"
     allowed = [os.path.realpath(d.strip()) for d in allowed_dirs.split(",") if d.strip()]
     if not allowed:
         return "file paths are not enabled on this service (the operator sets DSPY_SERVICE_DATASET_DIRS)"

@@ -218,3 +218,9 @@ def test_a_file_source_must_lie_in_an_allowed_directory_and_outside_the_service_
     assert "DSPY_SERVICE_DATASET_DIRS" in file_source_problem(str(data / "train.csv"), "", [str(home)])
     for refused in (home / "prefect.db", data / "link.csv", tmp_path / "elsewhere.csv", data / ".." / "x.csv"):
         assert "not in a directory jobs may read" in file_source_problem(str(refused), str(data), [str(home)])
+
+
+def test_a_path_no_file_system_can_name_is_a_problem_not_an_error(tmp_path):
+    from dspy_service.dataset_source import file_source_problem
+
+    assert "not a valid file path" in file_source_problem("/data/\udc2e.csv", str(tmp_path), [])
