@@ -60,16 +60,23 @@ class ColdStarter:
     verb = "started"
 
     def start(self, env: Mapping[str, str], confine: Confine) -> Engine:
-        return subprocess.Popen(
-            ENGINE_COMMAND,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=confine,
-            close_fds=True,
-        )
+        return spawn_engine(ENGINE_COMMAND, env, confine)
+
+
+def spawn_engine(argv: list[str], env: Mapping[str, str], confine: Confine) -> subprocess.Popen:
+    """A new interpreter as the engine child, prepared as every engine is: a session of its
+    own, stdin from /dev/null, stdout and stderr into one pipe, no inherited descriptors,
+    `confine` run before exec (also for the sandbox's bubblewrap: job_sandbox.py)."""
+    return subprocess.Popen(
+        argv,
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=confine,
+        close_fds=True,
+    )
 
 
 class ForkStarter:

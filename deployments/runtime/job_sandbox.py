@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from deployments.runtime import procfs
-from deployments.runtime.engine import Confine
+from deployments.runtime.engine import Confine, spawn_engine
 from deployments.runtime.sandbox import (
     EGRESS_SOCKET,
     PREFECT_SOCKET,
@@ -213,16 +213,7 @@ class SandboxStarter:
         self.layout = layout
 
     def start(self, env: Mapping[str, str], confine: Confine) -> SandboxedEngine:
-        process = subprocess.Popen(
-            bwrap_command(self.layout, entry_argv()),
-            env=sandbox_environment(env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=confine,
-            close_fds=True,
-        )
+        process = spawn_engine(bwrap_command(self.layout, entry_argv()), sandbox_environment(env), confine)
         return SandboxedEngine(process, engine_process(process.pid))
 
 
