@@ -33,6 +33,9 @@ def _prefect_checked(build: Any) -> Any:
         raise ValueError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
 
 
+MAX_INTERVAL_SECONDS = 366 * 24 * 3600
+
+
 class Cadence(BaseModel):
     """When a schedule runs: a cron expression or a fixed interval, in a timezone."""
 
@@ -41,8 +44,11 @@ class Cadence(BaseModel):
     cadence_required: ClassVar[bool] = False
 
     cron: str | None = Field(default=None, min_length=1, description="e.g. '0 3 * * *' (03:00 every day)")
+    # At most a year: Prefect's scheduler adds the interval to datetimes, which overflow
+    # past about 10**13 s; anything rarer is a cron.
     interval_seconds: float | None = Field(
-        default=None, ge=1, validate_default=True, description="Run every N seconds."
+        default=None, ge=1, le=MAX_INTERVAL_SECONDS, allow_inf_nan=False, validate_default=True,
+        description="Run every N seconds (1 s to 366 days).",
     )
     timezone: str | None = Field(default=None, description="IANA name, e.g. Europe/Berlin. Default UTC.")
 

@@ -95,8 +95,10 @@ class JobSandbox:
         environ: Mapping[str, str],
         flow_run_id: str,
         on_denied: Callable[[str], None],
+        read_block: Callable[[str], dict[str, Any] | None],
     ):
         self.settings = settings
+        self.read_block = read_block
         self.environ = environ
         self.flow_run_id = flow_run_id
         self.on_denied = on_denied
@@ -116,7 +118,7 @@ class JobSandbox:
         spec = JobSpec.model_validate(parameters["job"])
         self.directory = JobDirectory(self.settings.sandbox_dir, self.flow_run_id)
         layout = SandboxLayout(job_dir=self.directory.path, uid=self.settings.sandbox_uid)
-        handed = handed_blocks(spec)
+        handed = handed_blocks(spec, self.read_block)
         layout.secrets_file.write_text(json.dumps(handed))
         os.chmod(layout.secrets_file, 0o600)
         results = results_root(self.environ)

@@ -12,11 +12,17 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 import httpx
+
+
+class PrefectUnreachable(RuntimeError):
+    """The Prefect API did not answer within a call's patience."""
 
 
 class RunReporter:
@@ -33,8 +39,9 @@ class RunReporter:
             headers["Authorization"] = f"Basic {token}"
         self.client = httpx.Client(base_url=api_url, headers=headers, timeout=10) if api_url and flow_run_id else None
 
-    def _call(self, method: str, path: str, patience: float = 90.0, **kwargs: Any) -> Any:
-        """One API call, retried while the server is unreachable (it may be restarting)."""
+    def _request(self, method: str, path: str, patience: float = 90.0, **kwargs: Any) -> httpx.Response | None:
+        """One API call, retried while the server is unreachable or failing (it may be
+        restarting); None once its patience is spent."""
         if self.client is None:
             return None
         deadline = time.monotonic() + patience
@@ -43,13 +50,43 @@ class RunReporter:
             try:
                 response = self.client.request(method, path, **kwargs)
                 if response.status_code < 500:
-                    return response.json() if response.status_code < 300 else None
-            except (httpx.HTTPError, ValueError):
+                    return response
+            except httpx.HTTPError:
                 pass
             if time.monotonic() + delay > deadline:
                 return None
             time.sleep(delay)
             delay = min(delay * 2, 3.0)
+
+    def _call(self, method: str, path: str, patience: float = 90.0, **kwargs: Any) -> Any:
+        """The JSON answer of a successful call, else None."""
+        response = self._request(method, path, patience, **kwargs)
+        if response is None or response.status_code >= 300:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            return None
+
+    def read_secret_block(self, name: str) -> dict[str, Any] | None:
+        """A Secret block's value (None when the block is gone or holds no mapping).
+        PrefectUnreachable when the server cannot be asked: a job must not start without
+        secrets it names merely because Prefect was restarting."""
+        path = f"/block_types/slug/secret/block_documents/name/{quote(name, safe='')}"
+        response = self._request("GET", path, params={"include_secrets": "true"})
+        if response is None:
+            raise PrefectUnreachable(f"the Prefect API could not be reached to read the Secret block {name!r}")
+        if response.status_code == 404:
+            return None
+        if response.status_code >= 300:
+            raise PrefectUnreachable(f"the Prefect API answered {response.status_code} reading a Secret block")
+        value = ((response.json() or {}).get("data") or {}).get("value")
+        if isinstance(value, str):  # Secret.get() reads a JSON string as its value too
+            try:
+                value = json.loads(value)
+            except ValueError:
+                return None
+        return value if isinstance(value, dict) else None
 
     def read_job_timeout(self) -> float | None:
         """The job's own `timeout_seconds` parameter, if it set one."""

@@ -50,7 +50,7 @@ from deployments.runtime.limits import (
 )
 from deployments.runtime.outcome import ExitLimits, Stop, engine_never_reached_api, final_state
 from deployments.runtime.output import OutputPump
-from deployments.runtime.reporter import RunReporter
+from deployments.runtime.reporter import PrefectUnreachable, RunReporter
 from deployments.runtime.stop import ParentWatch, StopPolicy, WorkerWatch
 from dspy_service.contract import schedule_tag, user_tag
 from dspy_service.errors import JobError
@@ -141,9 +141,13 @@ class JobSupervisor:
         if run is None:
             return "the Prefect API could not be reached to prepare the job's sandbox; submit the job again"
         self.tag_schedule_run(run)
-        self.sandbox = JobSandbox(self.settings, self.environ, self.flow_run_id, self.denied)
+        self.sandbox = JobSandbox(self.settings, self.environ, self.flow_run_id, self.denied, self.reporter.read_secret_block)
         try:
             self.sandbox.prepare(run)
+        except PrefectUnreachable:
+            self.sandbox.close()
+            self.sandbox = None
+            return "the Prefect API could not be reached to prepare the job's sandbox; submit the job again"
         except (SandboxUnavailable, JobError) as exc:
             self.sandbox.close()
             self.sandbox = None

@@ -42,6 +42,7 @@ def test_interval_and_cron_become_prefect_schedules():
         ({"cron": "0 3 * * *", "interval_seconds": 60}, "interval_seconds", "not both"),
         ({"cron": "at three"}, "cron", "Invalid cron string"),
         ({"interval_seconds": 0.5}, "interval_seconds", "greater than or equal to 1"),
+        ({"interval_seconds": 2.6e16}, "interval_seconds", "less than or equal to 31622400"),
         ({"interval_seconds": 60, "timezone": "Moon/Base"}, "timezone", "Invalid timezone"),
         ({"interval_seconds": 60, "name": "two words"}, "name", "pattern"),
         ({"interval_seconds": 60, "split_fractions": {"train": 0.9, "val": 0.9}}, "split_fractions", "1.0"),
