@@ -141,7 +141,9 @@ class JobSupervisor:
         if run is None:
             return "the Prefect API could not be reached to prepare the job's sandbox; submit the job again"
         self.tag_schedule_run(run)
-        self.sandbox = JobSandbox(self.settings, self.environ, self.flow_run_id, self.denied, self.reporter.read_secret_block)
+        self.sandbox = JobSandbox(
+            self.settings, self.environ, self.flow_run_id, self.denied, self.reporter.read_secret_block
+        )
         try:
             self.sandbox.prepare(run)
         except PrefectUnreachable:

@@ -34,12 +34,14 @@ def test_a_secret_block_is_read_with_its_secrets_and_decoded_like_secret_get():
 
 def test_a_deleted_block_is_none_and_a_block_holding_no_mapping_too():
     assert reporter_answering(lambda r: httpx.Response(404, json={"detail": "nope"})).read_secret_block("x") is None
-    assert reporter_answering(lambda r: httpx.Response(200, json={"data": {"value": "plain"}})).read_secret_block("x") is None
+    plain = reporter_answering(lambda r: httpx.Response(200, json={"data": {"value": "plain"}}))
+    assert plain.read_secret_block("x") is None
 
 
 def test_a_restarting_server_is_waited_out(monkeypatch):
     monkeypatch.setattr("deployments.runtime.reporter.time.sleep", lambda s: None)
-    answers = iter([httpx.ConnectError("refused"), httpx.Response(503), httpx.Response(200, json={"data": {"value": {"k": 1}}})])
+    found = httpx.Response(200, json={"data": {"value": {"k": 1}}})
+    answers = iter([httpx.ConnectError("refused"), httpx.Response(503), found])
 
     def handler(request: httpx.Request) -> httpx.Response:
         answer = next(answers)
