@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.job_secrets import credential_blocks_of
 from api.schedule_gateway import ScheduleGateway
 from dspy_service.contract import CREDENTIAL_BLOCK_PREFIX, CREDENTIAL_NAME_PATTERN, credential_block, owner_digest
-from dspy_service.secrets import SecretNameTaken, SecretStore
+from dspy_service.secret_store import SecretNameTaken, SecretStore
 
 MIN_KEY_FOR_LAST4 = 8
 

@@ -17,7 +17,7 @@ from api.ownership import run_owner, schedule_owner
 from api.prefect_reads import Run
 from api.schedule_gateway import ScheduleGateway
 from api.submission import Submission
-from dspy_service.secrets import SecretStore
+from dspy_service.secret_store import SecretStore
 
 Found = TypeVar("Found")
 

@@ -50,7 +50,7 @@ from api.run_pages import RunPage, read_page
 from api.status import JobStatus, run_status, state_type_of
 from dspy_service.contract import TERMINAL_STATE_TYPES, Stage, user_tag
 from dspy_service.result_files import UnreadableResult, delete_result_file, read_json_result
-from dspy_service.secrets import SecretStore
+from dspy_service.secret_store import SecretStore
 from dspy_service.settings import ServiceSettings
 from dspy_service.storage import delete_dataset
 

@@ -25,7 +25,8 @@ from typing import Any
 from dspy_service.contract import credential_block, inline_secret_block
 from dspy_service.errors import JobError
 from dspy_service.schemas import JobSpec, SecretRefs
-from dspy_service.secrets import SecretStore, merge_model_secrets, split_model_secrets
+from dspy_service.secret_store import SecretStore
+from dspy_service.secrets import merge_model_secrets, split_model_secrets
 
 
 def split_job_secrets(spec: JobSpec) -> tuple[JobSpec, dict[str, dict[str, Any]]]:

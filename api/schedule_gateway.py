@@ -36,7 +36,7 @@ from api.prefect_reads import Run
 from api.run_pages import RunPage, read_page
 from api.status import JobStatus
 from dspy_service.contract import champion_lock, champion_variable, schedule_tag
-from dspy_service.secrets import SecretStore
+from dspy_service.secret_store import SecretStore
 from dspy_service.storage import delete_dataset
 
 logger = logging.getLogger("dspy_service.api")

@@ -42,7 +42,7 @@ from api.schedule_models import SchedulePatch, ScheduleRequest, merge_job, patch
 from dspy_service.contract import SCHEDULE_ID, SERVICE_TAG, schedule_tag, user_tag
 from dspy_service.errors import JobError
 from dspy_service.schemas import DatasetRef, JobRequest, JobSpec
-from dspy_service.secrets import SecretStore
+from dspy_service.secret_store import SecretStore
 from dspy_service.storage import delete_dataset, load_dataset, save_dataset
 
 

@@ -8,6 +8,8 @@ of blocks hold a job's secrets (names in dspy_service/contract.py):
 - the inline secrets of one job or schedule (`inline_secret_block`): {role: {extra key: value}},
   what `split_model_secrets` took out of each model config.
 
+The blocks themselves are read and written in dspy_service/secret_store.py; this module
+imports no Prefect, so the job supervisor can use it without Prefect's import cost.
 `resolve_model_secrets` is the one place a job turns references back into secrets, merged
 in this order: the config's own `extra`, then its credential, then its inline secrets
 (headers merge per header name, an inline header wins).
@@ -18,27 +20,16 @@ job's inline secrets; Prefect's transport and HTTP errors propagate.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from prefect.blocks.system import Secret
-from prefect.client.orchestration import PrefectClient
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
 from dspy_service.contract import JOB_SECRETS_FILE_ENV
 from dspy_service.errors import JobError
-from dspy_service.prefect_pages import read_in_pages
 from dspy_service.schemas import PUBLIC_EXTRA_KEYS, JobSpec, ModelConfig
 
 SECRET_WORDS = ("key", "secret", "token", "password", "authorization", "credential")
 HEADER_KEYS = ("headers", "extra_headers")  # LiteLLM's request header arguments
-SECRET_BLOCK_TYPE = "secret"
-
-
-class SecretNameTaken(ValueError):
-    """A Secret block of that name exists already."""
 
 
 def looks_secret(key: str, value: Any = None) -> bool:
@@ -107,97 +98,9 @@ def _leaves(value: Any) -> list[str]:
     return [] if value in (None, "") else [str(value)]
 
 
-# -- reading and writing Secret blocks --------------------------------------------------------
-
-
-class SecretStore:
-    """Secret blocks on a Prefect server, through one client."""
-
-    def __init__(self, client: PrefectClient):
-        self.client = client
-
-    async def store(self, name: str, value: dict[str, Any]) -> None:
-        """Create the block; SecretNameTaken when the name is in use."""
-        try:
-            # A JSON string, not a dict: Prefect 3.9 obfuscates only string Secret values
-            # in its API answers (a dict value reads back in plain text without include_secrets).
-            await Secret(value=json.dumps(value))._save(name=name, overwrite=False, client=self.client)
-        except (ObjectAlreadyExists, ValueError) as exc:
-            if "already" not in str(exc) and not isinstance(exc, ObjectAlreadyExists):
-                raise
-            raise SecretNameTaken(f"a secret named {name!r} exists already") from None
-
-    async def read(self, name: str) -> dict[str, Any] | None:
-        """The block's value (None when there is no such block)."""
-        entry = await self.entry(name)
-        return entry[0] if entry else None
-
-    async def entry(self, name: str) -> tuple[dict[str, Any], dt.datetime | None] | None:
-        """(the block's value, when it was created), or None when there is no such block."""
-        document = await self._document(name, include_secrets=True)
-        if document is None:
-            return None
-        value = Secret._from_block_document(document).get()
-        return (value if isinstance(value, dict) else {}), document.created
-
-    async def created(self, name: str) -> dt.datetime | None:
-        document = await self._document(name, include_secrets=False)
-        return document.created if document else None
-
-    async def delete(self, name: str) -> bool:
-        """Delete the block; False when it was gone already."""
-        document = await self._document(name, include_secrets=False)
-        if document is None:
-            return False
-        try:
-            await self.client.delete_block_document(document.id)
-        except ObjectNotFound:
-            return False
-        return True
-
-    async def names(self, prefix: str) -> list[str]:
-        """Names of the Secret blocks starting with `prefix`, sorted."""
-
-        async def read_page(limit: int, offset: int) -> list[str]:
-            body = {
-                "block_documents": {"name": {"like_": f"{prefix}%"}},
-                "block_types": {"slug": {"any_": [SECRET_BLOCK_TYPE]}},
-                "include_secrets": False,
-                "limit": limit,
-                "offset": offset,
-            }
-            response = await self.client.request("POST", "/block_documents/filter", json=body)
-            return [document["name"] for document in response.json()]
-
-        names = await read_in_pages(read_page, limit=None)
-        return sorted(name for name in names if name.startswith(prefix))
-
-    async def _document(self, name: str, *, include_secrets: bool):
-        try:
-            return await self.client.read_block_document_by_name(
-                name, block_type_slug=SECRET_BLOCK_TYPE, include_secrets=include_secrets
-            )
-        except ObjectNotFound:
-            return None
-
-
 # -- resolution: the one place a job reads its secrets ----------------------------------------
 
 BlockReader = Callable[[str], "dict[str, Any] | None"]
-
-
-
-def read_secret_block(name: str) -> dict[str, Any] | None:
-    """A Secret block's value through the job's Prefect client (None when it is gone)."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        try:
-            document = client.read_block_document_by_name(name, block_type_slug=SECRET_BLOCK_TYPE, include_secrets=True)
-        except ObjectNotFound:
-            return None
-    value = Secret._from_block_document(document).get()
-    return value if isinstance(value, dict) else None
 
 
 def referenced_blocks(spec: JobSpec) -> list[str]:
@@ -209,7 +112,7 @@ def referenced_blocks(spec: JobSpec) -> list[str]:
     return names + sorted(set(refs.credential_blocks.values()) - set(names))
 
 
-def handed_blocks(spec: JobSpec, read: BlockReader = read_secret_block) -> dict[str, Any]:
+def handed_blocks(spec: JobSpec, read: BlockReader) -> dict[str, Any]:
     """The values of the blocks `spec` names (None for a deleted one), read by the trusted
     job supervisor to hand a sandboxed engine only its own job's secrets."""
     return {name: read(name) for name in referenced_blocks(spec)}
@@ -220,6 +123,8 @@ def job_block_reader(environ: Mapping[str, str]) -> BlockReader:
     sandbox (JOB_SECRETS_FILE_ENV), else the Prefect API."""
     path = environ.get(JOB_SECRETS_FILE_ENV)
     if not path:
+        from dspy_service.secret_store import read_secret_block  # imports Prefect (seconds)
+
         return read_secret_block
     try:
         with open(path, encoding="utf-8") as handle:
@@ -234,7 +139,7 @@ def job_block_reader(environ: Mapping[str, str]) -> BlockReader:
     return read
 
 
-def resolve_model_secrets(spec: JobSpec, read: BlockReader = read_secret_block) -> JobSpec:
+def resolve_model_secrets(spec: JobSpec, read: BlockReader) -> JobSpec:
     """`spec` with the secrets its references name merged into its model configs."""
     refs = spec.secret_refs
     if refs is None:

@@ -77,13 +77,13 @@ class Schedules:
 
 
 class Secrets:
-    """An in-memory stand-in of dspy_service.secrets.SecretStore."""
+    """An in-memory stand-in of dspy_service.secret_store.SecretStore."""
 
     def __init__(self, blocks: dict | None = None):
         self.blocks: dict[str, dict] = dict(blocks or {})
 
     async def store(self, name, value):
-        from dspy_service.secrets import SecretNameTaken
+        from dspy_service.secret_store import SecretNameTaken
 
         if name in self.blocks:
             raise SecretNameTaken(name)

@@ -9,12 +9,12 @@ import pytest
 from dspy_service.contract import JOB_SECRETS_FILE_ENV, credential_block, inline_secret_block
 from dspy_service.errors import JobError
 from dspy_service.schemas import JobSpec, ModelConfig, SecretRefs
+from dspy_service.secret_store import read_secret_block
 from dspy_service.secrets import (
     handed_blocks,
     job_block_reader,
     looks_secret,
     merge_model_secrets,
-    read_secret_block,
     resolve_model_secrets,
     secret_values,
     split_model_secrets,
