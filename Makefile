@@ -25,7 +25,7 @@ up: install system-packages
 	$(VENV)/bin/dspy-service up
 
 test: install test-system-packages
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
 
 test-fast: install
 	$(PY) -m pytest -m "not slow and not integration"
