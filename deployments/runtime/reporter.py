@@ -1,11 +1,13 @@
 """The run's state in the Prefect API, as the supervisor sees and sets it.
 
 `RunReporter` makes the few Prefect API calls the supervisor needs (read the run, set its
-state, write a log line) over plain HTTP: importing the Prefect client would add a second
-or two of CPU to every job start. Each call is retried while the server is unreachable (it
-may be restarting) for up to its patience; after that the call returns None and the
-supervisor carries on without it. Without PREFECT_API_URL or a flow run id every call is
-a no-op returning None.
+state, write a log line, read the job's Secret blocks for its sandbox) over plain HTTP:
+importing the Prefect client would add seconds of CPU to every job start. Each call is
+retried while the server is unreachable (it may be restarting) for up to its patience;
+after that the call returns None and the supervisor carries on without it, except a
+Secret block read, which raises PrefectUnreachable (a job must not start as if its
+secrets were deleted). Without PREFECT_API_URL or a flow run id every call is a no-op
+returning None.
 """
 
 from __future__ import annotations
