@@ -47,6 +47,7 @@ import httpx
 import uvicorn
 from websockets.asyncio.client import connect as websocket_connect
 
+from deployments.runtime.cancelled_start import ABORTED, cancelled_before_start, proposes_running
 from deployments.runtime.prefect_event_scope import event_decision, is_own_flow_run_event, own_events_filter
 from deployments.runtime.prefect_scope import (
     Decision,
@@ -235,6 +236,12 @@ class PrefectProxy:
             return
         if split_path(path) == CHAMPION_RESULT_ROUTE.strip("/").split("/"):
             await respond(send, *await self.champion_result())
+            return
+        own_run = self.upstream_url(f"/api/flow_runs/{self.scope.flow_run_id}")
+        if proposes_running(self.scope.flow_run_id, method, path, body) and await cancelled_before_start(
+            self._client, own_run
+        ):
+            await respond(send, 200, ABORTED)  # see cancelled_start.py
             return
         try:
             response = await self.forward(method, path, query, scope["headers"], body)
