@@ -16,7 +16,9 @@ string. Every request is checked with the job's scope (prefect_scope.py) first:
 - `GET /api/dspy-service/champion-result` is answered here: for a run of a schedule, the
   champion pointer and run are read upstream and the run's result is read on this side
   with the JSON-only reader (dspy_service/champion_runs.py), because a sandbox can read
-  no other job's result file.
+  no other job's result file;
+- the engine's proposal of Running while its run is Cancelled or Cancelling is answered
+  with Prefect's ABORT (cancelled_start.py).
 
 Everything else gets 403 with `{"detail": "sandbox: <reason>"}`, and `on_denied` gets
 `sandbox: denied <METHOD> <path> (<reason>)` once per distinct request, up to MAX_REPORTED (`close()` reports
