@@ -115,6 +115,7 @@ CREDENTIAL_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
 USER_VARIABLE_PREFIX = "dspy-user-"
 CREDENTIAL_BLOCK_PREFIX = "dspy-cred-"
 INLINE_SECRET_BLOCK_PREFIX = "dspy-secret-"
+SECRET_BLOCK_TYPE = "secret"  # Prefect's Secret block type slug: every job secret is one
 TOKEN_PREFIX = "dss"  # tokens read `dss.<username>.<secret>`: the store is looked up by name
 
 

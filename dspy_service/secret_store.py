@@ -15,13 +15,11 @@ from typing import TYPE_CHECKING, Any
 from prefect.blocks.system import Secret
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+from dspy_service.contract import SECRET_BLOCK_TYPE
 from dspy_service.prefect_pages import read_in_pages
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
-
-SECRET_BLOCK_TYPE = "secret"
-
 
 class SecretNameTaken(ValueError):
     """A Secret block of that name exists already."""

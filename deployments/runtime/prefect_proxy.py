@@ -239,9 +239,8 @@ class PrefectProxy:
         if split_path(path) == CHAMPION_RESULT_ROUTE.strip("/").split("/"):
             await respond(send, *await self.champion_result())
             return
-        own_run = self.upstream_url(f"/api/flow_runs/{self.scope.flow_run_id}")
         if proposes_running(self.scope.flow_run_id, method, path, body) and await cancelled_before_start(
-            self._client, own_run
+            self._client, self.upstream_url(f"/api/flow_runs/{self.scope.flow_run_id}")
         ):
             await respond(send, 200, ABORTED)  # see cancelled_start.py
             return

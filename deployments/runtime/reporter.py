@@ -22,6 +22,8 @@ from urllib.parse import quote
 
 import httpx
 
+from dspy_service.contract import SECRET_BLOCK_TYPE
+
 
 class PrefectUnreachable(RuntimeError):
     """The Prefect API did not answer within a call's patience."""
@@ -74,7 +76,7 @@ class RunReporter:
         """A Secret block's value (None when the block is gone or holds no mapping).
         PrefectUnreachable when the server cannot be asked: a job must not start without
         secrets it names merely because Prefect was restarting."""
-        path = f"/block_types/slug/secret/block_documents/name/{quote(name, safe='')}"
+        path = f"/block_types/slug/{SECRET_BLOCK_TYPE}/block_documents/name/{quote(name, safe='')}"
         response = self._request("GET", path, params={"include_secrets": "true"})
         if response is None:
             raise PrefectUnreachable(f"the Prefect API could not be reached to read the Secret block {name!r}")

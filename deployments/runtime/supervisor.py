@@ -57,6 +57,17 @@ from dspy_service.errors import JobError
 from dspy_service.sandbox_check import SANDBOX_OFF_WARNING
 from dspy_service.settings import ServiceSettings, get_settings
 
+PREFECT_UNREACHABLE = "the Prefect API could not be reached to prepare the job's sandbox; submit the job again"
+
+
+def why_not_prepared(exc: Exception) -> str:
+    """Why a job's sandbox could not be prepared, in the words its user reads."""
+    if isinstance(exc, PrefectUnreachable):
+        return PREFECT_UNREACHABLE
+    if isinstance(exc, (SandboxUnavailable, JobError)):
+        return str(exc)
+    return f"its sandbox could not be prepared ({type(exc).__name__}: {exc})"
+
 
 class RestartPolicy:
     """An engine that gave up at its start because the Prefect API was unreachable, while
@@ -139,25 +150,17 @@ class JobSupervisor:
             return "the worker started the job without a flow run id"
         run = self.reporter.read_run()  # waits out a Prefect restart (the reporter's patience)
         if run is None:
-            return "the Prefect API could not be reached to prepare the job's sandbox; submit the job again"
+            return PREFECT_UNREACHABLE
         self.tag_schedule_run(run)
         self.sandbox = JobSandbox(
             self.settings, self.environ, self.flow_run_id, self.denied, self.reporter.read_secret_block
         )
         try:
             self.sandbox.prepare(run)
-        except PrefectUnreachable:
-            self.sandbox.close()
-            self.sandbox = None
-            return "the Prefect API could not be reached to prepare the job's sandbox; submit the job again"
-        except (SandboxUnavailable, JobError) as exc:
-            self.sandbox.close()
-            self.sandbox = None
-            return str(exc)
         except Exception as exc:  # noqa: BLE001 - never run the job unsandboxed; say why it did not start
             self.sandbox.close()
             self.sandbox = None
-            return f"its sandbox could not be prepared ({type(exc).__name__}: {exc})"
+            return why_not_prepared(exc)
         self.starter = self.sandbox.starter()
         return None
 
