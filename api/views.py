@@ -83,6 +83,7 @@ def spec_fields(run: Run) -> dict[str, Any]:
     spec = job_spec_of(run)
     fields = {
         "username": spec.username if spec else None,
+        "name": spec.name if spec else None,
         "module_name": spec.module_name if spec else None,
         "module_kwargs": spec.module_kwargs if spec else {},
         "optimizer_name": spec.optimizer_name if spec else None,
@@ -108,6 +109,7 @@ def spec_fields(run: Run) -> dict[str, Any]:
 
 COMMON_SPEC_FIELDS = (
     "username",
+    "name",
     "module_name",
     "module_kwargs",
     "optimizer_name",
@@ -224,6 +226,20 @@ def detail(
     if result is not None and not result.get("run_log"):
         result = {**result, "run_log": entries}
     return {**job, "progress_events": events, "logs": entries, "result": result}
+
+
+def program_source(run: Run) -> dict[str, Any] | None:
+    """What rebuilds a job's program around its JSON state: the module and the signature's
+    code (the metric's too, to re-score it). The user's own code, shown only to its owner."""
+    spec = job_spec_of(run)
+    if spec is None:
+        return None
+    return {
+        "module_name": spec.module_name,
+        "module_kwargs": spec.module_kwargs,
+        "signature_code": spec.signature_code,
+        "metric_code": spec.metric_code,
+    }
 
 
 def page(runs: RunPage, limit: int, offset: int) -> dict[str, Any]:

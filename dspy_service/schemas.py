@@ -135,6 +135,7 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True, protected_namespaces=())
 
     username: str = Field(default="anonymous", min_length=1, max_length=200)
+    name: str | None = Field(default=None, max_length=200, description="Your label for the job, shown in its views.")
     module_name: str = Field(min_length=1)
     module_kwargs: dict[str, Any] = Field(default_factory=dict)
     signature_code: str = Field(min_length=1)

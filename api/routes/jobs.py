@@ -74,7 +74,7 @@ async def get_job_artifact(run: JobRunDep, gateway: GatewayDep):
         raise HTTPException(
             status_code=404, detail=f"job {run['id']} has no artifact (status {outcome.status.value}{why})"
         )
-    return {"program_artifact": result["program_artifact"]}
+    return {"program_artifact": result["program_artifact"], "program_source": views.program_source(run)}
 
 
 @router.post("/jobs/{job_id}/cancel")

@@ -307,6 +307,8 @@ class JobProgress:
         self.percent = max(self.percent, round(start + (end - start) * fraction, 1))
 
     def _emit(self, event: str, metrics: dict[str, Any]) -> None:
+        if event == "progress":  # the whole job's share done and time left, for live bars
+            metrics = {**metrics, "job_percent": self.percent, "job_remaining": self.estimated_remaining()}
         entry = {
             "timestamp": dt.datetime.now(dt.UTC).isoformat(),
             "event": event,
