@@ -54,22 +54,14 @@ def annotation_code(annotation: Any, field: str) -> str:
     )
 
 
-def _field_kwargs(name: str, extra: dict[str, Any]) -> str:
-    from dspy.signatures.signature import infer_prefix
-
-    parts = []
-    desc = extra.get("desc")
-    if isinstance(desc, str) and desc and not desc.startswith("${"):
-        parts.append(f"desc={desc!r}")
-    prefix = extra.get("prefix")
-    if isinstance(prefix, str) and prefix and prefix != infer_prefix(name) + ":":
-        parts.append(f"prefix={prefix!r}")
-    return ", ".join(parts)
+def _field_kwargs(extra: dict[str, Any]) -> str:
+    desc = extra.get("desc")  # DSPy writes "${name}" for a field without one
+    return f"desc={desc!r}" if isinstance(desc, str) and desc and not desc.startswith("${") else ""
 
 
 def signature_code(signature: type) -> str:
     """Code defining one `dspy.Signature` subclass equal to `signature` (fields, types,
-    descriptions, instructions). Generated, so it works for classes made in a notebook or
+    descriptions, instructions; DSPy ignores `prefix`). Generated, so it works for classes made in a notebook or
     from a string like "question -> answer"."""
     name = signature.__name__ if signature.__name__.isidentifier() else "JobSignature"
     lines = ["import typing", "", "import dspy", "", "", f"class {name}(dspy.Signature):"]
@@ -78,7 +70,7 @@ def signature_code(signature: type) -> str:
         for field_name, info in fields.items():
             extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
             code = annotation_code(info.annotation, field_name)
-            lines.append(f"    {field_name}: {code} = dspy.{kind}({_field_kwargs(field_name, extra)})")
+            lines.append(f"    {field_name}: {code} = dspy.{kind}({_field_kwargs(extra)})")
     return "\n".join(lines) + "\n"
 
 
@@ -102,12 +94,13 @@ def program_parts(program: Any) -> tuple[str, dict[str, Any], type]:
 
 
 # ---- the metric ---------------------------------------------------------------------------
-def _global_code(name: str, value: Any, metric: str) -> str | None:
-    """Code that defines global `name` as the metric sees it; None for builtins."""
+def _global_code(name: str, value: Any, metric: str, own_module: str) -> str | None:
+    """Code that defines global `name` as the function sees it: an import of an installed
+    module's object; a constant; the source of a helper defined next to the function."""
     if isinstance(value, types.ModuleType):
         return f"import {value.__name__}" if value.__name__ == name else f"import {value.__name__} as {name}"
     home = getattr(value, "__module__", None)
-    if home and home != "__main__" and getattr(sys.modules.get(home), name, None) is value:
+    if home and home not in ("__main__", own_module) and getattr(sys.modules.get(home), name, None) is value:
         return f"from {home} import {name}"
     if isinstance(value, CONSTANT_TYPES) or (
         isinstance(value, (tuple, frozenset)) and all(isinstance(v, CONSTANT_TYPES) for v in value)
@@ -142,12 +135,15 @@ def function_code(func: Callable, what: str = "metric") -> str:
     preamble = []
     for name in _global_names(func.__code__):
         if name in func.__globals__:
-            line = _global_code(name, func.__globals__[name], what)
+            line = _global_code(name, func.__globals__[name], what, func.__module__)
             if line:
                 preamble.append(line)
         elif not hasattr(builtins, name):
             raise ValueError(f"{what} uses {name!r}, which is not defined")
-    return "\n".join(dict.fromkeys(preamble)) + ("\n\n\n" if preamble else "") + source
+    preamble = list(dict.fromkeys(preamble))
+    imports = [line for line in preamble if line.startswith(("import ", "from "))]
+    others = [line for line in preamble if line not in imports]
+    return "\n\n".join(part for part in ("\n".join(imports), "\n".join(others), source) if part)
 
 
 def _global_names(code: types.CodeType) -> list[str]:

@@ -23,7 +23,7 @@ def signature_from_code(signature_code: str) -> type:
     linecache.cache[filename] = (len(signature_code), None, signature_code.splitlines(keepends=True), filename)
     namespace: dict[str, Any] = {"__name__": module_name, "dspy": dspy}
     try:
-        exec(compile(signature_code, filename, "exec"), namespace)  # noqa: S102 - the caller's own code
+        exec(compile(signature_code, filename, "exec", dont_inherit=True), namespace)  # noqa: S102 - the caller's own code
     except Exception as exc:
         raise ValueError(f"signature_code does not run: {type(exc).__name__}: {exc}") from exc
     found = [
