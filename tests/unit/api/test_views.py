@@ -117,3 +117,16 @@ def test_submitted_names_the_job_and_its_schedule_if_any():
     of_schedule = api_run(StateType.SCHEDULED)
     of_schedule["parameters"]["schedule_id"] = "s-1"
     assert views.submitted(of_schedule, JobStatus.pending)["schedule_id"] == "s-1"
+
+
+def test_program_source_is_what_rebuilds_the_module_and_a_broken_spec_gives_none():
+    run = api_run()
+    source = views.program_source(run)
+    spec = run["parameters"]["job"]
+    assert source == {
+        "module_name": spec["module_name"],
+        "module_kwargs": spec["module_kwargs"],
+        "signature_code": spec["signature_code"],
+        "metric_code": spec["metric_code"],
+    }
+    assert views.program_source({**run, "parameters": {"job": {"module_name": 3}}}) is None
