@@ -86,6 +86,18 @@ FRESH_PROCESS = textwrap.dedent(
 )
 
 
+def run_notebook(tmp_path, cells: list[str], env: dict[str, str]):
+    """Execute `cells` in a real Jupyter kernel (nbclient + ipykernel), as a notebook user would."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells])
+    resources = {"metadata": {"path": str(tmp_path)}}
+    client = NotebookClient(notebook, timeout=300, kernel_name="python3", resources=resources)
+    client.execute(env=env)  # the kernel's environment
+    return notebook
+
+
 def run_script(tmp_path, name: str, source: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     path = tmp_path / name
     path.write_text(source)
@@ -143,3 +155,26 @@ def test_refusals_are_typed_errors_and_the_async_client_reads_the_same_jobs(stac
             return [job.id async for job in client.jobs(limit=5)]
 
     assert asyncio.run(read_async()) == [job.id for job in listed]
+
+
+@pytest.mark.sqlite_only
+def test_in_jupyter_wait_draws_a_widget_bar_that_ends_at_success(stack, local_lm, tmp_path):
+    env, _ = user_env(stack, "jupyter-user")
+    setup, _, rest = NOTEBOOK.partition("trainset = ")
+    notebook = run_notebook(
+        tmp_path,
+        [
+            f"import sys\nsys.argv = ['notebook', {local_lm.url!r}, {KEY!r}]\n" + setup,
+            "trainset = " + rest,
+        ],
+        env,
+    )
+    outputs = notebook.cells[1].outputs
+    summary = json.loads(next(o["text"] for o in outputs if o.get("name") == "stdout").strip().splitlines()[-1])
+    assert summary["summary"]["status"] == "success"
+    # tqdm.auto chose the notebook bar: a widget, whose last state is the job's end.
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
+    states = notebook.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    values = [w["state"] for w in states.values()]
+    assert any(v.get("value") == 100 and v.get("max") == 100 for v in values), values
+    assert any("success" in str(v.get("value", "")) for v in values if v.get("value") != 100), values
