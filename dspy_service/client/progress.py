@@ -95,7 +95,7 @@ class JobProgressBar:
             unit="%",
             file=file,
             dynamic_ncols=True,
-            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}{postfix}",
+            bar_format="{desc}{percentage:3.0f}%|{bar}| {elapsed}{postfix}",  # tqdm ends a set desc with ": "
         )
         self.job_id = job_id
 

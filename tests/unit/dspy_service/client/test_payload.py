@@ -114,8 +114,14 @@ def test_given_val_and_test_sets_are_split_exactly_as_given():
     rows, fields = payload.split_rows([{"i": n} for n in range(7)], [{"i": 7}, {"i": 8}], [{"i": 9}])
     spec = JobRequest.model_validate(
         {
-            "module_name": "predict", "signature_code": "x", "metric_code": "x", "optimizer_name": "bootstrap",
-            "column_mapping": {"inputs": {"i": "i"}}, "model_config": {"name": "m"}, "dataset": rows, **fields,
+            "module_name": "predict",
+            "signature_code": "x",
+            "metric_code": "x",
+            "optimizer_name": "bootstrap",
+            "column_mapping": {"inputs": {"i": "i"}},
+            "model_config": {"name": "m"},
+            "dataset": rows,
+            **fields,
         }
     )
     assert spec.shuffle is False
@@ -138,24 +144,49 @@ def test_an_lms_key_becomes_a_credential_never_part_of_the_body():
 
 def test_optimize_body_is_a_valid_run_request_and_raw_fields_win():
     body = payload.optimize_body(
-        dspy.Predict(sample_code.Arithmetic), sample_code.metric, [{"question": "1+1", "answer": "2"}] * 10,
-        store_key=lambda *a: None, optimizer="bootstrap", optimizer_kwargs=None, valset=None, testset=None,
-        model="openai/x", reflection_model=None, split={"train": 0.6, "val": 0.2, "test": 0.2}, seed=3,
-        name="nightly", raw={"timeout_seconds": 60},
+        dspy.Predict(sample_code.Arithmetic),
+        sample_code.metric,
+        [{"question": "1+1", "answer": "2"}] * 10,
+        store_key=lambda *a: None,
+        optimizer="bootstrap",
+        optimizer_kwargs=None,
+        valset=None,
+        testset=None,
+        model="openai/x",
+        reflection_model=None,
+        split={"train": 0.6, "val": 0.2, "test": 0.2},
+        seed=3,
+        name="nightly",
+        raw={"timeout_seconds": 60},
     )
     request = JobRequest.model_validate(body)
     assert request.name == "nightly" and request.seed == 3 and request.timeout_seconds == 60
     assert request.column_mapping.inputs == {"question": "question"}
     with pytest.raises(ValueError, match="model is required"):
         payload.optimize_body(
-            dspy.Predict(sample_code.Arithmetic), sample_code.metric, [{"question": "q"}], store_key=lambda *a: None,
-            optimizer="bootstrap", optimizer_kwargs=None, valset=None, testset=None, model=None,
-            reflection_model=None, split=None, seed=None, name=None, raw={},
+            dspy.Predict(sample_code.Arithmetic),
+            sample_code.metric,
+            [{"question": "q"}],
+            store_key=lambda *a: None,
+            optimizer="bootstrap",
+            optimizer_kwargs=None,
+            valset=None,
+            testset=None,
+            model=None,
+            reflection_model=None,
+            split=None,
+            seed=None,
+            name=None,
+            raw={},
         )
 
 
 def test_build_program_loads_json_state_into_a_fresh_module():
-    source = {"module_name": "cot", "module_kwargs": {}, "signature_code": payload.signature_code(sample_code.Arithmetic)}
+    source = {
+        "module_name": "cot",
+        "module_kwargs": {},
+        "signature_code": payload.signature_code(sample_code.Arithmetic),
+    }
     original = build_program(source)
     original.predict.demos = [dspy.Example(question="1+1", reasoning="add", answer="2")]
     original.predict.signature = original.predict.signature.with_instructions("Be exact.")

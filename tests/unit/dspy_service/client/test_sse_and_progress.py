@@ -69,7 +69,9 @@ def test_api_refusals_become_typed_errors_naming_the_field():
     error = error_from_response(refused)
     assert isinstance(error, InvalidRequest) and error.field == "model_config.name"
     assert str(error) == "model_config.name: Field required (422)"
-    job_error = error_from_response(httpx.Response(400, json={"detail": "metric_code has no metric", "field": "metric_code"}))
+    job_error = error_from_response(
+        httpx.Response(400, json={"detail": "metric_code has no metric", "field": "metric_code"})
+    )
     assert job_error.field == "metric_code"
     assert isinstance(error_from_response(httpx.Response(404, json={"detail": "job x not found"})), NotFound)
 
@@ -77,8 +79,13 @@ def test_api_refusals_become_typed_errors_naming_the_field():
 def test_the_bar_shows_stage_phase_best_score_eta_tokens_and_cost():
     view = JobProgressView()
     view.update(Event("status", {"status": "running"}, "1"))
-    metrics = {"stage": "compile", "tqdm_desc": "GEPA iterations", "job_percent": 42.5, "best_score": 0.75,
-               "job_remaining": 95}
+    metrics = {
+        "stage": "compile",
+        "tqdm_desc": "GEPA iterations",
+        "job_percent": 42.5,
+        "best_score": 0.75,
+        "job_remaining": 95,
+    }
     view.update(Event("progress", {"event": "progress", "metrics": metrics}, "2"))
     view.update(Event("usage", {"total": {"total_tokens": 12345, "cost": 0.0123}}))
     view.update(Event("progress", {"event": "progress", "metrics": {"stage": "compile", "job_percent": 40.0}}, "3"))
