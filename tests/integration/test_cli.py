@@ -83,15 +83,20 @@ def job_file(tmp_path_factory, local_lm) -> Path:
 
 @pytest.fixture(scope="module")
 def finished(stack, job_file) -> str:
-    """A job submitted from the yaml file and watched to its end: its id."""
+    """A job submitted from the yaml file, ended: its id."""
     submitted = cli(stack, "submit", str(job_file))
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
     uuid.UUID(job_id)
-    watched = cli(stack, "jobs", "watch", job_id)
-    assert watched.returncode == 0, watched.stdout + watched.stderr
-    assert watched.stdout.strip().startswith(f"job {job_id} success after"), watched.stdout
+    assert stack.wait_terminal(job_id)["status"] == "success"
     return job_id
+
+
+def test_watch_of_a_successful_job_exits_0_with_its_final_line(stack, finished):
+    watched = cli(stack, "jobs", "watch", finished)
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    assert watched.stdout.startswith(f"job {finished} success after"), watched.stdout
+    assert "test score" in watched.stdout
 
 
 def test_list_and_show_find_the_submitted_job(stack, finished):
@@ -116,6 +121,7 @@ def test_logs_and_followed_logs_of_a_finished_job(stack, finished):
     assert logs.returncode == 0 and len(logs.stdout.splitlines()) > 3, logs.stderr
     as_json = [json.loads(line) for line in cli(stack, "jobs", "logs", finished, "--json").stdout.splitlines()]
     assert {"timestamp", "level", "logger", "message"} <= set(as_json[0])
+    assert len(as_json) == len(logs.stdout.splitlines()) or any("\n" in e["message"] for e in as_json)
     followed = cli(stack, "jobs", "logs", finished, "-f", timeout=60)  # ends: the job has ended
     assert followed.returncode == 0, followed.stderr
     assert len(followed.stdout.splitlines()) >= len(as_json)
@@ -233,3 +239,12 @@ def test_jobs_watch_draws_the_bar_in_a_terminal(stack, tmp_path, local_lm):
             "# `dspy-service jobs watch ID` in a 120x30 tmux pane (tests/integration/test_cli.py)\n"
             "# while the job runs:\n" + middle.rstrip() + "\n# at the end:\n" + final.rstrip() + "\n"
         )
+
+
+@pytest.mark.sqlite_only
+def test_the_demo_follows_its_job_through_the_client(stack, local_lm):
+    demo = cli(stack, "demo", "--lm-url", local_lm.url)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert re.search(r"^demo job \S+ submitted \(bootstrap", demo.stdout, re.M), demo.stdout
+    succeeded = r"^demo job succeeded: test accuracy [\d.]+ \(baseline\) -> [\d.]+ \(optimized\)$"
+    assert re.search(succeeded, demo.stdout, re.M), demo.stdout
