@@ -8,9 +8,13 @@
     dspy-service register           # (re)register the work pool and the deployment
     dspy-service local-lm           # the deterministic local LM alone (tests and demo only)
     dspy-service users add NAME     # a user and their API token (also: users list/revoke/rotate)
+    dspy-service submit job.yaml    # submit a job file over HTTP (--wait: follow it)
+    dspy-service jobs list          # also: jobs show/logs/watch/cancel/delete/artifact ID
 
 A command that cannot start what it was asked to (a busy port, a zygote that does not come
-up) or whose demo job does not succeed prints `error: ...` on stderr and exits with 1.
+up) or whose demo job does not succeed prints `error: ...` on stderr and exits with 1. The
+`jobs` and `submit` commands (deployments/jobs_cli.py) talk HTTP only, through
+dspy_service.client; their exit codes tell the class of error (deployments/exit_codes.py).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from deployments.jobs_cli import add_jobs_parser, add_submit_parser
 from deployments.users_cli import add_users_parser, api_token
 from dspy_service.sandbox_check import startup_check
 from dspy_service.settings import get_settings
@@ -115,40 +120,35 @@ def demo_payload(lm_url: str, optimizer: str = "bootstrap", rows: int = 60) -> d
 
 
 def run_demo(
-    api_url: str, lm_url: str, optimizer: str = "bootstrap", timeout: float = 600, token: str | None = None
+    api_url: str | None,
+    lm_url: str,
+    optimizer: str = "bootstrap",
+    timeout: float = 600,
+    token: str | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Submit the demo job and follow it to the end, printing status changes."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with httpx.Client(base_url=api_url, timeout=30, headers=headers) as client:
-        response = client.post("/run", json=demo_payload(lm_url, optimizer))
-        if response.status_code != 201:
-            raise RuntimeError(f"POST /run answered {response.status_code}: {response.text}")
-        job_id = response.json()["job_id"]
-        print(f"demo job {job_id} submitted ({optimizer} on the local arithmetic task)", flush=True)
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            job = client.get(f"/jobs/{job_id}/summary").json()
-            metrics = job.get("latest_metrics") or {}
-            line = f"  {job['status']:<10} elapsed {job.get('elapsed') or '-'}"
-            if metrics.get("tqdm_desc") or metrics.get("tqdm_percent") is not None:
-                line += f"  {metrics.get('tqdm_desc') or ''} {metrics.get('tqdm_percent') or 0:.0f}%"
-            if line != last:
-                print(line, flush=True)
-                last = line
-            if job["status"] in ("success", "failed", "cancelled"):
-                break
-            time.sleep(1)
-        else:
-            raise TimeoutError(f"demo job {job_id} did not finish in {timeout:.0f} s")
-        if job["status"] != "success":
-            raise RuntimeError(f"demo job {job['status']}: {job.get('message')}")
-        print(
-            f"demo job succeeded: test accuracy {job['baseline_test_metric']:.2f} (baseline) -> "
-            f"{job['optimized_test_metric']:.2f} (optimized)",
-            flush=True,
-        )
-        return job
+    """Submit the demo job and follow it to the end (the client's progress bar on stderr).
+    A job that does not succeed, or a refusal of the API, raises RuntimeError; no end
+    within `timeout` seconds raises TimeoutError."""
+    from dspy_service.client import Client, JobFailed, ServiceError
+
+    try:
+        with Client(base_url=api_url, token=token) as client:
+            job = client.submit(demo_payload(lm_url, optimizer))
+            print(f"demo job {job.id} submitted ({optimizer} on the local arithmetic task)", flush=True)
+            summary = job.wait(progress=progress, timeout=timeout)
+    except (ServiceError, JobFailed) as exc:
+        raise RuntimeError(str(exc)) from None
+    if summary.get("status") not in ("success", "failed", "cancelled"):
+        raise TimeoutError(f"demo job {job.id} did not finish in {timeout:.0f} s (status {summary.get('status')})")
+    if summary["status"] != "success":
+        raise RuntimeError(f"demo job {summary['status']}: {summary.get('message')}")
+    print(
+        f"demo job succeeded: test accuracy {summary['baseline_test_metric']:.2f} (baseline) -> "
+        f"{summary['optimized_test_metric']:.2f} (optimized)",
+        flush=True,
+    )
+    return summary
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -157,6 +157,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except (RuntimeError, TimeoutError, httpx.HTTPError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -258,7 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
 
     demo = sub.add_parser("demo", help="submit the offline demo job to a running service")
-    demo.add_argument("--api-url", default="http://127.0.0.1:8000")
+    demo.add_argument(
+        "--url", "--api-url", dest="api_url", default=None,
+        help="API base URL (default: DSPY_SERVICE_URL, else http://127.0.0.1:8000)",
+    )
     demo.add_argument("--lm-url", default="http://127.0.0.1:8765/v1")
     demo.add_argument("--optimizer", default="bootstrap", help="bootstrap, miprov2, gepa, ...")
     demo.add_argument(
@@ -285,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     local_lm.add_argument("--delay-ms", type=int, default=0)
     local_lm.set_defaults(func=cmd_local_lm)
     add_users_parser(sub)
+    add_jobs_parser(sub)
+    add_submit_parser(sub)
     return parser
 
 
