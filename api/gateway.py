@@ -53,6 +53,7 @@ from dspy_service.result_files import UnreadableResult, delete_result_file, read
 from dspy_service.secret_store import SecretStore
 from dspy_service.settings import ServiceSettings
 from dspy_service.storage import delete_dataset
+from dspy_service.webhook_store import WebhookStore
 
 logger = logging.getLogger("dspy_service.api")
 
@@ -244,7 +245,7 @@ class JobGateway:
         await self.client.set_flow_run_state(UUID(run["id"]), state, force=True)
 
     async def delete(self, run: Run) -> None:
-        """Delete the run and what it owns: artifacts, stored result, dataset and inline secrets. Its logs
+        """Delete the run and what it owns: artifacts, stored result, dataset, inline secrets and webhook log. Its logs
         become unreachable at once and are removed by Prefect's orphan vacuum."""
         run_id = UUID(run["id"])
         artifacts = await self.client.read_artifacts(
@@ -262,6 +263,7 @@ class JobGateway:
             block = inline_block_of(parameters)
             if block:
                 await SecretStore(self.client).delete(block)
+        await WebhookStore(self.client).delete_log(run["id"])
         self._results.pop(run["id"], None)
         for key in [k for k in self._logs if k[0] == run["id"]]:
             del self._logs[key]
