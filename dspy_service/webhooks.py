@@ -55,8 +55,12 @@ def notify_url_problem(url: str, policy: EgressPolicy) -> str | None:
     """Why the service may not POST to `url`, or None: an http(s) URL with a host whose
     addresses the egress policy allows (a name that does not resolve now passes; it is
     checked again at every send)."""
-    parts = urlsplit(url.strip())
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         return f"{url!r} is not an http(s) URL with a host"
     if parts.username or parts.password:
         return "credentials in the URL are not allowed (the signature authenticates the service)"

@@ -53,6 +53,8 @@ def test_retry_waits_double_up_to_the_longest_and_stop_within_the_window():
         ("https://example.com/hook", None),
         ("ftp://example.com/x", "not an http(s) URL"),
         ("example.com/hook", "not an http(s) URL"),
+        ("http://[::1/hook", "not an http(s) URL"),
+        ("http://example.com:99999/", "not an http(s) URL"),
         ("https://user:pw@example.com/", "credentials"),
         ("http://127.0.0.1:9/hook", "loopback"),
         ("http://10.0.0.1/hook", "private"),
