@@ -4,6 +4,8 @@ job's owner only; private targets without an allow-list entry are refused."""
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import uuid
 
 import pytest
@@ -80,3 +82,39 @@ def test_private_notify_urls_are_refused_without_an_allow_list_entry(stack, loca
         assert answer.json()["field"] == "notify_url"
     answer = stack.api.put("/users/me/notify", json={"notify_url": "http://10.1.2.3/hook"})
     assert answer.status_code == 400 and answer.json()["field"] == "notify_url", answer.text
+
+
+@pytest.mark.sqlite_only
+def test_the_sweep_delivers_an_end_whose_event_was_dropped(stack, local_lm, webhook_receiver):
+    """With the delivery automation off (its event "dropped"), the API's sweep, run here a
+    minute ahead of time, starts the delivery."""
+    from prefect.client.orchestration import get_client
+
+    from api.gateway import JobGateway
+    from api.webhook_sweep import GRACE_SECONDS, sweep_deliveries
+    from deployments.automations import DELIVERY_AUTOMATION
+    from dspy_service.settings import ServiceSettings
+    from tests.support.stack import prefect_settings
+
+    automations = stack.prefect.post("/automations/filter", json={}).json()
+    automation = next(a for a in automations if a["name"] == DELIVERY_AUTOMATION)
+    path = f"/{uuid.uuid4().hex[:8]}/swept"
+    assert stack.prefect.patch(f"/automations/{automation['id']}", json={"enabled": False}).status_code == 204
+    try:
+        job = stack.submit(owned_payload(local_lm.url, notify_url=webhook_receiver.url + path))
+        stack.wait_terminal(job, timeout=120)
+    finally:
+        assert stack.prefect.patch(f"/automations/{automation['id']}", json={"enabled": True}).status_code == 204
+    assert not webhook_receiver.at(path)
+
+    async def sweep():
+        with prefect_settings(stack.stack):
+            async with get_client() as client:
+                gateway = JobGateway(client, ServiceSettings())
+                later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=GRACE_SECONDS + 5)
+                return await sweep_deliveries(gateway, now=later)
+
+    assert job in asyncio.run(sweep())
+    wait_until(lambda: webhook_receiver.at(path), 60, what="the swept delivery")
+    (received,) = webhook_receiver.at(path)
+    assert received.json["job_id"] == job and received.json["event"] == "job.succeeded"
