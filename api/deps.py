@@ -18,6 +18,7 @@ from api.prefect_reads import Run
 from api.schedule_gateway import ScheduleGateway
 from api.submission import Submission
 from dspy_service.secret_store import SecretStore
+from dspy_service.webhook_store import WebhookStore
 
 Found = TypeVar("Found")
 
@@ -68,7 +69,7 @@ SecretStoreDep = Annotated[SecretStore, Depends(get_secret_store)]
 
 
 async def get_submission(gateway: GatewayDep, schedules: ScheduleGatewayDep, secrets: SecretStoreDep) -> Submission:
-    return Submission(gateway, schedules, secrets)
+    return Submission(gateway, schedules, secrets, WebhookStore(gateway.client))
 
 
 SubmissionDep = Annotated[Submission, Depends(get_submission)]

@@ -48,11 +48,12 @@ from api.job_secrets import inline_block_of
 from api.prefect_reads import Run, filter_runs, read_logs, read_run
 from api.run_pages import RunPage, read_page
 from api.status import JobStatus, run_status, state_type_of
-from dspy_service.contract import TERMINAL_STATE_TYPES, Stage, user_tag
+from dspy_service.contract import NOTIFY_TAG, TERMINAL_STATE_TYPES, Stage, user_tag
 from dspy_service.result_files import UnreadableResult, delete_result_file, read_json_result
 from dspy_service.secret_store import SecretStore
 from dspy_service.settings import ServiceSettings
 from dspy_service.storage import delete_dataset
+from dspy_service.webhook_store import WebhookStore
 
 logger = logging.getLogger("dspy_service.api")
 
@@ -239,12 +240,22 @@ class JobGateway:
         which the worker kills the job process and marks the run Cancelled."""
         if state_type_of(run) in (StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED):
             state = Cancelled(message="cancelled by the user before it started")
+            await self.tag_for_notification(run)
         else:
             state = Cancelling(message="cancelled by the user")
         await self.client.set_flow_run_state(UUID(run["id"]), state, force=True)
 
+    async def tag_for_notification(self, run: Run) -> None:
+        """A run Prefect's scheduler created gets its notify tag when it starts
+        (deployments/runtime/supervisor.py); one that ends before that gets it here, so
+        that its end is delivered too (deployments/automations.py)."""
+        tags = list(run.get("tags") or [])
+        job = (run.get("parameters") or {}).get("job")
+        if NOTIFY_TAG not in tags and isinstance(job, dict) and job.get("notify_url"):
+            await self.client.update_flow_run(UUID(run["id"]), tags=[*tags, NOTIFY_TAG])
+
     async def delete(self, run: Run) -> None:
-        """Delete the run and what it owns: artifacts, stored result, dataset and inline secrets. Its logs
+        """Delete the run and what it owns: artifacts, stored result, dataset, inline secrets and webhook log. Its logs
         become unreachable at once and are removed by Prefect's orphan vacuum."""
         run_id = UUID(run["id"])
         artifacts = await self.client.read_artifacts(
@@ -262,6 +273,7 @@ class JobGateway:
             block = inline_block_of(parameters)
             if block:
                 await SecretStore(self.client).delete(block)
+        await WebhookStore(self.client).delete_log(run["id"])
         self._results.pop(run["id"], None)
         for key in [k for k in self._logs if k[0] == run["id"]]:
             del self._logs[key]

@@ -16,8 +16,9 @@ from api.gateway import JobGateway
 from api.identity import TokenCache
 from api.limits import BodySizeLimit
 from api.openapi import install_openapi
-from api.routes import credentials, jobs, schedules, system, users
+from api.routes import credentials, jobs, schedules, system, users, webhooks
 from api.stuck_jobs import sweep_forever
+from api.webhook_sweep import sweep_deliveries_forever
 from dspy_service.prefect_http import quick_retry_httpx_settings
 from dspy_service.registry import get_registry
 from dspy_service.settings import get_settings
@@ -31,13 +32,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     get_registry()  # import dspy and the plugins now, not on the first request
     async with get_client(httpx_settings=quick_retry_httpx_settings()) as client:
         app.state.gateway = JobGateway(client, get_settings())
-        sweep = asyncio.create_task(sweep_forever(app.state.gateway))
+        sweeps = [
+            asyncio.create_task(sweep_forever(app.state.gateway)),
+            asyncio.create_task(sweep_deliveries_forever(app.state.gateway)),
+        ]
         try:
             yield
         finally:
-            sweep.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweep
+            for sweep in sweeps:
+                sweep.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweep
 
 
 def install_cors(app: FastAPI, origins_setting: str) -> None:
@@ -76,6 +81,7 @@ def create_app() -> FastAPI:
     app.include_router(schedules.router)
     app.include_router(credentials.router)
     app.include_router(users.router)
+    app.include_router(webhooks.router)
     install_openapi(app)
     return app
 

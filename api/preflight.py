@@ -4,7 +4,8 @@ The API runs this on POST /run (and on schedules) to answer 400 at once; nothing
 executes user code: it parses, walks the AST, resolves names in the registry and reads
 real constructor signatures with `inspect`. The URLs a job will connect to (model
 `base_url`s, an http(s) `dataset_source`) are checked against the egress policy
-(dspy_service/egress_policy.py), resolving names (a few seconds at most; a name that
+(dspy_service/egress_policy.py), and so is a `notify_url` (dspy_service/webhooks.py),
+resolving names (a few seconds at most; a name that
 does not resolve passes, and the job's egress proxy decides when it connects).
 """
 
@@ -24,6 +25,7 @@ from dspy_service.errors import JobError
 from dspy_service.registry import fit_to_splits, get_registry
 from dspy_service.schemas import JobSpec
 from dspy_service.settings import get_settings
+from dspy_service.webhooks import notify_url_problem
 
 
 def check_timeout(spec: JobSpec) -> None:
@@ -46,6 +48,16 @@ def check_egress(spec: JobSpec) -> None:
         problem = policy.url_problem(url)
         if problem:
             raise JobError(f"{field} is not allowed: {problem}", field=field)
+
+
+def check_notify_url(url: str | None) -> None:
+    """A notify_url the service may not POST to (not http(s) with a host, or an address the
+    egress policy denies): JobError naming the field."""
+    if url is None:
+        return
+    problem = notify_url_problem(url, get_settings().egress_policy)
+    if problem:
+        raise JobError(f"notify_url is not allowed: {problem}", field="notify_url")
 
 
 def check_file_source(spec: JobSpec) -> None:
@@ -78,6 +90,7 @@ def preflight(spec: JobSpec, rows: list[dict[str, Any]] | None) -> None:
         optimizer, optimizer_kwargs, spec.compile_kwargs, lm_roles=set(spec.lm_configs()) - {"main"}
     )
     check_egress(spec)
+    check_notify_url(spec.notify_url)
     check_file_source(spec)
     if rows is None:
         return

@@ -35,15 +35,16 @@ from api.identity import Caller
 from api.job_secrets import inline_block_of, restored_job, secured
 from api.ownership import owned_request, patched_username, schedule_owner, scoped_idempotency_key
 from api.prefect_reads import Run
-from api.preflight import preflight
+from api.preflight import check_notify_url, preflight
 from api.quotas import check_active_jobs, check_cadence, check_schedule_count
 from api.schedule_gateway import ScheduleGateway, stored_dataset_url
 from api.schedule_models import SchedulePatch, ScheduleRequest, merge_job, patched_cadence
-from dspy_service.contract import SCHEDULE_ID, SERVICE_TAG, schedule_tag, user_tag
+from dspy_service.contract import NOTIFY_TAG, SCHEDULE_ID, SERVICE_TAG, schedule_tag, user_tag
 from dspy_service.errors import JobError
 from dspy_service.schemas import DatasetRef, JobRequest, JobSpec
 from dspy_service.secret_store import SecretStore
 from dspy_service.storage import delete_dataset, load_dataset, save_dataset
+from dspy_service.webhook_store import WebhookStore
 
 
 def job_parameters(spec: JobSpec, dataset_ref: DatasetRef | None, schedule_id: str | None = None) -> dict[str, Any]:
@@ -78,15 +79,18 @@ async def stored_rows(rows: list[dict[str, Any]] | None) -> AsyncIterator[Datase
 class Submission:
     """Creates jobs, schedules and schedule runs on the gateways."""
 
-    def __init__(self, jobs: JobGateway, schedules: ScheduleGateway, secrets: SecretStore):
+    def __init__(
+        self, jobs: JobGateway, schedules: ScheduleGateway, secrets: SecretStore, webhooks: WebhookStore | None = None
+    ):
         self.jobs = jobs
         self.schedules = schedules
         self.secrets = secrets
+        self.webhooks = webhooks  # the owners' default notify_url; None: no defaults
 
     async def submit_job(self, request: JobRequest, idempotency_key: str | None, caller: Caller) -> dict[str, Any]:
         """POST /run: the new job (or the one the owner's `idempotency_key` named already)."""
         request = owned_request(caller, request)
-        spec = await validated(request)  # a bad request is a 400 whatever the quota says
+        spec = await self.with_default_notify(request, await validated(request))  # 400s before the quota
         await check_active_jobs(self.jobs, caller, request.username)
         key = scoped_idempotency_key(request.username, idempotency_key)
         async with secured(spec, self.secrets) as spec, stored_rows(request.dataset) as ref:
@@ -99,6 +103,17 @@ class Submission:
         if made and inline_block_of(parameters) != made:
             await self.secrets.delete(made)  # ... and its secrets only
         return views.submitted(run, await self.jobs.status_of(run))
+
+    async def with_default_notify(self, request: JobRequest, spec: JobSpec) -> JobSpec:
+        """`spec` with the owner's default notify_url (PUT /users/me/notify), checked again,
+        unless the body names one (or null)."""
+        if "notify_url" in request.model_fields_set or self.webhooks is None:
+            return spec
+        url = await self.webhooks.default_url(spec.username)
+        if not url:
+            return spec
+        await run_in_threadpool(check_notify_url, url)
+        return spec.model_copy(update={"notify_url": url})
 
     async def run_schedule(self, schedule: DeploymentSchedule, caller: Caller) -> dict[str, Any]:
         """POST /schedules/{id}/run: a job from the schedule's stored payload, now (its owner's)."""
@@ -118,7 +133,7 @@ class Submission:
         request = owned_request(caller, request)
         settings = self.jobs.settings
         check_cadence(caller, request.prefect_schedule(), settings.min_schedule_interval_seconds)
-        spec = await validated(request)
+        spec = await self.with_default_notify(request, await validated(request))
         owned = sum(schedule_owner(s) == request.username for s in await self.schedules.list())
         check_schedule_count(caller, owned, settings.max_schedules_per_user)
         async with secured(spec, self.secrets) as spec, stored_rows(request.dataset) as ref:
@@ -169,6 +184,8 @@ class Submission:
         idempotency_key: str | None = None,
     ) -> Run:
         tags, labels = [SERVICE_TAG, user_tag(spec.username)], {}
+        if spec.notify_url:  # its end is delivered (deployments/automations.py)
+            tags.append(NOTIFY_TAG)
         if schedule_id:  # a run of a schedule started by hand
             tags.append(schedule_tag(schedule_id))
             labels[SCHEDULE_ID] = schedule_id

@@ -10,6 +10,10 @@ scoped to the optimization deployment, so other flows on a shared server are unt
 Automations react to events, which a server restart or a SQLite write storm can drop;
 the API's sweep (api/stuck_jobs.py) ends stuck Pending and Cancelling runs from their
 stored states as well, with the same messages.
+
+One more automation starts the webhook delivery flow (api/webhook_flow.py) with the job id
+on every terminal state of a job tagged `contract.NOTIFY_TAG`; the API's webhook sweep
+(api/webhook_sweep.py) covers the events it misses.
 """
 
 from __future__ import annotations
@@ -21,11 +25,17 @@ from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import StateType
-from prefect.events.actions import ChangeFlowRunState
+from prefect.events.actions import ChangeFlowRunState, RunDeployment
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 from prefect.events.schemas.events import ResourceSpecification
 
-from dspy_service.contract import STUCK_CANCEL_MESSAGE, STUCK_PENDING_MESSAGE, TERMINAL_STATE_TYPES, ZOMBIE_MESSAGE
+from dspy_service.contract import (
+    NOTIFY_TAG,
+    STUCK_CANCEL_MESSAGE,
+    STUCK_PENDING_MESSAGE,
+    TERMINAL_STATE_TYPES,
+    ZOMBIE_MESSAGE,
+)
 from dspy_service.settings import ServiceSettings
 
 TERMINAL_EVENTS = frozenset(f"prefect.flow-run.{state.title()}" for state in TERMINAL_STATE_TYPES)
@@ -98,9 +108,44 @@ UNANSWERED_EVENTS = (
 )
 
 
-async def ensure_automations(client: PrefectClient, deployment_id: UUID, settings: ServiceSettings) -> None:
+DELIVERY_AUTOMATION = "dspy-service: deliver the ends of jobs to their webhooks"
+
+
+def delivery_automation(deployment_id: UUID, notify_deployment_id: UUID) -> AutomationCore:
+    """Run the delivery deployment with the job id on each terminal state of a job of the
+    optimization deployment that carries the notify tag (one firing per event)."""
+    return AutomationCore(
+        name=DELIVERY_AUTOMATION,
+        description="Starts the webhook delivery flow when a dspy-service job with a notify_url ends.",
+        trigger=EventTrigger(
+            expect=set(TERMINAL_EVENTS),
+            match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
+            match_related=[
+                ResourceSpecification({"prefect.resource.id": f"prefect.deployment.{deployment_id}"}),
+                ResourceSpecification({"prefect.resource.id": f"prefect.tag.{NOTIFY_TAG}"}),
+            ],
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[
+            RunDeployment(
+                source="selected",
+                deployment_id=notify_deployment_id,
+                parameters={"job_id": {"__prefect_kind": "jinja", "template": "{{ flow_run.id }}"}},
+            )
+        ],
+    )
+
+
+async def ensure_automations(
+    client: PrefectClient, deployment_id: UUID, settings: ServiceSettings, notify_deployment_id: UUID | None = None
+) -> None:
     """Create or update (by name) the automations; idempotent."""
-    for automation in (event.automation(deployment_id, settings) for event in UNANSWERED_EVENTS):
+    automations = [event.automation(deployment_id, settings) for event in UNANSWERED_EVENTS]
+    if notify_deployment_id is not None:
+        automations.append(delivery_automation(deployment_id, notify_deployment_id))
+    for automation in automations:
         existing = await client.read_automations_by_name(automation.name)
         if existing:
             await client.update_automation(existing[0].id, automation)

@@ -36,9 +36,15 @@ from typing import Any
 JOB_COMMAND = "python -m deployments.runtime.relay"
 
 
-def base_job_template() -> dict[str, Any]:
+# What the notify pool's worker runs: the webhook delivery flow (api/webhook_flow.py) is
+# trusted code of ours that runs no user code, so Prefect's own engine, without the job
+# runtime, fixed the same way.
+NOTIFY_COMMAND = "python -m prefect.engine"
+
+
+def base_job_template(command: str = JOB_COMMAND) -> dict[str, Any]:
     """The `process` pool's base job template (a fresh dict)."""
     return {
-        "job_configuration": {"command": JOB_COMMAND, "stream_output": True},
+        "job_configuration": {"command": command, "stream_output": True},
         "variables": {"type": "object", "properties": {}, "additionalProperties": False},
     }

@@ -1,7 +1,8 @@
 """The processes of a dspy-service stack and the environment they share.
 
 `dspy-service up` and the integration tests both start the stack through this module:
-a Prefect server, the pool + deployment, worker(s), the API and optionally the local LM.
+a Prefect server, the pools + deployments, worker(s), the webhook delivery worker (the
+notify pool's: api/webhook_flow.py), the API and optionally the local LM.
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ class StackConfig:
                 "DSPY_SERVICE_HOME": str(home),
                 "DSPY_SERVICE_WORK_POOL": self.settings.work_pool,
                 "DSPY_SERVICE_DEPLOYMENT": self.settings.deployment,
+                "DSPY_SERVICE_NOTIFY_WORK_POOL": self.settings.notify_work_pool,
+                "DSPY_SERVICE_NOTIFY_DEPLOYMENT": self.settings.notify_deployment,
                 "DSPY_SERVICE_JOB_SLOTS": str(self.settings.job_slots),
                 "DSPY_SERVICE_SCHEDULER_LOOP_SECONDS": f"{self.settings.scheduler_loop_seconds:g}",
                 "DSPY_SERVICE_AUTH": self.settings.auth,
@@ -175,6 +178,14 @@ def python_command(*args: str) -> list[str]:
     return [sys.executable, *args]
 
 
+def worker_component(name: str, pool: str, logs: Path) -> Component:
+    """A Prefect process worker of `pool`, named after this host."""
+    host_name = f"{os.uname().nodename}-{name}"
+    command = python_command("-m", "prefect", "worker", "start", "--pool", pool, "--type", "process")
+    command += ["--name", host_name]
+    return Component(name, command, logs / f"{name}.log")
+
+
 def zygote_command(socket_path: str) -> list[str]:
     return python_command("-u", "-m", "deployments.runtime.zygote", "--socket", socket_path)
 
@@ -216,16 +227,10 @@ class Stack:
             extra_env=server_environment(self.prefect_auth, config.prefect_port),
         )
         self.workers = [
-            Component(
-                f"worker-{i + 1}",
-                python_command(
-                    "-m", "prefect", "worker", "start", "--pool", config.settings.work_pool,
-                    "--type", "process", "--name", f"{os.uname().nodename}-worker-{i + 1}",
-                ),
-                logs / f"worker-{i + 1}.log",
-            )
-            for i in range(config.workers)
+            worker_component(f"worker-{i + 1}", config.settings.work_pool, logs) for i in range(config.workers)
         ]
+        # Webhook deliveries: trusted code of ours, on a pool of its own (deployments/register.py).
+        self.notify_worker = worker_component("notify-worker", config.settings.notify_work_pool, logs)
         # Warm start: one zygote per worker, started before it; the worker's jobs find it
         # through DSPY_SERVICE_ZYGOTE_SOCKET (deployments/runtime/zygote.py).
         self.zygotes: list[Component] = []
@@ -262,7 +267,7 @@ class Stack:
     @property
     def components(self) -> list[Component]:
         extra = [self.local_lm] if self.local_lm else []
-        return [*extra, self.server, *self.zygotes, *self.workers, self.api]
+        return [*extra, self.server, *self.zygotes, *self.workers, self.notify_worker, self.api]
 
     def start(self, timeout: float = 120.0, progress=print) -> float:
         """Start everything; returns seconds until the API reports healthy."""
@@ -289,6 +294,7 @@ class Stack:
             zygote.start(self.env)
         for worker in self.workers:
             worker.start(self.env)
+        self.notify_worker.start(self.env)
         progress(f"starting API on {self.config.api_url} ...")
         self.api.start(self.env)
         wait_until(lambda: http_ok(f"{self.config.api_url}/health"), timeout, self.api, *self.workers)

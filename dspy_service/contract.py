@@ -58,6 +58,9 @@ STAGE_SPANS: dict[Stage, tuple[float, float]] = {
 SERVICE_TAG = "dspy-service"
 USER_TAG_PREFIX = "user:"
 SCHEDULE_TAG_PREFIX = "dspy-schedule:"
+# On every job whose end is to be announced to a webhook (its spec has a notify_url): the
+# delivery automation fires only for runs with it (deployments/automations.py).
+NOTIFY_TAG = "dspy-notify"
 CHAMPION_VARIABLE_PREFIX = "dspy-champion-"
 CHAMPION_LOCK_PREFIX = "dspy-champion-gate-"
 
@@ -117,6 +120,26 @@ CREDENTIAL_BLOCK_PREFIX = "dspy-cred-"
 INLINE_SECRET_BLOCK_PREFIX = "dspy-secret-"
 SECRET_BLOCK_TYPE = "secret"  # Prefect's Secret block type slug: every job secret is one
 TOKEN_PREFIX = "dss"  # tokens read `dss.<username>.<secret>`: the store is looked up by name
+
+
+WEBHOOK_SECRET_BLOCK_PREFIX = "dspy-whsec-"
+WEBHOOK_DEFAULT_VARIABLE_PREFIX = "dspy-notify-"
+WEBHOOK_LOG_VARIABLE_PREFIX = "dspy-webhook-"
+
+
+def webhook_secret_block(owner: str) -> str:
+    """Secret block holding the webhook signing secret of `owner`."""
+    return f"{WEBHOOK_SECRET_BLOCK_PREFIX}{owner_digest(owner)}"
+
+
+def webhook_default_variable(owner: str) -> str:
+    """Prefect Variable holding the default notify_url of `owner`."""
+    return f"{WEBHOOK_DEFAULT_VARIABLE_PREFIX}{owner_digest(owner)}"
+
+
+def webhook_log_variable(job_id: str | uuid.UUID) -> str:
+    """Prefect Variable holding the webhook delivery log of one job (deleted with the job)."""
+    return f"{WEBHOOK_LOG_VARIABLE_PREFIX}{uuid.UUID(str(job_id))}"
 
 
 def user_variable(username: str) -> str:

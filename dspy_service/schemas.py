@@ -166,6 +166,12 @@ class JobSpec(BaseModel):
         description="Wall-clock limit of this job; at most the service's DSPY_SERVICE_JOB_TIMEOUT_SECONDS "
         "(the default when unset). A job over its limit is stopped and fails with a timeout message.",
     )
+    notify_url: str | None = Field(
+        default=None,
+        max_length=2000,
+        description="http(s) URL the service POSTs a signed JSON event to when the job ends (success, failure, "
+        "cancel); default: your own default (PUT /users/me/notify); null: none.",
+    )
     secret_refs: SecretRefs | None = Field(default=None, description="Set by the service; never by a client.")
 
     @field_validator("username", mode="before")

@@ -13,6 +13,8 @@ from dspy_service.egress_policy import EgressPolicy
 
 # The optimization flow's name; with `deployment` it forms the deployment's full name.
 FLOW_NAME = "optimize-program"
+# The webhook delivery flow's name (api/webhook_flow.py); with `notify_deployment` likewise.
+NOTIFY_FLOW_NAME = "deliver-job-event"
 
 
 class ServiceSettings(BaseSettings):
@@ -205,6 +207,32 @@ class ServiceSettings(BaseSettings):
         description="Largest http(s) dataset_source a job downloads; a larger one fails the job.",
     )
 
+    # -- webhooks: job end notifications (api/webhook_flow.py, README "Webhooks") --
+    notify_work_pool: str = Field(
+        default="dspy-service-notify",
+        description="Prefect work pool of the webhook delivery flow (trusted code of ours, run outside the job "
+        "sandbox by its own worker; `dspy-service up` starts one).",
+    )
+    notify_deployment: str = Field(default="dspy-service-notify", description="Deployment name of the delivery flow.")
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=120, description="Time one webhook delivery attempt may take (connect to answer)."
+    )
+    webhook_first_retry_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="Wait before the first retry of a failed webhook delivery; each further wait doubles.",
+    )
+    webhook_max_retry_seconds: float = Field(
+        default=300.0, gt=0, le=3600, description="Longest wait between two delivery attempts of one event."
+    )
+    webhook_give_up_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        le=7 * 86400,
+        description="How long after the first attempt a webhook event is retried; 0: one attempt only.",
+    )
+
     warm_start: bool = Field(
         default=False,
         description="Start each worker with a zygote (deployments/runtime/zygote.py) that has imported Prefect, "
@@ -242,6 +270,10 @@ class ServiceSettings(BaseSettings):
     @property
     def deployment_full_name(self) -> str:
         return f"{FLOW_NAME}/{self.deployment}"
+
+    @property
+    def notify_deployment_full_name(self) -> str:
+        return f"{NOTIFY_FLOW_NAME}/{self.notify_deployment}"
 
     @property
     def resolved_database_url(self) -> str:

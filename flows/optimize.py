@@ -149,7 +149,7 @@ def optimize_program(
     run_logger = get_run_logger()
     install_stop_handler()  # the job process wrapper asks for a cooperative stop first
     if schedule_id:
-        mark_schedule_run(current_flow_run.id, job.username, schedule_id)
+        mark_schedule_run(current_flow_run.id, job.username, schedule_id, notify=bool(job.notify_url))
     settings = get_settings()
     print_limit = int(settings.job_print_limit_mb * 1024 * 1024)
     with job_logging(current_flow_run.id, settings.log_level, print_limit_bytes=print_limit) as capture:

@@ -13,7 +13,8 @@ os.environ["PREFECT_LOCAL_STORAGE_PATH"] = os.path.join(_HOME, "storage", "resul
 
 import pytest  # noqa: E402
 
-from tests.support.stack import start_job_lm  # noqa: E402
+from tests.support.stack import reachable_by_jobs, start_job_lm  # noqa: E402
+from tests.support.webhook_receiver import WebhookReceiver  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +24,16 @@ def local_lm():
     server = start_job_lm()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def webhook_receiver():
+    """A webhook receiver (tests/support/webhook_receiver.py) that the service may POST to
+    (allow-listed in the stacks configured after it started)."""
+    receiver = WebhookReceiver()
+    reachable_by_jobs(receiver.url)
+    yield receiver
+    receiver.close()
 
 
 @pytest.fixture(autouse=True)

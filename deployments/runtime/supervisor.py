@@ -52,7 +52,7 @@ from deployments.runtime.outcome import ExitLimits, Stop, engine_never_reached_a
 from deployments.runtime.output import OutputPump
 from deployments.runtime.reporter import PrefectUnreachable, RunReporter
 from deployments.runtime.stop import ParentWatch, StopPolicy, WorkerWatch
-from dspy_service.contract import schedule_tag, user_tag
+from dspy_service.contract import NOTIFY_TAG, schedule_tag, user_tag
 from dspy_service.errors import JobError
 from dspy_service.sandbox_check import SANDBOX_OFF_WARNING
 from dspy_service.settings import ServiceSettings, get_settings
@@ -167,13 +167,17 @@ class JobSupervisor:
     def tag_schedule_run(self, run: dict) -> None:
         """Runs Prefect's scheduler creates carry only the deployment's tags. A sandboxed
         engine may not change its own tags (it could claim another user's), so its supervisor
-        adds the owner's and the schedule's, from parameters only our API writes."""
+        adds the owner's and the schedule's (and the notify tag for a job with a notify_url),
+        from parameters only our API writes."""
         parameters = run.get("parameters") or {}
         schedule_id, username = parameters.get("schedule_id"), (parameters.get("job") or {}).get("username")
         if not (isinstance(schedule_id, str) and isinstance(username, str)):
             return
         tags = list(run.get("tags") or [])
-        missing = [tag for tag in (user_tag(username), schedule_tag(schedule_id)) if tag not in tags]
+        wanted = [user_tag(username), schedule_tag(schedule_id)]
+        if (parameters.get("job") or {}).get("notify_url"):
+            wanted.append(NOTIFY_TAG)
+        missing = [tag for tag in wanted if tag not in tags]
         if missing:
             self.reporter.set_tags([*tags, *missing])
 

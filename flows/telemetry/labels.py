@@ -37,9 +37,10 @@ def publish_labels(flow_run_id: str | None, values: dict[str, Any], client: Any 
         logger.warning("could not update flow-run labels: %s", exc)
 
 
-def mark_schedule_run(flow_run_id: str | None, username: str, schedule_id: str) -> None:
+def mark_schedule_run(flow_run_id: str | None, username: str, schedule_id: str, notify: bool = False) -> None:
     """Runs that Prefect's scheduler creates carry only the deployment's tags: add the
-    job's user and schedule tags (so /jobs?username= finds them) and the schedule label."""
+    job's user and schedule tags (so /jobs?username= finds them), the notify tag when the
+    job has a notify_url (so its end is delivered), and the schedule label."""
     if not flow_run_id:
         return
     publish_labels(flow_run_id, {contract.SCHEDULE_ID: schedule_id})
@@ -47,6 +48,8 @@ def mark_schedule_run(flow_run_id: str | None, username: str, schedule_id: str) 
         with sync_prefect_client() as client:
             flow_run = client.read_flow_run(flow_run_id)
             wanted = [contract.user_tag(username), contract.schedule_tag(schedule_id)]
+            if notify:
+                wanted.append(contract.NOTIFY_TAG)
             missing = [tag for tag in wanted if tag not in flow_run.tags]
             if missing:
                 client.update_flow_run(flow_run_id, tags=[*flow_run.tags, *missing])

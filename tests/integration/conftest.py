@@ -1,8 +1,9 @@
 """A real stack per database: Prefect server, work pool + deployment, a worker, the API.
 
 Runs once on SQLite and once on PostgreSQL (127.0.0.1:5432, trust auth, a fresh database
-per run); tests marked `sqlite_only` run on SQLite only. The local LM runs in the test
-process; jobs reach it over HTTP.
+per run); tests marked `sqlite_only` run on SQLite only. The local LM and a webhook
+receiver run in the test process; jobs reach the LM over HTTP, and the service may POST
+webhooks to the receiver (both allow-listed).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
-def stack(request, tmp_path_factory, local_lm):
+def stack(request, tmp_path_factory, local_lm, webhook_receiver):
     home = tmp_path_factory.mktemp(f"stack-{request.param}")
     running = RunningStack.start(home, request.param, job_slots=2, scheduler_loop_seconds=1)
     yield running

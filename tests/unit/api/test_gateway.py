@@ -43,3 +43,26 @@ def test_logs_are_cached_only_once_the_run_has_settled_in_a_terminal_state():
     # The run moved on (say, retried from the Prefect UI) and ended again: a new state id.
     ended["state"] = {**ended["state"], "id": str(uuid.uuid4())}
     assert asyncio.run(gateway.job_logs(ended))[0][0]["message"] == "read 8"
+
+
+class TaggingClient:
+    def __init__(self):
+        self.updates: list = []
+        self.states: list = []
+
+    async def update_flow_run(self, run_id, tags):
+        self.updates.append((str(run_id), tags))
+
+    async def set_flow_run_state(self, run_id, state, force):
+        self.states.append(state.type.value)
+
+
+def test_cancelling_a_pending_run_with_a_notify_url_tags_it_for_its_webhook_first():
+    client = TaggingClient()
+    gateway = JobGateway(client=client, settings=ServiceSettings())
+    scheduled = {**run("SCHEDULED", LONG_AGO), "tags": ["dspy-service"], "parameters": {"job": {"notify_url": "x"}}}
+    plain = {**run("SCHEDULED", LONG_AGO), "tags": ["dspy-service"], "parameters": {"job": {}}}
+    asyncio.run(gateway.cancel(scheduled))
+    asyncio.run(gateway.cancel(plain))
+    assert client.updates == [(scheduled["id"], ["dspy-service", "dspy-notify"])]
+    assert client.states == ["CANCELLED", "CANCELLED"]
