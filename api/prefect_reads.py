@@ -94,7 +94,8 @@ async def read_logs_since(client: PrefectClient, run_id: UUID, since: dt.datetim
     once, by timestamp. Pages continue from the last timestamp read rather than by offset:
     Prefect sorts on the timestamp alone, so ties straddling an offset page boundary could
     be skipped; re-read ties are dropped by id. Only a page that is all one timestamp (200
-    records in one microsecond) steps on by offset."""
+    records in one microsecond, which no writer produces) steps on by offset, where
+    PostgreSQL's order among ties may skip some."""
     found: dict[str, dict[str, Any]] = {}
     after = since.isoformat() if since else None
     skip = 0

@@ -8,7 +8,9 @@ import asyncio
 import datetime as dt
 import json
 import uuid
+from typing import Any
 
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 
@@ -18,6 +20,7 @@ from api.gateway import Outcome
 from api.identity import Caller, current_user
 from api.job_events import EventFollower, event_stream, sse
 from api.main import create_app
+from api.prefect_reads import read_logs_since
 from api.status import JobStatus
 from dspy_service import contract
 from dspy_service.settings import ServiceSettings, get_settings
@@ -343,3 +346,38 @@ def test_the_route_streams_a_finished_job_to_its_end(api):
     final_id = body.rstrip().split("\n\n")[-1].split("\n")[0].removeprefix("id: ")
     again = api.get(f"/jobs/{RUN_ID}/events", headers={"Last-Event-ID": final_id}).text
     assert again.count("event: result") == 1 and "event: log" not in again
+
+
+# -- reading logs in pages ------------------------------------------------------------------------
+class LogServer:
+    """POST /logs/filter as Prefect answers it: sorted by timestamp alone, ties in any order
+    (a different one per query, as PostgreSQL may), `after_` inclusive, limit and offset."""
+
+    def __init__(self, logs: list[dict]) -> None:
+        self.logs = logs
+        self.queries = 0
+
+    async def request(self, method: str, path: str, json: dict) -> Any:
+        import random
+
+        self.queries += 1
+        after = (json["logs"].get("timestamp") or {}).get("after_")
+        rows = [r for r in self.logs if after is None or ec.micros(r["timestamp"]) >= ec.micros(after)]
+        random.Random(self.queries).shuffle(rows)
+        rows.sort(key=lambda r: ec.micros(r["timestamp"]))
+        page = rows[json["offset"] : json["offset"] + json["limit"]]
+        return type("Response", (), {"content": orjson.dumps(page)})()
+
+
+@pytest.mark.parametrize("same_time", [1, 3, 199])
+def test_logs_are_read_in_pages_keyed_on_their_time_each_once(same_time):
+    """Ties straddle page boundaries; every record is read, once (200 records stamped in one
+    microsecond, which no writer produces, would fall back to unreliable offsets)."""
+    logs = [log(i // same_time, f"line {i}", written=i // same_time) for i in range(650)]
+    server = LogServer(logs)
+    read = asyncio.run(read_logs_since(server, uuid.UUID(RUN_ID), None))
+    assert sorted(r["id"] for r in read) == sorted(r["id"] for r in logs)
+    since = ec.from_micros(ec.micros(logs[400]["timestamp"]))
+    later = asyncio.run(read_logs_since(server, uuid.UUID(RUN_ID), since))
+    expected = {r["id"] for r in logs if ec.micros(r["timestamp"]) >= ec.micros(logs[400]["timestamp"])}
+    assert {r["id"] for r in later} == expected
