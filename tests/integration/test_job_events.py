@@ -95,6 +95,8 @@ def test_a_gepa_jobs_stream_resumes_without_loss_or_repeats_and_ends_with_result
     progress = [e["data"] for e in whole if e["type"] == "progress"]
     gepa = [p["metrics"]["tqdm_n"] for p in progress if p["metrics"].get("tqdm_desc") == "GEPA Optimization"]
     assert len(gepa) >= 2 and gepa == sorted(gepa) and gepa[-1] > gepa[0], gepa
+    percents = [p["metrics"]["job_percent"] for p in progress if p["event"] == "progress"]
+    assert percents == sorted(percents) and percents[-1] > percents[0], percents
     job = stack.api.get(f"/jobs/{job_id}").json()
     assert sorted(map(json.dumps, progress)) == sorted(map(json.dumps, job["progress_events"])), "as GET /jobs/{id}"
     logs = [e["data"] for e in whole if e["type"] == "log"]
