@@ -45,7 +45,7 @@ from prefect.states import Cancelled, Cancelling
 
 from api import views
 from api.job_secrets import inline_block_of
-from api.prefect_reads import Run, filter_runs, read_logs, read_run
+from api.prefect_reads import Run, filter_runs, read_logs, read_logs_since, read_run, read_states
 from api.run_pages import RunPage, read_page
 from api.status import JobStatus, run_status, state_type_of
 from dspy_service.contract import NOTIFY_TAG, TERMINAL_STATE_TYPES, Stage, user_tag
@@ -206,6 +206,14 @@ class JobGateway:
     async def logs(self, run_id: UUID) -> list[dict[str, Any]]:
         """All logs of a run, oldest first, as the API's JSON (see views.split_logs)."""
         return await read_logs(self.client, run_id)
+
+    async def logs_since(self, run_id: UUID, since: dt.datetime | None) -> list[dict[str, Any]]:
+        """The run's logs written (`timestamp`) at or after `since`, as Prefect's JSON."""
+        return await read_logs_since(self.client, run_id, since)
+
+    async def states(self, run_id: UUID) -> list[dict[str, Any]]:
+        """The run's state history, oldest first, as Prefect's JSON."""
+        return await read_states(self.client, run_id)
 
     async def result(self, run: Run) -> dict[str, Any] | None:
         """The stored result of a COMPLETED run, read as JSON only (see dspy_service/result_files.py);

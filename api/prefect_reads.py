@@ -13,6 +13,7 @@ a missing run reads as None.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
@@ -20,10 +21,16 @@ from uuid import UUID
 import httpx
 import orjson
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.filters import DeploymentFilter, FlowRunFilter, LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    FlowRunFilter,
+    LogFilter,
+    LogFilterFlowRunId,
+    LogFilterTimestamp,
+)
 from prefect.client.schemas.sorting import FlowRunSort, LogSort
 
-from dspy_service.prefect_pages import read_in_pages
+from dspy_service.prefect_pages import PAGE_LIMIT, read_in_pages
 
 Run = Mapping[str, Any]  # a flow run as the Prefect API's JSON
 
@@ -74,3 +81,42 @@ async def read_logs(client: PrefectClient, run_id: UUID) -> list[dict[str, Any]]
         return orjson.loads((await client.request("POST", "/logs/filter", json=body)).content)
 
     return await read_in_pages(read_page, limit=None)
+
+
+async def read_states(client: PrefectClient, run_id: UUID) -> list[dict[str, Any]]:
+    """A flow run's state history, oldest first (Prefect orders it by the states' time)."""
+    response = await client.request("GET", "/flow_run_states/", params={"flow_run_id": str(run_id)})
+    return orjson.loads(response.content)
+
+
+async def read_logs_since(client: PrefectClient, run_id: UUID, since: dt.datetime | None) -> list[dict[str, Any]]:
+    """The logs of a run whose `timestamp` is at or after `since` (all when None), each
+    once, by timestamp. Pages continue from the last timestamp read rather than by offset:
+    Prefect sorts on the timestamp alone, so ties straddling an offset page boundary could
+    be skipped; re-read ties are dropped by id. Only a page that is all one timestamp (200
+    records in one microsecond, which no writer produces) steps on by offset, where
+    PostgreSQL's order among ties may skip some."""
+    found: dict[str, dict[str, Any]] = {}
+    after = since.isoformat() if since else None
+    skip = 0
+    while True:
+        log_filter = LogFilter(
+            flow_run_id=LogFilterFlowRunId(any_=[run_id]),
+            timestamp=LogFilterTimestamp(after_=dt.datetime.fromisoformat(after)) if after else None,
+        )
+        body = {
+            "logs": log_filter.model_dump(mode="json", exclude_none=True),
+            "limit": PAGE_LIMIT,
+            "offset": skip,
+            "sort": LogSort.TIMESTAMP_ASC,
+        }
+        page = orjson.loads((await client.request("POST", "/logs/filter", json=body)).content)
+        for log in page:
+            found.setdefault(log["id"], log)
+        if len(page) < PAGE_LIMIT:
+            return list(found.values())
+        last = page[-1]["timestamp"]
+        if after is not None and dt.datetime.fromisoformat(last) == dt.datetime.fromisoformat(after):
+            skip += len(page)
+        else:
+            after, skip = last, 0

@@ -155,6 +155,13 @@ class ServiceSettings(BaseSettings):
         description="The API caches a finished job's logs once its terminal state is this old: the job's "
         "log shipper and its worker may still send a few lines right after the run ended.",
     )
+    events_heartbeat_seconds: float = Field(
+        default=15.0,
+        ge=1,
+        le=300,
+        description="GET /jobs/{id}/events sends a `: keepalive` comment after this long without an event, so "
+        "proxies and clients keep an idle stream open.",
+    )
 
     # -- identity, ownership and request hardening (api/identity.py, README "Users and tokens") --
     auth: Literal["on", "off"] = Field(

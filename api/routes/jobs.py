@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query
+from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
 
 from api import views
 from api.deps import GatewayDep, JobRunDep, SubmissionDep
+from api.event_cursor import CursorError, decode_cursor
 from api.identity import CurrentUser
+from api.job_events import EventFollower, event_stream
 from api.ownership import listed_username
 from api.responses import FastJSONResponse
 from api.status import JobStatus
+from dspy_service.errors import JobError
 from dspy_service.schemas import JobRequest
 
 router = APIRouter()
@@ -61,6 +65,38 @@ async def get_job_summary(run: JobRunDep, gateway: GatewayDep):
 async def get_job_logs(run: JobRunDep, gateway: GatewayDep):
     entries, _ = await gateway.job_logs(run)
     return FastJSONResponse(entries)
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {"description": "Server-Sent Events until `result`/`error`", "content": {"text/event-stream": {}}},
+        400: {
+            "description": "Last-Event-ID is not an event id of this stream",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorDetail"}}},
+        },
+    },
+)
+async def get_job_events(
+    request: Request,
+    run: JobRunDep,
+    gateway: GatewayDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=200)] = None,
+    last_event_id_param: Annotated[str | None, Query(alias="last_event_id", max_length=200)] = None,
+):
+    """The job's status changes, progress, logs and usage as they happen, then its summary
+    as `result` or `error` (README "Event stream"); resume with `Last-Event-ID`."""
+    try:
+        after = decode_cursor(last_event_id if last_event_id is not None else last_event_id_param)
+    except CursorError as exc:
+        raise JobError(str(exc), field="Last-Event-ID") from None
+    follower = EventFollower(gateway, run, after)
+    return StreamingResponse(
+        event_stream(request, follower, gateway.settings.events_heartbeat_seconds),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 @router.get("/jobs/{job_id}/artifact")
