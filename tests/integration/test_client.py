@@ -74,7 +74,7 @@ FRESH_PROCESS = textwrap.dedent(
     program = Client().job(sys.argv[1]).program()
     lm = dspy.LM("openai/local-arithmetic", api_base=sys.argv[2], api_key="local", cache=False)
     fresh = make_arithmetic_dataset(20, seed=999)
-    plain = dspy.ChainOfThought(type(program.predict.signature).delete("reasoning"))
+    plain = dspy.ChainOfThought(program.predict.signature.delete("reasoning"))
     with dspy.context(lm=lm):
         optimized = [str(program(question=row["question"]).answer).strip() == row["answer"] for row in fresh]
         zero_shot = [str(plain(question=row["question"]).answer).strip() == row["answer"] for row in fresh]
