@@ -66,7 +66,7 @@ class JobProgressView:
         if self.status == "running" and self.stage:
             parts.append(self.stage)
         if self.status == "running" and self.phase:
-            parts.append(self.phase[:30])
+            parts.append(self.phase[:40])
         return " | ".join(parts)
 
     def postfix(self) -> dict[str, str]:
