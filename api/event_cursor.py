@@ -7,7 +7,9 @@ on another. Its items:
 
 - each state of the flow run's state history (`status` events), at the state's
   `timestamp`; Prefect's server stamps flow-run states itself (a client proposes a state
-  without a time), so states and logs share one clock;
+  without a time), so states and logs share one clock. A Running state is `validating`:
+  the job is `running` from its compile task on (api/status.py), a `status` event at the
+  compile task run's `created`, the server's time of its row;
 - each log of the run (`progress` events: the progress logger's records; `log` events:
   the rest), at the log's `created`, the server's time of receipt. Not its `timestamp`:
   that is the writer's clock, and a batch of logs (the engine ships every ~2 s, the
@@ -120,16 +122,18 @@ class Item:
         return encode_cursor(self.position)
 
 
-def status_data(state: Mapping[str, Any]) -> dict[str, Any]:
+def status_data(state: Mapping[str, Any], compile_us: int | None = None) -> dict[str, Any]:
     """A `status` event: one state of the run's history in the contract's terms. Prefect's
-    Running is `running` here (the API's `validating` is a task of the run, not a state)."""
-    status = job_status(_state_type(state))
+    Running is `validating` unless the compile task (at `compile_us`) started before it."""
+    state_type = _state_type(state)
+    compile_started = compile_us is not None and compile_us <= micros(state["timestamp"])
+    status = job_status(state_type, compile_started=compile_started)
     message = state.get("message") if status in (JobStatus.failed, JobStatus.cancelled) else None
     return {
         "status": status.value,
         "prefect_state": state.get("name"),
         "timestamp": contract_timestamp(state.get("timestamp")),
-        "message": job_message(_state_type(state), message) if message else None,
+        "message": job_message(state_type, message) if message else None,
     }
 
 
@@ -137,9 +141,21 @@ def _state_type(state: Mapping[str, Any]) -> StateType:
     return StateType(state["type"])
 
 
-def state_item(state: Mapping[str, Any]) -> Item:
+def state_item(state: Mapping[str, Any], compile_us: int | None = None) -> Item:
     position = Position(micros(state["timestamp"]), RANK_STATE, 0, UUID(state["id"]).hex)
-    return Item(position, "status", status_data(state))
+    return Item(position, "status", status_data(state, compile_us))
+
+
+def compile_item(task_run: Mapping[str, Any]) -> Item:
+    """validating -> running: the `status` event of the compile task run's creation."""
+    position = Position(micros(task_run["created"]), RANK_STATE, 0, UUID(task_run["id"]).hex)
+    data = {
+        "status": JobStatus.running.value,
+        "prefect_state": "Running",
+        "timestamp": contract_timestamp(task_run["created"]),
+        "message": None,
+    }
+    return Item(position, "status", data)
 
 
 def log_item(log: Mapping[str, Any]) -> Item:

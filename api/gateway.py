@@ -45,7 +45,7 @@ from prefect.states import Cancelled, Cancelling
 
 from api import views
 from api.job_secrets import inline_block_of
-from api.prefect_reads import Run, filter_runs, read_logs, read_logs_since, read_run, read_states
+from api.prefect_reads import Run, filter_runs, read_logs, read_logs_since, read_run, read_states, read_task_run_named
 from api.run_pages import RunPage, read_page
 from api.status import JobStatus, run_status, state_type_of
 from dspy_service.contract import NOTIFY_TAG, TERMINAL_STATE_TYPES, Stage, user_tag
@@ -210,6 +210,10 @@ class JobGateway:
     async def logs_since(self, run_id: UUID, since: dt.datetime | None) -> list[dict[str, Any]]:
         """The run's logs written (`timestamp`) at or after `since`, as Prefect's JSON."""
         return await read_logs_since(self.client, run_id, since)
+
+    async def compile_task(self, run_id: UUID) -> dict[str, Any] | None:
+        """The run's compile task run (its start makes a validating job running), or None."""
+        return await read_task_run_named(self.client, run_id, Stage.COMPILE)
 
     async def states(self, run_id: UUID) -> list[dict[str, Any]]:
         """The run's state history, oldest first, as Prefect's JSON."""

@@ -41,12 +41,14 @@ from api.event_cursor import (
     LOG_LOOKBACK_SECONDS,
     Item,
     Position,
+    compile_item,
     cutoff_us,
     due,
     final_event_type,
     final_item,
     from_micros,
     log_item,
+    micros,
     shipped_late,
     state_item,
 )
@@ -88,6 +90,8 @@ class EventFollower:
         self.states: list[dict[str, Any]] = []
         self.settled_us = after.time_us  # every log received before this was sent (or is not streamed)
         self.usage: Any = _UNSENT
+        self.compile_task: dict[str, Any] | None = None  # once found, it never changes
+        self.compile_looked_after_end = False
 
     async def poll(self) -> tuple[list[str], bool]:
         """(the events to send now, formatted; whether the stream is over)."""
@@ -101,7 +105,11 @@ class EventFollower:
         lookback_us = int(LOG_LOOKBACK_SECONDS * 1_000_000)
         since = from_micros(self.settled_us - lookback_us) if self.settled_us > lookback_us else None
         logs = await self.gateway.logs_since(UUID(self.run_id), since)
-        items = [state_item(s) for s in self.states] + [log_item(log) for log in logs if not shipped_late(log)]
+        compile_us = await self._compile_started_us(state)
+        items = [state_item(s, compile_us) for s in self.states]
+        if self.compile_task is not None:
+            items.append(compile_item(self.compile_task))
+        items += [log_item(log) for log in logs if not shipped_late(log)]
         final = final_item(state)
         if final is not None:
             items.append(final)
@@ -119,6 +127,16 @@ class EventFollower:
             chunks.append(await self.final_event(run, sent[-1]))
             return chunks, True
         return chunks, False
+
+    async def _compile_started_us(self, state: dict[str, Any]) -> int | None:
+        """When the compile task run was created: read while the run runs (until found) and
+        once after it ended; a run that never got there has none."""
+        if self.compile_task is None and state.get("type") != "SCHEDULED" and state.get("type") != "PENDING":
+            ended = state.get("type") in contract.TERMINAL_STATE_TYPES
+            if not (ended and self.compile_looked_after_end):
+                self.compile_task = await self.gateway.compile_task(UUID(self.run_id))
+                self.compile_looked_after_end = ended
+        return micros(self.compile_task["created"]) if self.compile_task is not None else None
 
     async def final_event(self, run: Run, item: Item) -> str:
         outcome = await self.gateway.outcome(run)

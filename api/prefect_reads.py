@@ -27,8 +27,11 @@ from prefect.client.schemas.filters import (
     LogFilter,
     LogFilterFlowRunId,
     LogFilterTimestamp,
+    TaskRunFilter,
+    TaskRunFilterFlowRunId,
+    TaskRunFilterName,
 )
-from prefect.client.schemas.sorting import FlowRunSort, LogSort
+from prefect.client.schemas.sorting import FlowRunSort, LogSort, TaskRunSort
 
 from dspy_service.prefect_pages import PAGE_LIMIT, read_in_pages
 
@@ -87,6 +90,19 @@ async def read_states(client: PrefectClient, run_id: UUID) -> list[dict[str, Any
     """A flow run's state history, oldest first (Prefect orders it by the states' time)."""
     response = await client.request("GET", "/flow_run_states/", params={"flow_run_id": str(run_id)})
     return orjson.loads(response.content)
+
+
+async def read_task_run_named(client: PrefectClient, run_id: UUID, name: str) -> dict[str, Any] | None:
+    """The first task run called `name` of a flow run, as Prefect's JSON (None: none yet)."""
+    task_filter = TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run_id]), name=TaskRunFilterName(any_=[name]))
+    body = {
+        "task_runs": task_filter.model_dump(mode="json", exclude_none=True),
+        "limit": 1,
+        "sort": TaskRunSort.EXPECTED_START_TIME_ASC,
+    }
+    response = await client.request("POST", "/task_runs/filter", json=body)
+    found = orjson.loads(response.content)
+    return found[0] if found else None
 
 
 async def read_logs_since(client: PrefectClient, run_id: UUID, since: dt.datetime | None) -> list[dict[str, Any]]:

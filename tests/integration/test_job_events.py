@@ -87,7 +87,10 @@ def test_a_gepa_jobs_stream_resumes_without_loss_or_repeats_and_ends_with_result
     assert all(ids) and len(set(ids)) == len(ids)
 
     statuses = [e["data"]["status"] for e in whole if e["type"] == "status"]
-    assert statuses[0] == "pending" and "running" in statuses and statuses[-1] == "success", statuses
+    assert statuses[0] == "pending" and statuses[-1] == "success", statuses
+    # the same statuses GET /jobs/{id} shows, in order: validating until the compile task starts
+    assert statuses.index("validating") < statuses.index("running"), statuses
+    assert [s for s in statuses if s not in ("pending",)] == ["validating", "running", "success"], statuses
     final = whole[-1]
     assert final["type"] == "result" and final["data"]["job_id"] == job_id and final["data"]["status"] == "success"
     assert final["data"].keys() == stack.api.get(f"/jobs/{job_id}/summary").json().keys(), "the summary object"

@@ -95,7 +95,9 @@ def test_times_read_either_utc_spelling():
 # -- items -------------------------------------------------------------------------------------
 def test_states_become_status_events_in_the_users_terms():
     running = ec.state_item(state(1, "RUNNING"))
-    assert running.type == "status" and running.data["status"] == "running" and running.data["message"] is None
+    assert running.type == "status" and running.data["status"] == "validating" and running.data["message"] is None
+    resumed = ec.state_item(state(5, "RUNNING"), compile_us=ec.micros(iso(3)))
+    assert resumed.data["status"] == "running", "a Running state after the compile task started is running"
     crashed = ec.state_item(state(2, "CRASHED", message="Process exited with status code: -9")).data
     assert crashed["status"] == "failed" and crashed["message"].startswith("the job process was killed (SIGKILL)")
     assert crashed["timestamp"] == "2026-12-03T08:00:02+00:00"
@@ -134,7 +136,17 @@ def test_due_orders_states_before_logs_of_the_same_time_and_a_batch_by_its_writi
     s = state(5, "RUNNING")
     items = items_at(b, a, s, log(4, "earlier"))
     sent = ec.due(items, ec.START, ec.micros(iso(10)))
-    assert [i.data.get("message") or i.data["status"] for i in sent] == ["earlier", "running", "a", "b"]
+    assert [i.data.get("message") or i.data["status"] for i in sent] == ["earlier", "validating", "a", "b"]
+
+
+def test_the_compile_task_makes_a_validating_job_running_at_its_rows_time():
+    task_run = {"id": str(uuid.uuid4()), "created": iso(3.5), "name": "compile-program"}
+    item = ec.compile_item(task_run)
+    assert item.type == "status" and item.data["status"] == "running" and item.position.rank == ec.RANK_STATE
+    sent = ec.due(
+        [item, *items_at(state(2, "RUNNING"), log(3, "setup"), log(4, "compiling"))], ec.START, ec.micros(iso(9))
+    )
+    assert [i.data.get("message") or i.data["status"] for i in sent] == ["validating", "setup", "running", "compiling"]
 
 
 def test_due_holds_back_what_has_not_settled():
@@ -176,6 +188,7 @@ class World:
         self.state_rows: list[tuple[float, dict]] = []  # (visible at, state)
         self.logs: list[tuple[float, dict]] = []
         self.usage: list[tuple[float, dict]] = []
+        self.compile_rows: list[tuple[float, dict]] = []
         self.deleted_at: float | None = None
         self.settings = ServiceSettings()
 
@@ -197,6 +210,10 @@ class World:
 
     async def states(self, run_id):
         return sorted(self.visible(self.state_rows), key=lambda s: s["timestamp"])
+
+    async def compile_task(self, run_id):
+        rows = self.visible(self.compile_rows)
+        return rows[0] if rows else None
 
     async def logs_since(self, run_id, since):
         rows = self.visible(self.logs)
@@ -221,6 +238,7 @@ def job_world(end: str = "COMPLETED") -> World:
     world.logs.append((26.0, log(25.0, "after the grace")))
     world.logs.append((10.0, log(9.5, "shipped late", written=9.5 - 500)))
     world.usage = [(5.0, {"calls": 3}), (12.0, {"calls": 9}), (21.0, {"calls": 12})]
+    world.compile_rows.append((4.4, {"id": str(uuid.uuid4()), "created": iso(4.0), "name": "compile-program"}))
     return world
 
 
@@ -262,7 +280,9 @@ def test_a_dropped_stream_resumed_from_its_last_id_loses_and_repeats_nothing(dro
     live, _ = follow(world, ec.START, until=60)
     assert resumable(live) == resumable(whole)
     events = [c.split("\n")[1] for c in resumable(whole)]
-    assert events[-1] == "event: result" and events.count("event: status") == 4
+    assert events[-1] == "event: result" and events.count("event: status") == 5
+    statuses = [json.loads(c.split("data: ")[1])["status"] for c in resumable(whole) if "event: status" in c]
+    assert statuses == ["pending", "pending", "validating", "running", "success"]
     text = "".join(whole)
     assert "flushed at exit" in text and "worker's last word" in text
     assert "after the grace" not in text and "shipped late" not in text
