@@ -146,6 +146,10 @@ class ServiceRegistry:
         """`factory(metric=..., **optimizer_kwargs)` must return an object with compile()."""
         self._optimizers[name] = factory
 
+    def module_name_of(self, module_class: type) -> str | None:
+        """The name a module class is registered under (a class factory only), if any."""
+        return next((name for name, factory in self._modules.items() if factory is module_class), None)
+
     def asset_names(self) -> dict[str, list[str]]:
         return {"modules": sorted(self._modules), "metrics": [], "optimizers": sorted(self._optimizers)}
 

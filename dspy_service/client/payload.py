@@ -75,22 +75,31 @@ def signature_code(signature: type) -> str:
 
 
 def program_parts(program: Any) -> tuple[str, dict[str, Any], type]:
-    """(module_name, module_kwargs, signature class) of a DSPy module instance."""
+    """(module_name, module_kwargs, signature class) of a DSPy module instance: Predict,
+    ChainOfThought, or a module class registered by name (a plugin, see
+    dspy_service/registry.py, loaded here too) whose first predictor holds the signature."""
     import dspy
+
+    from dspy_service.registry import get_registry
 
     if not isinstance(program, dspy.Module):
         raise ValueError(
             f"program must be a dspy module instance such as dspy.Predict(MySig); got {type(program).__name__}"
         )
     kind = f"{type(program).__module__}.{type(program).__qualname__}"
-    if kind not in BUILTIN_MODULES:
-        raise ValueError(
-            f"program is a {type(program).__name__}; the client sends dspy.Predict and dspy.ChainOfThought. "
-            "For a module registered on the service, pass module_name=... and signature_code=... yourself"
-        )
-    if kind.endswith("ChainOfThought"):  # its predictor's signature has `reasoning` prepended
+    if kind.endswith("ChainOfThought") and kind in BUILTIN_MODULES:  # `reasoning` is prepended
         return BUILTIN_MODULES[kind], {}, program.predict.signature.delete("reasoning")
-    return BUILTIN_MODULES[kind], {}, program.signature
+    if kind in BUILTIN_MODULES:
+        return BUILTIN_MODULES[kind], {}, program.signature
+    registered = get_registry().module_name_of(type(program))
+    predictors = program.predictors()
+    if registered is None or not predictors:
+        raise ValueError(
+            f"program is a {type(program).__name__}, which is neither dspy.Predict, dspy.ChainOfThought nor a "
+            "module class registered by name (DSPY_SERVICE_PLUGINS); pass module_name=... and signature_code=... "
+            "yourself"
+        )
+    return registered, {}, predictors[0].signature
 
 
 # ---- the metric ---------------------------------------------------------------------------

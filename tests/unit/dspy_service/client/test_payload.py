@@ -46,6 +46,21 @@ def test_chain_of_thought_sends_its_own_signature_without_reasoning():
     assert payload.program_parts(dspy.Predict("question -> answer"))[0] == "predict"
 
 
+def test_a_module_class_registered_by_name_is_sent_by_that_name(monkeypatch):
+    from dspy_service.registry import ServiceRegistry
+
+    class Twice(dspy.Module):
+        def __init__(self, signature):
+            super().__init__()
+            self.first = dspy.Predict(signature)
+
+    registry = ServiceRegistry()
+    registry.register_module("twice", Twice)
+    monkeypatch.setattr("dspy_service.registry.get_registry", lambda: registry)
+    module_name, _, signature = payload.program_parts(Twice(sample_code.Arithmetic))
+    assert module_name == "twice" and signature is sample_code.Arithmetic
+
+
 def test_other_modules_are_refused_with_what_to_do():
     with pytest.raises(ValueError, match="module_name"):
         payload.program_parts(dspy.ReAct("question -> answer", tools=[]))
