@@ -106,8 +106,11 @@ def test_printing_100mb_is_capped_and_says_what_was_dropped(rstack, outcomes):
     assert any(e["message"].startswith("09999p") for e in printed[notice:]), "the last prints are kept"
     # Raw stdout of both jobs reached the worker log capped (1 MB each), with a note.
     assert outcomes["worker_log_growth"] < 12_000_000, outcomes["worker_log_growth"]
-    worker_log = rstack.stack.workers[0].log_path.read_text(errors="replace")
-    assert "of the job's stdout/stderr; the last" in worker_log
+    # The note closes the job's output: the supervisor writes it once the engine has exited,
+    # which is after the engine reported the final state the API showed.
+    worker_log = rstack.stack.workers[0].log_path
+    note = "of the job's stdout/stderr; the last"
+    wait_until(lambda: note in worker_log.read_text(errors="replace"), 30, 0.5, what=f"{note!r} in the worker log")
 
 
 def test_worker_api_and_the_other_job_are_unaffected(rstack, outcomes):
