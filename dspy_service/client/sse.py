@@ -80,37 +80,66 @@ class EventParser:
         return event
 
 
-def _resume_headers(last_id: str | None) -> dict[str, str]:
-    return {"Last-Event-ID": last_id} if last_id else {}
+class Resumption:
+    """Where a job's stream is across reconnects: the last id seen and the connections in a
+    row that failed (dropped, or closed before a single event). Shared by the sync and the
+    async follower, which differ only in how they read lines and wait."""
+
+    def __init__(self, job_id: str, last_event_id: str | None, max_failures: int):
+        self.path = f"/jobs/{job_id}/events"
+        self.job_id = job_id
+        self.last_id = last_event_id
+        self.max_failures = max_failures
+        self.failures = 0
+        self._parser = EventParser()
+        self._received = False
+
+    def headers(self) -> dict[str, str]:
+        """The next connection's headers; it starts a fresh parse."""
+        self._parser, self._received = EventParser(), False
+        return {"Last-Event-ID": self.last_id} if self.last_id else {}
+
+    def take(self, line: str) -> Event | None:
+        event = self._parser.feed(line)
+        if event is not None:
+            self.failures, self._received = 0, True
+            if event.id:
+                self.last_id = event.id
+        return event
+
+    def dropped(self, exc: Exception) -> None:
+        self.failures += 1
+        if self.failures >= self.max_failures:
+            raise ServiceUnavailable(None, f"the event stream of job {self.job_id} keeps dropping: {exc}") from exc
+
+    def closed(self) -> None:
+        """The server closed the stream before its final event: reconnect (counted if empty)."""
+        self.failures += 0 if self._received else 1
+        if self.failures >= self.max_failures:
+            raise ServiceUnavailable(None, f"the event stream of job {self.job_id} ends without events")
+
+
+STREAM_ERRORS = (httpx.TransportError, httpx.RemoteProtocolError, ServiceUnavailable)
 
 
 def follow_events(
     connection: Connection, job_id: str, last_event_id: str | None = None, max_failures: int = MAX_FAILURES
 ) -> Iterator[Event]:
     """Every event of the job after `last_event_id`, to the final one, across reconnects."""
-    last_id, failures = last_event_id, 0
+    where = Resumption(job_id, last_event_id, max_failures)
     while True:
-        parser, received = EventParser(), False
         try:
-            with connection.stream(f"/jobs/{job_id}/events", headers=_resume_headers(last_id)) as response:
+            with connection.stream(where.path, headers=where.headers()) as response:
                 for line in response.iter_lines():
-                    event = parser.feed(line)
-                    if event is None:
-                        continue
-                    failures, received = 0, True
-                    if event.id:
-                        last_id = event.id
-                    yield event
-                    if event.final:
-                        return
-        except (httpx.TransportError, httpx.RemoteProtocolError, ServiceUnavailable) as exc:
-            failures += 1
-            if failures >= max_failures:
-                raise ServiceUnavailable(None, f"the event stream of job {job_id} keeps dropping: {exc}") from exc
+                    event = where.take(line)
+                    if event is not None:
+                        yield event
+                        if event.final:
+                            return
+        except STREAM_ERRORS as exc:
+            where.dropped(exc)
         else:
-            failures += 0 if received else 1  # closed before its final event: reconnect
-            if failures >= max_failures:
-                raise ServiceUnavailable(None, f"the event stream of job {job_id} ends without events")
+            where.closed()
         time.sleep(RECONNECT_DELAY)
 
 
@@ -118,27 +147,18 @@ async def afollow_events(
     connection: AsyncConnection, job_id: str, last_event_id: str | None = None, max_failures: int = MAX_FAILURES
 ) -> AsyncIterator[Event]:
     """The async twin of `follow_events`."""
-    last_id, failures = last_event_id, 0
+    where = Resumption(job_id, last_event_id, max_failures)
     while True:
-        parser, received = EventParser(), False
         try:
-            async with connection.stream(f"/jobs/{job_id}/events", headers=_resume_headers(last_id)) as response:
+            async with connection.stream(where.path, headers=where.headers()) as response:
                 async for line in response.aiter_lines():
-                    event = parser.feed(line)
-                    if event is None:
-                        continue
-                    failures, received = 0, True
-                    if event.id:
-                        last_id = event.id
-                    yield event
-                    if event.final:
-                        return
-        except (httpx.TransportError, httpx.RemoteProtocolError, ServiceUnavailable) as exc:
-            failures += 1
-            if failures >= max_failures:
-                raise ServiceUnavailable(None, f"the event stream of job {job_id} keeps dropping: {exc}") from exc
+                    event = where.take(line)
+                    if event is not None:
+                        yield event
+                        if event.final:
+                            return
+        except STREAM_ERRORS as exc:
+            where.dropped(exc)
         else:
-            failures += 0 if received else 1
-            if failures >= max_failures:
-                raise ServiceUnavailable(None, f"the event stream of job {job_id} ends without events")
+            where.closed()
         await asyncio.sleep(RECONNECT_DELAY)
