@@ -161,6 +161,41 @@ def inline_secret_block(secret_id: str) -> str:
     return f"{INLINE_SECRET_BLOCK_PREFIX}{secret_id}".lower()
 
 
+# -- the program registry (dspy_service/program_store.py) ------------------------------------
+PROGRAM_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+PROGRAM_ALIAS_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,39}$"
+LATEST_ALIAS = "latest"  # the highest version, unless an alias of that name is set
+PROGRAM_VERSION_VARIABLE_PREFIX = "dspy-prog-"
+PROGRAM_ALIAS_VARIABLE_PREFIX = "dspy-alias-"
+
+
+def program_digest(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+def program_owner_prefix(owner: str) -> str:
+    """Prefix of the version Variables of every program of `owner`."""
+    return f"{PROGRAM_VERSION_VARIABLE_PREFIX}{owner_digest(owner)}-"
+
+
+def program_version_prefix(owner: str, name: str) -> str:
+    return f"{program_owner_prefix(owner)}{program_digest(name)}-v"
+
+
+def program_version_variable(owner: str, name: str, version: int) -> str:
+    """Prefect Variable of one registered version (its entry; the document is in storage)."""
+    return f"{program_version_prefix(owner, name)}{int(version)}"
+
+
+def program_alias_prefix(owner: str, name: str) -> str:
+    return f"{PROGRAM_ALIAS_VARIABLE_PREFIX}{owner_digest(owner)}-{program_digest(name)}-"
+
+
+def program_alias_variable(owner: str, name: str, alias: str) -> str:
+    """Prefect Variable of an alias: {"name", "version", "updated_at"}."""
+    return f"{program_alias_prefix(owner, name)}{alias}"
+
+
 # -- flow-run labels: small per-job facts the job list reads with the runs ------------------
 BASELINE_TEST_METRIC = "dspy.baseline_test_metric"
 OPTIMIZED_TEST_METRIC = "dspy.optimized_test_metric"
