@@ -102,7 +102,7 @@ class Submission:
         made = spec.secret_refs.inline_block if spec.secret_refs else None
         if made and inline_block_of(parameters) != made:
             await self.secrets.delete(made)  # ... and its secrets only
-        return views.submitted(run, await self.jobs.status_of(run))
+        return {**views.submitted(run, await self.jobs.status_of(run)), "ignored_fields": request.ignored_fields}
 
     async def with_default_notify(self, request: JobRequest, spec: JobSpec) -> JobSpec:
         """`spec` with the owner's default notify_url (PUT /users/me/notify), checked again,

@@ -91,7 +91,7 @@ def run_job(
         stage = Stage.COMPILE
         compiled = compile_program(job, splits, lms, user_code)
         stage = Stage.EVALUATE
-        scores = evaluate_programs(compiled, splits, lms, user_code)
+        scores = evaluate_programs(compiled, splits, lms, user_code, job.num_threads)
         stage = Stage.SERIALIZE
         artifact = serialize_program_artifact(compiled.optimized, lms.secrets)
         if schedule_id:
@@ -171,6 +171,8 @@ def optimize_program(
                 # process; an error caused by the stop itself must not become the message.
                 wait_to_be_stopped()
             run_logger.error("job failed: %s", exc)
+            # /summary's log_count: the job's log lines, the failure's included.
+            publish_labels(current_flow_run.id, {contract.LOG_COUNT: len(capture.entries)})
             return Failed(message=str(exc))
         run_logger.info(
             "job finished: baseline %s -> optimized %s on %d test examples",

@@ -47,11 +47,12 @@ def mean_metric(program: dspy.Module, devset: list[dspy.Example], metric: Any, n
 
 @stage(Stage.EVALUATE)
 def evaluate_programs(
-    compiled: CompiledProgram, splits: DataSplits, lms: JobLMs, user_code: UserCode
+    compiled: CompiledProgram, splits: DataSplits, lms: JobLMs, user_code: UserCode, threads: int | None = None
 ) -> TestScores:
+    """`threads`: the job's `num_threads` (None: the service's default)."""
     if not splits.test:
         return TestScores(baseline=None, optimized=None, examples=0)
-    threads = get_settings().num_threads
+    threads = threads or get_settings().num_threads
     metric = user_code.metric
     with dspy.context(lm=lms.main):
         metric.reset_counts()

@@ -155,6 +155,9 @@ def take_price(kwargs: dict[str, Any], field_name: str) -> TokenPrice | None:
 
 def build_lm(config: ModelConfig, *, role: str, meter: UsageMeter, cache: bool) -> MeteredLM:
     field_name = "model_config" if role == "main" else f"{role}_model_config"
+    problem = config.settings_problem(field_name)  # the API refuses these; a stored schedule may predate that
+    if problem:
+        raise JobError(problem[1], field=problem[0])
     kwargs: dict[str, Any] = copy.deepcopy(config.extra)
     price = take_price(kwargs, field_name)
     if config.base_url:
