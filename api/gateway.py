@@ -236,6 +236,18 @@ class JobGateway:
             self._results.popitem(last=False)
         return value
 
+    async def kept_result(self, run: Run) -> dict[str, Any] | None:
+        """What a FAILED run kept of its work (the compiled program, the metrics that exist;
+        flows/optimize.py `ProgramKept`), read as JSON only; None when it kept nothing."""
+        if state_type_of(run) is not StateType.FAILED or not (run.get("state") or {}).get("data"):
+            return None
+        try:
+            value = await read_json_result(run)
+        except UnreadableResult as exc:
+            logger.info("no kept result for failed run %s: %s", run["id"], exc)
+            return None
+        return value if isinstance(value, dict) and value.get("program_artifact") else None
+
     async def outcome(self, run: Run) -> Outcome:
         """A run's status with its result: a COMPLETED run whose result the API refuses or
         cannot read is failed, with the message "unreadable result: <why>"."""

@@ -204,6 +204,7 @@ ESTIMATED_REMAINING = "dspy.estimated_remaining"  # seconds; UNKNOWN_REMAINING: 
 UNKNOWN_REMAINING = -1
 PROGRESS_COUNT = "dspy.progress_count"
 LOG_COUNT = "dspy.log_count"
+EVALUATION_ERRORS = "dspy.evaluation_errors"  # JSON object: program -> {errors, examples, top_errors}
 USAGE = "dspy.usage"  # JSON object: calls, tokens, cost
 STAGE = "dspy.stage"
 SCHEDULE_ID = "dspy.schedule_id"

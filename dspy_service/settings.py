@@ -33,6 +33,13 @@ class ServiceSettings(BaseSettings):
     lm_cache_dir: Path | None = Field(default=None, description="Default: <home>/lm-cache.")
     num_threads: int = Field(default=4, ge=1, description="Default DSPy threads per job.")
     log_level: str = Field(default="INFO", description="Level of dspy/optimizer logs kept per job.")
+    evaluation_error_limit: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Share of a program's test examples that may fail (an LM or metric error scores 0 and is "
+        "counted) before the job fails; the compiled program is kept as its artifact either way.",
+    )
 
     database_url: str | None = Field(
         default=None,

@@ -105,12 +105,21 @@ async def get_job_artifact(run: JobRunDep, gateway: GatewayDep):
     if outcome.status.active:
         raise HTTPException(status_code=409, detail=f"job is {outcome.status.value}; the artifact exists after success")
     result = outcome.result
+    kept = None
+    if not result and outcome.status is JobStatus.failed:
+        result = kept = await gateway.kept_result(run)
     if not result or not result.get("program_artifact"):
         why = f": {outcome.message}" if outcome.message else ""
         raise HTTPException(
             status_code=404, detail=f"job {run['id']} has no artifact (status {outcome.status.value}{why})"
         )
-    return {"program_artifact": result["program_artifact"], "program_source": views.program_source(run)}
+    body = {"program_artifact": result["program_artifact"], "program_source": views.program_source(run)}
+    if kept is not None:  # a failed job keeps what it compiled, and says why it failed
+        body["kept_after_failure"] = {
+            "message": views.status_message(run, outcome.status),
+            "details": {k: v for k, v in (kept.get("details") or {}).items() if k != "failed"},
+        }
+    return body
 
 
 @router.post("/jobs/{job_id}/cancel")
