@@ -132,6 +132,13 @@ class ServiceSettings(BaseSettings):
         description="Comma-separated extra environment variables (names, or prefixes ending in *) that job "
         "processes may see besides the built-in allow-list.",
     )
+    lm_unreachable_calls: int = Field(
+        default=8,
+        ge=1,
+        le=1000,
+        description="A job fails after this many consecutive LM calls that could not connect to the endpoint "
+        "(after the first, calls are sent without retries), instead of waiting out every call's backoff.",
+    )
     lm_num_retries: int = Field(
         default=5,
         ge=0,

@@ -128,7 +128,7 @@ def run_job(
     started = time.monotonic()
     stage = Stage.LOAD_DATA
     champion: ChampionDecision | None = None
-    compiled = None
+    compiled = lms = None
     try:
         splits = load_and_split_data(job, rows)
         watch_splits(splits.counts)
@@ -154,8 +154,10 @@ def run_job(
             )
     except Exception as exc:
         message = stage_failure(stage, exc)
+        if lms is not None and lms.breaker.open:  # the cause, not what the missing LM broke
+            message = f"{stage} failed: {lms.breaker.message()}"
         if compiled is None or stop_requested():
-            raise exc if isinstance(exc, JobError) else JobError(message) from exc
+            raise exc if isinstance(exc, JobError) and str(exc) == message else JobError(message) from exc
         raise ProgramKept(message, kept_result(job, message, compiled, splits, lms, user_code, exc, started)) from exc
     return JobResult(
         module_name=job.module_name,
