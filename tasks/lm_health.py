@@ -30,22 +30,28 @@ class LMUnreachable(JobError):
     """The job's LM endpoint does not answer; the message names it and how often it failed."""
 
 
+# What the sandbox's egress proxy answers (502) for a target it cannot connect to
+# (deployments/runtime/egress_proxy.py): DSPy reports that as a server error.
+EGRESS_CANNOT_CONNECT = "cannot connect to"
+
+
 def is_connection_failure(exc: BaseException) -> bool:
     """A failure to reach the endpoint at all (not an error the LM answered with)."""
     from dspy.utils.exceptions import LMTransportError
 
-    return isinstance(exc, (LMTransportError, httpx.TransportError))
+    return isinstance(exc, (LMTransportError, httpx.TransportError)) or EGRESS_CANNOT_CONNECT in str(exc)
 
 
 def reason_of(exc: BaseException) -> str:
     text = str(exc).lower()
-    if "refused" in text:
+    # asyncio says "Connect call failed" for ECONNREFUSED (the egress proxy's words).
+    if "refused" in text or "errno 111" in text or "connect call failed" in text:
         return "connection refused"
     if "timed out" in text or "timeout" in text:
         return "connection timed out"
     if "name or service not known" in text or "nodename nor servname" in text:
         return "host not found"
-    return (str(exc).split(": ", 1)[-1] or type(exc).__name__)[:200]
+    return (" ".join(str(exc).split(": ", 1)[-1].split()) or type(exc).__name__)[:200]
 
 
 def shown_endpoint(url: str) -> str:
@@ -105,7 +111,7 @@ def endpoint_problem(base_url: str, timeout: float = CHECK_TIMEOUT_SECONDS) -> s
     except httpx.TransportError as exc:
         return reason_of(exc)
     # The egress proxy answers for a target it could not reach (deployments/runtime/egress_proxy.py).
-    if answer.status_code == 502 and "cannot connect to" in answer.text:
+    if answer.status_code == 502 and EGRESS_CANNOT_CONNECT in answer.text:
         return reason_of(Exception(answer.text))
     if answer.status_code == 504 and "did not answer" in answer.text:
         return "connection timed out"
