@@ -13,6 +13,7 @@ from fastapi.responses import Response
 
 from api.deps import GatewayDep
 from api.identity import CurrentUser
+from api.openapi import ErrorDetail
 from api.programs import (
     AliasDeleted,
     AliasTarget,
@@ -39,7 +40,8 @@ ProgramsDep = Annotated[Programs, Depends(get_programs)]
 NameParam = Annotated[str, Path(pattern=PROGRAM_NAME_PATTERN, description="The program's name.")]
 VersionParam = Annotated[int, Path(ge=1, description="A version number (from 1).")]
 AliasParam = Annotated[str, Path(pattern=PROGRAM_ALIAS_PATTERN, description="An alias, e.g. production.")]
-NOT_FOUND = {404: {"description": "no such program, version, alias or job of yours"}}
+NOT_FOUND = {404: {"model": ErrorDetail, "description": "No such program, version, alias or job of yours"}}
+ALIASED = {409: {"model": ErrorDetail, "description": "An alias points to this version"}}
 
 
 @router.post("/programs", status_code=201, response_model=VersionView, responses=NOT_FOUND)
@@ -97,7 +99,7 @@ async def export_program_version(name: NameParam, version: VersionParam, program
 @router.delete(
     "/programs/{name}/versions/{version}",
     response_model=VersionDeleted,
-    responses={**NOT_FOUND, 409: {"description": "an alias points to this version"}},
+    responses={**NOT_FOUND, **ALIASED},
 )
 async def delete_program_version(name: NameParam, version: VersionParam, programs: ProgramsDep):
     """Delete a version (its number is never reused); refused while an alias points to it."""
