@@ -16,6 +16,7 @@ import sys
 import textwrap
 import uuid
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
@@ -135,6 +136,18 @@ def test_versions_aliases_manifest_and_info(registry):
     assert alice.delete(f"/programs/{name}/versions/2").status_code == 200
     assert alice.get(f"/programs/{name}").status_code == 404
     assert register(alice, name, registry.zero_shot_job)["version"] == 3  # numbers are never reused
+
+
+def test_concurrent_registrations_get_distinct_numbers(registry):
+    alice, name = registry.alice, fresh_name("race")
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: alice.post("/programs", json={"name": name, "job_id": registry.few_shot_job}),
+                                range(4)))
+    assert [a.status_code for a in answers] == [201] * 4, [a.text for a in answers]
+    assert sorted(a.json()["version"] for a in answers) == [1, 2, 3, 4]
+    detail = alice.get(f"/programs/{name}").json()
+    assert [v["version"] for v in detail["versions"]] == [1, 2, 3, 4]
+    assert all(alice.get(f"/programs/{name}/info", params={"version": v}).json()["demo_count"] == 4 for v in (1, 4))
 
 
 def test_another_users_programs_are_404_on_every_route(stack, registry):
