@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from dspy_service.client import Client, Conflict, InvalidRequest, NotFound
 from tests.support.payloads import SECRET_KEY, job_payload
 
 pytestmark = pytest.mark.sqlite_only
@@ -136,6 +137,27 @@ def test_versions_aliases_manifest_and_info(registry):
     assert alice.delete(f"/programs/{name}/versions/2").status_code == 200
     assert alice.get(f"/programs/{name}").status_code == 404
     assert register(alice, name, registry.zero_shot_job)["version"] == 3  # numbers are never reused
+
+
+def test_the_python_client_manages_programs(stack, registry):
+    name = fresh_name("client")
+    with Client(stack.stack.config.api_url, registry.alice_token) as client:
+        assert client.programs.register(name, registry.zero_shot_job)["version"] == 1
+        assert client.programs.register(name, registry.few_shot_job)["version"] == 2
+        assert client.programs.set_alias(name, "production", 1)["version"] == 1
+        assert client.programs.get(name)["aliases"] == {"production": 1}
+        assert name in [p["name"] for p in client.programs.list()]
+        assert client.programs.version(name, 2)["job_id"] == registry.few_shot_job
+        assert client.programs.info(name, alias="production")["demo_count"] == 0
+        with pytest.raises(Conflict):
+            client.programs.delete_version(name, 1)
+        client.programs.delete_alias(name, "production")
+        assert client.programs.delete_version(name, 1)["deleted"] is True
+        with pytest.raises(NotFound):
+            client.programs.info(name, version=1)
+        with pytest.raises(InvalidRequest) as refused:
+            client.programs.register("Bad Name", registry.zero_shot_job)
+        assert refused.value.field == "name"
 
 
 def test_concurrent_registrations_get_distinct_numbers(registry):

@@ -3,6 +3,7 @@ exported zip that `load_program` reads back into a real dspy.Module (no pickle).
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 
@@ -108,6 +109,17 @@ def test_the_export_loads_as_a_dspy_module_from_the_zip_and_from_its_directory(d
         assert [demo["answer"] for demo in program.demos] == ["5"]
         assert program.signature.instructions == "Answer carefully."
         assert list(program.signature.input_fields) == ["question"]
+
+
+def test_the_readmes_plain_dspy_code_loads_the_program(document, tmp_path, monkeypatch):
+    with zipfile.ZipFile(io.BytesIO(export_archive(document))) as archive:
+        archive.extractall(tmp_path)
+    plain_dspy = (tmp_path / "README.md").read_text().split("```python")[2].split("```")[0]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(plain_dspy, namespace)  # noqa: S102 - the README's own example
+    program = namespace["program"]
+    assert [demo["answer"] for demo in program.demos] == ["5"] and program.signature.instructions == "Answer carefully."
 
 
 def test_what_is_not_an_export_is_refused_naming_what_is_missing(tmp_path, document):
