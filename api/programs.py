@@ -10,7 +10,8 @@ never runs user code here: the info and manifest come from the stored document's
 How it fails: a job that is unknown, another user's, not succeeded or without a program
 state is a 404 (`JobNotRegistrable`); an unknown program, version or alias is a 404, an
 alias pointing at a version being deleted a 409, a stored document that is gone or
-altered a 500 naming the version (handlers in api/errors.py).
+altered a 500 naming the version (handlers in api/errors.py); info with both `version`
+and `alias` a 400 naming `alias`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from api.ownership import run_owner
 from api.status import JobStatus
 from api.views import job_spec_of
 from dspy_service.contract import LATEST_ALIAS, PROGRAM_NAME_PATTERN
+from dspy_service.errors import JobError
 from dspy_service.program_documents import build_document, program_info
 from dspy_service.program_export import export_archive, manifest_of
 from dspy_service.program_store import ProgramNotFound, ProgramStore, VersionEntry, read_document
@@ -212,6 +214,8 @@ class Programs:
         return {**manifest_of(document), "aliases": [a for a, v in aliases.items() if v == version]}
 
     async def info(self, name: str, version: int | None, alias: str | None) -> dict[str, Any]:
+        if version is not None and alias is not None:
+            raise JobError("give `version` or `alias`, not both", field="alias")
         return program_info(await self.document(name, version, alias))
 
     async def export(self, name: str, version: int) -> bytes:

@@ -63,7 +63,11 @@ async def get_program(name: NameParam, programs: ProgramsDep):
     return await programs.detail(name)
 
 
-@router.get("/programs/{name}/info", response_model=ProgramInfo, responses=NOT_FOUND)
+@router.get(
+    "/programs/{name}/info",
+    response_model=ProgramInfo,
+    responses={**NOT_FOUND, 400: {"model": ErrorDetail, "description": "Both `version` and `alias` given"}},
+)
 async def get_program_info(
     name: NameParam,
     programs: ProgramsDep,

@@ -13,20 +13,26 @@ code that does not run raises ValueError (program.py).
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dspy_service.client.program import build_program
-from dspy_service.program_export import STATE_KEY, read_archive
+from dspy_service.contract import PROGRAM_NAME_PATTERN
+from dspy_service.program_export import MANIFEST_FILE, STATE_KEY, read_archive
 
 if TYPE_CHECKING:
     from dspy_service.client.client import Client
 
 
 def looks_like_path(path_or_name: str | Path) -> bool:
+    """A Path, anything no program can be named (a '.', a '/'), or a directory holding an
+    extracted export; otherwise a program name."""
     text = str(path_or_name)
-    return isinstance(path_or_name, Path) or Path(text).exists() or text.endswith(".zip") or "/" in text
+    if isinstance(path_or_name, Path) or not re.fullmatch(PROGRAM_NAME_PATTERN, text):
+        return True
+    return (Path(text) / MANIFEST_FILE).is_file()
 
 
 def load_program(

@@ -226,6 +226,8 @@ def test_unknown_names_and_bad_input_are_404_or_4xx_naming_the_field(stack, loca
     assert field_of(alice.get(f"/programs/{name}/versions/0")) == "version"
     assert field_of(alice.put(f"/programs/{name}/aliases/Bad%20Alias", json={"version": 1})) == "alias"
     assert field_of(alice.put(f"/programs/{name}/aliases/staging", json={"version": "x"})) == "version"
+    both = alice.get(f"/programs/{name}/info", params={"version": 1, "alias": "latest"})
+    assert both.status_code == 400 and both.json()["field"] == "alias", both.text
 
     # A job that has not succeeded (still pending) gives no program.
     with stack.paused_work_pool():

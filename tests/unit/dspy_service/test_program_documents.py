@@ -10,6 +10,7 @@ import zipfile
 import pytest
 
 from dspy_service.client import build_program, load_program
+from dspy_service.client.program_files import looks_like_path
 from dspy_service.program_documents import build_document, program_info
 from dspy_service.program_export import export_archive, read_archive
 from dspy_service.schemas import JobRequest
@@ -120,6 +121,15 @@ def test_the_readmes_plain_dspy_code_loads_the_program(document, tmp_path, monke
     exec(plain_dspy, namespace)  # noqa: S102 - the README's own example
     program = namespace["program"]
     assert [demo["answer"] for demo in program.demos] == ["5"] and program.signature.instructions == "Answer carefully."
+
+
+def test_load_program_tells_paths_from_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "qa").mkdir()  # a directory that is no export: "qa" is still a name
+    assert not looks_like_path("qa") and not looks_like_path("prod-qa_2")
+    assert looks_like_path("qa-v1.zip") and looks_like_path("exports/qa") and looks_like_path(tmp_path / "qa")
+    (tmp_path / "qa" / "manifest.json").write_text("{}")
+    assert looks_like_path("qa")
 
 
 def test_what_is_not_an_export_is_refused_naming_what_is_missing(tmp_path, document):
