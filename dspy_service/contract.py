@@ -187,8 +187,13 @@ def program_version_variable(owner: str, name: str, version: int) -> str:
     return f"{program_version_prefix(owner, name)}{int(version)}"
 
 
+def program_owner_alias_prefix(owner: str) -> str:
+    """Prefix of the alias Variables of every program of `owner`."""
+    return f"{PROGRAM_ALIAS_VARIABLE_PREFIX}{owner_digest(owner)}-"
+
+
 def program_alias_prefix(owner: str, name: str) -> str:
-    return f"{PROGRAM_ALIAS_VARIABLE_PREFIX}{owner_digest(owner)}-{program_digest(name)}-"
+    return f"{program_owner_alias_prefix(owner)}{program_digest(name)}-"
 
 
 def program_alias_variable(owner: str, name: str, alias: str) -> str:
