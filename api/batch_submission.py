@@ -10,7 +10,8 @@ Secret block reference, which the job's supervisor hands to the sandboxed engine
 
 Failures: 404 for an unknown program, version or alias (or another user's); 409 for a
 version whose stored document is gone or altered; 422 naming the first input field a row
-lacks; 400 for a credential the owner no longer has; 429 over the active-jobs quota.
+lacks; 400 for more rows than DSPY_SERVICE_MAX_DATASET_ROWS or a credential the owner no
+longer has; 429 over the active-jobs quota.
 Anything failing after the rows or the document copy were stored deletes them again.
 """
 
@@ -30,6 +31,7 @@ from api.quotas import check_active_jobs
 from api.submission import stored_rows
 from dspy_service.batch_spec import BatchRequest, BatchSpec, missing_input_field
 from dspy_service.contract import SERVICE_TAG, user_tag
+from dspy_service.errors import JobError
 from dspy_service.program_store import CorruptDocument, ProgramNotFound, ProgramStore, read_document
 from dspy_service.schemas import ModelConfig
 from dspy_service.secret_store import SecretStore
@@ -74,11 +76,17 @@ async def submit_batch(
     except CorruptDocument as exc:
         raise HTTPException(status_code=409, detail=str(exc)) from None
     input_fields = list(document.get("input_fields") or [])
+    settings = gateway.settings
+    if request.dataset is not None and len(request.dataset) > settings.max_dataset_rows:
+        raise JobError(
+            f"dataset has {len(request.dataset)} rows; the limit is {settings.max_dataset_rows} "
+            "(DSPY_SERVICE_MAX_DATASET_ROWS)",
+            field="dataset",
+        )
     if request.dataset is not None:
         missing = missing_input_field(request.dataset, input_fields)
         if missing:
             raise missing_field_error(*missing)
-    settings = gateway.settings
     threads = min(request.num_threads or settings.num_threads, settings.max_batch_threads)
     spec = batch_spec(caller, name, entry.version, document, request, threads)
     await check_active_jobs(gateway, caller, caller.username)

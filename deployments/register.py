@@ -151,9 +151,9 @@ async def register(settings: ServiceSettings | None = None) -> UUID:
     async with get_client() as client:
         await ensure_work_pool(client, settings)
         deployment_id = await ensure_deployment(client, settings)
-        await ensure_batch_deployment(client, settings)
+        batch_id = await ensure_batch_deployment(client, settings)
         notify_id = await ensure_notify_deployment(client, settings)
-        await ensure_automations(client, deployment_id, settings, notify_id)
+        await ensure_automations(client, deployment_id, settings, notify_id, batch_id)
         return deployment_id
 
 

@@ -21,7 +21,9 @@ from dspy_service.program_documents import build_document
 from dspy_service.program_store import ProgramStore
 from dspy_service.schemas import JobSpec
 from dspy_service.testing.local_lm import make_arithmetic_dataset
+from tests.integration.test_job_events import read_events
 from tests.support.payloads import job_payload
+from tests.support.polling import wait_until
 from tests.support.stack import prefect_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.sqlite_only]
@@ -116,15 +118,37 @@ def test_batch_prediction_over_200_rows(stack, local_lm, monkeypatch):
     assert [line["outputs"]["answer"] for line in lines[:20]] == expected, "not the registered program's answers"
     assert key not in artifact.text and key not in json.dumps(detail)
 
+    events = read_events(alice, batch_id)
+    statuses = [e["data"]["status"] for e in events if e["type"] == "status"]
+    assert statuses[-2:] == ["running", "success"] and events[-1]["type"] == "result", statuses
+
     optimization_artifact = alice.get(f"/jobs/{job_id}/artifact")
     assert optimization_artifact.status_code == 200 and "program_artifact" in optimization_artifact.json()
     assert alice.delete(f"/jobs/{batch_id}").status_code == 200
     assert alice.get(f"/jobs/{batch_id}").status_code == 404
 
+    # A slow batch is cancelled like any job.
+    local_lm.set_delay(300)
+    try:
+        slow = alice.post(
+            f"/programs/{name}/batch",
+            json={"dataset": make_arithmetic_dataset(40, seed=23), "num_threads": 1, "alias": "latest"},
+        )
+        assert slow.status_code == 201, slow.text
+        slow_id = slow.json()["job_id"]
+        wait_until(
+            lambda: alice.get(f"/jobs/{slow_id}/summary").json()["status"] == "running",
+            60,
+            what="the slow batch to run",
+        )
+        assert alice.post(f"/jobs/{slow_id}/cancel").status_code == 200
+        assert wait_done(alice, slow_id, 60)["status"] == "cancelled"
+        assert alice.get(f"/jobs/{slow_id}/artifact").status_code == 404
+    finally:
+        local_lm.set_delay(0)
+
 
 def wait_done(client, job_id: str, timeout: float = 90) -> dict:
-    from tests.support.polling import wait_until
-
     last: dict = {}
 
     def done():
