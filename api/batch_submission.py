@@ -48,6 +48,9 @@ def batch_spec(
     caller: Caller, name: str, entry_version: int, document: dict[str, Any], request: BatchRequest, num_threads: int
 ) -> BatchSpec:
     """The job parameter of a batch over one version (its model config: a credential NAME only)."""
+    model = ModelConfig.model_validate(document.get("model_config") or {})
+    if request.credential is not None:
+        model = model.model_copy(update={"credential": request.credential})
     return BatchSpec(
         username=caller.username,
         name=request.name,
@@ -56,7 +59,7 @@ def batch_spec(
         module_name=document.get("module_name"),
         input_fields=list(document.get("input_fields") or []),
         output_fields=list(document.get("output_fields") or []),
-        main_model=ModelConfig.model_validate(document.get("model_config") or {}),
+        main_model=model,
         num_threads=num_threads,
         dataset_source=request.dataset_source,
         dataset_format=request.dataset_format,

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from dspy_service.contract import BATCH_JOB_KIND
+from dspy_service.contract import BATCH_JOB_KIND, CREDENTIAL_NAME_PATTERN
 from dspy_service.dataset_source import DatasetFormat, check_source
 from dspy_service.schemas import JobSpec, ModelConfig, SecretRefs
 
@@ -42,6 +42,12 @@ class BatchRequest(BaseModel):
     version: int | None = Field(default=None, ge=1, description="A version number; default: the alias.")
     alias: str | None = Field(default=None, max_length=40, description="An alias; default: `latest`.")
     num_threads: int | None = Field(default=None, ge=1, description="Rows predicted at once (default: the service's).")
+    credential: str | None = Field(
+        default=None,
+        pattern=CREDENTIAL_NAME_PATTERN,
+        description="One of your credentials to call the version's model with, instead of the one its model "
+        "config names (a version registered from a job with an inline key names none).",
+    )
     name: str | None = Field(default=None, max_length=200, description="Your label for the job.")
     timeout_seconds: float | None = Field(default=None, gt=0, description="Wall-clock limit of the job.")
 
@@ -138,6 +144,22 @@ def results_jsonl(results: Sequence[Mapping[str, Any]]) -> bytes:
     """One JSON line per input row, in row order: `{"row", "outputs"}` or `{"row", "error"}`."""
     ordered = sorted(results, key=lambda r: r.get("row", 0))
     return b"".join(orjson.dumps(dict(r)) + b"\n" for r in ordered)
+
+
+def scrub_errors(results: list[dict[str, Any]], secrets: Sequence[str]) -> list[dict[str, Any]]:
+    """The results with every secret string (api keys, header values) masked in row errors."""
+    secrets = [s for s in secrets if s]
+    if not secrets:
+        return results
+    scrubbed = []
+    for result in results:
+        error = result.get("error")
+        if isinstance(error, str):
+            for secret in secrets:
+                error = error.replace(secret, "***")
+            result = {**result, "error": error}
+        scrubbed.append(result)
+    return scrubbed
 
 
 def batch_summary(results: Sequence[Mapping[str, Any]], usage: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Failed
 
 from dspy_service import contract
-from dspy_service.batch_spec import BatchSpec, batch_summary, missing_input_field, strip_lms
+from dspy_service.batch_spec import BatchSpec, batch_summary, missing_input_field, scrub_errors, strip_lms
 from dspy_service.client.program import build_program
 from dspy_service.contract import Stage
 from dspy_service.errors import JobError
@@ -93,6 +93,7 @@ def run_batch(job: BatchSpec, rows: list[dict[str, Any]], document: dict[str, An
         program = load_program(document)
         stage_name = Stage.PREDICT
         results = predict_rows(program, lms.main, rows, job.input_fields, job.output_fields, job.num_threads)
+        results = scrub_errors(results, lms.secrets)  # a provider's message may quote a key
     except JobError:
         raise
     except Exception as exc:

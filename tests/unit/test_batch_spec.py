@@ -16,6 +16,7 @@ from dspy_service.batch_spec import (
     missing_input_field,
     results_jsonl,
     run_spec,
+    scrub_errors,
     strip_lms,
 )
 from dspy_service.egress_policy import job_hosts
@@ -36,8 +37,11 @@ def spec(**overrides) -> BatchSpec:
 
 def test_request_needs_exactly_one_dataset_and_at_most_one_version():
     assert BatchRequest.model_validate({"dataset": [{"question": "q"}]}).version is None
-    for body in ({}, {"dataset": [{"a": 1}], "dataset_source": "/data/x.csv"}, {"dataset": [{"a": 1}], "version": 1,
-                                                                                  "alias": "prod"}):
+    for body in (
+        {},
+        {"dataset": [{"a": 1}], "dataset_source": "/data/x.csv"},
+        {"dataset": [{"a": 1}], "version": 1, "alias": "prod"},
+    ):
         with pytest.raises(ValidationError):
             BatchRequest.model_validate(body)
     with pytest.raises(ValidationError, match="dataset"):
@@ -89,3 +93,27 @@ def test_results_are_one_json_line_per_row_in_order():
     lines = results_jsonl(results).decode().splitlines()
     assert [json.loads(line) for line in lines] == [{"row": 0, "outputs": {"answer": "4"}}, results[0]]
     assert batch_summary(results, {"calls": 1}) == {"rows": 2, "succeeded": 1, "failed": 1, "usage": {"calls": 1}}
+
+
+def test_row_errors_never_show_a_secret():
+    results = [{"row": 0, "error": "AuthenticationError: bad key sk-secret-1"}, {"row": 1, "outputs": {"a": "sk"}}]
+    assert scrub_errors(results, ["sk-secret-1", ""]) == [
+        {"row": 0, "error": "AuthenticationError: bad key ***"},
+        {"row": 1, "outputs": {"a": "sk"}},
+    ]
+
+
+def test_a_request_may_name_the_credential_to_call_the_model_with():
+    from api.batch_submission import batch_spec
+    from api.identity import Caller
+
+    document = {"input_fields": ["question"], "model_config": {"name": "openai/x", "credential": "old"}}
+    request = BatchRequest.model_validate({"dataset": [{"question": "q"}], "credential": "new"})
+    built = batch_spec(Caller(username="alice"), "adder", 1, document, request, 4)
+    assert built.main_model.credential == "new" and built.username == "alice" and built.input_fields == ["question"]
+    kept = batch_spec(
+        Caller(username="alice"), "adder", 1, document, request.model_copy(update={"credential": None}), 4
+    )
+    assert kept.main_model.credential == "old"
+    with pytest.raises(ValidationError):
+        BatchRequest.model_validate({"dataset": [{"question": "q"}], "credential": "Not A Name"})
