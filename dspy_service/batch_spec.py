@@ -122,12 +122,13 @@ def run_spec(parameters: Mapping[str, Any]) -> JobSpec | BatchSpec:
 
 
 def missing_input_field(rows: Sequence[Mapping[str, Any]], input_fields: Sequence[str]) -> tuple[str, int] | None:
-    """(the first input field a row lacks, that row's index), or None when every row has every field."""
+    """(the first input field a row lacks, that row's index), or None when every row has every field.
+    A null value is missing too: a CSV/JSONL/Parquet source gives a row without a column as null."""
     for index, row in enumerate(rows):
         if not isinstance(row, Mapping):
             return (input_fields[0] if input_fields else "row", index)
         for name in input_fields:
-            if name not in row:
+            if row.get(name) is None:
                 return name, index
     return None
 

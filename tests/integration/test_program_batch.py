@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -126,6 +127,16 @@ def test_batch_prediction_over_200_rows(stack, local_lm, monkeypatch):
     assert optimization_artifact.status_code == 200 and "program_artifact" in optimization_artifact.json()
     assert alice.delete(f"/jobs/{batch_id}").status_code == 200
     assert alice.get(f"/jobs/{batch_id}").status_code == 404
+
+    # A dataset_source is read (and checked) by the job in its sandbox.
+    source = Path(stack.stack.config.settings.home_dir).parent / f"batch-{uuid.uuid4().hex[:6]}.jsonl"
+    source_rows = [{"question": row["question"]} for row in rows[:10]]
+    source_rows[4] = {"query": "What is 2 + 2?"}
+    source.write_text("".join(json.dumps(row) + "\n" for row in source_rows))
+    from_source = alice.post(f"/programs/{name}/batch", json={"dataset_source": str(source)})
+    assert from_source.status_code == 201, from_source.text
+    failed = wait_done(alice, from_source.json()["job_id"], 60)
+    assert failed["status"] == "failed" and "row 4" in failed["message"] and "'question'" in failed["message"], failed
 
     # A slow batch is cancelled like any job.
     local_lm.set_delay(300)

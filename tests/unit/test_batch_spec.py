@@ -55,6 +55,7 @@ def test_missing_input_field_names_the_field_and_row():
     assert missing_input_field(rows, ["question"]) is None
     assert missing_input_field(rows, ["question", "context"]) == ("context", 1)
     assert missing_input_field([{"question": "a"}, "not a row"], ["question"]) == ("question", 1)
+    assert missing_input_field([{"question": None}], ["question"]) == ("question", 0)
 
 
 def test_run_spec_tells_the_kinds_apart():
