@@ -89,3 +89,15 @@ def test_a_batch_run_views_as_a_batch_job():
     assert views.job_spec_of(run) is None and views.program_source(run) is None
     body = views.submitted(run, JobStatus.pending)
     assert body["kind"] == "batch" and body["dataset_rows"] == 200
+
+
+def test_a_batch_bar_over_the_rows_gives_the_percent_and_the_time_left():
+    from flows.telemetry.progress_model import JobProgress
+
+    progress = JobProgress(emit=lambda e: None)
+    bar = progress.open_bar("predict rows", 200, stage="predict-rows")
+    progress.update_bar(bar, 50, elapsed=10.0)  # 5 rows/s
+    assert progress.estimated_remaining() == 30.0
+    assert 3.0 < progress.percent < 30.0
+    progress.update_bar(bar, 200, elapsed=40.0, final=True)
+    assert progress.percent == 100.0
