@@ -40,6 +40,7 @@ class Stage(StrEnum):
     EVALUATE = "evaluate-programs"
     SERIALIZE = "serialize-program-artifact"
     CHAMPION_GATE = "champion-gate"  # runs of a schedule only
+    PREDICT = "predict-rows"  # batch prediction jobs (flows/batch_predict.py) only
 
 
 # Each stage's share of the whole job (percent start, end) when the progress artifact
@@ -52,7 +53,13 @@ STAGE_SPANS: dict[Stage, tuple[float, float]] = {
     Stage.EVALUATE: (85.0, 96.0),
     Stage.SERIALIZE: (96.0, 97.0),
     Stage.CHAMPION_GATE: (97.0, 100.0),
+    Stage.PREDICT: (3.0, 100.0),  # a batch job's own scale: build LMs, then predict every row
 }
+# The task runs whose start makes a job `running` (before it: `validating`): an
+# optimization job's compile task, a batch prediction job's predict task.
+WORK_STAGES = (Stage.COMPILE, Stage.PREDICT)
+# A batch prediction job's `job` parameter says so (dspy_service/batch_spec.py).
+BATCH_JOB_KIND = "batch-predict"
 
 # -- flow-run tags (Prefect 3.9 filters runs by tag, not by label) --------------------------
 SERVICE_TAG = "dspy-service"

@@ -15,6 +15,8 @@ from dspy_service.egress_policy import EgressPolicy
 FLOW_NAME = "optimize-program"
 # The webhook delivery flow's name (api/webhook_flow.py); with `notify_deployment` likewise.
 NOTIFY_FLOW_NAME = "deliver-job-event"
+# The batch prediction flow's name (flows/batch_predict.py); with `batch_deployment` likewise.
+BATCH_FLOW_NAME = "batch-predict"
 
 
 class ServiceSettings(BaseSettings):
@@ -48,6 +50,13 @@ class ServiceSettings(BaseSettings):
     )
     work_pool: str = Field(default="dspy-service", description="Prefect work pool of the jobs.")
     deployment: str = Field(default="dspy-service", description="Deployment name of the flow.")
+    batch_deployment: str = Field(
+        default="dspy-service-batch",
+        description="Deployment name of the batch prediction flow (same work pool and job runtime as optimizations).",
+    )
+    max_batch_threads: int = Field(
+        default=16, ge=1, le=256, description="Most rows one batch prediction job predicts at once (`num_threads`)."
+    )
     job_slots: int = Field(default=2, ge=1, description="Jobs running at once (pool concurrency).")
     max_dataset_rows: int = Field(default=200_000, ge=1)
     max_request_mb: float = Field(default=100.0, gt=0, description="Largest POST body accepted.")
@@ -291,6 +300,15 @@ class ServiceSettings(BaseSettings):
     @property
     def deployment_full_name(self) -> str:
         return f"{FLOW_NAME}/{self.deployment}"
+
+    @property
+    def batch_deployment_full_name(self) -> str:
+        return f"{BATCH_FLOW_NAME}/{self.batch_deployment}"
+
+    @property
+    def job_deployment_names(self) -> tuple[str, ...]:
+        """The deployments whose flow runs are jobs (GET /jobs and friends): the one place that says so."""
+        return (self.deployment_full_name, self.batch_deployment_full_name)
 
     @property
     def notify_deployment_full_name(self) -> str:
