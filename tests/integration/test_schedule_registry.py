@@ -3,7 +3,7 @@ scheduler, worker with the sandbox, API) with real DSPy and the local LM.
 
 The champion gate promotes the first run (v1, the alias points to it); a run of the same
 zero-shot program on the same data ties with the champion re-scored on its test split, so it
-is not promoted and registers nothing; a run with bootstrapped demos beats it (v2, the alias
+is not promoted and registers nothing; a run with four labeled demos beats it (v2, the alias
 moves). The registry is read with ProgramStore against the stack's Prefect server (the
 /programs routes are not on this branch).
 """
@@ -23,6 +23,9 @@ from tests.integration.test_schedules import STRONG, create_schedule, run_now_an
 from tests.support.stack import prefect_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.sqlite_only]
+# Four labeled demos: the local LM's skill goes from 0.30 to 0.78 (dspy_service/testing/local_lm/task.py),
+# without depending on which traces a bootstrap keeps.
+FOUR_DEMOS = {"optimizer_name": "labeled_few_shot", "optimizer_kwargs": {"k": 4}}
 
 
 def read_registry(stack, owner: str, program: str) -> tuple[list[VersionEntry], dict[str, int]]:
@@ -96,8 +99,8 @@ def test_promoted_runs_become_versions_and_move_the_alias(stack, local_lm):
     assert "not promoted" in decision["registered_reason"]
     assert registry(stack, owner, program) == ({1: first["job_id"]}, {"production": 1})
 
-    # Run 3 with bootstrapped demos beats the champion: v2, and the alias moves to it.
-    assert stack.api.patch(f"/schedules/{schedule_id}", json=STRONG).status_code == 200
+    # Run 3 with 4 labeled demos beats the champion: v2, and the alias moves to it.
+    assert stack.api.patch(f"/schedules/{schedule_id}", json=FOUR_DEMOS).status_code == 200
     third = run_now_and_wait(stack, schedule_id)
     decision = third["result"]["details"]["champion"]
     assert decision["promoted"] is True, decision
@@ -108,7 +111,7 @@ def test_promoted_runs_become_versions_and_move_the_alias(stack, local_lm):
     document = stored_document(read_registry(stack, owner, program)[0][-1])
     assert (document["owner"], document["job_id"], document["version"]) == (owner, third["job_id"], 2)
     assert document["program_state"] == third["result"]["program_artifact"]["program_state"]
-    assert document["demo_count"] > 0 and document["optimizer_name"] == "bootstrap"
+    assert document["demo_count"] == 4 and document["optimizer_name"] == "labeled_few_shot"
     assert document["metrics"]["optimized_test_metric"] == third["result"]["optimized_test_metric"]
     assert stack.api.get(f"/schedules/{schedule_id}/champion").json()["champion"]["job_id"] == third["job_id"]
     assert stack.api.delete(f"/schedules/{schedule_id}").status_code == 200
