@@ -3,7 +3,7 @@ registration fails is not promoted (the champion and the alias move together).""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 
 import httpx
 import pytest
@@ -12,6 +12,7 @@ from dspy_service.contract import CHAMPION_REGISTRATION_ROUTE, SANDBOXED_ENV
 from tasks import champion, champion_registration
 from tasks.champion import ChampionDecision, register_promoted
 from tasks.champion_registration import RegistrationFailed, register_champion
+from tests.support.memory_prefect import RUN, Prefect, in_memory_prefect, program
 
 REGISTERED = {"program": "nightly-qa", "version": 2, "alias": "production"}
 
@@ -85,3 +86,26 @@ def test_a_sandboxed_job_asks_the_proxy(monkeypatch, status, answer, expected):
     else:
         assert register_champion("job", {"program_artifact": {}}) == expected
     assert proxy.sent == [{"program_artifact": {}}]  # the job's program only: no program name, no owner
+
+
+@pytest.fixture
+def prefect(tmp_path, monkeypatch) -> Prefect:
+    yield from in_memory_prefect(tmp_path, monkeypatch)
+
+
+def test_an_engine_outside_the_sandbox_registers_with_the_same_code(monkeypatch, prefect):
+    """DSPY_SERVICE_SANDBOX=off: the engine calls dspy_service/schedule_registration.py
+    itself, with its own Prefect client (here the in-memory one)."""
+    import prefect as prefect_package
+
+    @asynccontextmanager
+    async def client():
+        yield prefect
+
+    monkeypatch.delenv(SANDBOXED_ENV, raising=False)
+    monkeypatch.setattr(prefect_package, "get_client", client)
+    registered, _ = register_champion(RUN, program())
+    assert registered == {"program": "nightly-qa", "version": 1, "alias": "production"}
+    prefect.runs[RUN]["state"] = {"type": "COMPLETED", "name": "Completed"}
+    with pytest.raises(RegistrationFailed, match="not Running"):
+        register_champion(RUN, program())
