@@ -257,7 +257,7 @@ class PrefectProxy:
         except httpx.TransportError as exc:
             await respond(send, 502, {"detail": f"sandbox: the Prefect API cannot be reached ({type(exc).__name__})"})
             return
-        self.objects.remember(method, path, response.status_code, response.content)
+        self.objects.remember(method, path, response.status_code, response.content, body)
         headers = [
             (k.encode("latin-1"), v.encode("latin-1"))
             for k, v in response.headers.multi_items()

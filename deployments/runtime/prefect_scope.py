@@ -23,6 +23,7 @@ reason says why. Reasons are short and user-readable; the proxy shows them in th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import uuid
@@ -81,10 +82,15 @@ class JobObjects:
     task_runs: set[str] = field(default_factory=set)
     leases: set[str] = field(default_factory=set)
 
-    def remember(self, method: str, path: str, status: int, response: bytes) -> None:
-        """Record the id a successful create returned (a no-op for any other request)."""
+    def remember(self, method: str, path: str, status: int, response: bytes, body: bytes | None = None) -> None:
+        """Record the id a successful create returned; forget a lease once it was released
+        (`body`: the request's). A no-op for any other request."""
         parts = split_path(path)
         route = next((r for r in ROUTES if r.method == method and parts is not None and shape_of(r, parts)), None)
+        if route is not None and route.body is held_lease and 200 <= status < 300:
+            with contextlib.suppress(ValueError, AttributeError, RecursionError):
+                self.leases.discard(str(parse_id(strict_json(body).get("lease_id"))))
+            return
         if route is None or route.creates is None or not 200 <= status < 300:
             return
         kind, key = route.creates

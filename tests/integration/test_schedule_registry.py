@@ -91,6 +91,8 @@ def test_promoted_runs_become_versions_and_move_the_alias(stack, local_lm):
     assert decision["promoted"] is True, decision
     assert decision["registered"] == {"program": program, "version": 1, "alias": "production"}, decision
     assert registry(stack, owner, program) == ({1: first["job_id"]}, {"production": 1})
+    # The job ran in its sandbox: it registered through its Prefect proxy, on the trusted side.
+    assert any("in its sandbox" in e["message"] for e in stack.api.get(f"/jobs/{first['job_id']}/logs").json())
 
     # Run 2: the same zero-shot program ties with the champion: not promoted, nothing registered.
     second = run_now_and_wait(stack, schedule_id)

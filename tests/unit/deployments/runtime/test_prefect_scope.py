@@ -285,11 +285,18 @@ def test_the_event_subscription_is_narrowed_to_this_jobs_run():
 
 
 def test_registration_only_inside_the_champion_gate():
-    """The proxy's registration route needs a lease of the champion lock this job took
-    (the gate registers under it); the body is only the job's program, never a name."""
+    """The proxy's registration route needs a lease of the champion lock this job took and
+    has not released (the gate registers under it); the body is only the job's program."""
     route = "/api/dspy-service/champion-registration"
     body = json.dumps({"program_artifact": {}}).encode()
     outside = decide(SCHEDULED, "POST", route, "", body, JobObjects())
     assert not outside.allowed and outside.reason == "only inside the champion gate, holding the champion lock"
     assert decide(SCHEDULED, "POST", route, "", body, objects()).allowed
     assert not decide(SCHEDULED, "POST", route, "program=other", body, objects()).allowed
+    # Once the gate released the lock, the lease is forgotten: no registration after the gate.
+    held = objects()
+    release = json.dumps({"lease_id": HELD_LEASE}).encode()
+    held.remember("POST", "/api/v2/concurrency_limits/decrement-with-lease", 500, b"{}", release)
+    assert decide(SCHEDULED, "POST", route, "", body, held).allowed, "a failed release keeps the lease"
+    held.remember("POST", "/api/v2/concurrency_limits/decrement-with-lease", 204, b"", release)
+    assert not decide(SCHEDULED, "POST", route, "", body, held).allowed
