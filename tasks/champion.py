@@ -172,4 +172,6 @@ def champion_gate(
             registered_reason="registered, but the champion pointer was not written" if registered else None,
         )
     logger.info("champion gate: %s", decision.reason)
+    if decision.registered_reason:
+        logger.info("champion gate, register_as: %s", decision.registered_reason)
     return decision
