@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,8 @@ from dspy_service.settings import get_settings
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
+
+logger = logging.getLogger("dspy_service.program_store")
 
 PROGRAM_TAG = "dspy-service-program"
 PROGRAMS_DIR = "programs"
@@ -223,7 +226,8 @@ class ProgramStore:
 
     async def register(self, owner: str, name: str, job_id: str, document: dict[str, Any]) -> VersionEntry:
         """Store `document` as the next version of `name`; returns its entry. The document
-        gets its `name`, `version`, `owner`, `job_id` and `created_at` set here."""
+        gets its `name`, `version`, `owner`, `job_id` and `created_at` set here. If the
+        document cannot be written, the claimed number is given up again and the error raised."""
         check_program_name(name)
         existing = await self.versions(owner, name)
         version = existing[-1].version + 1 if existing else 1
@@ -242,11 +246,23 @@ class ProgramStore:
             except ObjectAlreadyExists:
                 version += 1
                 continue
-            sha = write_document(url, full)
-            entry = VersionEntry(name, version, job_id, created, url, sha, entry.summary)
-            await self._update(program_version_variable(owner, name, version), entry.value())
+            try:
+                sha = write_document(url, full)
+                entry = VersionEntry(name, version, job_id, created, url, sha, entry.summary)
+                await self._update(program_version_variable(owner, name, version), entry.value())
+            except Exception:
+                # No half-made version (an entry without its document) is left behind.
+                await self._unclaim(program_version_variable(owner, name, version), url)
+                raise
             return entry
         raise ProgramStoreError(f"could not claim a version number for {name!r}: too many concurrent registrations")
+
+    async def _unclaim(self, variable_name: str, url: str) -> None:
+        try:
+            delete_document(url)
+            await self.client.delete_variable_by_name(variable_name)
+        except Exception:  # noqa: BLE001 - the original failure is the one to report
+            logger.exception("could not remove the half-made version %s", variable_name)
 
     async def _update(self, variable_name: str, value: dict[str, Any]) -> None:
         await self.client.request(

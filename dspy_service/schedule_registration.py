@@ -164,7 +164,8 @@ async def register_promoted_run(
         return None, "the schedule has no register_as (any more): nothing registered"
     spec = check_schedule_run(run, schedule)
     store = ProgramStore(client)
-    entry = next((e for e in await store.versions(spec.username, target.program) if e.job_id == run_id), None)
+    versions = await store.versions(spec.username, target.program)
+    entry = next((e for e in versions if e.job_id == run_id and e.document_sha256), None)
     if entry is None:
         try:
             document = build_document(spec, result_like(program))

@@ -121,3 +121,23 @@ def test_what_is_not_registered_and_why(prefect):
     with pytest.raises(RegistrationRefused, match="not a flow-run id"):
         register(prefect, run_id="../other")
     assert registry(prefect) == ([], {})
+
+
+def test_a_document_that_cannot_be_written_leaves_no_version_and_a_retry_registers(prefect, monkeypatch):
+    """ProgramStore.register gives the claimed number up again when the document cannot be
+    written (it used to leave an entry without a document, which a retry would have reused)."""
+    from dspy_service import program_store
+
+    real = program_store.write_document
+
+    def full_disk(url, document):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(program_store, "write_document", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        register(prefect)
+    assert registry(prefect) == ([], {}) and prefect.variables == {}
+    monkeypatch.setattr(program_store, "write_document", real)
+    assert register(prefect)[0] == {"program": "nightly-qa", "version": 1, "alias": "production"}
+    (entry,), _ = registry(prefect)
+    assert read_document(entry)["job_id"] == RUN
