@@ -110,6 +110,9 @@ SANDBOXED_ENV = "DSPY_SERVICE_SANDBOXED"
 # Served by that proxy itself, under the API root: the schedule's champion run and its
 # result, read on the trusted side (a sandbox cannot read another job's result file).
 CHAMPION_RESULT_ROUTE = "/dspy-service/champion-result"
+# Also the proxy's own: a promoted run of a schedule with `register_as` is registered there,
+# on the trusted side (dspy_service/schedule_registration.py).
+CHAMPION_REGISTRATION_ROUTE = "/dspy-service/champion-registration"
 
 
 def engine_is_sandboxed(environ: Mapping[str, str]) -> bool:

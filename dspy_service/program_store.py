@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,8 @@ from dspy_service.settings import get_settings
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
+
+logger = logging.getLogger("dspy_service.program_store")
 
 PROGRAM_TAG = "dspy-service-program"
 PROGRAMS_DIR = "programs"
@@ -236,7 +239,8 @@ class ProgramStore:
 
     async def register(self, owner: str, name: str, job_id: str, document: dict[str, Any]) -> VersionEntry:
         """Store `document` as the next version of `name`; returns its entry. The document
-        gets its `name`, `version`, `owner`, `job_id` and `created_at` set here."""
+        gets its `name`, `version`, `owner`, `job_id` and `created_at` set here. If the
+        document cannot be written, the claimed number is given up again and the error raised."""
         check_program_name(name)
         version = await self._highest_claimed(owner, name) + 1
         for _ in range(MAX_CLAIM_ATTEMPTS):
@@ -261,8 +265,11 @@ class ProgramStore:
             except BaseException:
                 # Storage or Prefect failed after the claim: give the number up as a tombstone
                 # rather than leave an entry whose document is missing or unchecked.
-                await self._tombstone(owner, name, version)
-                delete_document(url)
+                try:
+                    await self._tombstone(owner, name, version)
+                    delete_document(url)
+                except Exception:  # noqa: BLE001 - the original failure is the one to report
+                    logger.exception("could not give up version %s of %r", version, name)
                 raise
             return entry
         raise ProgramStoreError(f"could not claim a version number for {name!r}: too many concurrent registrations")

@@ -32,6 +32,7 @@ from flows.telemetry.labels import champion_labels, mark_schedule_run, publish_l
 from flows.telemetry.observe import observe_job, watch_splits, watch_usage
 from tasks.artifact import program_artifact, serialize_program_artifact
 from tasks.champion import ChampionDecision, champion_gate
+from tasks.champion_registration import program_record
 from tasks.compile import compile_program
 from tasks.data import load_and_split_data
 from tasks.evaluate import evaluate_programs
@@ -122,9 +123,8 @@ def kept_result(
     ).model_dump(mode="json")
 
 
-def run_job(
-    job: JobSpec, rows: list[dict[str, Any]] | None, run_log: list[dict[str, Any]], schedule_id: str | None = None
-) -> JobResult:
+def run_job(job: JobSpec, rows: list[dict[str, Any]] | None, run_log: list[dict[str, Any]],
+            schedule_id: str | None = None, register: bool = False) -> JobResult:
     started = time.monotonic()
     stage = Stage.LOAD_DATA
     champion: ChampionDecision | None = None
@@ -150,7 +150,8 @@ def run_job(
         if schedule_id:
             stage = Stage.CHAMPION_GATE
             champion = champion_gate(
-                schedule_id, str(current_flow_run.id), scores.optimized, splits, lms, job, user_code
+                schedule_id, str(current_flow_run.id), scores.optimized, splits, lms, job, user_code,
+                program_record(artifact, scores, splits, user_code.metric_name) if register else None,
             )
     except Exception as exc:
         message = stage_failure(stage, exc)
@@ -190,13 +191,16 @@ def optimize_program(
     dataset: list[dict[str, Any]] | None = None,
     dataset_ref: DatasetRef | None = None,
     schedule_id: str | None = None,
+    register_as: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Optimize a DSPy program: split data, build LMs, load user code, compile, evaluate, save.
 
     `dataset` holds inline rows (local runs); the API passes `dataset_ref`, the URL of
     rows it stored in shared storage, so flow-run parameters stay small; a job with a
     `dataset_source` reads it at run time. `schedule_id` is set on runs of a schedule
-    (/schedules): they end with the champion gate.
+    (/schedules): they end with the champion gate. `register_as` ({program, alias}) is set on
+    runs of a schedule that registers its promoted runs; the trusted side reads the
+    schedule's own (dspy_service/schedule_registration.py), this one only says to ask.
     """
     run_logger = get_run_logger()
     install_stop_handler()  # the job process wrapper asks for a cooperative stop first
@@ -216,7 +220,7 @@ def optimize_program(
                 where_running(),
             )
             with observe_job(current_flow_run.id, job):
-                result = run_job(job, rows, capture.entries, schedule_id)
+                result = run_job(job, rows, capture.entries, schedule_id, register=bool(register_as))
         except JobError as exc:
             if stop_requested():
                 # Cancelled or out of time: the wrapper states the reason and kills this
