@@ -124,8 +124,8 @@ def test_what_is_not_registered_and_why(prefect):
 
 
 def test_a_document_that_cannot_be_written_leaves_no_version_and_a_retry_registers(prefect, monkeypatch):
-    """ProgramStore.register gives the claimed number up again when the document cannot be
-    written (it used to leave an entry without a document, which a retry would have reused)."""
+    """ProgramStore.register gives the claimed number up (a tombstone: numbers are never
+    reused) when the document cannot be written, so no entry without a document is left."""
     from dspy_service import program_store
 
     real = program_store.write_document
@@ -136,8 +136,9 @@ def test_a_document_that_cannot_be_written_leaves_no_version_and_a_retry_registe
     monkeypatch.setattr(program_store, "write_document", full_disk)
     with pytest.raises(OSError, match="No space left"):
         register(prefect)
-    assert registry(prefect) == ([], {}) and prefect.variables == {}
+    assert registry(prefect) == ([], {}), "no readable version"
+    assert all("deleted_at" in value for value in prefect.variables.values()), prefect.variables
     monkeypatch.setattr(program_store, "write_document", real)
-    assert register(prefect)[0] == {"program": "nightly-qa", "version": 1, "alias": "production"}
+    assert register(prefect)[0] == {"program": "nightly-qa", "version": 2, "alias": "production"}
     (entry,), _ = registry(prefect)
     assert read_document(entry)["job_id"] == RUN
