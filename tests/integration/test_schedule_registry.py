@@ -4,8 +4,8 @@ scheduler, worker with the sandbox, API) with real DSPy and the local LM.
 The champion gate promotes the first run (v1, the alias points to it); a run of the same
 zero-shot program on the same data ties with the champion re-scored on its test split, so it
 is not promoted and registers nothing; a run with four labeled demos beats it (v2, the alias
-moves). The registry is read with ProgramStore against the stack's Prefect server (the
-/programs routes are not on this branch).
+moves). The registry is read with ProgramStore against the stack's Prefect server and
+through GET /programs/{name}, which must agree.
 """
 
 from __future__ import annotations
@@ -40,10 +40,16 @@ def read_registry(stack, owner: str, program: str) -> tuple[list[VersionEntry], 
         return asyncio.run(read())
 
 
-def registry(stack, owner: str, program: str) -> tuple[dict[int, str], dict[str, int]]:
-    """({version: job_id}, {alias: version}) of `program` of `owner`, as the store has them."""
+def registry(stack, owner: str, program: str, owner_api) -> tuple[dict[int, str], dict[str, int]]:
+    """({version: job_id}, {alias: version}) of `program` of `owner`, as the store has them,
+    checked against what its owner reads with GET /programs/{name}."""
     versions, aliases = read_registry(stack, owner, program)
-    return {entry.version: entry.job_id for entry in versions}, aliases
+    found = {entry.version: entry.job_id for entry in versions}, aliases
+    answer = owner_api.get(f"/programs/{program}")
+    shown = ({v["version"]: v["job_id"] for v in answer.json()["versions"]}, answer.json()["aliases"]) if (
+        answer.status_code == 200) else ({}, {})
+    assert shown == found, (answer.status_code, answer.text, found)
+    return found
 
 
 def stored_document(entry: VersionEntry) -> dict:
@@ -81,16 +87,19 @@ def test_register_as_is_validated_and_kept(stack, local_lm):
 def test_promoted_runs_become_versions_and_move_the_alias(stack, local_lm):
     program = f"nightly-{uuid.uuid4().hex[:8]}"
     target = {"program": program, "alias": "production"}
+    owner_name = f"reg-{uuid.uuid4().hex[:8]}"
+    owner_api = stack.add_user(owner_name)  # the admin creates the schedule for them; they read their registry
     created = create_schedule(stack, schedule_payload(local_lm.url, cron="0 3 * * *", active=False,
-                                                      register_as=target))
+                                                      register_as=target, username=owner_name))
     schedule_id, owner = created["schedule_id"], created["username"]
+    assert owner == owner_name
 
     # Run 1: the first successful run is promoted and becomes v1; the alias points to it.
     first = run_now_and_wait(stack, schedule_id)
     decision = first["result"]["details"]["champion"]
     assert decision["promoted"] is True, decision
     assert decision["registered"] == {"program": program, "version": 1, "alias": "production"}, decision
-    assert registry(stack, owner, program) == ({1: first["job_id"]}, {"production": 1})
+    assert registry(stack, owner, program, owner_api) == ({1: first["job_id"]}, {"production": 1})
     # The job ran in its sandbox: it registered through its Prefect proxy, on the trusted side.
     assert any("in its sandbox" in e["message"] for e in stack.api.get(f"/jobs/{first['job_id']}/logs").json())
 
@@ -99,7 +108,7 @@ def test_promoted_runs_become_versions_and_move_the_alias(stack, local_lm):
     decision = second["result"]["details"]["champion"]
     assert decision["promoted"] is False and decision["registered"] is None, decision
     assert "not promoted" in decision["registered_reason"]
-    assert registry(stack, owner, program) == ({1: first["job_id"]}, {"production": 1})
+    assert registry(stack, owner, program, owner_api) == ({1: first["job_id"]}, {"production": 1})
 
     # Run 3 with 4 labeled demos beats the champion: v2, and the alias moves to it.
     assert stack.api.patch(f"/schedules/{schedule_id}", json=FOUR_DEMOS).status_code == 200
@@ -107,7 +116,7 @@ def test_promoted_runs_become_versions_and_move_the_alias(stack, local_lm):
     decision = third["result"]["details"]["champion"]
     assert decision["promoted"] is True, decision
     assert decision["registered"] == {"program": program, "version": 2, "alias": "production"}, decision
-    versions, aliases = registry(stack, owner, program)
+    versions, aliases = registry(stack, owner, program, owner_api)
     assert versions == {1: first["job_id"], 2: third["job_id"]} and aliases == {"production": 2}
     # The version is the run's own program, as its result holds it, owned by the schedule's owner.
     document = stored_document(read_registry(stack, owner, program)[0][-1])
