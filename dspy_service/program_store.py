@@ -81,22 +81,22 @@ class CorruptDocument(ProgramStoreError):
     pass
 
 
-def check_program_name(name: str) -> str:
-    if not isinstance(name, str) or not re.fullmatch(PROGRAM_NAME_PATTERN, name):
+def checked_name(value: str, pattern: str, what: str, most: int) -> str:
+    """`value` if it is a valid program name or alias (`what`); ValueError saying the rule."""
+    if not isinstance(value, str) or not re.fullmatch(pattern, value):
         raise ValueError(
-            f"invalid program name {name!r}: 1-64 characters, lowercase letters, digits, '-' and '_', "
+            f"invalid {what} {value!r}: 1-{most} characters, lowercase letters, digits, '-' and '_', "
             "starting with a letter or digit"
         )
-    return name
+    return value
+
+
+def check_program_name(name: str) -> str:
+    return checked_name(name, PROGRAM_NAME_PATTERN, "program name", 64)
 
 
 def check_alias(alias: str) -> str:
-    if not isinstance(alias, str) or not re.fullmatch(PROGRAM_ALIAS_PATTERN, alias):
-        raise ValueError(
-            f"invalid alias {alias!r}: 1-40 characters, lowercase letters, digits, '-' and '_', "
-            "starting with a letter or digit"
-        )
-    return alias
+    return checked_name(alias, PROGRAM_ALIAS_PATTERN, "alias", 40)
 
 
 @dataclass(frozen=True)

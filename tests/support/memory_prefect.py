@@ -1,7 +1,8 @@
-"""An in-memory stand-in of the Prefect API calls a schedule's registration makes
-(dspy_service/schedule_registration.py): read a run and its deployment's schedules, and
-Variables as the program registry keeps them. For unit tests only; the real server is
-covered by tests/integration/test_schedule_registry.py."""
+"""An in-memory stand-in of the Prefect API calls the program registry makes
+(dspy_service/program_store.py: Variables) and a schedule's registration adds
+(dspy_service/schedule_registration.py: read a run and its deployment's schedules). For
+unit tests only; the real server is covered by tests/integration/test_programs.py and
+test_schedule_registry.py."""
 
 from __future__ import annotations
 
@@ -70,10 +71,13 @@ class Prefect:
             found = [s for s in self.schedules if s["deployment_id"] == path_params["id"]]
             return self._response(method, url, copy.deepcopy(found))
         if method == "POST" and path == "/variables/filter":
-            like = json["variables"]["name"]["like_"].strip("%")
-            names = sorted(n for n in self.variables if like in n)[json["offset"]:json["offset"] + json["limit"]]
+            prefix = json["variables"]["name"]["like_"].rstrip("%")
+            names = sorted(n for n in self.variables if n.startswith(prefix))
+            names = names[json["offset"] : json["offset"] + json["limit"]]
             return self._response(method, url, [{"name": n, "value": self.variables[n]} for n in names])
         if method == "PATCH" and path == "/variables/name/{name}":
+            if path_params["name"] not in self.variables:
+                return self._response(method, url, {"detail": "Variable not found"}, 404)
             self.variables[path_params["name"]] = copy.deepcopy(json["value"])
             return self._response(method, url, None)
         raise AssertionError(f"unexpected {method} {path}")

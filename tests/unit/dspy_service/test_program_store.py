@@ -10,48 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from types import SimpleNamespace
 
-import httpx
 import pytest
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from dspy_service import program_store
 from dspy_service.contract import program_version_variable
 from dspy_service.program_store import AliasInUse, CorruptDocument, ProgramNotFound, ProgramStore
 from dspy_service.settings import get_settings
-
-
-class Variables:
-    """The Prefect client calls the store makes, on a dict."""
-
-    def __init__(self):
-        self.values: dict[str, object] = {}
-
-    async def read_variable_by_name(self, name):
-        return SimpleNamespace(name=name, value=self.values[name]) if name in self.values else None
-
-    async def create_variable(self, variable):
-        if variable.name in self.values:
-            raise ObjectAlreadyExists(http_exc=Exception())
-        self.values[variable.name] = variable.value
-
-    async def delete_variable_by_name(self, name):
-        if self.values.pop(name, None) is None:
-            raise ObjectNotFound(http_exc=Exception())
-
-    async def request(self, method, path, json=None, path_params=None):
-        if method == "PATCH":
-            name = path_params["name"]
-            if name not in self.values:
-                response = httpx.Response(404, request=httpx.Request("PATCH", f"http://prefect/variables/name/{name}"))
-                raise httpx.HTTPStatusError("not found", request=response.request, response=response)
-            self.values[name] = json["value"]
-            return SimpleNamespace(json=lambda: None)
-        prefix = json["variables"]["name"]["like_"].rstrip("%")
-        rows = [{"name": k, "value": v} for k, v in sorted(self.values.items()) if k.startswith(prefix)]
-        page = rows[json["offset"] : json["offset"] + json["limit"]]
-        return SimpleNamespace(json=lambda: page)
+from tests.support.memory_prefect import Prefect
 
 
 def run(coroutine):
@@ -62,7 +28,7 @@ def run(coroutine):
 def store(tmp_path, monkeypatch):
     monkeypatch.setenv("DSPY_SERVICE_STORAGE_URL", str(tmp_path / "shared"))
     get_settings.cache_clear()
-    yield ProgramStore(Variables())
+    yield ProgramStore(Prefect())
     get_settings.cache_clear()
 
 
@@ -161,7 +127,7 @@ def test_deleting_every_version_removes_the_program_from_listings(store):
 
 
 def test_a_claimed_number_is_skipped_by_a_concurrent_registration(store):
-    store.client.values[program_version_variable("alice", "qa", 1)] = {"claimed": "by someone else"}
+    store.client.variables[program_version_variable("alice", "qa", 1)] = {"claimed": "by someone else"}
     assert run(store.register("alice", "qa", "j1", document())).version == 2
 
 
@@ -201,4 +167,4 @@ def test_an_altered_or_foreign_document_is_refused(store):
 def test_invalid_names_are_refused_before_anything_is_stored(store, name):
     with pytest.raises(ValueError, match="invalid program name"):
         run(store.register("alice", name, "j1", document()))
-    assert store.client.values == {}
+    assert store.client.variables == {}
