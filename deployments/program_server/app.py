@@ -93,6 +93,13 @@ class ProgramService:
         return PredictAnswer(outputs=[a["outputs"] for a in answers], usage=total)
 
 
+async def service_of(request: Request) -> ProgramService:
+    return request.app.state.service
+
+
+Service = Annotated[ProgramService, Depends(service_of)]
+
+
 def check_token(expected: str):
     async def checked(request: Request) -> None:
         header = request.headers.get("authorization", "")
@@ -127,11 +134,6 @@ def create_app(settings: ServiceSettings, token: str, environ: Mapping[str, str]
     app = FastAPI(title="dspy-service program server", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     authorized = [Depends(check_token(token))]
-
-    async def service_of(request: Request) -> ProgramService:
-        return request.app.state.service
-
-    Service = Annotated[ProgramService, Depends(service_of)]
 
     @app.exception_handler(ServingError)
     async def serving_error_answer(_: Request, exc: ServingError) -> JSONResponse:

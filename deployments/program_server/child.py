@@ -9,7 +9,7 @@ requests by id.
 
 How it fails: `LoadFailed` (the program cannot be built, or the process did not get ready
 within the start timeout: the process is killed); `ChildExited` for every request in
-flight when the process ends, with the reason ("exited with code 1", "killed by
+flight when the process ends, with the reason ("exit code 1", "killed by
 SIGKILL"); `PredictFailed(kind, message)` for an error the child reported (`lm`: the
 provider's, secrets scrubbed; `program`: the program's own). `close` kills the process's
 whole session and never raises.
@@ -53,9 +53,9 @@ class PredictFailed(ChildError):
 
 
 def exit_reason(code: int | None, sandboxed: bool) -> str:
-    """How a child's exit reads for a user: `killed by SIGKILL`, `exited with code 3`."""
+    """How a child's exit reads for a user: `killed by SIGKILL`, `exit code 3`."""
     if code is None:
-        return "is gone"
+        return "gone"
     if sandboxed and code > 128 and code - 128 < signal.NSIG:
         code = 128 - code  # bubblewrap exits 128 + N when signal N killed what it ran
     if code < 0:
@@ -63,7 +63,7 @@ def exit_reason(code: int | None, sandboxed: bool) -> str:
             return f"killed by {signal.Signals(-code).name}"
         except ValueError:
             return f"killed by signal {-code}"
-    return f"exited with code {code}"
+    return f"exit code {code}"
 
 
 class ProgramChild:
@@ -111,7 +111,8 @@ class ProgramChild:
         if not answer.get("ready"):
             code = await self._wait_exit()
             await self.close()
-            message = (answer.get("error") or {}).get("message") or f"its process {exit_reason(code, self.sandboxed)}"
+            reason = f"its process exited: {exit_reason(code, self.sandboxed)}"
+            message = (answer.get("error") or {}).get("message") or reason
             raise LoadFailed(f"program {self.label} cannot be loaded: {message}")
         self.pid = await asyncio.to_thread(engine_process, self.process.pid) if self.sandboxed else self.process.pid
         self.reader = asyncio.create_task(self._read())
@@ -131,7 +132,7 @@ class ProgramChild:
         """{"outputs", "usage"} of one prediction."""
         async with self.semaphore:
             if not self.alive:
-                raise ChildExited(f"program server for {self.label} {self.exit_reason or 'is not running'}")
+                raise ChildExited(f"program server for {self.label} exited: {self.exit_reason or 'not running'}")
             assert self.process is not None and self.process.stdin is not None
             request_id = next(self.ids)
             future: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -143,7 +144,7 @@ class ProgramChild:
                 answer = await future
             except ConnectionError:
                 await self._finished()
-                raise ChildExited(f"program server for {self.label} {self.exit_reason}") from None
+                raise ChildExited(f"program server for {self.label} exited: {self.exit_reason}") from None
             finally:
                 self.pending.pop(request_id, None)
                 self.in_flight -= 1
@@ -168,7 +169,7 @@ class ProgramChild:
         if self.exit_reason is None:
             code = await self._wait_exit()
             self.exit_reason = exit_reason(code, self.sandboxed)
-        error = ChildExited(f"program server for {self.label} {self.exit_reason}")
+        error = ChildExited(f"program server for {self.label} exited: {self.exit_reason}")
         for future in list(self.pending.values()):
             if not future.done():
                 future.set_exception(error)

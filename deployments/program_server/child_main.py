@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 SECRET_PATTERNS = (re.compile(r"sk-[A-Za-z0-9_\-*]{6,}"), re.compile(r"(?i)bearer\s+[A-Za-z0-9._\-~+/=*]{6,}"))
-LM_ERROR_MODULES = ("litellm", "openai", "httpx", "httpcore", "lm15")
+LM_ERROR_MODULES = ("litellm", "openai", "httpx", "httpcore")
 MAX_MESSAGE_CHARS = 2000
 
 
@@ -46,16 +46,21 @@ def scrub(text: str, secrets: list[str]) -> str:
 
 
 def strip_lms(state: dict[str, Any]) -> dict[str, Any]:
-    """The program state with every predictor's saved LM removed (the server sets the LM)."""
+    """The program state with every predictor's saved LM removed (the server sets the LM):
+    a Predict's own state is flat, a composed module's is keyed by predictor name."""
+    if "signature" in state and "lm" in state:
+        return {**state, "lm": None}
     return {key: ({**value, "lm": None} if isinstance(value, dict) and "lm" in value else value)
             for key, value in state.items()}
 
 
 def is_lm_error(exc: BaseException) -> bool:
     """An error of the provider or the connection to it, as opposed to the program's own."""
+    from dspy.utils.exceptions import LMError
+
     seen: BaseException | None = exc
     while seen is not None:
-        if type(seen).__module__.split(".")[0] in LM_ERROR_MODULES:
+        if isinstance(seen, LMError) or type(seen).__module__.split(".")[0] in LM_ERROR_MODULES:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
