@@ -250,6 +250,15 @@ def cmd_local_lm(args: argparse.Namespace) -> int:
     return main(["--port", str(args.port), "--delay-ms", str(args.delay_ms)]) or 0
 
 
+def add_program_server_parser(sub) -> None:
+    program_server = sub.add_parser(
+        "program-server", help="serve registered programs for the API (DSPY_SERVICE_PROGRAM_SERVER_URL; internal token)"
+    )
+    program_server.add_argument("--host", default=None)
+    program_server.add_argument("--port", type=int, default=None)
+    program_server.set_defaults(func=cmd_program_server)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dspy-service", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -296,13 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     register = sub.add_parser("register", help="create the work pool and register the deployment")
     register.set_defaults(func=cmd_register)
 
-    program_server = sub.add_parser(
-        "program-server", help="serve registered programs for the API (DSPY_SERVICE_PROGRAM_SERVER_URL; internal token)"
-    )
-    program_server.add_argument("--host", default=None)
-    program_server.add_argument("--port", type=int, default=None)
-    program_server.set_defaults(func=cmd_program_server)
-
+    add_program_server_parser(sub)
     local_lm = sub.add_parser("local-lm", help="run the deterministic local LM (tests and demo only)")
     local_lm.add_argument("--port", type=int, default=8765)
     local_lm.add_argument("--delay-ms", type=int, default=0)
