@@ -116,7 +116,7 @@ class ChildSandbox:
         self.layout.hidden = hidden_inside_mounts([self.settings.home_dir])
 
         def denied(message: str) -> None:
-            logger.warning("program %s: sandbox: denied %s", label, message)
+            logger.warning("program %s: %s", label, message)
 
         self.proxy = EgressProxy(
             self.layout.run_dir / EGRESS_SOCKET, self.settings.egress_policy, job_hosts(ModelHosts(config)), denied

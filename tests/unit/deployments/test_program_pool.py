@@ -39,9 +39,9 @@ def model_config(lm_url: str) -> dict:
 
 
 def make_pool(tmp_path, lm_url: str, *, sandbox: str = "off", max_programs: int = 4, idle: float = 600,
-              concurrency: int = 2, documents: dict | None = None) -> ProgramPool:
+              concurrency: int = 2, documents: dict | None = None, allow_lm: bool = True) -> ProgramPool:
     port = lm_url.split(":")[2].split("/")[0]
-    settings = ServiceSettings(home=tmp_path, sandbox=sandbox, egress_allow=f"127.0.0.1:{port}",
+    settings = ServiceSettings(home=tmp_path, sandbox=sandbox, egress_allow=f"127.0.0.1:{port}" if allow_lm else "",
                                program_server_concurrency=concurrency, lm_num_retries=0)
 
     async def load(key: ProgramKey):
@@ -250,3 +250,19 @@ def test_in_the_sandbox_the_child_reaches_its_model_and_is_killed_by_its_host_pi
             await pool.close()
 
     run(scenario())
+
+
+@pytest.mark.skipif(bool(cached_bubblewrap_problem(65534)), reason="bubblewrap cannot run here")
+def test_in_the_sandbox_the_egress_policy_decides_what_the_program_reaches(tmp_path, local_lm):
+    async def scenario():
+        pool = make_pool(tmp_path, local_lm.url, sandbox="on", allow_lm=False)  # loopback not allow-listed
+        try:
+            with pytest.raises(PredictFailed) as raised:
+                await pool.predict(key(), QUESTION)
+            assert raised.value.kind == "lm" and "denied by the job's egress policy" in raised.value.message
+        finally:
+            await pool.close()
+
+    local_lm.reset()
+    run(scenario())
+    assert local_lm.stats()["calls"] == 0
