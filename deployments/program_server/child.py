@@ -90,12 +90,16 @@ class ProgramChild:
         return self.process is not None and self.exit_reason is None
 
     async def start(self, document: dict[str, Any], model_config: dict[str, Any]) -> None:
-        self.environment.prepare(self.label.replace(" ", "-"), ModelConfig.model_validate(model_config))
-        argv, env = self.environment.command()
-        self.process = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
-            start_new_session=True, preexec_fn=confiner(self.settings), limit=LINE_LIMIT,
-        )
+        try:
+            self.environment.prepare(self.label.replace(" ", "-"), ModelConfig.model_validate(model_config))
+            argv, env = self.environment.command()
+            self.process = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
+                start_new_session=True, preexec_fn=confiner(self.settings), limit=LINE_LIMIT,
+            )
+        except BaseException:
+            self.environment.close()  # no proxy thread or directory left behind
+            raise
         init = {"document": document, "model_config": model_config, "concurrency": self.concurrency,
                 "num_retries": self.settings.lm_num_retries}
         assert self.process.stdin is not None and self.process.stdout is not None
