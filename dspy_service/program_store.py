@@ -24,7 +24,6 @@ differs from its entry's). Prefect's transport and HTTP errors propagate.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import hashlib
 import re
@@ -296,21 +295,17 @@ class ProgramStore:
     async def resolve(
         self, owner: str, name: str, version: int | None = None, alias: str | None = None
     ) -> VersionEntry:
-        """The version a request names: a number, an alias, or (neither) `latest`. The alias
-        and the versions are read at once (one round trip on the predict path, not two)."""
+        """The version a request names: a number, an alias, or (neither) `latest`."""
         if version is not None:
             return await self.version(owner, name, version)
         alias = alias or LATEST_ALIAS
-        variable, versions = await asyncio.gather(
-            self.client.read_variable_by_name(program_alias_variable(owner, name, alias)), self.versions(owner, name))
+        variable = await self.client.read_variable_by_name(program_alias_variable(owner, name, alias))
         value = variable.value if variable is not None else None
         if isinstance(value, dict) and value.get("name") == name and isinstance(value.get("version"), int):
-            for entry in versions:
-                if entry.version == value["version"]:
-                    return entry
-            raise ProgramNotFound(f"program {name!r} has no version {value['version']}")
+            return await self.version(owner, name, value["version"])
         if alias != LATEST_ALIAS:
             raise ProgramNotFound(f"program {name!r} has no alias {alias!r}")
+        versions = await self.versions(owner, name)
         if not versions:
             raise ProgramNotFound(f"program {name!r} not found")
         return versions[-1]

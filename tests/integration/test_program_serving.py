@@ -131,3 +131,6 @@ def test_predictions_follow_the_alias_and_survive_a_killed_program_server(stack,
     assert usage["predictions"] == 3 * len(QUESTIONS) + 2
     assert usage["versions"]["1"]["predictions"] == len(QUESTIONS) + 1
     assert usage["errors"] == 2 and usage["usage"]["calls"] >= usage["predictions"]
+    logs = stack.stack.config.settings.home_dir / "logs"
+    for log in ("program-server.log", "api.log"):
+        assert key not in (logs / log).read_text(errors="replace"), f"the credential's key is in {log}"
