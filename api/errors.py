@@ -13,6 +13,7 @@ from api.credentials import CredentialError
 from api.gateway import DeploymentMissing
 from api.schedule_gateway import ScheduleNameTaken
 from dspy_service.errors import JobError
+from dspy_service.program_store import AliasInUse, CorruptDocument, ProgramNotFound
 
 
 def _field_path(loc: tuple) -> str:
@@ -47,6 +48,13 @@ async def credential_error(_: Request, exc: CredentialError) -> JSONResponse:
     return JSONResponse(status_code=exc.status_code, content={"detail": exc.message})
 
 
+async def program_error(_: Request, exc: Exception) -> JSONResponse:
+    """The registry's refusals: 404 (no such program/version/alias/job of yours), 409 (an
+    alias points to it), 500 for a stored document that is gone or altered."""
+    status = 404 if isinstance(exc, ProgramNotFound) else 409 if isinstance(exc, AliasInUse) else 500
+    return JSONResponse(status_code=status, content={"detail": str(exc)})
+
+
 async def prefect_unreachable(_: Request, exc: Exception) -> JSONResponse:
     """Prefect restarting or down: a temporary 503, not a 500."""
     if isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code < 500:
@@ -63,5 +71,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DeploymentMissing, deployment_missing)
     app.add_exception_handler(ScheduleNameTaken, name_taken)
     app.add_exception_handler(CredentialError, credential_error)
+    for program_exception in (ProgramNotFound, AliasInUse, CorruptDocument):
+        app.add_exception_handler(program_exception, program_error)
     app.add_exception_handler(httpx.TransportError, prefect_unreachable)
     app.add_exception_handler(PrefectHTTPStatusError, prefect_unreachable)

@@ -1,6 +1,7 @@
 """Jobs on Prefect: every read and write the API makes of a job goes through here.
 
-A job is a flow run of the optimization deployment; its id is the flow-run id. Nothing
+A job is a flow run of one of the job deployments (`settings.job_deployment_names`: the
+optimization deployment and the batch prediction one); its id is the flow-run id. Nothing
 is stored besides Prefect's own records, the job's dataset and its persisted result.
 Runs come and go as the Prefect API's JSON (`Run`, see api/prefect_reads.py).
 
@@ -48,7 +49,7 @@ from api.job_secrets import inline_block_of
 from api.prefect_reads import Run, filter_runs, read_logs, read_logs_since, read_run, read_states, read_task_run_named
 from api.run_pages import RunPage, read_page
 from api.status import JobStatus, run_status, state_type_of
-from dspy_service.contract import NOTIFY_TAG, TERMINAL_STATE_TYPES, Stage, user_tag
+from dspy_service.contract import NOTIFY_TAG, TERMINAL_STATE_TYPES, WORK_STAGES, user_tag
 from dspy_service.result_files import UnreadableResult, delete_result_file, read_json_result
 from dspy_service.secret_store import SecretStore
 from dspy_service.settings import ServiceSettings
@@ -73,14 +74,14 @@ class Outcome:
 
 
 class DeploymentMissing(RuntimeError):
-    """The optimization deployment is not registered (yet) on the Prefect server."""
+    """A job deployment is not registered (yet) on the Prefect server."""
 
 
 class JobGateway:
     def __init__(self, client: PrefectClient, settings: ServiceSettings):
         self.client = client
         self.settings = settings
-        self._deployment_id: UUID | None = None
+        self._deployment_ids: dict[str, UUID] = {}
         serialize = settings.serialize_run_creates
         if serialize is None:
             serialize = settings.uses_sqlite
@@ -90,20 +91,26 @@ class JobGateway:
         self._logs: OrderedDict[tuple[str, str], JobLogs] = OrderedDict()
 
     # -- deployment ---------------------------------------------------------------------
-    async def deployment_id(self) -> UUID:
-        if self._deployment_id is None:
+    async def deployment_id(self, full_name: str | None = None) -> UUID:
+        """The id of a job deployment (default: the optimization deployment)."""
+        full_name = full_name or self.settings.deployment_full_name
+        if full_name not in self._deployment_ids:
             try:
-                deployment = await self.client.read_deployment_by_name(self.settings.deployment_full_name)
+                deployment = await self.client.read_deployment_by_name(full_name)
             except ObjectNotFound:
                 raise DeploymentMissing(
-                    f"deployment {self.settings.deployment_full_name!r} is not registered on the Prefect "
+                    f"deployment {full_name!r} is not registered on the Prefect "
                     "server; run `dspy-service up` or `python -m deployments.register`"
                 ) from None
-            self._deployment_id = deployment.id
-        return self._deployment_id
+            self._deployment_ids[full_name] = deployment.id
+        return self._deployment_ids[full_name]
+
+    async def job_deployment_ids(self) -> list[UUID]:
+        """The ids of every job deployment (settings.job_deployment_names)."""
+        return [await self.deployment_id(name) for name in self.settings.job_deployment_names]
 
     async def deployment_filter(self) -> DeploymentFilter:
-        return DeploymentFilter(id=DeploymentFilterId(any_=[await self.deployment_id()]))
+        return DeploymentFilter(id=DeploymentFilterId(any_=await self.job_deployment_ids()))
 
     # -- create -------------------------------------------------------------------------
     async def create_run(
@@ -114,9 +121,11 @@ class JobGateway:
         tags: list[str],
         labels: dict[str, Any] | None,
         idempotency_key: str | None,
+        deployment: str | None = None,
     ) -> Run:
-        """A new run of the deployment (or the run `idempotency_key` named already)."""
-        deployment_id = await self.deployment_id()
+        """A new run of the job deployment `deployment` (full name; default: optimization),
+        or the run `idempotency_key` named already."""
+        deployment_id = await self.deployment_id(deployment)
 
         async def create() -> Run:
             flow_run = await self.client.create_flow_run_from_deployment(
@@ -141,7 +150,7 @@ class JobGateway:
         except ValueError:
             return None
         run = await read_run(self.client, run_id)
-        if run is None or run.get("deployment_id") != str(await self.deployment_id()):
+        if run is None or run.get("deployment_id") not in {str(i) for i in await self.job_deployment_ids()}:
             return None
         return run
 
@@ -159,13 +168,14 @@ class JobGateway:
         )
 
     async def compile_started(self, runs: Sequence[Run]) -> set[UUID]:
-        """Which RUNNING runs have reached their compile task (validating -> running)."""
+        """Which RUNNING runs have reached their work task (compile, or a batch's predict:
+        validating -> running)."""
         running = [UUID(run["id"]) for run in runs if state_type_of(run) is StateType.RUNNING]
         if not running:
             return set()
         task_runs = await self.client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=running)),
-            task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=[Stage.COMPILE])),
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=list(WORK_STAGES))),
         )
         return {t.flow_run_id for t in task_runs if t.flow_run_id}
 
@@ -212,8 +222,13 @@ class JobGateway:
         return await read_logs_since(self.client, run_id, since)
 
     async def compile_task(self, run_id: UUID) -> dict[str, Any] | None:
-        """The run's compile task run (its start makes a validating job running), or None."""
-        return await read_task_run_named(self.client, run_id, Stage.COMPILE)
+        """The run's work task run (compile, or a batch's predict; its start makes a validating
+        job running), or None."""
+        for name in WORK_STAGES:
+            task = await read_task_run_named(self.client, run_id, name)
+            if task is not None:
+                return task
+        return None
 
     async def states(self, run_id: UUID) -> list[dict[str, Any]]:
         """The run's state history, oldest first, as Prefect's JSON."""
@@ -235,6 +250,18 @@ class JobGateway:
         if len(self._results) > RESULT_CACHE_SIZE:
             self._results.popitem(last=False)
         return value
+
+    async def kept_result(self, run: Run) -> dict[str, Any] | None:
+        """What a FAILED run kept of its work (the compiled program, the metrics that exist;
+        flows/optimize.py `ProgramKept`), read as JSON only; None when it kept nothing."""
+        if state_type_of(run) is not StateType.FAILED or not (run.get("state") or {}).get("data"):
+            return None
+        try:
+            value = await read_json_result(run)
+        except UnreadableResult as exc:
+            logger.info("no kept result for failed run %s: %s", run["id"], exc)
+            return None
+        return value if isinstance(value, dict) and value.get("program_artifact") else None
 
     async def outcome(self, run: Run) -> Outcome:
         """A run's status with its result: a COMPLETED run whose result the API refuses or
@@ -280,8 +307,9 @@ class JobGateway:
         ref = parameters.get("dataset_ref")
         # A schedule's rows and inline secrets are shared by all its runs; the schedule deletes them.
         if not parameters.get("schedule_id"):
-            if isinstance(ref, dict) and ref.get("url"):
-                delete_dataset(ref["url"])
+            for stored in (ref, parameters.get("program_ref")):  # a batch job's program copy too
+                if isinstance(stored, dict) and stored.get("url"):
+                    delete_dataset(stored["url"])
             block = inline_block_of(parameters)
             if block:
                 await SecretStore(self.client).delete(block)

@@ -16,7 +16,7 @@ from api.gateway import JobGateway
 from api.identity import TokenCache
 from api.limits import BodySizeLimit
 from api.openapi import install_openapi
-from api.routes import credentials, jobs, program_serving, schedules, system, users, webhooks
+from api.routes import credentials, jobs, program_batch, program_serving, programs, schedules, system, users, webhooks
 from api.stuck_jobs import sweep_forever
 from api.webhook_sweep import sweep_deliveries_forever
 from dspy_service.prefect_http import quick_retry_httpx_settings
@@ -55,7 +55,7 @@ def install_cors(app: FastAPI, origins_setting: str) -> None:
     app.add_middleware(
         CORSMiddleware,
         allow_origins=origins,
-        allow_methods=["GET", "POST", "PATCH", "DELETE"],
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
         allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
         expose_headers=["Retry-After", "WWW-Authenticate"],
     )
@@ -82,6 +82,8 @@ def create_app() -> FastAPI:
     app.include_router(credentials.router)
     app.include_router(users.router)
     app.include_router(webhooks.router)
+    app.include_router(programs.router)
+    app.include_router(program_batch.router)
     app.include_router(program_serving.router)
     install_openapi(app)
     return app

@@ -50,6 +50,15 @@ def check_egress(spec: JobSpec) -> None:
             raise JobError(f"{field} is not allowed: {problem}", field=field)
 
 
+def check_model_settings(spec: JobSpec) -> None:
+    """An `extra` entry of a model config that collides with a setting of its own or with
+    what the service passes to the LM: JobError naming it (never a TypeError in the job)."""
+    for role, config in spec.lm_configs().items():
+        problem = config.settings_problem(spec.role_field(role))
+        if problem:
+            raise JobError(problem[1], field=problem[0])
+
+
 def check_notify_url(url: str | None) -> None:
     """A notify_url the service may not POST to (not http(s) with a host, or an address the
     egress policy denies): JobError naming the field."""
@@ -89,6 +98,7 @@ def preflight(spec: JobSpec, rows: list[dict[str, Any]] | None) -> None:
     registry.check_optimizer_kwargs(
         optimizer, optimizer_kwargs, spec.compile_kwargs, lm_roles=set(spec.lm_configs()) - {"main"}
     )
+    check_model_settings(spec)
     check_egress(spec)
     check_notify_url(spec.notify_url)
     check_file_source(spec)

@@ -2,9 +2,10 @@
 
 A schedule IS a Prefect deployment schedule on the optimization deployment (no table of
 our own): its cadence is the Prefect schedule, its job payload the schedule's flow-run
-parameters (`job`, `dataset_ref` for inline rows stored once, `schedule_id`), its name the
-schedule's slug. Its champion pointer is a Prefect Variable, and a global concurrency
-limit serializes the champion gates of its runs; their names are in dspy_service/contract.py.
+parameters (`job`, `dataset_ref` for inline rows stored once, `schedule_id`, and
+`register_as` when its promoted runs are registered), its name the schedule's slug. Its
+champion pointer is a Prefect Variable, and a global concurrency limit serializes the
+champion gates of its runs; their names are in dspy_service/contract.py.
 
 Bad input fails as pydantic validation errors (422) naming the field, using Prefect's own
 cron and timezone checks; a cadence change a schedule made elsewhere cannot take raises
@@ -20,6 +21,7 @@ from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from dspy_service.errors import JobError
+from dspy_service.schedule_registration import RegisterAs
 from dspy_service.schemas import JobRequest
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -95,6 +97,11 @@ class ScheduleRequest(JobRequest, Cadence):
         description="Unique among schedules; shown in the Prefect UI (the schedule's slug).",
     )
     active: bool = True
+    register_as: RegisterAs | None = Field(
+        default=None,
+        description="Register each promoted run as the next version of this program of the owner, "
+        "and move this alias to it (dspy_service/schedule_registration.py).",
+    )
 
 
 class SchedulePatch(Cadence):
@@ -105,6 +112,11 @@ class SchedulePatch(Cadence):
 
     name: str | None = Field(default=None, min_length=1, max_length=100, pattern=NAME_PATTERN)
     active: bool | None = None
+    register_as: RegisterAs | None = Field(default=None, description="null stops registering; absent keeps it.")
+
+    @property
+    def changes_register_as(self) -> bool:
+        return "register_as" in self.model_fields_set
 
     @property
     def changes_cadence(self) -> bool:

@@ -9,6 +9,7 @@ from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 
 from api.prefect_reads import Run
 from api.views import contract_timestamp
+from dspy_service.schedule_registration import register_as_of
 from dspy_service.schemas import MODEL_ROLES, JobSpec
 
 
@@ -64,6 +65,7 @@ def schedule_view(schedule: DeploymentSchedule) -> dict[str, Any]:
         "dataset_source": spec.dataset_source if spec else None,
         "dataset_rows": ref.get("rows"),  # inline rows stored with the schedule; null for a source
         "job": public_job(spec) if spec else None,
+        "register_as": register_as.model_dump() if (register_as := register_as_of(schedule.parameters)) else None,
         "deployment_id": str(schedule.deployment_id) if schedule.deployment_id else None,
     }
 

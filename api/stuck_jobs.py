@@ -82,14 +82,18 @@ def stuck_runs(runs: Iterable[Run], now: dt.datetime, settings: ServiceSettings)
 
 
 async def sweep_stuck_jobs(
-    client: PrefectClient, deployment_id: UUID, settings: ServiceSettings, now: dt.datetime | None = None
+    client: PrefectClient,
+    deployment_id: UUID | list[UUID],
+    settings: ServiceSettings,
+    now: dt.datetime | None = None,
 ) -> list[UUID]:
-    """End the deployment's runs stuck Pending or Cancelling; returns the ids it ended."""
+    """End the deployment's (or deployments') runs stuck Pending or Cancelling; returns the ids it ended."""
     now = now or dt.datetime.now(dt.UTC)
+    deployment_ids = deployment_id if isinstance(deployment_id, list) else [deployment_id]
     runs = await filter_runs(
         client,
         FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(SWEPT_STATE_TYPES)))),
-        DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+        DeploymentFilter(id=DeploymentFilterId(any_=deployment_ids)),
         FlowRunSort.EXPECTED_START_TIME_ASC,
         limit=PAGE_LIMIT,
     )
@@ -113,7 +117,7 @@ async def sweep_forever(gateway: JobGateway) -> None:
     while True:
         await asyncio.sleep(gateway.settings.stuck_job_sweep_seconds)
         try:
-            await sweep_stuck_jobs(gateway.client, await gateway.deployment_id(), gateway.settings)
+            await sweep_stuck_jobs(gateway.client, await gateway.job_deployment_ids(), gateway.settings)
         except DeploymentMissing:
             pass  # nothing registered yet: no jobs either
         except asyncio.CancelledError:

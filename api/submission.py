@@ -41,19 +41,28 @@ from api.schedule_gateway import ScheduleGateway, stored_dataset_url
 from api.schedule_models import SchedulePatch, ScheduleRequest, merge_job, patched_cadence
 from dspy_service.contract import NOTIFY_TAG, SCHEDULE_ID, SERVICE_TAG, schedule_tag, user_tag
 from dspy_service.errors import JobError
+from dspy_service.schedule_registration import REGISTER_AS, RegisterAs, register_as_of
 from dspy_service.schemas import DatasetRef, JobRequest, JobSpec
 from dspy_service.secret_store import SecretStore
 from dspy_service.storage import delete_dataset, load_dataset, save_dataset
 from dspy_service.webhook_store import WebhookStore
 
 
-def job_parameters(spec: JobSpec, dataset_ref: DatasetRef | None, schedule_id: str | None = None) -> dict[str, Any]:
-    """The flow-run parameters of a job (those of a schedule's runs name the schedule)."""
+def job_parameters(
+    spec: JobSpec,
+    dataset_ref: DatasetRef | None,
+    schedule_id: str | None = None,
+    register_as: RegisterAs | None = None,
+) -> dict[str, Any]:
+    """The flow-run parameters of a job (those of a schedule's runs name the schedule, and
+    say where its promoted runs are registered)."""
     parameters: dict[str, Any] = {"job": spec.wire()}
     if dataset_ref is not None:
         parameters["dataset_ref"] = dataset_ref.model_dump(mode="json")
     if schedule_id:
         parameters["schedule_id"] = schedule_id
+    if register_as is not None:
+        parameters[REGISTER_AS] = register_as.model_dump(mode="json")
     return parameters
 
 
@@ -102,7 +111,7 @@ class Submission:
         made = spec.secret_refs.inline_block if spec.secret_refs else None
         if made and inline_block_of(parameters) != made:
             await self.secrets.delete(made)  # ... and its secrets only
-        return views.submitted(run, await self.jobs.status_of(run))
+        return {**views.submitted(run, await self.jobs.status_of(run)), "ignored_fields": request.ignored_fields}
 
     async def with_default_notify(self, request: JobRequest, spec: JobSpec) -> JobSpec:
         """`spec` with the owner's default notify_url (PUT /users/me/notify), checked again,
@@ -125,7 +134,8 @@ class Submission:
         ref = parameters.get("dataset_ref")
         dataset_ref = DatasetRef.model_validate(ref) if ref else None
         schedule_id = str(schedule.id)
-        run = await self._create_run(spec, job_parameters(spec, dataset_ref, schedule_id), schedule_id=schedule_id)
+        parameters = job_parameters(spec, dataset_ref, schedule_id, register_as_of(parameters))
+        run = await self._create_run(spec, parameters, schedule_id=schedule_id)
         return views.submitted(run, await self.jobs.status_of(run))
 
     async def create_schedule(self, request: ScheduleRequest, caller: Caller) -> DeploymentSchedule:
@@ -138,7 +148,10 @@ class Submission:
         check_schedule_count(caller, owned, settings.max_schedules_per_user)
         async with secured(spec, self.secrets) as spec, stored_rows(request.dataset) as ref:
             return await self.schedules.create(
-                job_parameters(spec, ref), request.prefect_schedule(), name=request.name, active=request.active
+                job_parameters(spec, ref, register_as=request.register_as),
+                request.prefect_schedule(),
+                name=request.name,
+                active=request.active,
             )
 
     async def update_schedule(
@@ -150,8 +163,14 @@ class Submission:
         cadence = patched_cadence(schedule.schedule, patch)
         check_cadence(caller, cadence, self.jobs.settings.min_schedule_interval_seconds)
         changes = patched_username(caller, schedule_owner(schedule), patch.job_fields())
+        register_as = patch.register_as if patch.changes_register_as else register_as_of(schedule.parameters)
         if not changes:
-            return await self.schedules.update(schedule, active=patch.active, cadence=cadence, name=patch.name)
+            kept = {k: v for k, v in (schedule.parameters or {}).items() if k != REGISTER_AS}
+            parameters = {**kept, REGISTER_AS: register_as.model_dump(mode="json")} if register_as else kept
+            return await self.schedules.update(
+                schedule, active=patch.active, cadence=cadence, name=patch.name,
+                parameters=parameters if patch.changes_register_as else None,
+            )
         stored_job, inline = await restored_job((schedule.parameters or {}).get("job") or {}, self.secrets)
         request, kept_ref = await merged_request(schedule, stored_job, changes)
         spec = await validated(request)
@@ -165,7 +184,7 @@ class Submission:
                 active=patch.active,
                 cadence=cadence,
                 name=patch.name,
-                parameters=job_parameters(spec, ref, str(schedule.id)),
+                parameters=job_parameters(spec, ref, str(schedule.id), register_as),
             )
         old = stored_dataset_url(schedule)
         if old and old != (ref.url if ref else None):

@@ -19,6 +19,7 @@ from api.prefect_reads import Run
 from api.run_pages import RunPage
 from api.status import JobStatus, job_message, state_type_of
 from dspy_service import contract
+from dspy_service.batch_spec import BatchSpec, is_batch_job
 from dspy_service.schemas import JobSpec
 
 SPEC_CACHE_SIZE = 2048
@@ -56,13 +57,50 @@ def _elapsed_seconds(run: Run, now: dt.datetime) -> float | None:
 
 
 def job_spec_of(run: Run) -> JobSpec | None:
+    """An optimization job's spec (None for a batch prediction job: see batch_spec_of)."""
     raw = (run.get("parameters") or {}).get("job")
-    if not isinstance(raw, dict):
+    if not isinstance(raw, dict) or is_batch_job(raw):
         return None
     try:
         return JobSpec.model_validate(raw)
     except ValueError:
         return None
+
+
+def batch_spec_of(run: Run) -> BatchSpec | None:
+    """A batch prediction job's spec (None for any other run)."""
+    raw = (run.get("parameters") or {}).get("job")
+    if not is_batch_job(raw):
+        return None
+    try:
+        return BatchSpec.model_validate(raw)
+    except ValueError:
+        return None
+
+
+def batch_fields(batch: BatchSpec) -> dict[str, Any]:
+    """The view fields of a batch prediction job (same keys as an optimization job's)."""
+    return {
+        "kind": "batch",
+        "program": {"name": batch.program, "version": batch.version},
+        "username": batch.username,
+        "name": batch.name,
+        "module_name": batch.module_name,
+        "module_kwargs": {},
+        "optimizer_name": batch.optimizer_name,
+        "model_name": batch.main_model.name,
+        "model_settings": batch.main_model.public_settings(),
+        "reflection_model_name": None,
+        "prompt_model_name": None,
+        "task_model_name": None,
+        "column_mapping": None,
+        "split_fractions": None,
+        "shuffle": None,
+        "seed": None,
+        "optimizer_kwargs": {},
+        "compile_kwargs": {},
+        "dataset_source": batch.dataset_source,
+    }
 
 
 # Per flow run: its parameters (kept to check the entry) and the view fields that come
@@ -80,6 +118,11 @@ def spec_fields(run: Run) -> dict[str, Any]:
     if cached is not None and cached[0] == params:
         _spec_fields_cache.move_to_end(key)
         return cached[1]
+    batch = batch_spec_of(run)
+    if batch is not None:
+        fields = batch_fields(batch)
+        _spec_fields_cache[key] = (params, fields)
+        return fields
     spec = job_spec_of(run)
     fields = {
         "username": spec.username if spec else None,
@@ -140,6 +183,8 @@ def common_fields(
     parameters = run.get("parameters") or {}
     dataset_ref = parameters.get("dataset_ref") or {}
     remaining = contract.number_label(labels, contract.ESTIMATED_REMAINING)
+    if remaining is not None and remaining < 0:  # contract.UNKNOWN_REMAINING
+        remaining = None
     return {
         "job_id": str(run["id"]),
         "status": status.value,
@@ -158,6 +203,8 @@ def common_fields(
         "scheduled_start_at": (
             contract_timestamp(run.get("expected_start_time")) if status is JobStatus.pending else None
         ),
+        # A batch prediction job says so and names its program version (optimization jobs: no such keys).
+        **({"kind": "batch", "program": spec["program"]} if spec.get("kind") == "batch" else {}),
     }
 
 
@@ -169,6 +216,7 @@ def summary(run: Run, status: JobStatus, message: str | None = None) -> dict[str
         **{name: spec[name] for name in SUMMARY_SPEC_FIELDS},
         "progress_count": int(contract.number_label(labels, contract.PROGRESS_COUNT) or 0),
         "log_count": int(contract.number_label(labels, contract.LOG_COUNT) or 0),
+        "evaluation_errors": contract.decode_json_label(labels, contract.EVALUATION_ERRORS, None),
         "baseline_test_metric": contract.number_label(labels, contract.BASELINE_TEST_METRIC),
         "optimized_test_metric": contract.number_label(labels, contract.OPTIMIZED_TEST_METRIC),
         "usage": contract.decode_json_label(labels, contract.USAGE, None),
@@ -252,7 +300,7 @@ def submitted(run: Run, status: JobStatus) -> dict[str, Any]:
     """The answer to a submission (POST /run, POST /schedules/{id}/run): the new job.
     A run of a schedule also names its schedule."""
     spec = spec_fields(run)
-    body = {
+    body: dict[str, Any] = {
         "job_id": str(run["id"]),
         "status": status.value,
         "created_at": contract_timestamp(run.get("created")),
@@ -263,4 +311,7 @@ def submitted(run: Run, status: JobStatus) -> dict[str, Any]:
     schedule_id = (run.get("parameters") or {}).get("schedule_id")
     if schedule_id:
         body["schedule_id"] = schedule_id
+    if spec.get("kind") == "batch":
+        body.update(kind="batch", program=spec["program"], dataset_rows=((run.get("parameters") or {}).get(
+            "dataset_ref") or {}).get("rows"))
     return body

@@ -5,7 +5,8 @@ worker do (deployments/runtime/). When the whole host goes (worker, wrapper and 
 at once), nobody is left to report: Prefect's documented answer is flow-run heartbeats
 (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, set by deployments/stack.py) plus a proactive
 automation that marks a run Crashed when its heartbeats stop. These automations are
-scoped to the optimization deployment, so other flows on a shared server are untouched.
+scoped to the job deployments (optimization and batch prediction), so other flows on a
+shared server are untouched.
 
 Automations react to events, which a server restart or a SQLite write storm can drop;
 the API's sweep (api/stuck_jobs.py) ends stuck Pending and Cancelling runs from their
@@ -18,7 +19,7 @@ on every terminal state of a job tagged `contract.NOTIFY_TAG`; the API's webhook
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from uuid import UUID
@@ -54,7 +55,7 @@ class UnansweredEvent:
     state: StateType
     message: str
 
-    def automation(self, deployment_id: UUID, settings: ServiceSettings) -> AutomationCore:
+    def automation(self, deployment_id: UUID | Sequence[UUID], settings: ServiceSettings) -> AutomationCore:
         return AutomationCore(
             name=self.name,
             description=self.description,
@@ -62,7 +63,7 @@ class UnansweredEvent:
                 after={self.after},
                 expect=set(self.expect),
                 match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
-                match_related=ResourceSpecification({"prefect.resource.id": f"prefect.deployment.{deployment_id}"}),
+                match_related=ResourceSpecification({"prefect.resource.id": deployment_resources(deployment_id)}),
                 for_each={"prefect.resource.id"},
                 posture=Posture.Proactive,
                 threshold=1,
@@ -108,6 +109,13 @@ UNANSWERED_EVENTS = (
 )
 
 
+def deployment_resources(deployment_id: UUID | Sequence[UUID]) -> str | list[str]:
+    """The event resource id(s) of one deployment or of several (an event matches any)."""
+    if isinstance(deployment_id, UUID):
+        return f"prefect.deployment.{deployment_id}"
+    return [f"prefect.deployment.{one}" for one in deployment_id]
+
+
 DELIVERY_AUTOMATION = "dspy-service: deliver the ends of jobs to their webhooks"
 
 
@@ -139,10 +147,16 @@ def delivery_automation(deployment_id: UUID, notify_deployment_id: UUID) -> Auto
 
 
 async def ensure_automations(
-    client: PrefectClient, deployment_id: UUID, settings: ServiceSettings, notify_deployment_id: UUID | None = None
+    client: PrefectClient,
+    deployment_id: UUID,
+    settings: ServiceSettings,
+    notify_deployment_id: UUID | None = None,
+    batch_deployment_id: UUID | None = None,
 ) -> None:
-    """Create or update (by name) the automations; idempotent."""
-    automations = [event.automation(deployment_id, settings) for event in UNANSWERED_EVENTS]
+    """Create or update (by name) the automations; idempotent. The unanswered-event ones
+    cover batch prediction jobs too (their runs have no notify_url to deliver)."""
+    jobs = [deployment_id, batch_deployment_id] if batch_deployment_id is not None else deployment_id
+    automations = [event.automation(jobs, settings) for event in UNANSWERED_EVENTS]
     if notify_deployment_id is not None:
         automations.append(delivery_automation(deployment_id, notify_deployment_id))
     for automation in automations:

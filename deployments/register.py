@@ -1,5 +1,8 @@
-"""Create/update the work pools, the optimization and webhook delivery deployments and the
-automations (idempotent).
+"""Create/update the work pools, the optimization, batch prediction and webhook delivery
+deployments and the automations (idempotent).
+
+The batch prediction deployment (flows/batch_predict.py) shares the optimization pool: its
+runs go through the same job runtime, sandbox and job slots.
 
 The delivery flow (api/webhook_flow.py) gets a pool of its own (`notify_work_pool`): the
 optimization pool's template runs everything through the sandboxed job runtime, and the
@@ -25,12 +28,13 @@ from prefect.workers.process import ProcessWorker
 
 from deployments.automations import ensure_automations
 from deployments.job_template import NOTIFY_COMMAND, base_job_template
-from dspy_service.settings import FLOW_NAME, NOTIFY_FLOW_NAME, ServiceSettings, get_settings
+from dspy_service.settings import BATCH_FLOW_NAME, FLOW_NAME, NOTIFY_FLOW_NAME, ServiceSettings, get_settings
 
 PREFECT_YAML = Path(__file__).resolve().parent.parent / "prefect.yaml"
 
 
 OPTIMIZE_ENTRYPOINT = "flows.optimize.optimize_program"
+BATCH_ENTRYPOINT = "flows.batch_predict.batch_predict"
 NOTIFY_ENTRYPOINT = "api.webhook_flow.deliver_job_event"
 NOTIFY_PARAMETERS = {
     "type": "object",
@@ -90,6 +94,17 @@ async def ensure_deployment(client: PrefectClient, settings: ServiceSettings) ->
     )
 
 
+async def ensure_batch_deployment(client: PrefectClient, settings: ServiceSettings) -> UUID:
+    """The batch prediction deployment, on the optimization pool."""
+    from flows.batch_predict import batch_predict
+
+    schema = parameter_schema(batch_predict).model_dump()
+    definition = deployment_definition(entrypoint=BATCH_ENTRYPOINT)
+    return await upsert_deployment(
+        client, definition, BATCH_FLOW_NAME, settings.batch_deployment, settings.work_pool, schema
+    )
+
+
 async def ensure_notify_deployment(client: PrefectClient, settings: ServiceSettings) -> UUID:
     """The webhook delivery deployment on its own pool (no concurrency limit: a delivery
     mostly waits)."""
@@ -136,8 +151,9 @@ async def register(settings: ServiceSettings | None = None) -> UUID:
     async with get_client() as client:
         await ensure_work_pool(client, settings)
         deployment_id = await ensure_deployment(client, settings)
+        batch_id = await ensure_batch_deployment(client, settings)
         notify_id = await ensure_notify_deployment(client, settings)
-        await ensure_automations(client, deployment_id, settings, notify_id)
+        await ensure_automations(client, deployment_id, settings, notify_id, batch_id)
         return deployment_id
 
 

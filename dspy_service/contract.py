@@ -40,6 +40,7 @@ class Stage(StrEnum):
     EVALUATE = "evaluate-programs"
     SERIALIZE = "serialize-program-artifact"
     CHAMPION_GATE = "champion-gate"  # runs of a schedule only
+    PREDICT = "predict-rows"  # batch prediction jobs (flows/batch_predict.py) only
 
 
 # Each stage's share of the whole job (percent start, end) when the progress artifact
@@ -52,7 +53,13 @@ STAGE_SPANS: dict[Stage, tuple[float, float]] = {
     Stage.EVALUATE: (85.0, 96.0),
     Stage.SERIALIZE: (96.0, 97.0),
     Stage.CHAMPION_GATE: (97.0, 100.0),
+    Stage.PREDICT: (3.0, 100.0),  # a batch job's own scale: build LMs, then predict every row
 }
+# The task runs whose start makes a job `running` (before it: `validating`): an
+# optimization job's compile task, a batch prediction job's predict task.
+WORK_STAGES = (Stage.COMPILE, Stage.PREDICT)
+# A batch prediction job's `job` parameter says so (dspy_service/batch_spec.py).
+BATCH_JOB_KIND = "batch-predict"
 
 # -- flow-run tags (Prefect 3.9 filters runs by tag, not by label) --------------------------
 SERVICE_TAG = "dspy-service"
@@ -103,6 +110,9 @@ SANDBOXED_ENV = "DSPY_SERVICE_SANDBOXED"
 # Served by that proxy itself, under the API root: the schedule's champion run and its
 # result, read on the trusted side (a sandbox cannot read another job's result file).
 CHAMPION_RESULT_ROUTE = "/dspy-service/champion-result"
+# Also the proxy's own: a promoted run of a schedule with `register_as` is registered there,
+# on the trusted side (dspy_service/schedule_registration.py).
+CHAMPION_REGISTRATION_ROUTE = "/dspy-service/champion-registration"
 
 
 def engine_is_sandboxed(environ: Mapping[str, str]) -> bool:
@@ -187,8 +197,13 @@ def program_version_variable(owner: str, name: str, version: int) -> str:
     return f"{program_version_prefix(owner, name)}{int(version)}"
 
 
+def program_owner_alias_prefix(owner: str) -> str:
+    """Prefix of the alias Variables of every program of `owner`."""
+    return f"{PROGRAM_ALIAS_VARIABLE_PREFIX}{owner_digest(owner)}-"
+
+
 def program_alias_prefix(owner: str, name: str) -> str:
-    return f"{PROGRAM_ALIAS_VARIABLE_PREFIX}{owner_digest(owner)}-{program_digest(name)}-"
+    return f"{program_owner_alias_prefix(owner)}{program_digest(name)}-"
 
 
 def program_alias_variable(owner: str, name: str, alias: str) -> str:
@@ -200,9 +215,11 @@ def program_alias_variable(owner: str, name: str, alias: str) -> str:
 BASELINE_TEST_METRIC = "dspy.baseline_test_metric"
 OPTIMIZED_TEST_METRIC = "dspy.optimized_test_metric"
 LATEST_METRICS = "dspy.latest_metrics"  # JSON object
-ESTIMATED_REMAINING = "dspy.estimated_remaining"  # seconds
+ESTIMATED_REMAINING = "dspy.estimated_remaining"  # seconds; UNKNOWN_REMAINING: no estimate
+UNKNOWN_REMAINING = -1
 PROGRESS_COUNT = "dspy.progress_count"
 LOG_COUNT = "dspy.log_count"
+EVALUATION_ERRORS = "dspy.evaluation_errors"  # JSON object: program -> {errors, examples, top_errors}
 USAGE = "dspy.usage"  # JSON object: calls, tokens, cost
 STAGE = "dspy.stage"
 SCHEDULE_ID = "dspy.schedule_id"

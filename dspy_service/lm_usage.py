@@ -39,6 +39,7 @@ class TokenPrice:
 @dataclass
 class RoleUsage:
     calls: int = 0
+    errors: int = 0  # calls that failed after DSPy's retries (or were refused by the breaker)
     cache_hits: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -81,6 +82,10 @@ class UsageMeter:
             if cost is not None:
                 role_usage.cost += float(cost)
                 role_usage.priced_calls += 1
+
+    def record_error(self, role: str) -> None:
+        with self._lock:
+            self._roles.setdefault(role, RoleUsage()).errors += 1
 
     def snapshot(self) -> dict[str, Any]:
         """Usage per role and in total. `cost` is an estimate in USD; `cost_known` is true

@@ -11,6 +11,10 @@ No table of our own. Each version is two things:
   Creating a Variable is atomic, so two registrations of one name never get the same
   number: the loser of a race retries with the next one.
 
+A deleted version leaves a tombstone in its Variable (`{"name", "version", "deleted_at"}`,
+no document), so its number is never handed out again: a version number names one
+program forever.
+
 An alias is the Variable `contract.program_alias_variable(owner, name, alias)` holding
 `{"version": v}`. `latest` is the highest version unless an alias of that name is set.
 Names of Variables carry digests of the owner and the program name (fixed length), so a
@@ -26,11 +30,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import fsspec
+import httpx
 import orjson
 from prefect.client.schemas.actions import VariableCreate
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -41,6 +47,7 @@ from dspy_service.contract import (
     PROGRAM_NAME_PATTERN,
     program_alias_prefix,
     program_alias_variable,
+    program_owner_alias_prefix,
     program_owner_prefix,
     program_version_prefix,
     program_version_variable,
@@ -50,6 +57,8 @@ from dspy_service.settings import get_settings
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
+
+logger = logging.getLogger("dspy_service.program_store")
 
 PROGRAM_TAG = "dspy-service-program"
 PROGRAMS_DIR = "programs"
@@ -221,12 +230,19 @@ class ProgramStore:
             raise ProgramNotFound(f"program {name!r} has no version {version}")
         return entry
 
+    async def _highest_claimed(self, owner: str, name: str) -> int:
+        """The highest version number ever claimed for `name`, tombstones included (0: none)."""
+        prefix = program_version_prefix(owner, name)
+        numbers = [int(rest) for v in await self._variables(prefix)
+                   if (rest := str(v["name"])[len(prefix):]).isdigit()]
+        return max(numbers, default=0)
+
     async def register(self, owner: str, name: str, job_id: str, document: dict[str, Any]) -> VersionEntry:
         """Store `document` as the next version of `name`; returns its entry. The document
-        gets its `name`, `version`, `owner`, `job_id` and `created_at` set here."""
+        gets its `name`, `version`, `owner`, `job_id` and `created_at` set here. If the
+        document cannot be written, the claimed number is given up again and the error raised."""
         check_program_name(name)
-        existing = await self.versions(owner, name)
-        version = existing[-1].version + 1 if existing else 1
+        version = await self._highest_claimed(owner, name) + 1
         for _ in range(MAX_CLAIM_ATTEMPTS):
             created = now_iso()
             full = {**document, "name": name, "version": version, "owner": owner, "job_id": job_id,
@@ -242,15 +258,31 @@ class ProgramStore:
             except ObjectAlreadyExists:
                 version += 1
                 continue
-            sha = write_document(url, full)
-            entry = VersionEntry(name, version, job_id, created, url, sha, entry.summary)
-            await self._update(program_version_variable(owner, name, version), entry.value())
+            try:
+                sha = write_document(url, full)
+                entry = VersionEntry(name, version, job_id, created, url, sha, entry.summary)
+                await self._update(program_version_variable(owner, name, version), entry.value())
+            except BaseException:
+                # Storage or Prefect failed after the claim: give the number up as a tombstone
+                # rather than leave an entry whose document is missing or unchecked.
+                try:
+                    await self._tombstone(owner, name, version)
+                    delete_document(url)
+                except Exception:  # noqa: BLE001 - the original failure is the one to report
+                    logger.exception("could not give up version %s of %r", version, name)
+                raise
             return entry
         raise ProgramStoreError(f"could not claim a version number for {name!r}: too many concurrent registrations")
 
     async def _update(self, variable_name: str, value: dict[str, Any]) -> None:
-        await self.client.request(
-            "PATCH", "/variables/name/{name}", path_params={"name": variable_name}, json={"value": value})
+        """Replace a Variable's value; ObjectNotFound when there is no such Variable."""
+        try:
+            await self.client.request(
+                "PATCH", "/variables/name/{name}", path_params={"name": variable_name}, json={"value": value})
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code == 404:
+                raise ObjectNotFound(http_exc=exc) from None
+            raise
 
     async def delete_version(self, owner: str, name: str, version: int) -> None:
         entry = await self.version(owner, name, version)
@@ -258,9 +290,14 @@ class ProgramStore:
         if using:
             raise AliasInUse(f"version {version} of {name!r} is what alias(es) {', '.join(using)} point to; "
                              "move or delete them first")
+        await self._tombstone(owner, name, version)
         delete_document(entry.document_url)
+
+    async def _tombstone(self, owner: str, name: str, version: int) -> None:
+        """Mark the version deleted, keeping its number claimed (no entry reads it any more)."""
         try:
-            await self.client.delete_variable_by_name(program_version_variable(owner, name, version))
+            await self._update(program_version_variable(owner, name, version),
+                               {"name": name, "version": version, "deleted_at": now_iso()})
         except ObjectNotFound:
             pass
 
@@ -274,6 +311,18 @@ class ProgramStore:
             if isinstance(value, dict) and value.get("name") == name and isinstance(value.get("version"), int):
                 found[alias] = value["version"]
         return dict(sorted(found.items()))
+
+    async def all_aliases(self, owner: str) -> dict[str, dict[str, int]]:
+        """Every alias of every program of `owner`: name -> {alias: version} (one query)."""
+        found: dict[str, dict[str, int]] = {}
+        for variable in await self._variables(program_owner_alias_prefix(owner)):
+            value = variable.get("value")
+            if not isinstance(value, dict) or not isinstance(value.get("version"), int):
+                continue
+            name, prefix = str(value.get("name")), program_alias_prefix(owner, str(value.get("name")))
+            if str(variable["name"]).startswith(prefix):
+                found.setdefault(name, {})[str(variable["name"])[len(prefix):]] = value["version"]
+        return {name: dict(sorted(aliases.items())) for name, aliases in sorted(found.items())}
 
     async def set_alias(self, owner: str, name: str, alias: str, version: int) -> None:
         check_alias(alias)

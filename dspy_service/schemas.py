@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from dspy_service.contract import CREDENTIAL_NAME_PATTERN
 from dspy_service.dataset_source import DatasetFormat, check_source
@@ -38,6 +38,20 @@ PUBLIC_EXTRA_KEYS = frozenset({
 })
 
 
+# `extra` keys that are fields of ModelConfig: given in `extra`, they move to the field.
+EXTRA_KEYS_WITH_FIELDS = {"max_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p",
+                          "api_base": "base_url", "base_url": "base_url"}
+# `extra` keys the service itself passes to the LM or uses for metering: never the user's.
+RESERVED_EXTRA_KEYS = {
+    "model": "the model is `name`",
+    "role": "the service names each model's role",
+    "meter": "the service meters every call",
+    "price": "give input_cost_per_token and output_cost_per_token instead",
+    "messages": "messages are what the program sends",
+    "prompt": "prompts are what the program sends",
+}
+
+
 class ModelConfig(BaseModel):
     """A LiteLLM-style model description; unknown keys (e.g. `model_type`) are kept.
 
@@ -60,6 +74,37 @@ class ModelConfig(BaseModel):
         description="Name of one of your credentials (POST /credentials): its api key and headers are used.",
     )
     extra: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _settings_given_in_extra(cls, data: Any) -> Any:
+        """A setting given in `extra` that has a field of its own (`extra.max_tokens`, ...)
+        moves to that field when the field is unset or equal; a different value stays in
+        `extra`, where the API's preflight rejects it with a 400 naming both
+        (`model_settings_problem`). One precedence: the field is the setting's place."""
+        if not isinstance(data, dict) or not isinstance(data.get("extra"), dict):
+            return data
+        data, extra = dict(data), dict(data["extra"])
+        for key, field in EXTRA_KEYS_WITH_FIELDS.items():
+            if key in extra and (data.get(field) is None or data[field] == extra[key]):
+                data[field] = extra.pop(key)
+        data["extra"] = extra
+        return data
+
+    def settings_problem(self, field_name: str) -> tuple[str, str] | None:
+        """(the field at fault, why) for an `extra` entry the service cannot pass to the LM."""
+        for key, field in EXTRA_KEYS_WITH_FIELDS.items():
+            if key in self.extra:
+                return (
+                    f"{field_name}.extra.{key}",
+                    f"{field_name}.extra.{key} ({self.extra[key]!r}) conflicts with {field_name}.{field} "
+                    f"({getattr(self, field)!r}): give it once, as {field_name}.{field}",
+                )
+        reserved = sorted(RESERVED_EXTRA_KEYS & self.extra.keys())
+        if reserved:
+            key = f"{field_name}.extra.{reserved[0]}"
+            return key, f"{key} is set by the service: {RESERVED_EXTRA_KEYS[reserved[0]]}"
+        return None
 
     def public_settings(self) -> dict[str, Any]:
         """The settings a view may show: an allow-list of fields and of `extra` keys."""
@@ -160,6 +205,13 @@ class JobSpec(BaseModel):
         description="Absolute file path or http(s) URL of a CSV, JSONL, JSON or Parquet file, "
         "re-read at every run; instead of inline `dataset` rows.",
     )
+    num_threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Parallel LM calls of the job: the optimizer's `num_threads` (where it takes one; "
+        "`optimizer_kwargs.num_threads` wins) and the test evaluation's. Default: DSPY_SERVICE_NUM_THREADS.",
+    )
     timeout_seconds: float | None = Field(
         default=None,
         gt=0,
@@ -241,6 +293,22 @@ class JobRequest(JobSpec):
     """The POST /run body: a JobSpec plus the inline dataset rows (or a `dataset_source`)."""
 
     dataset: list[dict[str, Any]] | None = Field(default=None, min_length=1, validate_default=True)
+    # Top-level keys of the body that are no field (ignored, as the contract says; the
+    # submission's answer lists them so that a typo shows).
+    _ignored_fields: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _note_ignored_fields(cls, data: Any, handler: Any) -> Any:
+        request = handler(data)
+        if isinstance(data, dict):
+            known = {name for name in cls.model_fields} | {f.alias for f in cls.model_fields.values() if f.alias}
+            request._ignored_fields = sorted(str(key) for key in data if key not in known)
+        return request
+
+    @property
+    def ignored_fields(self) -> list[str]:
+        return list(self._ignored_fields)
 
     @field_validator("secret_refs", mode="before")
     @classmethod

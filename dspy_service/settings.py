@@ -16,6 +16,8 @@ from dspy_service.serving_settings import ProgramServingSettings
 FLOW_NAME = "optimize-program"
 # The webhook delivery flow's name (api/webhook_flow.py); with `notify_deployment` likewise.
 NOTIFY_FLOW_NAME = "deliver-job-event"
+# The batch prediction flow's name (flows/batch_predict.py); with `batch_deployment` likewise.
+BATCH_FLOW_NAME = "batch-predict"
 
 
 class ServiceSettings(ProgramServingSettings, BaseSettings):
@@ -34,6 +36,13 @@ class ServiceSettings(ProgramServingSettings, BaseSettings):
     lm_cache_dir: Path | None = Field(default=None, description="Default: <home>/lm-cache.")
     num_threads: int = Field(default=4, ge=1, description="Default DSPy threads per job.")
     log_level: str = Field(default="INFO", description="Level of dspy/optimizer logs kept per job.")
+    evaluation_error_limit: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Share of a program's test examples that may fail (an LM or metric error scores 0 and is "
+        "counted) before the job fails; the compiled program is kept as its artifact either way.",
+    )
 
     database_url: str | None = Field(
         default=None,
@@ -42,6 +51,13 @@ class ServiceSettings(ProgramServingSettings, BaseSettings):
     )
     work_pool: str = Field(default="dspy-service", description="Prefect work pool of the jobs.")
     deployment: str = Field(default="dspy-service", description="Deployment name of the flow.")
+    batch_deployment: str = Field(
+        default="dspy-service-batch",
+        description="Deployment name of the batch prediction flow (same work pool and job runtime as optimizations).",
+    )
+    max_batch_threads: int = Field(
+        default=16, ge=1, le=256, description="Most rows one batch prediction job predicts at once (`num_threads`)."
+    )
     job_slots: int = Field(default=2, ge=1, description="Jobs running at once (pool concurrency).")
     max_dataset_rows: int = Field(default=200_000, ge=1)
     max_request_mb: float = Field(default=100.0, gt=0, description="Largest POST body accepted.")
@@ -125,6 +141,13 @@ class ServiceSettings(ProgramServingSettings, BaseSettings):
         default="",
         description="Comma-separated extra environment variables (names, or prefixes ending in *) that job "
         "processes may see besides the built-in allow-list.",
+    )
+    lm_unreachable_calls: int = Field(
+        default=8,
+        ge=1,
+        le=1000,
+        description="A job fails after this many consecutive LM calls that could not connect to the endpoint "
+        "(after the first, calls are sent without retries), instead of waiting out every call's backoff.",
     )
     lm_num_retries: int = Field(
         default=5,
@@ -278,6 +301,15 @@ class ServiceSettings(ProgramServingSettings, BaseSettings):
     @property
     def deployment_full_name(self) -> str:
         return f"{FLOW_NAME}/{self.deployment}"
+
+    @property
+    def batch_deployment_full_name(self) -> str:
+        return f"{BATCH_FLOW_NAME}/{self.batch_deployment}"
+
+    @property
+    def job_deployment_names(self) -> tuple[str, ...]:
+        """The deployments whose flow runs are jobs (GET /jobs and friends): the one place that says so."""
+        return (self.deployment_full_name, self.batch_deployment_full_name)
 
     @property
     def notify_deployment_full_name(self) -> str:

@@ -30,16 +30,27 @@ def dataset_url(name: str) -> str:
 
 def save_dataset(rows: list[dict[str, Any]]) -> DatasetRef:
     """Write rows as JSON; returns the reference to hand to the flow."""
-    data = orjson.dumps(rows)
-    url = dataset_url(f"{uuid.uuid4().hex}.json")
+    return _save_json(rows, f"{uuid.uuid4().hex}.json", len(rows))
+
+
+def save_document(document: dict[str, Any]) -> DatasetRef:
+    """Write one JSON object (a batch job's copy of its program version) next to the
+    datasets, so it is mounted, checked and deleted like a job's rows; read it back with
+    `load_dataset`."""
+    return _save_json(document, f"{uuid.uuid4().hex}.program.json", 1)
+
+
+def _save_json(value: Any, name: str, rows: int) -> DatasetRef:
+    data = orjson.dumps(value)
+    url = dataset_url(name)
     fs, path = fsspec.core.url_to_fs(url)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     with fs.open(path, "wb") as handle:
         handle.write(data)
-    return DatasetRef(url=url, rows=len(rows), sha256=hashlib.sha256(data).hexdigest())
+    return DatasetRef(url=url, rows=rows, sha256=hashlib.sha256(data).hexdigest())
 
 
-def load_dataset(ref: DatasetRef) -> list[dict[str, Any]]:
+def load_dataset(ref: DatasetRef) -> Any:
     with fsspec.open(ref.url, "rb") as handle:
         data = handle.read()
     if ref.sha256 and hashlib.sha256(data).hexdigest() != ref.sha256:

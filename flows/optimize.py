@@ -30,8 +30,9 @@ from flows.telemetry.artifacts import publish_result_artifacts
 from flows.telemetry.job_logging import job_logging
 from flows.telemetry.labels import champion_labels, mark_schedule_run, publish_labels
 from flows.telemetry.observe import observe_job, watch_splits, watch_usage
-from tasks.artifact import serialize_program_artifact
+from tasks.artifact import program_artifact, serialize_program_artifact
 from tasks.champion import ChampionDecision, champion_gate
+from tasks.champion_registration import program_record
 from tasks.compile import compile_program
 from tasks.data import load_and_split_data
 from tasks.evaluate import evaluate_programs
@@ -70,12 +71,64 @@ def resolve_rows(
     raise JobError("the job has no dataset", field="dataset")
 
 
-def run_job(
-    job: JobSpec, rows: list[dict[str, Any]] | None, run_log: list[dict[str, Any]], schedule_id: str | None = None
-) -> JobResult:
+class ProgramKept(JobError):
+    """The job failed after compile; `kept` is its result with the compiled program and
+    the metrics that exist, stored with the Failed state (GET /jobs/{id}/artifact)."""
+
+    def __init__(self, message: str, kept: dict[str, Any] | None):
+        super().__init__(message)
+        self.kept = kept
+
+
+def stage_failure(stage: str, exc: BaseException) -> str:
+    """A failed stage's message in a user's terms (a JobError's own message as it is)."""
+    if isinstance(exc, JobError):
+        return str(exc)
+    logger.error("%s failed:\n%s", stage, "".join(traceback.format_exception(exc)))
+    if isinstance(exc, MemoryError):
+        return f"{stage} failed: {out_of_memory_message()}"
+    return f"{stage} failed: {type(exc).__name__}: {exc}"
+
+
+def kept_result(
+    job: JobSpec, message: str, compiled: Any, splits: Any, lms: Any, user_code: Any, exc: BaseException, started: float
+) -> dict[str, Any] | None:
+    """What a job that failed after compile keeps: the compiled program (its JSON state
+    at least) and the metrics that exist. None when not even the state can be saved."""
+    try:
+        artifact = program_artifact(compiled.optimized, lms.secrets, state_only_on_error=True)
+    except Exception:  # noqa: BLE001 - nothing to keep; the failure itself is reported
+        logger.exception("the compiled program could not be kept")
+        return None
+    errors = getattr(exc, "errors", None)
+    return JobResult(
+        module_name=job.module_name,
+        optimizer_name=job.optimizer_name,
+        metric_name=user_code.metric_name,
+        split_counts=SplitCounts(**splits.counts),
+        baseline_test_metric=None,
+        optimized_test_metric=None,
+        metric_improvement=None,
+        optimization_metadata=compiled.optimization_metadata,
+        details={
+            "failed": message,
+            "dataset_rows": splits.rows,
+            "dataset_sha256": splits.content_sha256,
+            "compile_seconds": compiled.compile_seconds,
+            "usage": lms.meter.snapshot(),
+            **({"evaluation_errors": errors} if errors else {}),
+        },
+        program_artifact=artifact,
+        runtime_seconds=round(time.monotonic() - started, 3),
+    ).model_dump(mode="json")
+
+
+def run_job(job: JobSpec, rows: list[dict[str, Any]] | None, run_log: list[dict[str, Any]],
+            schedule_id: str | None = None, register: bool = False) -> JobResult:
     started = time.monotonic()
     stage = Stage.LOAD_DATA
     champion: ChampionDecision | None = None
+    compiled = lms = None
     try:
         splits = load_and_split_data(job, rows)
         watch_splits(splits.counts)
@@ -91,22 +144,22 @@ def run_job(
         stage = Stage.COMPILE
         compiled = compile_program(job, splits, lms, user_code)
         stage = Stage.EVALUATE
-        scores = evaluate_programs(compiled, splits, lms, user_code)
+        scores = evaluate_programs(compiled, splits, lms, user_code, job.num_threads)
         stage = Stage.SERIALIZE
         artifact = serialize_program_artifact(compiled.optimized, lms.secrets)
         if schedule_id:
             stage = Stage.CHAMPION_GATE
             champion = champion_gate(
-                schedule_id, str(current_flow_run.id), scores.optimized, splits, lms, job, user_code
+                schedule_id, str(current_flow_run.id), scores.optimized, splits, lms, job, user_code,
+                program_record(artifact, scores, splits, user_code.metric_name) if register else None,
             )
-    except JobError:
-        raise
-    except MemoryError:
-        logger.error("%s failed:\n%s", stage, traceback.format_exc())
-        raise JobError(f"{stage} failed: {out_of_memory_message()}") from None
     except Exception as exc:
-        logger.error("%s failed:\n%s", stage, traceback.format_exc())
-        raise JobError(f"{stage} failed: {type(exc).__name__}: {exc}") from exc
+        message = stage_failure(stage, exc)
+        if lms is not None and lms.breaker.open:  # the cause, not what the missing LM broke
+            message = f"{stage} failed: {lms.breaker.message()}"
+        if compiled is None or stop_requested():
+            raise exc if isinstance(exc, JobError) and str(exc) == message else JobError(message) from exc
+        raise ProgramKept(message, kept_result(job, message, compiled, splits, lms, user_code, exc, started)) from exc
     return JobResult(
         module_name=job.module_name,
         optimizer_name=job.optimizer_name,
@@ -138,13 +191,16 @@ def optimize_program(
     dataset: list[dict[str, Any]] | None = None,
     dataset_ref: DatasetRef | None = None,
     schedule_id: str | None = None,
+    register_as: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Optimize a DSPy program: split data, build LMs, load user code, compile, evaluate, save.
 
     `dataset` holds inline rows (local runs); the API passes `dataset_ref`, the URL of
     rows it stored in shared storage, so flow-run parameters stay small; a job with a
     `dataset_source` reads it at run time. `schedule_id` is set on runs of a schedule
-    (/schedules): they end with the champion gate.
+    (/schedules): they end with the champion gate. `register_as` ({program, alias}) is set on
+    runs of a schedule that registers its promoted runs; the trusted side reads the
+    schedule's own (dspy_service/schedule_registration.py), this one only says to ask.
     """
     run_logger = get_run_logger()
     install_stop_handler()  # the job process wrapper asks for a cooperative stop first
@@ -164,29 +220,52 @@ def optimize_program(
                 where_running(),
             )
             with observe_job(current_flow_run.id, job):
-                result = run_job(job, rows, capture.entries, schedule_id)
+                result = run_job(job, rows, capture.entries, schedule_id, register=bool(register_as))
         except JobError as exc:
             if stop_requested():
                 # Cancelled or out of time: the wrapper states the reason and kills this
                 # process; an error caused by the stop itself must not become the message.
                 wait_to_be_stopped()
-            run_logger.error("job failed: %s", exc)
-            return Failed(message=str(exc))
-        run_logger.info(
-            "job finished: baseline %s -> optimized %s on %d test examples",
-            result.baseline_test_metric,
-            result.optimized_test_metric,
-            result.split_counts.test,
-        )
-        publish_labels(
-            current_flow_run.id,
-            {
-                contract.BASELINE_TEST_METRIC: result.baseline_test_metric,
-                contract.OPTIMIZED_TEST_METRIC: result.optimized_test_metric,
-                contract.USAGE: result.details["usage"]["total"],
-                contract.LOG_COUNT: len(capture.entries),
-                **champion_labels(result.details.get("champion")),
-            },
-        )
-        publish_result_artifacts(current_flow_run.id, result)
-        return result.model_dump(mode="json")
+            return failed(exc, len(capture.entries))
+        return finished(result, len(capture.entries))
+
+
+def failed(exc: JobError, log_count: int) -> Failed:
+    """The Failed state of a job, with what it kept (ProgramKept) as its stored result."""
+    run_logger = get_run_logger()
+    run_logger.error("job failed: %s", exc)
+    kept = exc.kept if isinstance(exc, ProgramKept) else None
+    details = (kept or {}).get("details") or {}
+    if kept:
+        run_logger.info("the compiled program is kept: GET /jobs/{id}/artifact returns it")
+    publish_labels(
+        current_flow_run.id,
+        {
+            contract.LOG_COUNT: log_count,  # /summary's log_count, the failure's lines included
+            contract.USAGE: (details.get("usage") or {}).get("total"),
+            contract.EVALUATION_ERRORS: details.get("evaluation_errors"),
+        },
+    )
+    return Failed(message=str(exc), data=kept) if kept else Failed(message=str(exc))
+
+
+def finished(result: JobResult, log_count: int) -> dict[str, Any]:
+    get_run_logger().info(
+        "job finished: baseline %s -> optimized %s on %d test examples",
+        result.baseline_test_metric,
+        result.optimized_test_metric,
+        result.split_counts.test,
+    )
+    publish_labels(
+        current_flow_run.id,
+        {
+            contract.BASELINE_TEST_METRIC: result.baseline_test_metric,
+            contract.OPTIMIZED_TEST_METRIC: result.optimized_test_metric,
+            contract.USAGE: result.details["usage"]["total"],
+            contract.LOG_COUNT: log_count,
+            contract.EVALUATION_ERRORS: result.details.get("evaluation_errors") or None,
+            **champion_labels(result.details.get("champion")),
+        },
+    )
+    publish_result_artifacts(current_flow_run.id, result)
+    return result.model_dump(mode="json")

@@ -72,18 +72,20 @@ def assert_no_secrets(blobs: list[bytes], secrets: list[str]) -> None:
 
 @stage(Stage.SERIALIZE)
 def serialize_program_artifact(program: dspy.Module, secrets: list[str]) -> ProgramArtifact:
+    return program_artifact(program, secrets)
+
+
+def program_artifact(program: dspy.Module, secrets: list[str], state_only_on_error: bool = False) -> ProgramArtifact:
+    """The artifact of `program`. With `state_only_on_error` (a failed job keeping what it
+    compiled), a program whose pickle cannot be written still gets its JSON state:
+    `program_pickle_base64` is then empty and `metadata.pickle_error` says why."""
     strip_language_models(program)
-    with tempfile.TemporaryDirectory(prefix="dspy-artifact-") as tmp:
-        directory = Path(tmp) / "program"
-        save_logger = logging.getLogger("dspy.primitives.base_module")
-        hide = _HidePickleWarning()
-        save_logger.addFilter(hide)
-        try:
-            program.save(str(directory), save_program=True)
-        finally:
-            save_logger.removeFilter(hide)
-        pickle_bytes = (directory / "program.pkl").read_bytes()
-        metadata = json.loads((directory / "metadata.json").read_text())
+    try:
+        pickle_bytes, metadata = saved_program(program)
+    except Exception as exc:
+        if not state_only_on_error:
+            raise
+        pickle_bytes, metadata = b"", {"pickle_error": f"{type(exc).__name__}: {exc}"[:500]}
     state = _jsonable(program.dump_state())
     assert_no_secrets([pickle_bytes, json.dumps(state).encode()], secrets)
     prompts = [describe_predictor(name, predictor) for name, predictor in program.named_predictors()]
@@ -95,3 +97,17 @@ def serialize_program_artifact(program: dspy.Module, secrets: list[str]) -> Prog
         optimized_prompts=prompts,
         program_state=state,
     )
+
+
+def saved_program(program: dspy.Module) -> tuple[bytes, dict[str, Any]]:
+    """(the pickle `program.save(save_program=True)` writes, its metadata)."""
+    with tempfile.TemporaryDirectory(prefix="dspy-artifact-") as tmp:
+        directory = Path(tmp) / "program"
+        save_logger = logging.getLogger("dspy.primitives.base_module")
+        hide = _HidePickleWarning()
+        save_logger.addFilter(hide)
+        try:
+            program.save(str(directory), save_program=True)
+        finally:
+            save_logger.removeFilter(hide)
+        return (directory / "program.pkl").read_bytes(), json.loads((directory / "metadata.json").read_text())

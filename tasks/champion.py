@@ -8,6 +8,11 @@ A global concurrency limit of one slot per schedule makes read-compare-write ato
 runs of one schedule overlap. The champion's program is rebuilt from its JSON state and
 this run's code (tasks/champion_program.py); a champion that cannot be loaded or scored
 is replaced by this run, and the decision's reason says why.
+
+A schedule with `register_as`: a promoted run is registered (tasks/champion_registration.py)
+before the champion pointer moves, under the same lock; if registration fails, the run is
+not promoted, so the champion and the alias stay together. The decision records
+`registered` ({program, version, alias} or None) and `registered_reason`.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from dspy_service.schemas import JobSpec
 from dspy_service.settings import get_settings
 from tasks import stage
 from tasks.champion_program import load_champion_program
+from tasks.champion_registration import RegistrationFailed, register_champion
 from tasks.data import DataSplits
 from tasks.evaluate import mean_metric
 from tasks.language_models import JobLMs
@@ -47,6 +53,10 @@ class ChampionDecision:
     champion_job_id: str | None = None  # the previous champion
     champion_recorded_score: float | None = None  # its score on its own test split
     test_examples: int = 0
+    # Schedules with `register_as`: the version this run became ({program, version, alias}), or
+    # None and why not (tasks/champion_registration.py).
+    registered: dict[str, Any] | None = None
+    registered_reason: str | None = None
 
     def as_details(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,6 +76,17 @@ def write_champion(schedule_id: str, job_id: str, score: float | None) -> None:
     Variable.set(
         champion_variable(schedule_id), value, tags=["dspy-service", schedule_tag(schedule_id)], overwrite=True
     )
+
+
+def register_promoted(decision: ChampionDecision, job_id: str, program: dict[str, Any]) -> None:
+    """Register the promoted run (its schedule has `register_as`); when that fails, the
+    run is not promoted either: the champion and the alias move together or not at all."""
+    try:
+        decision.registered, decision.registered_reason = register_champion(job_id, program)
+    except RegistrationFailed as exc:
+        decision.promoted = False
+        decision.registered_reason = f"registration failed: {exc}"
+        decision.reason = f"{decision.reason}; but it could not be registered ({exc}), so it is not promoted"
 
 
 def decide(
@@ -123,21 +144,34 @@ def champion_gate(
     lms: JobLMs,
     spec: JobSpec,
     user_code: UserCode,
+    program: dict[str, Any] | None = None,
 ) -> ChampionDecision:
-    """Compare with the schedule's champion; record this run as champion if it wins."""
+    """Compare with the schedule's champion; record this run as champion if it wins.
+    `program` (tasks/champion_registration.program_record): the schedule has `register_as`,
+    so a promoted run is registered first, under the same lock."""
     load_program = partial(load_champion_program, schedule_id, spec=spec, user_code=user_code)
+    decision: ChampionDecision | None = None
     try:
         with concurrency(champion_lock(schedule_id), occupy=1, timeout_seconds=LOCK_TIMEOUT_SECONDS):
             decision = decide(read_champion(schedule_id), challenger_score, splits, lms, user_code, load_program)
+            if decision.promoted and program is not None:
+                register_promoted(decision, job_id, program)
+            elif program is not None:
+                decision.registered_reason = "not promoted: nothing registered"
             if decision.promoted:
                 write_champion(schedule_id, job_id, challenger_score)
     except Exception as exc:  # noqa: BLE001 - the optimization itself succeeded; keep its result
         logger.exception("champion gate failed")
+        registered = decision.registered if decision is not None else None
         return ChampionDecision(
             promoted=False,
             reason=f"the champion gate failed ({type(exc).__name__}: {exc}); not promoted",
             challenger_score=challenger_score,
             test_examples=len(splits.test),
+            registered=registered,  # registered before the champion pointer could be written
+            registered_reason="registered, but the champion pointer was not written" if registered else None,
         )
     logger.info("champion gate: %s", decision.reason)
+    if decision.registered_reason:
+        logger.info("champion gate, register_as: %s", decision.registered_reason)
     return decision

@@ -65,7 +65,7 @@ def optimizer_arguments(
     registry.check_optimizer_kwargs(entry, kwargs, splits.compile_kwargs, lm_roles=set(lms.by_role) - {"main"})
     params = entry.init_params
     if "num_threads" in params.names and kwargs.get("num_threads") is None:
-        kwargs["num_threads"] = get_settings().num_threads
+        kwargs["num_threads"] = spec.num_threads or get_settings().num_threads
     if entry.uses_feedback_metric and "track_stats" in params.names:
         kwargs.setdefault("track_stats", True)  # keeps GEPA's per-candidate scores
     if "gepa_kwargs" in params.names:

@@ -1,19 +1,40 @@
-"""Stage 5: score the baseline and the optimized program on the held-out test split."""
+"""Stage 5: score the baseline and the optimized program on the held-out test split.
+
+An example whose prediction or metric raises scores 0 and is counted per cause
+(tasks/evaluation_errors.py); the evaluation never stops early on errors (DSPy's
+`Evaluate` would, at its default of 10, and raise "Execution cancelled"). When more than
+DSPY_SERVICE_EVALUATION_ERROR_LIMIT of either program's examples fail, the stage raises
+`EvaluationFailed`, whose message names the most frequent cause; the flow still keeps the
+compiled program as the job's artifact.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dspy
 
 from dspy_service.contract import Stage
+from dspy_service.errors import JobError
 from dspy_service.settings import get_settings
 from tasks import stage
 from tasks.compile import CompiledProgram
 from tasks.data import DataSplits
+from tasks.evaluation_errors import ErrorTally, counting
 from tasks.language_models import JobLMs
+from tasks.stopping import raise_if_stopped
 from tasks.user_code import UserCode
+
+PROGRAMS = ("baseline", "optimized")
+
+
+class EvaluationFailed(JobError):
+    """Too many test examples failed; `errors` holds the counts per program."""
+
+    def __init__(self, message: str, errors: dict[str, Any]):
+        super().__init__(message)
+        self.errors = errors
 
 
 @dataclass
@@ -21,6 +42,7 @@ class TestScores:
     baseline: float | None
     optimized: float | None
     examples: int
+    errors: dict[str, Any] = field(default_factory=dict)  # program -> ErrorTally.as_details()
 
     @property
     def improvement(self) -> float | None:
@@ -29,33 +51,71 @@ class TestScores:
         return round(self.optimized - self.baseline, 6)
 
     def as_details(self) -> dict[str, Any]:
-        return {"test_examples": self.examples, "metric_scale": "mean metric value per test example"}
+        return {
+            "test_examples": self.examples,
+            "metric_scale": "mean metric value per test example",
+            "evaluation_errors": self.errors,
+        }
 
 
-def mean_metric(program: dspy.Module, devset: list[dspy.Example], metric: Any, num_threads: int) -> float:
+def mean_metric(
+    program: dspy.Module, devset: list[dspy.Example], metric: Any, num_threads: int, tally: ErrorTally | None = None
+) -> float:
     """The average metric value (in the metric's own units, e.g. 0..1 for accuracy).
 
     DSPy's `EvaluationResult.score` is a percentage; we report the plain mean so that
     baseline and optimized scores read like the metric the user wrote. Examples whose
-    prediction or metric raised count as 0, as in dspy.Evaluate.
+    prediction or metric raised count as 0 and are recorded in `tally`; no number of
+    them stops the evaluation.
     """
-    evaluate = dspy.Evaluate(devset=devset, metric=metric, num_threads=num_threads, display_progress=True)
-    result = evaluate(program)
+    tally = tally if tally is not None else ErrorTally()
+    tally.examples = len(devset)
+    evaluate = dspy.Evaluate(
+        devset=devset,
+        metric=counting(metric, tally),
+        num_threads=num_threads,
+        display_progress=True,
+        max_errors=len(devset) + 1,
+    )
+    result = evaluate(counting(program, tally))
     scores = [float(score or 0.0) for _, _, score in result.results]
     return round(sum(scores) / len(scores), 6) if scores else 0.0
 
 
+def check_error_share(tallies: dict[str, ErrorTally], limit: float) -> None:
+    """EvaluationFailed when more than `limit` of a program's examples failed."""
+    over = [(program, tally) for program, tally in tallies.items() if tally.examples and tally.share() > limit]
+    if over:
+        program, tally = max(over, key=lambda item: item[1].share())
+        errors = {name: t.as_details() for name, t in tallies.items()}
+        raise EvaluationFailed(
+            f"evaluation failed: {tally.describe(program)} (more than {limit:.0%} of the examples; "
+            "DSPY_SERVICE_EVALUATION_ERROR_LIMIT)",
+            errors,
+        )
+
+
 @stage(Stage.EVALUATE)
 def evaluate_programs(
-    compiled: CompiledProgram, splits: DataSplits, lms: JobLMs, user_code: UserCode
+    compiled: CompiledProgram, splits: DataSplits, lms: JobLMs, user_code: UserCode, threads: int | None = None
 ) -> TestScores:
+    """`threads`: the job's `num_threads` (None: the service's default)."""
     if not splits.test:
         return TestScores(baseline=None, optimized=None, examples=0)
-    threads = get_settings().num_threads
+    settings = get_settings()
+    threads = threads or settings.num_threads
     metric = user_code.metric
+    tallies = {program: ErrorTally(secrets=lms.secrets) for program in PROGRAMS}
     with dspy.context(lm=lms.main):
         metric.reset_counts()
-        baseline = mean_metric(compiled.baseline, splits.test, metric, threads)
-        optimized = mean_metric(compiled.optimized, splits.test, metric, threads)
+        baseline = mean_metric(compiled.baseline, splits.test, metric, threads, tallies["baseline"])
+        optimized = mean_metric(compiled.optimized, splits.test, metric, threads, tallies["optimized"])
+    raise_if_stopped()  # a stop during evaluation fails every call left: not the program's errors
     metric.raise_if_always_failing("evaluation on the test split")
-    return TestScores(baseline=baseline, optimized=optimized, examples=len(splits.test))
+    check_error_share(tallies, settings.evaluation_error_limit)
+    return TestScores(
+        baseline=baseline,
+        optimized=optimized,
+        examples=len(splits.test),
+        errors={program: tally.as_details() for program, tally in tallies.items()},
+    )

@@ -6,7 +6,7 @@ import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from api import views
 from api.deps import GatewayDep, JobRunDep, SubmissionDep
@@ -16,6 +16,7 @@ from api.job_events import EventFollower, event_stream
 from api.ownership import listed_username
 from api.responses import FastJSONResponse
 from api.status import JobStatus
+from dspy_service.batch_spec import is_batch_job, results_jsonl
 from dspy_service.errors import JobError
 from dspy_service.schemas import JobRequest
 
@@ -99,18 +100,38 @@ async def get_job_events(
     )
 
 
-@router.get("/jobs/{job_id}/artifact")
+@router.get(
+    "/jobs/{job_id}/artifact",
+    responses={200: {"description": "An optimization job's program artifact (JSON); a batch prediction job's "
+                     "results, one JSON line per input row", "content": {"application/x-ndjson": {}}}},
+)
 async def get_job_artifact(run: JobRunDep, gateway: GatewayDep):
     outcome = await gateway.outcome(run)
     if outcome.status.active:
         raise HTTPException(status_code=409, detail=f"job is {outcome.status.value}; the artifact exists after success")
     result = outcome.result
+    if is_batch_job((run.get("parameters") or {}).get("job")):
+        if not result or not isinstance(result.get("results"), list):
+            why = f": {outcome.message}" if outcome.message else ""
+            raise HTTPException(
+                status_code=404, detail=f"job {run['id']} has no results (status {outcome.status.value}{why})"
+            )
+        return Response(results_jsonl(result["results"]), media_type="application/x-ndjson")
+    kept = None
+    if not result and outcome.status is JobStatus.failed:
+        result = kept = await gateway.kept_result(run)
     if not result or not result.get("program_artifact"):
         why = f": {outcome.message}" if outcome.message else ""
         raise HTTPException(
             status_code=404, detail=f"job {run['id']} has no artifact (status {outcome.status.value}{why})"
         )
-    return {"program_artifact": result["program_artifact"], "program_source": views.program_source(run)}
+    body = {"program_artifact": result["program_artifact"], "program_source": views.program_source(run)}
+    if kept is not None:  # a failed job keeps what it compiled, and says why it failed
+        body["kept_after_failure"] = {
+            "message": views.status_message(run, outcome.status),
+            "details": {k: v for k, v in (kept.get("details") or {}).items() if k != "failed"},
+        }
+    return body
 
 
 @router.post("/jobs/{job_id}/cancel")

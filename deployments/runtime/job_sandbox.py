@@ -6,7 +6,8 @@ returned it to the supervisor (parameters, deployment, flow, schedule), then
 - creates the job's private directory (sandbox.JobDirectory);
 - reads the Secret blocks the job's model configs reference and hands them to the engine in
   `work/secrets.json` (the engine never sees a Prefect credential, so it cannot read blocks);
-- mounts only the job's own data: its stored dataset and a `dataset_source` file read-only,
+- mounts only the job's own data: its stored dataset (and a batch job's stored program
+  version) and a `dataset_source` file read-only,
   its result directory `<results>/<flow run id>` read-write at `<results>`, its tenant's LM
   cache directory read-write (dspy_service/lm_cache.py);
 - starts the job-scoped Prefect proxy and the egress proxy on Unix sockets in `run/`.
@@ -110,12 +111,13 @@ class JobSandbox:
         problem = cached_bubblewrap_problem(self.settings.sandbox_uid)
         if problem:
             raise SandboxUnavailable(problem)
+        from dspy_service.batch_spec import run_spec
         from dspy_service.lm_cache import tenant_cache_dir
-        from dspy_service.schemas import DatasetRef, JobSpec
+        from dspy_service.schemas import DatasetRef
         from dspy_service.secrets import handed_blocks, resolve_model_secrets
 
         parameters = run.get("parameters") or {}
-        spec = JobSpec.model_validate(parameters["job"])
+        spec = run_spec(parameters)  # an optimization job's JobSpec or a batch job's BatchSpec
         self.directory = JobDirectory(self.settings.sandbox_dir, self.flow_run_id)
         layout = SandboxLayout(job_dir=self.directory.path, uid=self.settings.sandbox_uid)
         handed = handed_blocks(spec, self.read_block)
@@ -125,10 +127,11 @@ class JobSandbox:
         own_results = results / self.flow_run_id
         own_results.mkdir(parents=True, exist_ok=True)
         layout.mounts.append(Mount(own_results, writable=True, target=results))
-        ref = parameters.get("dataset_ref")
-        stored = local_path(DatasetRef.model_validate(ref).url) if ref else None
-        if stored is not None and stored.is_file():
-            layout.mounts.append(Mount(stored))
+        for key in ("dataset_ref", "program_ref"):  # a batch job's copy of its program version too
+            ref = parameters.get(key)
+            stored = local_path(DatasetRef.model_validate(ref).url) if ref else None
+            if stored is not None and stored.is_file():
+                layout.mounts.append(Mount(stored))
         source = local_path(spec.dataset_source)
         if source is not None:
             problem = file_source_problem(str(source), self.settings.dataset_dirs, [str(self.settings.home_dir)])

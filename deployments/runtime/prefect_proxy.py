@@ -13,10 +13,11 @@ string. Every request is checked with the job's scope (prefect_scope.py) first:
   the `prefect` subprotocol's auth handshake itself (the sandbox holds no token), drops
   and reports every event on `/api/events/in` that is not about this job, narrows the
   subscription on `/api/events/out` to this job's flow run and passes back only its events;
-- `GET /api/dspy-service/champion-result` is answered here: for a run of a schedule, the
-  champion pointer and run are read upstream and the run's result is read on this side
-  with the JSON-only reader (dspy_service/champion_runs.py), because a sandbox can read
-  no other job's result file;
+- `GET /api/dspy-service/champion-result` (the champion's run and result) and
+  `POST /api/dspy-service/champion-registration` (register a promoted run as its
+  schedule's `register_as` says) are answered here, on the trusted side
+  (trusted_routes.py), because a sandbox can read no other job's result file and write
+  neither Prefect Variables nor the shared storage;
 - the engine's proposal of Running while its run is Cancelled or Cancelling is answered
   with Prefect's ABORT (cancelled_start.py).
 
@@ -59,8 +60,9 @@ from deployments.runtime.prefect_scope import (
     split_path,
     strict_json,
 )
+from deployments.runtime.trusted_routes import champion_registration, champion_result
 from deployments.runtime.unix_forward import socket_address
-from dspy_service.contract import CHAMPION_RESULT_ROUTE, champion_variable
+from dspy_service.contract import CHAMPION_REGISTRATION_ROUTE, CHAMPION_RESULT_ROUTE
 
 logger = logging.getLogger("dspy_service.prefect_proxy")
 
@@ -237,7 +239,13 @@ class PrefectProxy:
             await respond(send, 403, {"detail": f"sandbox: {decision.reason}"})
             return
         if split_path(path) == CHAMPION_RESULT_ROUTE.strip("/").split("/"):
-            await respond(send, *await self.champion_result())
+            assert self._client is not None and self.scope.schedule_id is not None
+            await respond(send, *await champion_result(self._client, self.upstream_url, self.scope.schedule_id))
+            return
+        if split_path(path) == CHAMPION_REGISTRATION_ROUTE.strip("/").split("/"):
+            registered = await champion_registration(
+                self.upstream_api_url, self.upstream_headers, self.scope.flow_run_id, body)
+            await respond(send, *registered)
             return
         if proposes_running(self.scope.flow_run_id, method, path, body) and await cancelled_before_start(
             self._client, self.upstream_url(f"/api/flow_runs/{self.scope.flow_run_id}")
@@ -249,7 +257,7 @@ class PrefectProxy:
         except httpx.TransportError as exc:
             await respond(send, 502, {"detail": f"sandbox: the Prefect API cannot be reached ({type(exc).__name__})"})
             return
-        self.objects.remember(method, path, response.status_code, response.content)
+        self.objects.remember(method, path, response.status_code, response.content, body)
         headers = [
             (k.encode("latin-1"), v.encode("latin-1"))
             for k, v in response.headers.multi_items()
@@ -277,40 +285,6 @@ class PrefectProxy:
         forwarded["accept-encoding"] = "identity"
         return await self._client.request(method, self.upstream_url(path, query), content=body or None,
                                           headers=forwarded)
-
-    # -- the champion's run and result, read on the trusted side ------------------------------
-    async def champion_result(self) -> tuple[int, dict[str, Any]]:
-        """(status, body): 200 {job_id, run, result}; 404 without a champion; 422 {job_id,
-        detail} when the champion is refused (another schedule's run, not completed, ...);
-        502 when the upstream fails (the engine's client retries, then the gate gives up)."""
-        from dspy_service.champion_runs import (
-            ChampionUnloadable,
-            champion_run_id,
-            check_champion_run,
-            read_champion_result,
-        )
-
-        assert self._client is not None and self.scope.schedule_id is not None
-        schedule_id = self.scope.schedule_id
-        pointer = self.upstream_url(f"/api/variables/name/{champion_variable(schedule_id)}")
-        try:
-            variable = await self._client.get(pointer)
-            if variable.status_code != 404:
-                variable.raise_for_status()
-            value = variable.json().get("value") if variable.status_code == 200 else None
-            if not isinstance(value, dict) or not value.get("job_id"):
-                return 404, {"detail": f"schedule {schedule_id} has no champion"}
-            job_id = str(value["job_id"])
-            try:
-                response = await self._client.get(self.upstream_url(f"/api/flow_runs/{champion_run_id(job_id)}"))
-                if response.status_code != 404:
-                    response.raise_for_status()
-                run = check_champion_run(response.json() if response.status_code == 200 else None, schedule_id)
-                return 200, {"job_id": job_id, "run": run, "result": await read_champion_result(run)}
-            except ChampionUnloadable as exc:
-                return 422, {"job_id": job_id, "detail": str(exc)}
-        except (httpx.HTTPError, ValueError) as exc:
-            return 502, {"detail": f"sandbox: the champion could not be read ({type(exc).__name__})"}
 
     # -- websockets ---------------------------------------------------------------------------
     async def websocket(self, scope: dict, receive: Callable, send: Callable) -> None:

@@ -12,8 +12,9 @@ queue, harmless server reads, its logs, its artifacts (keys `job-<12 hex of its 
 the event websockets, a filter of runs bounded to its own run's id (the engine's cancel and
 suspend watches poll that way when their websocket drops); for runs of a schedule only,
 the champion gate's Variable (naming this job), lock (leases it took) and the proxy's
-champion-result route. Everything else is denied: other runs, other filters, creating
-runs, blocks (Secrets), deletes.
+champion-result route, and, while it holds a lease of that lock, the proxy's
+champion-registration route (the trusted side decides what is registered). Everything
+else is denied: other runs, other filters, creating runs, blocks (Secrets), deletes.
 
 How it fails: never raises on what the engine sends; anything malformed (a path outside
 /api, odd characters or `..`, a body that is not JSON or repeats a key) is a denial whose
@@ -22,6 +23,7 @@ reason says why. Reasons are short and user-readable; the proxy shows them in th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import uuid
@@ -29,7 +31,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dspy_service.contract import CHAMPION_RESULT_ROUTE, artifact_key_prefix, champion_lock, champion_variable
+from dspy_service.contract import (
+    CHAMPION_REGISTRATION_ROUTE,
+    CHAMPION_RESULT_ROUTE,
+    artifact_key_prefix,
+    champion_lock,
+    champion_variable,
+)
 
 API_ROOT = "/api"
 SEGMENT = re.compile(r"^[A-Za-z0-9_.~-]+$")
@@ -74,10 +82,15 @@ class JobObjects:
     task_runs: set[str] = field(default_factory=set)
     leases: set[str] = field(default_factory=set)
 
-    def remember(self, method: str, path: str, status: int, response: bytes) -> None:
-        """Record the id a successful create returned (a no-op for any other request)."""
+    def remember(self, method: str, path: str, status: int, response: bytes, body: bytes | None = None) -> None:
+        """Record the id a successful create returned; forget a lease once it was released
+        (`body`: the request's). A no-op for any other request."""
         parts = split_path(path)
         route = next((r for r in ROUTES if r.method == method and parts is not None and shape_of(r, parts)), None)
+        if route is not None and route.body is held_lease and 200 <= status < 300:
+            with contextlib.suppress(ValueError, AttributeError, RecursionError):
+                self.leases.discard(str(parse_id(strict_json(body).get("lease_id"))))
+            return
         if route is None or route.creates is None or not 200 <= status < 300:
             return
         kind, key = route.creates
@@ -203,6 +216,14 @@ def champion_lock_only(scope: JobScope, objects: JobObjects, body: Any) -> str |
     return None if names == [champion_lock(scope.schedule_id or "")] else "not this schedule's champion lock"
 
 
+def inside_champion_gate(scope: JobScope, objects: JobObjects, body: Any) -> str | None:
+    """Registration happens in the champion gate, under the champion lock: the job must
+    hold a lease of it (taken through this proxy) and send its program as an object."""
+    if not objects.leases:
+        return "only inside the champion gate, holding the champion lock"
+    return None if isinstance(body, dict) else "the body must be a JSON object"
+
+
 def held_lease(scope: JobScope, objects: JobObjects, body: Any) -> str | None:
     lease = parse_id(body.get("lease_id")) if isinstance(body, dict) else None
     return None if lease is not None and str(lease) in objects.leases else "not a lease this job holds"
@@ -257,6 +278,8 @@ ROUTES: tuple[Route, ...] = (
     route("POST", "v2/concurrency_limits/leases/{lease}/renew", "keep the champion lock", schedule_only=True),
     route("POST", "v2/concurrency_limits/decrement-with-lease", "release it", body=held_lease, schedule_only=True),
     route("GET", CHAMPION_RESULT_ROUTE, "the champion's run and result (the proxy's own)", schedule_only=True),
+    route("POST", CHAMPION_REGISTRATION_ROUTE, "register this promoted run (the proxy's own)",
+          body=inside_champion_gate, schedule_only=True),
 )
 
 # placeholder -> (does the segment belong to this job?, the reason when it does not)

@@ -52,6 +52,7 @@ PRELOAD = (
     "dspy",
     "deployments.runtime.supervisor",
     "flows.optimize",
+    "flows.batch_predict",
 )
 
 # What a job imports later on (measured: modules new in a forked engine at its exit), so

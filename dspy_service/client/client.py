@@ -21,6 +21,7 @@ from dspy_service.client.connection import AsyncConnection, Connection
 from dspy_service.client.errors import Conflict
 from dspy_service.client.jobs import Job
 from dspy_service.client.payload import optimize_body
+from dspy_service.client.programs import Programs
 
 PAGE_SIZE = 100
 
@@ -56,6 +57,11 @@ class Client:
     def get(self, path: str, **params: Any) -> Any:
         """GET any endpoint of the API; its JSON."""
         return self.connection.request("GET", path, params=params or None)
+
+    @property
+    def programs(self) -> Programs:
+        """The program registry: register, list, get, info, aliases, delete, export."""
+        return Programs(self.connection)
 
     # ---- jobs -----------------------------------------------------------------------------
     def submit(self, body: dict[str, Any], idempotency_key: str | None = None) -> Job:

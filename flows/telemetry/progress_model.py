@@ -249,15 +249,18 @@ class JobProgress:
         its own rate, plus the test evaluation still ahead (2 programs x test examples at
         the last measured examples/second). evaluate-programs: the open evaluation bar's
         remaining time, plus one more pass over the test split if the baseline is being
-        scored. Other stages: nothing is estimated (None).
+        scored. predict-rows (a batch job): what its bar over the rows still needs. Other
+        stages: nothing is estimated (None).
         """
         with self._lock:
-            if self.stage not in (Stage.COMPILE, Stage.EVALUATE):
+            if self.stage not in (Stage.COMPILE, Stage.EVALUATE, Stage.PREDICT):
                 return None
             primary = self._primary_bar()
             remaining = primary.metrics()["tqdm_remaining"] if primary is not None else None
             if remaining is None:
                 return None
+            if self.stage == Stage.PREDICT:
+                return round(remaining, 1)
             if self.stage == Stage.COMPILE:
                 return round(remaining + self._evaluation_seconds(2), 1)
             passes_left = 1 if self._eval_bars_seen <= 1 else 0

@@ -1,6 +1,6 @@
 """Serving registered programs on a real stack: two real jobs with the local LM end in two
-programs (LabeledFewShot with 4 vs 1 demos), registered as v1 and v2 (through the store, as
-POST /programs does), served by the stack's program server in sandboxed processes.
+programs (LabeledFewShot with 4 vs 1 demos), registered as v1 and v2 (POST /programs),
+served by the stack's program server in sandboxed processes.
 
 The local LM answers an arithmetic question right iff the question is easier than the
 prompt's skill, which grows with the number of demos (dspy_service/testing/local_lm/task.py):
@@ -20,7 +20,7 @@ import pytest
 
 from dspy_service.testing.local_lm.task import attempt, parse_question
 from tests.support.payloads import job_payload
-from tests.support.programs import program_server, register, set_alias
+from tests.support.programs import program_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.sqlite_only]
 
@@ -61,12 +61,14 @@ def test_predictions_follow_the_alias_and_survive_a_killed_program_server(stack,
     for job_id in jobs:
         assert stack.wait_terminal(job_id, timeout=240)["status"] == "success"
     name = f"arith-{uuid.uuid4().hex[:6]}"
-    v1, v2 = (register(stack, owner, name, job_id) for job_id in jobs)
-    assert (v1["version"], v2["version"]) == (1, 2)
+    for version, job_id in enumerate(jobs, start=1):
+        registered = ok(alice.post("/programs", json={"name": name, "job_id": job_id}), 201).json()
+        assert registered["version"] == version
+    v1, v2 = (ok(alice.get(f"/programs/{name}/info", params={"version": v})).json() for v in (1, 2))
     expected = {1: expected_answers(v1), 2: expected_answers(v2)}
     assert (v1["demo_count"], v2["demo_count"]) == (4, 1)
     assert expected[1] != expected[2], "the two programs must answer differently (their demo counts differ)"
-    set_alias(stack, owner, name, "production", 1)
+    ok(alice.put(f"/programs/{name}/aliases/production", json={"version": 1}))
 
     batch = [{"question": q} for q in QUESTIONS]
     local_lm.reset()
@@ -81,7 +83,7 @@ def test_predictions_follow_the_alias_and_survive_a_killed_program_server(stack,
     assert latest["version"] == 2 and latest["outputs"] == {"answer": expected[2][0]}
     assert latest["latency_ms"] > 0
 
-    set_alias(stack, owner, name, "production", 2)
+    ok(alice.put(f"/programs/{name}/aliases/production", json={"version": 2}))
     moved = ok(alice.post(f"/programs/{name}/predict", json={"inputs": batch, "alias": "production"})).json()
     assert moved["version"] == 2 and [o["answer"] for o in moved["outputs"]] == expected[2]
 

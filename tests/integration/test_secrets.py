@@ -163,3 +163,5 @@ def test_references_are_the_service_s_and_a_deleted_credential_fails_the_job_cle
         ok(stack.api.delete(f"/credentials/{name}"))  # no schedule uses it
     summary = stack.wait_terminal(job_id)
     assert summary["status"] == "failed" and f"credential {name!r} was deleted" in summary["message"], summary
+    logs = stack.api.get(f"/jobs/{job_id}/logs").json()
+    assert summary["log_count"] > 0 and logs, ("a failed job counts its log lines", summary["log_count"], len(logs))

@@ -78,3 +78,27 @@ def light_optimizer_payload(lm_url: str, optimizer: str, **optimizer_kwargs: Any
     if optimizer == "gepa":
         payload["reflection_model_config"] = model_config(lm_url, name="openai/local-reflection")
     return payload
+
+
+# A job whose test split is its last TEST_ROWS rows (no shuffling, split 0.5 / 0.2 / 0.3).
+ROWS, TEST_ROWS = 40, 12
+GRADER_ERROR = "the grader cannot read this example"
+
+
+def metric_failing_on(questions: list[str]) -> str:
+    """The arithmetic metric, raising (only when scoring, never while bootstrapping) on `questions`."""
+    return (
+        f"BAD = {sorted(questions)!r}\n"
+        "def metric(example, pred, trace=None):\n"
+        "    if trace is None and example.question in BAD:\n"
+        f"        raise ValueError({GRADER_ERROR!r})\n"
+        "    return str(pred.answer).strip() == str(example.answer).strip()\n"
+    )
+
+
+def payload_failing_on(lm_url: str, failing: int, **overrides: Any) -> dict[str, Any]:
+    """A job whose metric raises on `failing` of its TEST_ROWS test examples."""
+    payload = job_payload(lm_url, rows=ROWS, shuffle=False, **overrides)
+    test_rows = payload["dataset"][-TEST_ROWS:]
+    payload["metric_code"] = metric_failing_on([row["question"] for row in test_rows[:failing]])
+    return payload

@@ -24,7 +24,7 @@ ALLOWED = {
     "deployments": {"deployments", "dspy_service"},
 }
 # Registering the deployment derives its parameter schema from the flow itself.
-EXCEPTIONS = {("deployments.register", "flows.optimize")}
+EXCEPTIONS = {("deployments.register", "flows.optimize"), ("deployments.register", "flows.batch_predict")}
 
 
 def module_name(path: Path) -> str:

@@ -55,19 +55,54 @@ def test_transient_lm_errors_are_retried(rstack, local_lm):
     assert usage["calls"] == local_lm.stats()["calls"], "each retried call was paid once"
 
 
-def test_connection_refused_is_retried_until_the_provider_is_back(rstack, late_lm_port):
-    port = late_lm_port
-    url = f"http://127.0.0.1:{port}/v1"
+def wait_for_calls(lm, count: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while lm.stats()["calls"] < count:
+        assert time.monotonic() < deadline, f"the job made {lm.stats()['calls']} LM calls, not {count}"
+        time.sleep(0.02)
+
+
+def test_an_lm_missing_at_start_fails_the_job_at_once(rstack, late_lm_port):
+    url = f"http://127.0.0.1:{late_lm_port}/v1"
     job_id = rstack.submit(job_payload(url, rows=20, model_config=tenant_model(url)))
-    rstack.wait_for_status(job_id, {"running"}, timeout=90)
-    time.sleep(1.5)  # the first calls fail: nothing listens on the port yet
-    late_lm = start_local_lm(port=port)
+    job = rstack.wait_terminal(job_id, timeout=120)
+    assert job["status"] == "failed", job
+    assert job["message"] == (
+        f"LM endpoint {url} unreachable: connection refused (checked at job start; model_config.base_url)"
+    ), job["message"]
+
+
+def test_a_brief_lm_outage_mid_job_is_retried(rstack, late_lm_port):
+    url = f"http://127.0.0.1:{late_lm_port}/v1"
+    lm = start_local_lm(port=late_lm_port, delay_ms=20)
     try:
+        job_id = rstack.submit(job_payload(url, rows=20, model_config=tenant_model(url)))
+        wait_for_calls(lm, 5)
+        lm.close()
+        time.sleep(1.5)  # calls in flight fail to connect and are retried with backoff
+        lm = start_local_lm(port=late_lm_port)
         job = rstack.wait_terminal(job_id)
     finally:
-        late_lm.close()
+        lm.close()
     assert job["status"] == "success", job["message"]
-    assert late_lm.stats()["calls"] > 0
+    assert lm.stats()["calls"] > 0, "the job went on with the LM that came back"
+
+
+def test_an_lm_gone_for_good_mid_job_fails_it_fast_naming_the_endpoint(rstack, late_lm_port):
+    url = f"http://127.0.0.1:{late_lm_port}/v1"
+    lm = start_local_lm(port=late_lm_port, delay_ms=20)
+    model = tenant_model(url, num_retries=2)  # the first failed call waits 1 s + 2 s, not 31 s
+    try:
+        job_id = rstack.submit(job_payload(url, rows=40, model_config=model))
+        wait_for_calls(lm, 10)
+    finally:
+        lm.close()
+    gone = time.monotonic()
+    job = rstack.wait_terminal(job_id)
+    assert job["status"] == "failed", job
+    assert f"LM endpoint {url} unreachable: connection refused (8 calls)" in job["message"], job["message"]
+    assert time.monotonic() - gone < 60, "the job did not wait out every call's retries"
+    assert job["usage"]["errors"] >= 8, job["usage"]
 
 
 def test_user_code_errors_are_not_retried(rstack, local_lm):

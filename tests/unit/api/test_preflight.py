@@ -111,3 +111,45 @@ def test_a_file_source_outside_the_dataset_dirs_or_inside_the_home_is_a_400(api,
     get_settings.cache_clear()
     off = api.post("/run", json=with_dataset_url(str(data / "train.json")))
     assert off.status_code == 400 and "DSPY_SERVICE_DATASET_DIRS" in off.json()["detail"]
+
+
+def with_extra(**extra) -> dict:
+    payload = job_payload(PUBLIC_LM)
+    config = payload["model_config"]
+    payload["model_config"] = {**config, "extra": {**config.get("extra", {}), **extra}}
+    return payload
+
+
+@pytest.mark.parametrize(
+    "extra, field",
+    [
+        ({"max_tokens": 64}, "model_config.extra.max_tokens"),  # conflicts with model_config.max_tokens below
+        ({"model": "openai/other"}, "model_config.extra.model"),
+        ({"meter": 1}, "model_config.extra.meter"),
+        ({"messages": []}, "model_config.extra.messages"),
+    ],
+)
+def test_an_lm_setting_the_service_cannot_pass_is_a_400_naming_it(api, extra, field):
+    payload = with_extra(**extra)
+    payload["model_config"]["max_tokens"] = 32
+    answer = api.post("/run", json=payload)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["field"] == field and field in answer.json()["detail"], answer.json()
+    assert api.app.state.jobs.created == []
+
+
+def test_settings_given_in_extra_move_to_their_fields(api):
+    payload = with_extra(max_tokens=64, temperature=0.5, api_base=PUBLIC_LM)
+    for field in ("max_tokens", "temperature", "base_url"):
+        payload["model_config"].pop(field, None)
+    answer = api.post("/run", json=payload)
+    assert answer.status_code == 201, answer.text
+    job = api.app.state.jobs.created[0]["parameters"]["job"]["model_config"]
+    assert (job["max_tokens"], job["temperature"], job["base_url"]) == (64, 0.5, PUBLIC_LM)
+    assert not {"max_tokens", "temperature", "api_base"} & set(job["extra"]), job["extra"]
+
+
+def test_the_submission_answer_lists_the_fields_it_ignored(api):
+    answer = api.post("/run", json={**job_payload(PUBLIC_LM), "num_thread": 2, "optimiser_name": "x"})
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["ignored_fields"] == ["num_thread", "optimiser_name"]

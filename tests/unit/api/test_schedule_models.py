@@ -91,3 +91,20 @@ def test_a_patch_keeps_what_it_does_not_name_of_the_cadence():
     assert patched_cadence(every_minute, SchedulePatch(timezone="Asia/Tokyo")).interval == dt.timedelta(minutes=1)
     with pytest.raises(JobError, match="not cron or interval"):
         patched_cadence(object(), SchedulePatch(timezone="Asia/Tokyo"))
+
+
+def test_register_as_is_validated_naming_its_field():
+    target = {"program": "nightly-qa", "alias": "production"}
+    request = ScheduleRequest.model_validate(payload(interval_seconds=60, register_as=target))
+    assert request.register_as is not None and request.register_as.alias == "production"
+    for model in (ScheduleRequest, SchedulePatch):
+        with pytest.raises(ValidationError) as info:
+            model.model_validate(payload(interval_seconds=60, register_as={"program": "Nightly QA", "alias": "x"}))
+        assert [e["loc"] for e in info.value.errors()] == [("register_as", "program")]
+        with pytest.raises(ValidationError) as info:
+            model.model_validate(payload(interval_seconds=60, register_as={"program": "qa", "alias": "-x"}))
+        assert [e["loc"] for e in info.value.errors()] == [("register_as", "alias")]
+    assert not SchedulePatch.model_validate({"active": False}).changes_register_as
+    patch = SchedulePatch.model_validate({"register_as": None})
+    assert patch.changes_register_as and patch.register_as is None
+    assert "register_as" not in SchedulePatch.model_validate({"register_as": target}).job_fields()

@@ -284,3 +284,31 @@ def test_a_patch_keeps_the_schedule_owner():
     assert refused.value.status_code == 403 and not schedules.saved
     asyncio.run(service(Jobs(), schedules).update_schedule(schedule, SchedulePatch(seed=3), ADMIN))
     assert schedules.saved[-1]["job"]["username"] == "tester"
+
+
+# -- register_as (a schedule's promoted runs become registry versions) --------------------
+TARGET = {"program": "nightly-qa", "alias": "production"}
+
+
+def test_register_as_is_kept_by_every_patch_that_does_not_change_it():
+    """Prefect 3.9 resets a schedule's parameters a PATCH leaves out: a PATCH of other
+    fields sends them whole (None: the gateway re-sends the stored ones), a job change
+    keeps register_as next to the new job, null removes it; run-now passes it on."""
+    schedules, jobs = Schedules(), Jobs()
+    request = ScheduleRequest.model_validate({**body(), "interval_seconds": 3600, "register_as": TARGET})
+    asyncio.run(service(jobs, schedules).create_schedule(request, ADMIN))
+    assert schedules.saved[-1]["register_as"] == TARGET
+    schedule = stored_schedule().model_copy()
+    schedule.parameters = {**schedule.parameters, "register_as": TARGET}
+    submission = service(jobs, schedules)
+    asyncio.run(submission.update_schedule(schedule, SchedulePatch(active=False), ADMIN))
+    assert schedules.saved[-1] is None  # the gateway re-sends the stored parameters, register_as included
+    asyncio.run(submission.update_schedule(schedule, SchedulePatch.model_validate({"seed": 5}), ADMIN))
+    assert schedules.saved[-1]["register_as"] == TARGET and schedules.saved[-1]["job"]["seed"] == 5
+    moved = {"program": "nightly-qa", "alias": "staging"}
+    asyncio.run(submission.update_schedule(schedule, SchedulePatch.model_validate({"register_as": moved}), ADMIN))
+    assert schedules.saved[-1] == {**schedule.parameters, "register_as": moved}
+    asyncio.run(submission.update_schedule(schedule, SchedulePatch.model_validate({"register_as": None}), ADMIN))
+    assert "register_as" not in schedules.saved[-1] and schedules.saved[-1]["job"] == schedule.parameters["job"]
+    asyncio.run(submission.run_schedule(schedule, ADMIN))
+    assert jobs.created[-1]["parameters"]["register_as"] == TARGET

@@ -91,3 +91,18 @@ def test_model_settings_views_are_an_allow_list():
         "credential": "prod",
         "extra": {"num_retries": 2, "input_cost_per_token": 1e-6},
     }
+
+
+def test_unknown_top_level_keys_are_ignored_and_listed():
+    request = JobRequest.model_validate(payload(num_thread=2, datset=[], model_config={"name": "openai/x"}))
+    assert request.ignored_fields == ["datset", "num_thread"]
+    assert JobRequest.model_validate(payload()).ignored_fields == []
+
+
+@pytest.mark.parametrize("threads, ok", [(1, True), (16, True), (0, False), (65, False)])
+def test_num_threads_is_a_bounded_job_setting(threads, ok):
+    if ok:
+        assert JobRequest.model_validate(payload(num_threads=threads)).spec().num_threads == threads
+    else:
+        with pytest.raises(ValidationError, match="num_threads"):
+            JobRequest.model_validate(payload(num_threads=threads))

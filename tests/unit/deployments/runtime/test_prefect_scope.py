@@ -73,6 +73,7 @@ ALLOWED = [
     (SCHEDULED, "POST", f"/api/v2/concurrency_limits/leases/{HELD_LEASE}/renew", {"lease_duration": 300}, ""),
     (SCHEDULED, "POST", "/api/v2/concurrency_limits/decrement-with-lease", {"lease_id": HELD_LEASE}, ""),
     (SCHEDULED, "GET", "/api/dspy-service/champion-result", None, ""),
+    (SCHEDULED, "POST", "/api/dspy-service/champion-registration", {"program_artifact": {}}, ""),
 ]
 
 
@@ -142,6 +143,9 @@ DENIED = [
     # Variables and concurrency limits: none for a one-off job, only the champion's for a schedule
     (JOB, "GET", f"/api/variables/name/{VARIABLE}", None, "only a run of a schedule"),
     (JOB, "GET", "/api/dspy-service/champion-result", None, "only a run of a schedule"),
+    (JOB, "POST", "/api/dspy-service/champion-registration", {}, "only a run of a schedule"),
+    (SCHEDULED, "POST", "/api/dspy-service/champion-registration", [1], "the body must be a JSON object"),
+    (SCHEDULED, "GET", "/api/dspy-service/champion-registration", None, "not needed"),
     (JOB, "POST", "/api/v2/concurrency_limits/increment-with-lease", {"names": [LOCK]}, "only a run of a schedule"),
     (SCHEDULED, "GET", "/api/variables/name/dspy-user-admin", None, "not this schedule's champion variable"),
     (SCHEDULED, "GET", f"/api/variables/name/{champion_variable(OTHER)}", None, "not this schedule's champion"),
@@ -278,3 +282,21 @@ def test_the_event_subscription_is_narrowed_to_this_jobs_run():
     assert is_own_flow_run_event(JOB, {"type": "event", "event": event("x", f"prefect.flow-run.{OWN}")})
     assert not is_own_flow_run_event(JOB, {"type": "event", "event": event("x", f"prefect.flow-run.{OTHER}")})
     assert not is_own_flow_run_event(JOB, {"type": "event", "event": None})
+
+
+def test_registration_only_inside_the_champion_gate():
+    """The proxy's registration route needs a lease of the champion lock this job took and
+    has not released (the gate registers under it); the body is only the job's program."""
+    route = "/api/dspy-service/champion-registration"
+    body = json.dumps({"program_artifact": {}}).encode()
+    outside = decide(SCHEDULED, "POST", route, "", body, JobObjects())
+    assert not outside.allowed and outside.reason == "only inside the champion gate, holding the champion lock"
+    assert decide(SCHEDULED, "POST", route, "", body, objects()).allowed
+    assert not decide(SCHEDULED, "POST", route, "program=other", body, objects()).allowed
+    # Once the gate released the lock, the lease is forgotten: no registration after the gate.
+    held = objects()
+    release = json.dumps({"lease_id": HELD_LEASE}).encode()
+    held.remember("POST", "/api/v2/concurrency_limits/decrement-with-lease", 500, b"{}", release)
+    assert decide(SCHEDULED, "POST", route, "", body, held).allowed, "a failed release keeps the lease"
+    held.remember("POST", "/api/v2/concurrency_limits/decrement-with-lease", 204, b"", release)
+    assert not decide(SCHEDULED, "POST", route, "", body, held).allowed
