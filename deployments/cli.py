@@ -234,10 +234,29 @@ def cmd_register(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_program_server(args: argparse.Namespace) -> int:
+    """The program server on a worker host, with the worker's Prefect access."""
+    from deployments.prefect_auth import client_environment
+
+    os.environ.update(client_environment(get_settings()))
+    from deployments.program_server.__main__ import main
+
+    return main([*(["--host", args.host] if args.host else []), *(["--port", str(args.port)] if args.port else [])])
+
+
 def cmd_local_lm(args: argparse.Namespace) -> int:
     from dspy_service.testing.local_lm.__main__ import main
 
     return main(["--port", str(args.port), "--delay-ms", str(args.delay_ms)]) or 0
+
+
+def add_program_server_parser(sub) -> None:
+    program_server = sub.add_parser(
+        "program-server", help="serve registered programs for the API (DSPY_SERVICE_PROGRAM_SERVER_URL; internal token)"
+    )
+    program_server.add_argument("--host", default=None)
+    program_server.add_argument("--port", type=int, default=None)
+    program_server.set_defaults(func=cmd_program_server)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -286,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     register = sub.add_parser("register", help="create the work pool and register the deployment")
     register.set_defaults(func=cmd_register)
 
+    add_program_server_parser(sub)
     local_lm = sub.add_parser("local-lm", help="run the deterministic local LM (tests and demo only)")
     local_lm.add_argument("--port", type=int, default=8765)
     local_lm.add_argument("--delay-ms", type=int, default=0)

@@ -23,6 +23,7 @@ from deployments.prefect_auth import ensure_auth_string, server_environment
 from deployments.runtime.protocol import SOCKET_ENV as ZYGOTE_SOCKET_ENV
 from deployments.runtime.protocol import socket_path as zygote_socket_path
 from dspy_service.sandbox_check import startup_check
+from dspy_service.serving_settings import program_server_token
 from dspy_service.settings import ServiceSettings
 
 # Settings the stack's processes need, measured to matter (see README, "Configuration").
@@ -63,6 +64,7 @@ class StackConfig:
     local_lm_port: int | None = None  # start the local LM (test/demo tool) on this port
     local_lm_delay_ms: int = 0
     warm_start: bool | None = None  # default: settings.warm_start (DSPY_SERVICE_WARM_START)
+    program_server_port: int | None = None  # default: the port of settings.program_server_url
 
     @property
     def uses_warm_start(self) -> bool:
@@ -76,6 +78,11 @@ class StackConfig:
     def api_url(self) -> str:
         host = "127.0.0.1" if self.api_host in ("0.0.0.0", "::") else self.api_host
         return f"http://{host}:{self.api_port}"
+
+    @property
+    def program_server_url(self) -> str:
+        host, port = self.settings.program_server_address
+        return f"http://{host}:{self.program_server_port or port}"
 
     @property
     def local_lm_url(self) -> str | None:
@@ -111,6 +118,7 @@ class StackConfig:
                 "DSPY_SERVICE_AUTH": self.settings.auth,
                 "DSPY_SERVICE_API_HOST": self.api_host,
                 "DSPY_SERVICE_EGRESS_ALLOW": self.egress_allow,
+                "DSPY_SERVICE_PROGRAM_SERVER_URL": self.program_server_url,
                 "PREFECT_HOME": str(home / "prefect"),
                 "PREFECT_API_URL": self.prefect_api_url,
                 "PREFECT_API_DATABASE_CONNECTION_URL": self.settings.resolved_database_url,
@@ -243,6 +251,10 @@ class Stack:
                         f"zygote-{i + 1}", zygote_command(path), logs / f"zygote-{i + 1}.log", scrub_env=True
                     )
                 )
+        # Registered programs, each in a sandboxed process of its own (deployments/program_server/).
+        self.program_server = Component(
+            "program-server", python_command("-m", "deployments.program_server"), logs / "program-server.log"
+        )
         self.api = Component(
             "api",
             python_command(
@@ -267,7 +279,7 @@ class Stack:
     @property
     def components(self) -> list[Component]:
         extra = [self.local_lm] if self.local_lm else []
-        return [*extra, self.server, *self.zygotes, *self.workers, self.notify_worker, self.api]
+        return [*extra, self.server, *self.zygotes, *self.workers, self.notify_worker, self.program_server, self.api]
 
     def start(self, timeout: float = 120.0, progress=print) -> float:
         """Start everything; returns seconds until the API reports healthy."""
@@ -295,9 +307,12 @@ class Stack:
         for worker in self.workers:
             worker.start(self.env)
         self.notify_worker.start(self.env)
+        program_server_token(self.config.settings, self.config.settings.home_dir)  # before either side reads it
+        self.program_server.start(self.env)
         progress(f"starting API on {self.config.api_url} ...")
         self.api.start(self.env)
         wait_until(lambda: http_ok(f"{self.config.api_url}/health"), timeout, self.api, *self.workers)
+        wait_until(lambda: http_ok(f"{self.config.program_server_url}/health"), timeout, self.program_server)
         if self.zygotes:
             progress("waiting for the warm-start zygotes ...")
             for zygote, worker in zip(self.zygotes, self.workers, strict=True):
@@ -307,7 +322,8 @@ class Stack:
 
     def check_ports_free(self) -> None:
         """Another process on our ports would answer our health checks: refuse to start."""
-        ports = {"Prefect server": self.config.prefect_port, "API": self.config.api_port}
+        ports = {"Prefect server": self.config.prefect_port, "API": self.config.api_port,
+                 "program server": int(self.config.program_server_url.rsplit(":", 1)[1])}
         if self.config.local_lm_port:
             ports["local LM"] = self.config.local_lm_port
         for name, port in ports.items():

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dspy_service.egress_policy import EgressPolicy
+from dspy_service.serving_settings import ProgramServingSettings
 
 # The optimization flow's name; with `deployment` it forms the deployment's full name.
 FLOW_NAME = "optimize-program"
@@ -19,7 +20,7 @@ NOTIFY_FLOW_NAME = "deliver-job-event"
 BATCH_FLOW_NAME = "batch-predict"
 
 
-class ServiceSettings(BaseSettings):
+class ServiceSettings(ProgramServingSettings, BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DSPY_SERVICE_", extra="ignore")
 
     home: Path = Field(

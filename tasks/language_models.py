@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import copy
 import os
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,90 +11,21 @@ import dspy
 from dspy_service.contract import Stage
 from dspy_service.errors import JobError
 from dspy_service.lm_cache import endpoint_identity, tenant_cache_dir
+from dspy_service.lm_usage import (  # noqa: F401 - re-exported for the stages
+    LM_MODEL_TYPES,
+    PRICE_KEYS,
+    RoleUsage,
+    TokenPrice,
+    UsageMeter,
+    lm_arguments,
+    take_price,
+)
 from dspy_service.schemas import JobSpec, ModelConfig
 from dspy_service.secrets import job_block_reader, resolve_model_secrets, secret_values
 from dspy_service.settings import get_settings
 from tasks import stage
 from tasks.lm_health import EndpointBreaker, check_endpoints, is_connection_failure
 from tasks.stopping import raise_if_stopped
-
-LM_MODEL_TYPES = {"chat", "text", "responses"}
-# ModelConfig.extra keys that set the job's own price (USD per token) instead of DSPy's
-# price metadata; they are taken out before the rest of `extra` reaches the LM.
-PRICE_KEYS = ("input_cost_per_token", "output_cost_per_token")
-
-
-@dataclass(frozen=True)
-class TokenPrice:
-    input_cost_per_token: float
-    output_cost_per_token: float
-
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return prompt_tokens * self.input_cost_per_token + completion_tokens * self.output_cost_per_token
-
-
-@dataclass
-class RoleUsage:
-    calls: int = 0
-    errors: int = 0  # calls that failed after DSPy's retries (or were refused by the breaker)
-    cache_hits: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float = 0.0
-    priced_calls: int = 0
-
-
-class UsageMeter:
-    """Exact LM usage per role, shared by every copy of the job's LMs and every thread.
-
-    DSPy's own `track_usage` under-counts under ParallelExecutor, which deep-copies its
-    tracker per thread; this meter survives deep copies as the same object.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._roles: dict[str, RoleUsage] = {}
-
-    def __deepcopy__(self, memo: dict) -> UsageMeter:
-        return self
-
-    def __reduce__(self):  # never pickled along with a program: LMs are stripped first
-        return (UsageMeter, ())
-
-    def record(self, role: str, entry: dict[str, Any], price: TokenPrice | None = None) -> None:
-        """Count one finished LM call; `price` (the job's own) wins over DSPy's estimate."""
-        usage = entry.get("usage") or {}
-        with self._lock:
-            role_usage = self._roles.setdefault(role, RoleUsage())
-            if not usage:
-                # DSPy reports cache hits with empty usage (nothing was paid for).
-                role_usage.cache_hits += 1
-                return
-            prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            completion_tokens = int(usage.get("completion_tokens") or 0)
-            role_usage.calls += 1
-            role_usage.prompt_tokens += prompt_tokens
-            role_usage.completion_tokens += completion_tokens
-            cost = price.cost(prompt_tokens, completion_tokens) if price is not None else entry.get("cost")
-            if cost is not None:
-                role_usage.cost += float(cost)
-                role_usage.priced_calls += 1
-
-    def record_error(self, role: str) -> None:
-        with self._lock:
-            self._roles.setdefault(role, RoleUsage()).errors += 1
-
-    def snapshot(self) -> dict[str, Any]:
-        """Usage per role and in total. `cost` is an estimate in USD; `cost_known` is true
-        only when every paid call had a price (DSPy's price metadata or the job's own)."""
-        with self._lock:
-            roles = {role: dict(vars(usage)) for role, usage in self._roles.items()}
-        totals = {key: sum(r[key] for r in roles.values()) for key in vars(RoleUsage())}
-        for usage in (*roles.values(), totals):
-            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-            usage["cost"] = round(usage["cost"], 8)
-            usage["cost_known"] = usage["priced_calls"] == usage["calls"]
-        return {"by_role": roles, "total": totals}
 
 
 class MeteredLM(dspy.LM):
@@ -178,23 +107,6 @@ def configure_job_cache(spec: JobSpec) -> None:
     dspy.configure_cache(enable_disk_cache=True, enable_memory_cache=True, disk_cache_dir=str(directory))
 
 
-def take_price(kwargs: dict[str, Any], field_name: str) -> TokenPrice | None:
-    """Pop the job's own per-token prices out of the LM kwargs (both or neither)."""
-    given = {key: kwargs.pop(key) for key in PRICE_KEYS if key in kwargs}
-    if not given:
-        return None
-    try:
-        prices = {key: float(given[key]) for key in PRICE_KEYS}
-    except (KeyError, TypeError, ValueError):
-        raise JobError(
-            f"{field_name}.extra: give both {' and '.join(PRICE_KEYS)} as numbers (USD per token)",
-            field=field_name,
-        ) from None
-    if min(prices.values()) < 0:
-        raise JobError(f"{field_name}.extra: token prices must be >= 0", field=field_name)
-    return TokenPrice(**prices)
-
-
 def build_lm(
     config: ModelConfig, *, role: str, meter: UsageMeter, cache: bool, breaker: EndpointBreaker | None = None
 ) -> MeteredLM:
@@ -202,25 +114,11 @@ def build_lm(
     problem = config.settings_problem(field_name)  # the API refuses these; a stored schedule may predate that
     if problem:
         raise JobError(problem[1], field=problem[0])
-    kwargs: dict[str, Any] = copy.deepcopy(config.extra)
-    price = take_price(kwargs, field_name)
-    if config.base_url:
-        kwargs["api_base"] = config.base_url
-    if config.top_p is not None:
-        kwargs["top_p"] = config.top_p
-    model_type = (config.model_extra or {}).get("model_type")
-    if model_type in LM_MODEL_TYPES:
-        kwargs["model_type"] = model_type
+    kwargs, price = lm_arguments(config, field_name, get_settings().lm_num_retries)
     kwargs["cache"] = bool(kwargs.get("cache", True)) and cache
-    # Transient provider errors (429, 5xx, timeouts, connection errors) are retried per
-    # call by DSPy with exponential backoff or the provider's Retry-After; a model's
-    # `extra.num_retries` overrides the service default.
-    kwargs.setdefault("num_retries", get_settings().lm_num_retries)
     try:
         return MeteredLM(
             config.name,
-            temperature=config.temperature,
-            max_tokens=config.max_tokens,
             role=role,
             meter=meter,
             breaker=breaker or EndpointBreaker(get_settings().lm_unreachable_calls),

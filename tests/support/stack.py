@@ -75,7 +75,10 @@ def configure_stack(
     # Tests write dataset_source files into their own temp dirs, next to the stack's home.
     settings.setdefault("dataset_dirs", str(home.parent))
     service = ServiceSettings(home=home, database_url=fresh.url if fresh else None, **settings)
-    config = StackConfig(settings=service, api_port=free_port(), prefect_port=free_port(), warm_start=warm_start)
+    config = StackConfig(
+        settings=service, api_port=free_port(), prefect_port=free_port(), program_server_port=free_port(),
+        warm_start=warm_start,
+    )
     stack = Stack(config)
     stack.env.update(env or {})
     return stack, fresh
