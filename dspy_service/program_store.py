@@ -326,9 +326,11 @@ class ProgramStore:
 
     async def set_alias(self, owner: str, name: str, alias: str, version: int) -> None:
         check_alias(alias)
-        await self.version(owner, name, version)  # ProgramNotFound for a version that is not there
+        entry = await self.version(owner, name, version)  # ProgramNotFound for a version that is not there
         variable = program_alias_variable(owner, name, alias)
-        value = {"name": name, "version": version, "updated_at": now_iso()}
+        # The version's entry rides along: versions are immutable and an aliased one cannot be
+        # deleted, so resolving the alias (every predict through it) takes one read, not two.
+        value = {"name": name, "version": version, "updated_at": now_iso(), "entry": entry.value()}
         try:
             await self.client.create_variable(VariableCreate(name=variable, value=value, tags=[PROGRAM_TAG]))
         except ObjectAlreadyExists:
@@ -351,6 +353,9 @@ class ProgramStore:
         variable = await self.client.read_variable_by_name(program_alias_variable(owner, name, alias))
         value = variable.value if variable is not None else None
         if isinstance(value, dict) and value.get("name") == name and isinstance(value.get("version"), int):
+            carried = VersionEntry.from_value(value.get("entry"))
+            if carried is not None and (carried.name, carried.version) == (name, value["version"]):
+                return carried
             return await self.version(owner, name, value["version"])
         if alias != LATEST_ALIAS:
             raise ProgramNotFound(f"program {name!r} has no alias {alias!r}")
