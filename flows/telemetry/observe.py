@@ -69,10 +69,10 @@ class JobObserver:
         }
         if progress.latest_metrics:
             values[contract.LATEST_METRICS] = progress.latest_metrics
-        # An estimate that becomes unknown is published as UNKNOWN_REMAINING (labels cannot
-        # be removed), so a stale number never stays on the job.
+        # While the job runs, a moment without an estimate (between two bars) keeps the last one.
         remaining = progress.estimated_remaining()
-        values[contract.ESTIMATED_REMAINING] = contract.UNKNOWN_REMAINING if remaining is None else remaining
+        if remaining is not None:
+            values[contract.ESTIMATED_REMAINING] = remaining
         return values
 
     def describe(self) -> str:
@@ -91,7 +91,7 @@ class JobObserver:
 
     def report(self, client: Any, final: bool = False) -> None:
         values = self.labels()
-        if final:  # the job is past its optimization: whatever it does next has no estimate
+        if final:  # past its optimization (saving, the champion gate, failing): no estimate
             values[contract.ESTIMATED_REMAINING] = contract.UNKNOWN_REMAINING
         changed = {k: v for k, v in values.items() if v is not None and self._published.get(k) != v}
         if changed:
