@@ -69,7 +69,6 @@ class JobObserver:
         }
         if progress.latest_metrics:
             values[contract.LATEST_METRICS] = progress.latest_metrics
-        # While the job runs, a moment without an estimate (between two bars) keeps the last one.
         remaining = progress.estimated_remaining()
         if remaining is not None:
             values[contract.ESTIMATED_REMAINING] = remaining
@@ -91,8 +90,8 @@ class JobObserver:
 
     def report(self, client: Any, final: bool = False) -> None:
         values = self.labels()
-        if final:  # past its optimization (saving, the champion gate, failing): no estimate
-            values[contract.ESTIMATED_REMAINING] = contract.UNKNOWN_REMAINING
+        if final:
+            values[contract.ESTIMATED_REMAINING] = 0
         changed = {k: v for k, v in values.items() if v is not None and self._published.get(k) != v}
         if changed:
             publish_labels(self.flow_run_id, changed, client=client)

@@ -31,4 +31,3 @@ def test_a_finished_job_says_so():
     watcher.stop(succeeded=True)
     assert watcher.progress.percent == 100.0
     assert watcher.describe() == "bootstrap: finished (0 progress events)"
-
