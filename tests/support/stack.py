@@ -25,6 +25,7 @@ import httpx
 from deployments.prefect_auth import auth_headers
 from deployments.stack import Stack, StackConfig
 from dspy_service.egress_policy import url_target
+from dspy_service.prefect_http import QUICK_RETRY_DELAYS, QuickRetrySyncTransport
 from dspy_service.settings import ServiceSettings
 from dspy_service.testing.local_lm import LocalLMServer, start_local_lm
 from tests.support.polling import wait_until
@@ -236,9 +237,20 @@ class RunningStack:
                 client.update_work_pool(pool, WorkPoolUpdate(is_paused=False))
 
 
+# A SQLite-backed Prefect answers a write that loses a race with another write with 503 and
+# rolls it back: retried as the service's own clients retry it (dspy_service/prefect_http.py),
+# then as Prefect's client does (2 s, 4 s).
+TEST_CLIENT_RETRY_DELAYS = (*QUICK_RETRY_DELAYS, 2.0, 4.0)
+
+
 def prefect_http_client(stack: Stack) -> httpx.Client:
     """An HTTP client of the stack's Prefect API that sends its auth string."""
-    return httpx.Client(base_url=stack.config.prefect_api_url, headers=auth_headers(stack.prefect_auth), timeout=30)
+    return httpx.Client(
+        base_url=stack.config.prefect_api_url,
+        headers=auth_headers(stack.prefect_auth),
+        timeout=30,
+        transport=QuickRetrySyncTransport(delays=TEST_CLIENT_RETRY_DELAYS),
+    )
 
 
 def prefect_settings(stack: Stack):
