@@ -101,26 +101,47 @@ def kept_result(
         logger.exception("the compiled program could not be kept")
         return None
     errors = getattr(exc, "errors", None)
+    details = {"failed": message, **({"evaluation_errors": errors} if errors else {})}
+    return compiled_result(job, splits, lms, user_code, compiled, artifact, started, details=details).model_dump(
+        mode="json"
+    )
+
+
+def compiled_result(
+    job: JobSpec,
+    splits: Any,
+    lms: Any,
+    user_code: Any,
+    compiled: Any,
+    artifact: Any,
+    started: float,
+    scores: Any = None,
+    details: dict[str, Any] | None = None,
+    run_log: list[dict[str, Any]] | None = None,
+) -> JobResult:
+    """The result of a job that compiled its program: with `scores` when it was evaluated
+    (a success), without (a failure that keeps its program)."""
     return JobResult(
         module_name=job.module_name,
         optimizer_name=job.optimizer_name,
         metric_name=user_code.metric_name,
         split_counts=SplitCounts(**splits.counts),
-        baseline_test_metric=None,
-        optimized_test_metric=None,
-        metric_improvement=None,
+        baseline_test_metric=scores.baseline if scores else None,
+        optimized_test_metric=scores.optimized if scores else None,
+        metric_improvement=scores.improvement if scores else None,
         optimization_metadata=compiled.optimization_metadata,
         details={
-            "failed": message,
             "dataset_rows": splits.rows,
             "dataset_sha256": splits.content_sha256,
+            "seed": splits.seed,
             "compile_seconds": compiled.compile_seconds,
             "usage": lms.meter.snapshot(),
-            **({"evaluation_errors": errors} if errors else {}),
+            **(details or {}),
         },
         program_artifact=artifact,
         runtime_seconds=round(time.monotonic() - started, 3),
-    ).model_dump(mode="json")
+        run_log=run_log or [],
+    )
 
 
 def run_job(job: JobSpec, rows: list[dict[str, Any]] | None, run_log: list[dict[str, Any]],
@@ -160,27 +181,10 @@ def run_job(job: JobSpec, rows: list[dict[str, Any]] | None, run_log: list[dict[
         if compiled is None or stop_requested():
             raise exc if isinstance(exc, JobError) and str(exc) == message else JobError(message) from exc
         raise ProgramKept(message, kept_result(job, message, compiled, splits, lms, user_code, exc, started)) from exc
-    return JobResult(
-        module_name=job.module_name,
-        optimizer_name=job.optimizer_name,
-        metric_name=user_code.metric_name,
-        split_counts=SplitCounts(**splits.counts),
-        baseline_test_metric=scores.baseline,
-        optimized_test_metric=scores.optimized,
-        metric_improvement=scores.improvement,
-        optimization_metadata=compiled.optimization_metadata,
-        details={
-            "dataset_rows": splits.rows,
-            "dataset_sha256": splits.content_sha256,
-            "seed": splits.seed,
-            "compile_seconds": compiled.compile_seconds,
-            "usage": lms.meter.snapshot(),
-            **scores.as_details(),
-            **({"schedule_id": schedule_id, "champion": champion.as_details()} if champion else {}),
-        },
-        program_artifact=artifact,
-        runtime_seconds=round(time.monotonic() - started, 3),
-        run_log=run_log,
+    champion_details = {"schedule_id": schedule_id, "champion": champion.as_details()} if champion else {}
+    return compiled_result(
+        job, splits, lms, user_code, compiled, artifact, started,
+        scores=scores, details={**scores.as_details(), **champion_details}, run_log=run_log,
     )
 
 
