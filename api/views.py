@@ -215,6 +215,7 @@ def summary(run: Run, status: JobStatus, message: str | None = None) -> dict[str
         "progress_count": int(contract.number_label(labels, contract.PROGRESS_COUNT) or 0),
         "log_count": int(contract.number_label(labels, contract.LOG_COUNT) or 0),
         "evaluation_errors": contract.decode_json_label(labels, contract.EVALUATION_ERRORS, None),
+        "termination_reason": labels.get(contract.TERMINATION_REASON),
         "baseline_test_metric": contract.number_label(labels, contract.BASELINE_TEST_METRIC),
         "optimized_test_metric": contract.number_label(labels, contract.OPTIMIZED_TEST_METRIC),
         "usage": contract.decode_json_label(labels, contract.USAGE, None),

@@ -220,6 +220,7 @@ PROGRESS_COUNT = "dspy.progress_count"
 LOG_COUNT = "dspy.log_count"
 EVALUATION_ERRORS = "dspy.evaluation_errors"  # JSON object: program -> {errors, examples, top_errors}
 USAGE = "dspy.usage"  # JSON object: calls, tokens, cost
+TERMINATION_REASON = "dspy.termination_reason"  # how compile ended: completed, optimizer_error
 STAGE = "dspy.stage"
 SCHEDULE_ID = "dspy.schedule_id"
 DATASET_ROWS = "dspy.dataset_rows"  # rows the job read (inline or from its dataset_source)

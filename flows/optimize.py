@@ -135,6 +135,7 @@ def compiled_result(
             "dataset_sha256": splits.content_sha256,
             "seed": splits.seed,
             "compile_seconds": compiled.compile_seconds,
+            **compiled.termination,
             "usage": lms.meter.snapshot(),
             **(details or {}),
         },
@@ -268,6 +269,7 @@ def finished(result: JobResult, log_count: int) -> dict[str, Any]:
             contract.USAGE: result.details["usage"]["total"],
             contract.LOG_COUNT: log_count,
             contract.EVALUATION_ERRORS: result.details.get("evaluation_errors") or None,
+            contract.TERMINATION_REASON: result.details.get("termination_reason"),
             **champion_labels(result.details.get("champion")),
         },
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -15,10 +16,14 @@ from dspy_service.registry import LM_ARGUMENTS, OptimizerEntry, Parameters, get_
 from dspy_service.schemas import JobSpec
 from dspy_service.settings import get_settings
 from tasks import stage
+from tasks.candidates import tracking_candidates
 from tasks.data import DataSplits
 from tasks.language_models import JobLMs
+from tasks.optimizer_failure import keeps_best_so_far, optimizer_error_details, unexplained_or_message
 from tasks.stopping import StopGEPAOnRequest
 from tasks.user_code import UserCode
+
+logger = logging.getLogger(__name__)
 
 # Attributes optimizers leave on the program they return. They hold whole candidate
 # programs (MIPROv2, random search) or GEPA's full search record: their scores go to
@@ -34,12 +39,18 @@ OPTIMIZER_LEFTOVERS = (
 )
 
 
+COMPLETED = "completed"
+
+
 @dataclass
 class CompiledProgram:
     baseline: dspy.Module
     optimized: dspy.Module
     optimization_metadata: dict[str, Any] = field(default_factory=dict)
     compile_seconds: float = 0.0
+    # How compile ended: {"termination_reason": "completed"}, or the optimizer_error the
+    # job survived with its best candidate so far (tasks/optimizer_failure.py).
+    termination: dict[str, Any] = field(default_factory=lambda: {"termination_reason": COMPLETED})
 
 
 def build_student(spec: JobSpec, user_code: UserCode) -> dspy.Module:
@@ -193,7 +204,7 @@ def compile_program(spec: JobSpec, splits: DataSplits, lms: JobLMs, user_code: U
         compile_kwargs = {**splits.compile_kwargs, "trainset": splits.train}
         if splits.val and entry.accepts_valset(compile_params):
             compile_kwargs["valset"] = splits.val
-        optimized = optimizer.compile(student, **compile_kwargs)
+        optimized, termination = run_optimizer(optimizer, student, compile_kwargs, lms)
     metric.raise_if_always_failing("optimization")
     if not isinstance(optimized, dspy.Module):
         raise JobError(f"optimizer {spec.optimizer_name!r} returned {type(optimized).__name__}, not a dspy.Module")
@@ -202,4 +213,23 @@ def compile_program(spec: JobSpec, splits: DataSplits, lms: JobLMs, user_code: U
         optimized=optimized,
         optimization_metadata=optimizer_metadata(optimized),
         compile_seconds=round(time.monotonic() - started, 3),
+        termination=termination,
     )
+
+
+def run_optimizer(
+    optimizer: Any, student: dspy.Module, compile_kwargs: dict[str, Any], lms: JobLMs
+) -> tuple[Any, dict[str, Any]]:
+    """`optimizer.compile(...)` and how it ended; after an error, its best candidate so far."""
+    with tracking_candidates() as tracker:
+        try:
+            return optimizer.compile(student, **compile_kwargs), {"termination_reason": COMPLETED}
+        except Exception as exc:
+            candidate = keeps_best_so_far(exc, tracker, lms.breaker.open)
+            if candidate is None:
+                unexplained_or_message(type(optimizer).__name__, exc, tracker, lms.secrets)
+            logger.warning(
+                "%s failed after scoring %d candidates; the job goes on with the best so far (score %s): %s",
+                type(optimizer).__name__, tracker.evaluations, candidate.score, exc,
+            )
+            return candidate.program, optimizer_error_details(exc, candidate, tracker, lms.secrets)

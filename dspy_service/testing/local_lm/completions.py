@@ -14,7 +14,7 @@ from typing import Any
 
 from .prompts import message_text, read_prompt
 from .responder import compose_reply
-from .state import DEFAULT_MODEL, ServerState
+from .state import DEFAULT_MODEL, REFUSAL, ServerState
 
 
 def count_tokens(text_chars: int) -> int:
@@ -64,7 +64,10 @@ def complete(state: ServerState, body: dict, arrival: float) -> Completion:
     messages = body["messages"]
     model = str(body.get("model") or DEFAULT_MODEL)
     response_format = body.get("response_format")
-    content = compose_reply(read_prompt(messages, response_format), response_format)
+    if model in state.refusing:  # a model that will not do the task (small models do this)
+        content = REFUSAL
+    else:
+        content = compose_reply(read_prompt(messages, response_format), response_format)
     n = body.get("n") or 1
     n = max(1, min(int(n), 128)) if isinstance(n, int) else 1
     prompt_tokens = count_tokens(sum(len(message_text(m.get("content"))) for m in messages if isinstance(m, dict)))

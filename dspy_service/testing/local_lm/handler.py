@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from .completions import complete
-from .state import ServerState, non_negative, parse_fault
+from .state import DEFAULT_MODEL, ServerState, non_negative, parse_fault
 
 logger = logging.getLogger("dspy_service.testing.local_lm")
 
@@ -133,7 +133,8 @@ class RequestHandler(BaseHTTPRequestHandler):
             return
         count = int(body.get("count", 0))
         self.server.state.set_faults(count, fault)
-        answer = {"count": count, "status": fault.status, "delay_ms": fault.delay_ms, "retry_after": fault.retry_after}
+        answer = {"count": count, "status": fault.status, "delay_ms": fault.delay_ms, "retry_after": fault.retry_after,
+                  "model": fault.model, "after": fault.after}
         self._send_json(200, answer)
 
     def _config(self, body: dict) -> None:
@@ -143,7 +144,14 @@ class RequestHandler(BaseHTTPRequestHandler):
             except ValueError as exc:
                 self._send_error(400, str(exc))
                 return
-        self._send_json(200, {"delay_ms": self.server.state.delay_ms})
+        if "refuse_models" in body:
+            models = body["refuse_models"]
+            if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+                self._send_error(400, "refuse_models must be a list of model names")
+                return
+            self.server.state.refusing = set(models)
+        state = self.server.state
+        self._send_json(200, {"delay_ms": state.delay_ms, "refuse_models": sorted(state.refusing)})
 
     # -- inference ------------------------------------------------------------------------
 
@@ -154,7 +162,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             self._send_error(400, "'messages' must be a non-empty list")
             return
         state.record_authorization(self.headers.get("Authorization"))
-        fault = state.take_fault()
+        fault = state.take_fault(str(body.get("model") or DEFAULT_MODEL))
         if fault is not None:
             time.sleep(fault.delay_ms / 1000)
             headers = {}

@@ -29,9 +29,13 @@ Endpoints (JSON in and out; errors as ``{"error": {"message", "type", "code"}}``
                                 epoch seconds of the last 10000 successful calls)
     POST /stats/reset           zero the counters
     POST /faults                {"count": N, "status": 429|500|503, "delay_ms": opt,
-                                "retry_after": opt seconds -> Retry-After header}: the next N
-                                chat requests fail; {"count": 0} clears
-    GET|POST /config            {"delay_ms": x}: latency added before every answer
+                                "retry_after": opt seconds -> Retry-After header, "model":
+                                opt name (only its requests count), "after": opt K (the
+                                first K of them pass)}: the next N chat requests fail;
+                                {"count": 0} clears
+    GET|POST /config            {"delay_ms": x}: latency added before every answer;
+                                {"refuse_models": [names]}: those models answer a refusal
+                                ("I'm ready to assist you...") to every request
 
 Token usage is deterministic: prompt_tokens = ceil(chars of all message texts / 4),
 completion_tokens = ceil(chars of the reply / 4) per choice, each at least 1.
@@ -93,10 +97,21 @@ class LocalLMServer:
         with self._state.lock:
             return set(self._state.authorizations)
 
-    def set_faults(self, count: int, status: int = 429, delay_ms: float = 0, retry_after: float | None = None) -> None:
-        self._state.set_faults(
-            count, parse_fault({"count": count, "status": status, "delay_ms": delay_ms, "retry_after": retry_after})
-        )
+    def set_faults(
+        self,
+        count: int,
+        status: int = 429,
+        delay_ms: float = 0,
+        retry_after: float | None = None,
+        model: str | None = None,
+        after: int = 0,
+    ) -> None:
+        body = {"count": count, "status": status, "delay_ms": delay_ms, "retry_after": retry_after}
+        self._state.set_faults(count, parse_fault({**body, "model": model, "after": after}))
+
+    def refuse(self, *models: str) -> None:
+        """Requests for these models (none: stop refusing) get a refusal instead of an answer."""
+        self._state.refusing = set(models)
 
     def set_delay(self, ms: float) -> None:
         self._state.delay_ms = non_negative(ms, "delay_ms")

@@ -18,13 +18,19 @@ AUTHORIZATIONS_KEPT = 1_000  # distinct Authorization headers remembered
 DEFAULT_MODEL = "local-model"
 
 
+REFUSAL = "I'm ready to assist you. Please provide the details of your request."
+
+
 @dataclass
 class Fault:
-    """How the next injected failures answer: an HTTP error status, after `delay_ms`."""
+    """How the next injected failures answer: an HTTP error status, after `delay_ms`; only
+    requests for `model` (any model when None) count, and the first `after` of them pass."""
 
     status: int
     delay_ms: float = 0.0
     retry_after: float | None = None
+    model: str | None = None
+    after: int = 0
 
 
 def non_negative(value: Any, name: str) -> float:
@@ -42,10 +48,18 @@ def parse_fault(body: dict) -> Fault:
     if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
         raise ValueError("status must be an HTTP error status (400-599), e.g. 429, 500 or 503")
     retry_after = body.get("retry_after")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ValueError("model must be a model name (a string)")
+    after = body.get("after", 0)
+    if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+        raise ValueError("after must be a non-negative integer")
     return Fault(
         status=status,
         delay_ms=non_negative(body.get("delay_ms", 0), "delay_ms"),
         retry_after=None if retry_after is None else non_negative(retry_after, "retry_after"),
+        model=model,
+        after=after,
     )
 
 
@@ -57,7 +71,9 @@ class ServerState:
         self.delay_ms = float(delay_ms)
         self.fault_count = 0
         self.fault = Fault(429)
+        self.fault_passes = 0
         self.models: set[str] = {DEFAULT_MODEL}
+        self.refusing: set[str] = set()  # models that answer REFUSAL to everything
         self.reset()
 
     def reset(self) -> None:
@@ -108,11 +124,16 @@ class ServerState:
         with self.lock:
             self.fault_count = count
             self.fault = fault
+            self.fault_passes = fault.after
 
-    def take_fault(self) -> Fault | None:
-        """Claim one injected failure; exactly `count` requests get one, whatever the concurrency."""
+    def take_fault(self, model: str | None = None) -> Fault | None:
+        """Claim one injected failure for a request to `model`; exactly `count` requests get
+        one, whatever the concurrency."""
         with self.lock:
-            if self.fault_count <= 0:
+            if self.fault_count <= 0 or (self.fault.model is not None and self.fault.model != model):
+                return None
+            if self.fault_passes > 0:
+                self.fault_passes -= 1
                 return None
             self.fault_count -= 1
             self.failed_calls += 1

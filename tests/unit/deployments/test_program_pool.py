@@ -18,7 +18,7 @@ from deployments.program_server.pool import ProgramKey, ProgramPool
 from dspy_service.client.program import build_program
 from dspy_service.sandbox_check import cached_bubblewrap_problem
 from dspy_service.settings import ServiceSettings
-from dspy_service.testing.local_lm import ARITHMETIC_SIGNATURE_CODE
+from dspy_service.testing.local_lm import ARITHMETIC_SIGNATURE_CODE, start_local_lm
 
 SECRET = "sk-pool-test-secret-0123456789"
 QUESTION = {"question": "What is 37 + 45?"}
@@ -253,16 +253,18 @@ def test_in_the_sandbox_the_child_reaches_its_model_and_is_killed_by_its_host_pi
 
 
 @pytest.mark.skipif(bool(cached_bubblewrap_problem(65534)), reason="bubblewrap cannot run here")
-def test_in_the_sandbox_the_egress_policy_decides_what_the_program_reaches(tmp_path, local_lm):
-    async def scenario():
-        pool = make_pool(tmp_path, local_lm.url, sandbox="on", allow_lm=False)  # loopback not allow-listed
-        try:
-            with pytest.raises(PredictFailed) as raised:
-                await pool.predict(key(), QUESTION)
-            assert raised.value.kind == "lm" and "denied by the job's egress policy" in raised.value.message
-        finally:
-            await pool.close()
+def test_in_the_sandbox_the_egress_policy_decides_what_the_program_reaches(tmp_path):
+    # An LM of its own: the shared one's counters also see late calls of earlier tests' children.
+    with start_local_lm() as lm:
 
-    local_lm.reset()
-    run(scenario())
-    assert local_lm.stats()["calls"] == 0
+        async def scenario():
+            pool = make_pool(tmp_path, lm.url, sandbox="on", allow_lm=False)  # loopback not allow-listed
+            try:
+                with pytest.raises(PredictFailed) as raised:
+                    await pool.predict(key(), QUESTION)
+                assert raised.value.kind == "lm" and "denied by the job's egress policy" in raised.value.message
+            finally:
+                await pool.close()
+
+        run(scenario())
+        assert lm.stats()["calls"] == 0

@@ -263,8 +263,30 @@ def test_dspy_retries_injected_faults(server, lm):
         make_lm(server, num_retries=0)("hello")
 
 
+def test_faults_for_one_model_pass_its_first_requests_and_spare_the_others(server, lm):
+    status, body, _ = http(server, "POST", "/faults", {"count": 2, "status": 400, "model": "reflect", "after": 1})
+    assert status == 200 and (body["model"], body["after"]) == ("reflect", 1)
+    assert chat(server, model="reflect")[0] == 200  # the first request for it passes
+    assert chat(server)[0] == 200  # another model's requests never count
+    assert [chat(server, model="reflect")[0] for _ in range(3)] == [400, 400, 200]
+    assert http(server, "POST", "/faults", {"count": 1, "after": -1})[0] == 400
+    assert http(server, "POST", "/faults", {"count": 1, "model": 7})[0] == 400
+
+
+def test_refusing_models_answer_a_refusal(server, lm):
+    status, body, _ = http(server, "POST", "/config", {"refuse_models": ["proposer"]})
+    assert status == 200 and body["refuse_models"] == ["proposer"]
+    try:
+        answer = chat(server, model="proposer")[1]["choices"][0]["message"]["content"]
+        assert answer.startswith("I'm ready to assist")
+        assert "ready to assist" not in chat(server)[1]["choices"][0]["message"]["content"]
+        assert http(server, "POST", "/config", {"refuse_models": "proposer"})[0] == 400
+    finally:
+        server.refuse()
+
+
 def test_delay_config(server, lm):
-    assert http(server, "POST", "/config", {"delay_ms": 150})[1] == {"delay_ms": 150.0}
+    assert http(server, "POST", "/config", {"delay_ms": 150})[1] == {"delay_ms": 150.0, "refuse_models": []}
     started = time.perf_counter()
     assert chat(server)[0] == 200
     assert time.perf_counter() - started >= 0.15

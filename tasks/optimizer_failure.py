@@ -1,0 +1,93 @@
+"""An optimizer that raised: keep its best candidate so far, or say what it could not do.
+
+The rule (issue #18, "nothing paid for is lost"): when the optimizer had scored a
+candidate before it raised, the job goes on with that candidate and ends with
+`termination_reason: "optimizer_error"` and the error. It does not when the job was told
+to stop (a cancel is not an optimizer error), when the LM endpoint is unreachable (the
+evaluation would fail the same way; the breaker's message says why), or on MemoryError.
+Without a candidate, an answer the optimizer's models gave in the wrong format becomes a
+message naming the phase and the fix; any other error is raised as it is, for the flow
+to report with its LM error counts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dspy.utils.exceptions import AdapterParseError
+
+from dspy_service.errors import JobError
+from tasks.candidates import Candidate, CandidateTracker
+from tasks.evaluation_errors import error_text
+from tasks.stopping import stop_requested
+
+OPTIMIZER_ERROR = "optimizer_error"
+ANSWER_CHARS = 80
+
+# Output fields of the prompts an optimizer sends its own models, and what they are for.
+# A field missing from the answer names the phase; the model it asks is the one to change.
+PHASES: dict[str, tuple[str, str, str]] = {
+    "proposed_instruction": ("propose instructions", "prompt model", "`prompt_model_config`"),  # MIPROv2, COPRO
+    "program_description": ("describe the program", "prompt model", "`prompt_model_config`"),  # MIPROv2
+    "module_description": ("describe the program", "prompt model", "`prompt_model_config`"),
+    "observations": ("summarize the dataset", "prompt model", "`prompt_model_config`"),
+    "summary": ("summarize the dataset", "prompt model", "`prompt_model_config`"),
+}
+
+
+def keeps_best_so_far(exc: BaseException, tracker: CandidateTracker, breaker_open: bool) -> Candidate | None:
+    """The candidate the job goes on with after `exc`, or None (the job fails)."""
+    if isinstance(exc, (JobError, MemoryError)) or stop_requested() or breaker_open:
+        return None
+    return tracker.best
+
+
+def _scrub(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        if len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+def parse_failure_message(
+    optimizer: str, exc: AdapterParseError, tracker: CandidateTracker, secrets: list[str]
+) -> str:
+    """"MIPROv2 could not propose instructions: the prompt model answered without the
+    `proposed_instruction` field 6 of 6 times (it answered "I'm ready to assist…"); use a
+    stronger `prompt_model_config`"."""
+    fields = list(getattr(exc.signature, "output_fields", {}) or [])
+    own_prompt = str(getattr(exc.signature, "__module__", "")).startswith("dspy.")  # not the user's signature
+    phase, model, setting = next(
+        (PHASES[name] for name in fields if own_prompt and name in PHASES),
+        ("run the program", "model", "`model_config`, or fewer demos (`max_labeled_demos`)"),
+    )
+    counts = tracker.parse_counts(exc.signature)
+    times = f" {counts.failures} of {counts.answers} times" if counts.answers else ""
+    answer = _scrub(" ".join(str(exc.lm_response or "").split()), secrets)  # before a cut splits a key
+    if len(answer) > ANSWER_CHARS:
+        answer = answer[:ANSWER_CHARS] + "…"
+    named = ", ".join(f"`{name}`" for name in fields) or "expected"
+    return (
+        f"{optimizer} could not {phase}: the {model} answered without the {named} "
+        f"field{'s' if len(fields) > 1 else ''}{times} (it answered {answer!r}); use a stronger {setting}"
+    )
+
+
+def optimizer_error_details(
+    exc: BaseException, candidate: Candidate, tracker: CandidateTracker, secrets: list[str]
+) -> dict[str, Any]:
+    """What the result says about the error the job survived (scores in the optimizer's
+    own units: DSPy's Evaluate reports percent)."""
+    return {
+        "termination_reason": OPTIMIZER_ERROR,
+        "optimizer_error": _scrub(error_text(exc), secrets)[:500],
+        "best_so_far_score": candidate.score,
+        "candidates_scored": tracker.evaluations,
+    }
+
+
+def unexplained_or_message(optimizer: str, exc: BaseException, tracker: CandidateTracker, secrets: list[str]) -> None:
+    """Raise the failure of an optimizer that had no candidate, in a user's terms when we can."""
+    if isinstance(exc, AdapterParseError) and not isinstance(exc, JobError):
+        raise JobError(parse_failure_message(optimizer, exc, tracker, secrets)) from exc
+    raise exc
