@@ -183,6 +183,8 @@ def common_fields(
     parameters = run.get("parameters") or {}
     dataset_ref = parameters.get("dataset_ref") or {}
     remaining = contract.number_label(labels, contract.ESTIMATED_REMAINING)
+    if remaining is not None and remaining < 0:  # contract.UNKNOWN_REMAINING
+        remaining = None
     return {
         "job_id": str(run["id"]),
         "status": status.value,

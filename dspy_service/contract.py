@@ -215,7 +215,8 @@ def program_alias_variable(owner: str, name: str, alias: str) -> str:
 BASELINE_TEST_METRIC = "dspy.baseline_test_metric"
 OPTIMIZED_TEST_METRIC = "dspy.optimized_test_metric"
 LATEST_METRICS = "dspy.latest_metrics"  # JSON object
-ESTIMATED_REMAINING = "dspy.estimated_remaining"  # seconds
+ESTIMATED_REMAINING = "dspy.estimated_remaining"  # seconds; UNKNOWN_REMAINING: no estimate now
+UNKNOWN_REMAINING = -1
 PROGRESS_COUNT = "dspy.progress_count"
 LOG_COUNT = "dspy.log_count"
 EVALUATION_ERRORS = "dspy.evaluation_errors"  # JSON object: program -> {errors, examples, top_errors}

@@ -69,9 +69,10 @@ class JobObserver:
         }
         if progress.latest_metrics:
             values[contract.LATEST_METRICS] = progress.latest_metrics
+        # A moment without an estimate (between two bars, a stage with none) says so: a stale
+        # estimate would look like a job that stalled at it.
         remaining = progress.estimated_remaining()
-        if remaining is not None:
-            values[contract.ESTIMATED_REMAINING] = remaining
+        values[contract.ESTIMATED_REMAINING] = contract.UNKNOWN_REMAINING if remaining is None else remaining
         return values
 
     def describe(self) -> str:
@@ -90,8 +91,8 @@ class JobObserver:
 
     def report(self, client: Any, final: bool = False) -> None:
         values = self.labels()
-        if final:
-            values[contract.ESTIMATED_REMAINING] = 0
+        if final:  # past its optimization (saving, the champion gate, failing): no estimate
+            values[contract.ESTIMATED_REMAINING] = contract.UNKNOWN_REMAINING
         changed = {k: v for k, v in values.items() if v is not None and self._published.get(k) != v}
         if changed:
             publish_labels(self.flow_run_id, changed, client=client)

@@ -132,7 +132,7 @@ def test_program_source_is_what_rebuilds_the_module_and_a_broken_spec_gives_none
     assert views.program_source({**run, "parameters": {"job": {"module_name": 3}}}) is None
 
 
-@pytest.mark.parametrize(("label", "shown"), [(95, "00:01:35"), (None, None)])
+@pytest.mark.parametrize(("label", "shown"), [(95, "00:01:35"), (-1, None), (None, None)])
 def test_a_running_job_shows_its_estimate_only_when_there_is_one(label, shown):
     labels = {"dspy.estimated_remaining": label} if label is not None else {}
     summary = views.summary(api_run(StateType.RUNNING, labels=labels), JobStatus.running)

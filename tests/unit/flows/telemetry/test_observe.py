@@ -22,7 +22,7 @@ def test_the_job_shows_the_champion_gate_while_it_runs():
     labels = watcher.labels()
     assert labels[contract.STAGE] == "champion-gate"
     assert labels[contract.PROGRESS_COUNT] == progress.event_count > 0
-    assert contract.ESTIMATED_REMAINING not in labels, "the gate's length is not estimated"
+    assert labels[contract.ESTIMATED_REMAINING] == contract.UNKNOWN_REMAINING, "the gate's length is not estimated"
     assert watcher.describe() == "bootstrap: champion-gate, Average Metric 2/4; about unknown left"
 
 
@@ -31,3 +31,17 @@ def test_a_finished_job_says_so():
     watcher.stop(succeeded=True)
     assert watcher.progress.percent == 100.0
     assert watcher.describe() == "bootstrap: finished (0 progress events)"
+
+
+def test_the_estimate_is_unknown_between_bars_not_the_last_one():
+    clock = [0.0]
+    watcher = observer()
+    progress = watcher.progress
+    progress.clock = lambda: clock[0]
+    progress.emit = lambda event: None
+    bar = progress.open_bar("Bootstrapping", 10, stage=Stage.COMPILE)
+    clock[0] = 5.0
+    progress.update_bar(bar, 5)
+    assert watcher.labels()[contract.ESTIMATED_REMAINING] == 5.0
+    progress.update_bar(bar, 10, final=True)  # the bar ends; nothing is open with a total
+    assert watcher.labels()[contract.ESTIMATED_REMAINING] == contract.UNKNOWN_REMAINING
