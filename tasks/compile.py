@@ -204,7 +204,7 @@ def compile_program(spec: JobSpec, splits: DataSplits, lms: JobLMs, user_code: U
         compile_kwargs = {**splits.compile_kwargs, "trainset": splits.train}
         if splits.val and entry.accepts_valset(compile_params):
             compile_kwargs["valset"] = splits.val
-        optimized, termination = run_optimizer(optimizer, student, compile_kwargs, lms)
+        optimized, termination = run_optimizer(optimizer, student, compile_kwargs, lms, metric)
     metric.raise_if_always_failing("optimization")
     if not isinstance(optimized, dspy.Module):
         raise JobError(f"optimizer {spec.optimizer_name!r} returned {type(optimized).__name__}, not a dspy.Module")
@@ -218,7 +218,7 @@ def compile_program(spec: JobSpec, splits: DataSplits, lms: JobLMs, user_code: U
 
 
 def run_optimizer(
-    optimizer: Any, student: dspy.Module, compile_kwargs: dict[str, Any], lms: JobLMs
+    optimizer: Any, student: dspy.Module, compile_kwargs: dict[str, Any], lms: JobLMs, metric: Any
 ) -> tuple[Any, dict[str, Any]]:
     """`optimizer.compile(...)` and how it ended; after an error, its best candidate so far."""
     with tracking_candidates() as tracker:
@@ -227,7 +227,7 @@ def run_optimizer(
         except Exception as exc:
             candidate = keeps_best_so_far(exc, tracker, lms.breaker.open)
             if candidate is None:
-                unexplained_or_message(type(optimizer).__name__, exc, tracker, lms.secrets)
+                unexplained_or_message(type(optimizer).__name__, exc, tracker, lms.secrets, metric)
             logger.warning(
                 "%s failed after scoring %d candidates; the job goes on with the best so far (score %s): %s",
                 type(optimizer).__name__, tracker.evaluations, candidate.score, exc,

@@ -86,8 +86,20 @@ def optimizer_error_details(
     }
 
 
-def unexplained_or_message(optimizer: str, exc: BaseException, tracker: CandidateTracker, secrets: list[str]) -> None:
-    """Raise the failure of an optimizer that had no candidate, in a user's terms when we can."""
-    if isinstance(exc, AdapterParseError) and not isinstance(exc, JobError):
+def unexplained_or_message(
+    optimizer: str, exc: BaseException, tracker: CandidateTracker, secrets: list[str], metric: Any
+) -> None:
+    """Raise the failure of an optimizer that had no candidate, in a user's terms when we can:
+    an unparsable answer, or the user's metric raising (DSPy's executor then only says
+    "Execution cancelled due to errors or interruption")."""
+    if isinstance(exc, JobError):
+        raise exc
+    if isinstance(exc, AdapterParseError):
         raise JobError(parse_failure_message(optimizer, exc, tracker, secrets)) from exc
+    if getattr(metric, "failures", 0):
+        raise JobError(
+            f"{optimizer} failed: the metric raised on {metric.failures} of its {metric.calls} calls; "
+            f"first failure: {metric.first_failure}",
+            field="metric_code",
+        ) from exc
     raise exc

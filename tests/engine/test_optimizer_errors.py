@@ -11,7 +11,7 @@ import pytest
 
 from dspy_service.testing.local_lm import start_local_lm
 from tests.support.flow_runner import run_flow
-from tests.support.payloads import light_optimizer_payload, model_config
+from tests.support.payloads import GRADER_ERROR, job_payload, light_optimizer_payload, metric_failing_on, model_config
 
 FAILED_BOOTSTRAP_CALLS = 10  # DSPy's max_errors: bootstrapping gives up at the 10th
 
@@ -68,3 +68,16 @@ def test_miprov2_whose_prompt_model_refuses_names_the_phase_and_the_fix(lm):
     assert "I'm ready to assist" in message and "use a stronger `prompt_model_config`" in message
     # Every answer to the proposal prompt was unusable (ChatAdapter's, then JSONAdapter's retry).
     assert re.search(r"field (\d+) of \1 times", message), message
+
+
+def test_a_metric_that_raises_while_the_optimizer_scores_is_named_not_the_executor_s_wrapper(lm):
+    payload = light_optimizer_payload(lm.url, "bootstrap_random_search")
+    rows = job_payload(lm.url, rows=60)["dataset"]  # unshuffled: 30 train, 12 validation, 18 test rows
+    payload.update(dataset=rows, shuffle=False, metric_code=metric_failing_on([r["question"] for r in rows[30:42]]))
+    outcome = run_flow(payload)
+    assert outcome.state.is_failed()
+    message = outcome.message
+    # DSPy's Evaluate gives up after 10 errors with "Execution cancelled due to errors or interruption".
+    assert "Execution cancelled" not in message, message
+    assert message.startswith("BootstrapFewShotWithRandomSearch failed: the metric raised on "), message
+    assert GRADER_ERROR in message, message
