@@ -228,8 +228,9 @@ def run_optimizer(
             candidate = keeps_best_so_far(exc, tracker, lms.breaker.open)
             if candidate is None:
                 unexplained_or_message(type(optimizer).__name__, exc, tracker, lms.secrets, metric)
+            details = optimizer_error_details(exc, candidate, tracker, lms.secrets)
             logger.warning(
                 "%s failed after scoring %d candidates; the job goes on with the best so far (score %s): %s",
-                type(optimizer).__name__, tracker.evaluations, candidate.score, exc,
+                type(optimizer).__name__, tracker.evaluations, candidate.score, details["optimizer_error"],
             )
-            return candidate.program, optimizer_error_details(exc, candidate, tracker, lms.secrets)
+            return candidate.program, details
