@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.payloads import GRADER_ERROR, TEST_ROWS, job_payload, payload_failing_on
+from tests.support.payloads import (
+    GRADER_ERROR,
+    TEST_ROWS,
+    job_payload,
+    light_optimizer_payload,
+    payload_failing_on,
+    tenant_model,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.sqlite_only]
 
@@ -40,3 +47,23 @@ def test_settings_in_extra_move_to_their_fields_and_typos_are_listed(stack, loca
     payload["model_config"]["max_tokens"] = 128  # now both places, different values
     refused = stack.api.post("/run", json=payload)
     assert refused.status_code == 400 and refused.json()["field"] == "model_config.extra.max_tokens", refused.text
+
+
+def test_an_optimizer_error_after_two_candidates_ends_with_the_best_so_far(stack, local_lm):
+    payload = light_optimizer_payload(local_lm.url, "bootstrap_random_search")
+    # A cold LM cache (every call reaches the LM) and a model name of its own (no other job's
+    # call meets the faults).
+    payload["model_config"] = {**tenant_model(local_lm.url), "name": "openai/local-arithmetic-faulty"}
+    # Two candidates are scored on the 8 validation examples (16 calls); then 10 answers are
+    # 400s (never retried) and bootstrapping the third candidate gives up (DSPy's max_errors).
+    local_lm.set_faults(10, 400, model="local-arithmetic-faulty", after=16)
+    try:
+        summary = stack.wait_terminal(stack.submit(payload))
+    finally:
+        local_lm.set_faults(0)
+    assert summary["status"] == "success", summary
+    assert summary["termination_reason"] == "optimizer_error"
+    details = stack.api.get(f"/jobs/{summary['job_id']}").json()["result"]["details"]
+    assert details["termination_reason"] == "optimizer_error" and details["candidates_scored"] == 2
+    assert "Injected fault 400" in details["optimizer_error"]
+    assert details["usage"]["by_role"]["main"]["errors"] == 10
