@@ -51,8 +51,16 @@ def test_transient_lm_errors_are_retried(rstack, local_lm):
         local_lm.set_faults(0)
     assert job["status"] == "success", job["message"]
     assert local_lm.stats()["failed_calls"] == 2 * len(FAULTS), "every injected failure was met and retried"
-    usage = rstack.api.get(f"/jobs/{job_id}").json()["result"]["details"]["usage"]["total"]
+    detail = rstack.api.get(f"/jobs/{job_id}").json()
+    usage = detail["result"]["details"]["usage"]["total"]
     assert usage["calls"] == local_lm.stats()["calls"], "each retried call was paid once"
+    # Every request the LM server failed was made again: the job counted each retry...
+    assert usage["retries"] == local_lm.stats()["failed_calls"] and usage["errors"] == 0, usage
+    # ...and showed each wait as it happened.
+    retries = [event["metrics"] for event in detail["progress_events"] if event["event"] == "retry"]
+    assert len(retries) == usage["retries"], retries
+    assert {m["role"] for m in retries} == {"main"} and all(m["wait_seconds"] >= 0 for m in retries), retries
+    assert sum("Injected fault 429" in m["error"] for m in retries) == 2, retries
 
 
 def wait_for_calls(lm, count: int, timeout: float = 120) -> None:
