@@ -3,8 +3,8 @@
 
 `UsageMeter` counts calls, tokens, cost, failed calls (per cause, secrets scrubbed) and
 retry attempts per role, and tells listeners of each retry wait; `CountingLM` is a
-`dspy.LM` that reports every finished call to one. `lm_arguments` turns a ModelConfig (secrets already
-merged) into `dspy.LM` keyword arguments and the config's own token price.
+`dspy.LM` that reports every finished call to one. `lm_arguments` turns a ModelConfig
+(secrets already merged) into `dspy.LM` keyword arguments and the config's own token price.
 
 How it fails: `take_price` / `lm_arguments` raise JobError naming the field for prices that
 are not two non-negative numbers. Nothing here does I/O.
@@ -42,7 +42,7 @@ class TokenPrice:
 @dataclass
 class RoleUsage:
     calls: int = 0
-    errors: int = 0  # calls that failed after DSPy's retries (or were refused by the breaker)
+    errors: int = 0  # calls that failed after DSPy's retries (a call the job refused itself is none)
     retries: int = 0  # attempts DSPy made again after a transient error (each one waited first)
     cache_hits: int = 0
     prompt_tokens: int = 0
