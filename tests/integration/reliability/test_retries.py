@@ -63,6 +63,29 @@ def test_transient_lm_errors_are_retried(rstack, local_lm):
     assert sum("Injected fault 429" in m["error"] for m in retries) == 2, retries
 
 
+def test_a_job_waiting_to_retry_says_so_in_its_summary(rstack, local_lm):
+    """A call that keeps failing stalls the job: its summary shows the wait, not the last
+    healthy bar, and stops showing it once the calls go through again."""
+    local_lm.reset()
+    local_lm.set_faults(3, status=503, retry_after=4)  # the job's first call waits 3 x 4 s
+    try:
+        job_id = rstack.submit(job_payload(local_lm.url, rows=20, model_config=tenant_model(local_lm.url)))
+        retrying, deadline = None, time.monotonic() + 60
+        while retrying is None and time.monotonic() < deadline:
+            summary = rstack.api.get(f"/jobs/{job_id}/summary").json()
+            retrying = (summary.get("latest_metrics") or {}).get("retrying")
+            time.sleep(0.25)
+        job = rstack.wait_terminal(job_id)
+    finally:
+        local_lm.set_faults(0)
+    assert retrying is not None, "the summary never showed the retry wait"
+    assert retrying["role"] == "main" and retrying["wait_seconds"] == 4 and 1 <= retrying["attempt"] <= 3, retrying
+    assert "Injected fault 503" in retrying["error"], retrying
+    assert job["status"] == "success", job["message"]
+    assert "retrying" not in (job.get("latest_metrics") or {}), "the calls went through: the job moved on"
+    assert job["usage"]["retries"] == 3 and job["usage"]["errors"] == 0, job["usage"]
+
+
 def wait_for_calls(lm, count: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while lm.stats()["calls"] < count:
