@@ -98,6 +98,10 @@ def usage_text(usage: dict[str, Any] | None) -> str | None:
     text = f"{total.get('calls', 0)} LM calls, {total.get('total_tokens', 0)} tokens"
     if total.get("cache_hits"):
         text += f", {total['cache_hits']} cache hits"
+    if total.get("errors"):
+        text += f", {total['errors']} failed"
+    if total.get("retries"):
+        text += f", {total['retries']} retries"
     if isinstance(total.get("cost"), int | float):
         text += f", ${total['cost']:.4f}" + ("" if total.get("cost_known", True) else " (some calls unpriced)")
     return text

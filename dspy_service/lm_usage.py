@@ -1,9 +1,10 @@
 """LM usage and the arguments of a `dspy.LM` built from a ModelConfig, shared by jobs
 (tasks/language_models.py) and the program server's children (deployments/program_server/).
 
-`UsageMeter` counts calls, tokens and cost per role; `CountingLM` is a `dspy.LM` that
-reports every finished call to one. `lm_arguments` turns a ModelConfig (secrets already
-merged) into `dspy.LM` keyword arguments and the config's own token price.
+`UsageMeter` counts calls, tokens, cost, failed calls (per cause, secrets scrubbed) and
+retry attempts per role, and tells listeners of each retry wait; `CountingLM` is a
+`dspy.LM` that reports every finished call to one. `lm_arguments` turns a ModelConfig
+(secrets already merged) into `dspy.LM` keyword arguments and the config's own token price.
 
 How it fails: `take_price` / `lm_arguments` raise JobError naming the field for prices that
 are not two non-negative numbers. Nothing here does I/O.
@@ -13,11 +14,13 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import dspy
 
+from dspy_service.error_causes import CauseTally
 from dspy_service.errors import JobError
 from dspy_service.schemas import ModelConfig
 
@@ -39,7 +42,8 @@ class TokenPrice:
 @dataclass
 class RoleUsage:
     calls: int = 0
-    errors: int = 0  # calls that failed after DSPy's retries (or were refused by the breaker)
+    errors: int = 0  # calls that failed after DSPy's retries (a call the job refused itself is none)
+    retries: int = 0  # attempts DSPy made again after a transient error (each one waited first)
     cache_hits: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -47,16 +51,25 @@ class RoleUsage:
     priced_calls: int = 0
 
 
+# What a retry listener gets: {"role", "attempt" (1 = the first retry), "wait_seconds",
+# "error" (the error that is retried, secrets scrubbed)}.
+RetryListener = Callable[[dict[str, Any]], None]
+
+
 class UsageMeter:
     """Exact LM usage per role, shared by every copy of the job's LMs and every thread.
 
     DSPy's own `track_usage` under-counts under ParallelExecutor, which deep-copies its
-    tracker per thread; this meter survives deep copies as the same object.
+    tracker per thread; this meter survives deep copies as the same object. `secrets`
+    (the job's keys and header values) are scrubbed from every error it keeps or tells.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, secrets: list[str] | None = None) -> None:
         self._lock = threading.Lock()
         self._roles: dict[str, RoleUsage] = {}
+        self.secrets = list(secrets or [])
+        self._errors: dict[str, CauseTally] = {}
+        self._retry_listeners: list[RetryListener] = []
 
     def __deepcopy__(self, memo: dict) -> UsageMeter:
         return self
@@ -83,21 +96,81 @@ class UsageMeter:
                 role_usage.cost += float(cost)
                 role_usage.priced_calls += 1
 
-    def record_error(self, role: str) -> None:
+    def _tally(self, role: str) -> CauseTally:
         with self._lock:
-            self._roles.setdefault(role, RoleUsage()).errors += 1
+            self._roles.setdefault(role, RoleUsage())
+            return self._errors.setdefault(role, CauseTally(secrets=self.secrets))
+
+    def record_error(self, role: str, exc: BaseException | None = None) -> None:
+        """Count one failed call (after its retries); `exc` is counted per cause."""
+        tally = self._tally(role)
+        with self._lock:
+            self._roles[role].errors += 1
+        if exc is not None:
+            tally.record(exc)
+
+    def on_retry(self, listener: RetryListener) -> None:
+        with self._lock:
+            self._retry_listeners.append(listener)
+
+    def record_retry(self, role: str, attempt: int, wait_seconds: float, exc: BaseException) -> None:
+        """Count one retry that is about to wait `wait_seconds`, and tell the listeners
+        (a listener that fails is ignored: telling must not change the call)."""
+        event = {
+            "role": role,
+            "attempt": attempt,
+            "wait_seconds": round(float(wait_seconds), 3),
+            "error": self.describe_error(exc),
+        }
+        with self._lock:
+            self._roles.setdefault(role, RoleUsage()).retries += 1
+            listeners = list(self._retry_listeners)
+        for listener in listeners:
+            try:
+                listener(event)
+            except Exception:  # noqa: BLE001, S112 - progress reporting is best-effort
+                continue
 
     def snapshot(self) -> dict[str, Any]:
         """Usage per role and in total. `cost` is an estimate in USD; `cost_known` is true
-        only when every paid call had a price (DSPy's price metadata or the job's own)."""
+        only when every paid call had a price (DSPy's price metadata or the job's own).
+        Each role also lists its `top_errors` ([{"error", "count"}], most frequent first)."""
         with self._lock:
             roles = {role: dict(vars(usage)) for role, usage in self._roles.items()}
+            tallies = dict(self._errors)
         totals = {key: sum(r[key] for r in roles.values()) for key in vars(RoleUsage())}
         for usage in (*roles.values(), totals):
             usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
             usage["cost"] = round(usage["cost"], 8)
             usage["cost_known"] = usage["priced_calls"] == usage["calls"]
+        for role, usage in roles.items():
+            usage["top_errors"] = tallies[role].top() if role in tallies else []
         return {"by_role": roles, "total": totals}
+
+    def describe_error(self, exc: BaseException) -> str:
+        """An error as the meter shows it: one line, secrets scrubbed."""
+        return CauseTally(secrets=self.secrets).describe_error(exc)
+
+    def knows_error(self, exc: BaseException) -> bool:
+        """Whether a failed call ended with an error of this cause."""
+        with self._lock:
+            tallies = list(self._errors.values())
+        return any(tally.knows(exc) for tally in tallies)
+
+    def describe_errors(self) -> str | None:
+        """The failed calls of the role whose most frequent cause is the most frequent of
+        all, in a user's words: "11 of 12 main-model calls failed: BadRequestError: ...".
+        None when no call failed."""
+        with self._lock:
+            tallies = dict(self._errors)
+            roles = {role: (usage.errors, usage.calls + usage.errors) for role, usage in self._roles.items()}
+        leading = [(tally.top(1)[0], role) for role, tally in tallies.items() if tally.count]
+        if not leading:
+            return None
+        cause, role = max(leading, key=lambda item: item[0]["count"])
+        failed, made = roles[role]
+        often = "" if cause["count"] == failed else f", most often ({cause['count']})"
+        return f"{failed} of {made} {role}-model calls failed{often}: {cause['error']}"
 
 
 class CountingLM(dspy.LM):

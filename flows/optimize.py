@@ -36,7 +36,7 @@ from tasks.champion_registration import program_record
 from tasks.compile import compile_program
 from tasks.data import load_and_split_data
 from tasks.evaluate import evaluate_programs
-from tasks.language_models import build_language_models
+from tasks.language_models import build_language_models, explain_failure
 from tasks.stopping import install_stop_handler, stop_requested, wait_to_be_stopped
 from tasks.user_code import load_user_code
 
@@ -80,14 +80,15 @@ class ProgramKept(JobError):
         self.kept = kept
 
 
-def stage_failure(stage: str, exc: BaseException) -> str:
-    """A failed stage's message in a user's terms (a JobError's own message as it is)."""
+def stage_failure(stage: str, exc: BaseException, meter: Any = None) -> str:
+    """A failed stage's message in a user's terms (a JobError's own message as it is),
+    led by the LM errors behind it when `meter` (the job's UsageMeter) recorded any."""
     if isinstance(exc, JobError):
         return str(exc)
     logger.error("%s failed:\n%s", stage, "".join(traceback.format_exception(exc)))
     if isinstance(exc, MemoryError):
         return f"{stage} failed: {out_of_memory_message()}"
-    return f"{stage} failed: {type(exc).__name__}: {exc}"
+    return explain_failure(f"{stage} failed: {type(exc).__name__}: {exc}", exc, meter)
 
 
 def kept_result(
@@ -176,7 +177,7 @@ def run_job(job: JobSpec, rows: list[dict[str, Any]] | None, run_log: list[dict[
                 program_record(artifact, scores, splits, user_code.metric_name) if register else None,
             )
     except Exception as exc:
-        message = stage_failure(stage, exc)
+        message = stage_failure(stage, exc, lms.meter if lms is not None else None)
         if lms is not None and lms.breaker.open:  # the cause, not what the missing LM broke
             message = f"{stage} failed: {lms.breaker.message()}"
         if compiled is None or stop_requested():

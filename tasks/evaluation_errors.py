@@ -2,67 +2,30 @@
 
 An example whose prediction or metric raises scores 0 and is counted here, so that an
 evaluation with some bad examples (a context overflow, a refusal the adapter cannot
-parse) still scores the program, and one where most examples fail says why. A cause is
-the exception's class and its message with numbers blanked, so "request (1360 tokens)"
-and "request (1412 tokens)" are one cause; the first message of each cause is kept, with
-the job's secrets replaced by `***` (an LM error may echo a key).
+parse) still scores the program, and one where most examples fail says why. Causes are
+told apart and scrubbed of secrets as dspy_service/error_causes.py says.
 """
 
 from __future__ import annotations
 
-import re
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-MESSAGE_CHARS = 300
-TOP_CAUSES = 3
-
-
-def error_text(exc: BaseException) -> str:
-    """The innermost useful message: LiteLLM wraps the provider's error in its own."""
-    message = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-
-
-def cause_key(text: str) -> str:
-    return re.sub(r"\d+", "#", text)[:MESSAGE_CHARS]
+from dspy_service.error_causes import (  # noqa: F401 - re-exported
+    MESSAGE_CHARS,
+    TOP_CAUSES,
+    Cause,
+    CauseTally,
+    cause_key,
+    error_text,
+)
 
 
 @dataclass
-class Cause:
-    error: str  # the first message seen, secrets scrubbed
-    count: int = 0
-
-
-@dataclass
-class ErrorTally:
+class ErrorTally(CauseTally):
     """Errors of one evaluation, shared by every thread of it."""
 
-    secrets: list[str] = field(default_factory=list)
     examples: int = 0
-    _causes: dict[str, Cause] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def record(self, exc: BaseException) -> None:
-        text = error_text(exc)
-        for secret in self.secrets:
-            if len(secret) >= 4:
-                text = text.replace(secret, "***")
-        key = cause_key(text)
-        with self._lock:
-            cause = self._causes.setdefault(key, Cause(error=text[:MESSAGE_CHARS]))
-            cause.count += 1
-
-    @property
-    def count(self) -> int:
-        with self._lock:
-            return sum(cause.count for cause in self._causes.values())
-
-    def top(self, limit: int = TOP_CAUSES) -> list[dict[str, Any]]:
-        with self._lock:
-            causes = sorted(self._causes.values(), key=lambda cause: -cause.count)
-        return [{"error": cause.error, "count": cause.count} for cause in causes[:limit]]
 
     def as_details(self) -> dict[str, Any]:
         """`evaluation_errors.<program>` of a job's result and summary."""

@@ -24,13 +24,16 @@ from dspy_service.schemas import JobSpec, ModelConfig
 from dspy_service.secrets import job_block_reader, resolve_model_secrets, secret_values
 from dspy_service.settings import get_settings
 from tasks import stage
-from tasks.lm_health import EndpointBreaker, check_endpoints, is_connection_failure
-from tasks.stopping import raise_if_stopped
+from tasks.lm_health import EndpointBreaker, LMUnreachable, check_endpoints, is_connection_failure
+from tasks.lm_retries import install as install_retry_reporting
+from tasks.lm_retries import retries_reported_to
+from tasks.stopping import JobStopped, raise_if_stopped
 
 
 class MeteredLM(dspy.LM):
-    """A `dspy.LM` that reports every finished call to the job's UsageMeter, and every
-    failed one to it and to the job's EndpointBreaker (tasks/lm_health.py)."""
+    """A `dspy.LM` that reports every finished call to the job's UsageMeter, every retry
+    to it before the wait (tasks/lm_retries.py), and every failed call to it and to the
+    job's EndpointBreaker (tasks/lm_health.py)."""
 
     def __init__(
         self,
@@ -47,6 +50,7 @@ class MeteredLM(dspy.LM):
         self.breaker = breaker
         self.price = price
         self.configured_retries = self.num_retries
+        install_retry_reporting()
 
     def update_history(self, entry: dict[str, Any]) -> None:
         super().update_history(entry)
@@ -61,15 +65,24 @@ class MeteredLM(dspy.LM):
         # While the endpoint looks gone, DSPy's retries (minutes of backoff) only hide it.
         self.num_retries = 0 if self.breaker.suspect else self.configured_retries
 
+    def _retrying(self, attempt: int, wait_seconds: float, exc: BaseException) -> None:
+        # A stopped job or an open breaker ends the call here instead of after the wait.
+        raise_if_stopped()
+        self.breaker.check()
+        self.meter.record_retry(self.role, attempt, wait_seconds, exc)
+
     def _failed(self, exc: Exception) -> None:
-        self.meter.record_error(self.role)
+        if isinstance(exc, (JobStopped, LMUnreachable)):  # the job's own refusal, not the LM's error
+            return
+        self.meter.record_error(self.role, exc)
         if is_connection_failure(exc):
             self.breaker.failed(str(self.kwargs.get("api_base") or self.model), exc)
 
     def __call__(self, *args: Any, **kwargs: Any):
         self._before_call()
         try:
-            answer = super().__call__(*args, **kwargs)
+            with retries_reported_to(self._retrying):
+                answer = super().__call__(*args, **kwargs)
         except Exception as exc:
             self._failed(exc)
             raise
@@ -79,12 +92,49 @@ class MeteredLM(dspy.LM):
     async def acall(self, *args: Any, **kwargs: Any):
         self._before_call()
         try:
-            answer = await super().acall(*args, **kwargs)
+            with retries_reported_to(self._retrying):
+                answer = await super().acall(*args, **kwargs)
         except Exception as exc:
             self._failed(exc)
             raise
         self.breaker.succeeded()
         return answer
+
+
+# What DSPy's ParallelExecutor and Prefect raise in place of the errors behind them.
+WRAPPER_TEXTS = (
+    "Execution cancelled due to errors or interruption",
+    "Engine execution exited with unexpected exception",
+)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def explain_failure(failure: str, exc: BaseException, meter: UsageMeter | None) -> str:
+    """A stage's failure message led by the LM errors behind it ("11 of 12 main-model calls
+    failed: LMInvalidRequestError: ...; compile-program failed: ..."): when the exception is
+    (or wraps) an LM error, or is only a wrapper's text. Recorded LM errors that did not
+    cause it follow it instead; a wrapper with no LM error behind it points to the logs."""
+    from dspy.utils.exceptions import LMError
+
+    lead = meter.describe_errors() if meter is not None else None
+    chain = _chain(exc)
+    wrapper = any(text in str(exc) for text in WRAPPER_TEXTS)
+    if lead is None:
+        return f"{failure} (the errors behind it are in the job's logs)" if wrapper else failure
+    if wrapper or any(isinstance(e, LMError) or meter.knows_error(e) for e in chain):
+        own = f": {type(exc).__name__}: {exc}"
+        if failure.endswith(own) and meter.describe_error(exc) in lead:  # said once is enough
+            failure = failure[: -len(own)]
+        return f"{lead}; {failure}"
+    return f"{failure} (meanwhile {lead})"
 
 
 @dataclass
@@ -137,7 +187,8 @@ def build_language_models(spec: JobSpec) -> JobLMs:
     configs = spec.lm_configs()
     check_endpoints({f"{spec.role_field(role)}.base_url": c.base_url for role, c in configs.items() if c.base_url})
     configure_job_cache(spec)
-    meter = UsageMeter()
+    secrets = [value for config in configs.values() for value in secret_values(config)]
+    meter = UsageMeter(secrets=secrets)
     breaker = EndpointBreaker(get_settings().lm_unreachable_calls)
     # Two roles on the same model name but different endpoints or keys would share cache
     # entries (DSPy's key ignores api_base/api_key): only the first of them caches.
@@ -147,5 +198,4 @@ def build_language_models(spec: JobSpec) -> JobLMs:
         identity = endpoint_identity(config)
         cache = seen.setdefault(config.name, identity) == identity
         by_role[role] = build_lm(config, role=role, meter=meter, cache=cache, breaker=breaker)
-    secrets = [value for config in configs.values() for value in secret_values(config)]
     return JobLMs(main=by_role["main"], by_role=by_role, meter=meter, breaker=breaker, secrets=secrets)

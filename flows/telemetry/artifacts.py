@@ -74,6 +74,7 @@ def results_table(result: JobResult) -> list[dict[str, str]]:
     add("LM calls (total)", total.get("calls"))
     add("tokens (total)", total.get("total_tokens"))
     add("cache hits (total)", total.get("cache_hits"))
+    add("failed LM calls / retries (total)", f"{total.get('errors', 0)} / {total.get('retries', 0)}")
     cost = total.get("cost")
     add("estimated cost (USD)", f"{_fmt(cost)}" + ("" if total.get("cost_known") else " (price unknown)"))
     add("compile_seconds", result.details.get("compile_seconds"))

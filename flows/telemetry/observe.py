@@ -55,6 +55,7 @@ class JobObserver:
     # --- what the flow tells us -------------------------------------------------------
     def watch_usage(self, meter: Any) -> None:
         self.meter = meter
+        meter.on_retry(self.progress.retry_event)
 
     def usage_total(self) -> dict[str, Any] | None:
         return self.meter.snapshot()["total"] if self.meter is not None else None
@@ -84,8 +85,14 @@ class JobObserver:
         if metrics.get("tqdm_desc") or metrics.get("tqdm_total"):
             bar = f", {metrics.get('tqdm_desc') or 'progress'} {metrics.get('tqdm_n')}/{metrics.get('tqdm_total')}"
         best = f", best score {progress.extras['best_score']}" if "best_score" in progress.extras else ""
+        retrying = metrics.get("retrying")
+        if retrying:
+            retrying = (
+                f"; a {retrying.get('role')}-model call is waiting {retrying.get('wait_seconds')} s to retry "
+                f"(retry {retrying.get('attempt')}) after {retrying.get('error')}"
+            )
         return (
-            f"{self.job.optimizer_name}: {progress.stage or 'starting'}{bar}{best}; "
+            f"{self.job.optimizer_name}: {progress.stage or 'starting'}{bar}{best}{retrying or ''}; "
             f"about {_clock(progress.estimated_remaining())} left"
         )
 

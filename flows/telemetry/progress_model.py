@@ -9,7 +9,8 @@ A bar is a real tqdm bar (telemetry/tqdm_hook.py) or an optimizer phase read fro
 Bar updates are throttled (at most one event per `interval` per top-level bar, and per
 nesting depth for bars inside another bar; the newest state always gets out, and so does
 the end of a top-level bar); score events (a MIPROv2 trial, a GEPA candidate) are never
-dropped. How it fails: it does not raise into the optimizer; a bar id it does not know
+dropped, nor are retry events (an LM call waiting to retry after an error). How it fails:
+it does not raise into the optimizer; a bar id it does not know
 (already closed) is ignored, and a value it cannot compute is None.
 """
 
@@ -224,6 +225,14 @@ class JobProgress:
         """A score on the optimizer's trajectory (never throttled)."""
         with self._lock:
             self._emit(event, {**metrics, "stage": self.stage})
+
+    def retry_event(self, metrics: dict[str, Any]) -> None:
+        """An LM call waiting to retry (`lm_usage.UsageMeter.record_retry`), never throttled.
+        Until the next bar update the latest metrics say so under `retrying`, so that a job
+        whose calls keep failing does not show its last healthy bar as if nothing happened."""
+        with self._lock:
+            self._emit("retry", {**metrics, "stage": self.stage})
+            self.latest_metrics = {**self.latest_metrics, "retrying": dict(metrics)}
 
     def set_extras(self, **values: Any) -> None:
         with self._lock:

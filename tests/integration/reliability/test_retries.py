@@ -51,8 +51,40 @@ def test_transient_lm_errors_are_retried(rstack, local_lm):
         local_lm.set_faults(0)
     assert job["status"] == "success", job["message"]
     assert local_lm.stats()["failed_calls"] == 2 * len(FAULTS), "every injected failure was met and retried"
-    usage = rstack.api.get(f"/jobs/{job_id}").json()["result"]["details"]["usage"]["total"]
+    detail = rstack.api.get(f"/jobs/{job_id}").json()
+    usage = detail["result"]["details"]["usage"]["total"]
     assert usage["calls"] == local_lm.stats()["calls"], "each retried call was paid once"
+    # Every request the LM server failed was made again (a retry) or ended its call (an
+    # error: one call may meet more injected failures in a row than it has retries).
+    assert usage["retries"] + usage["errors"] == local_lm.stats()["failed_calls"], usage
+    # Each retry was shown as a progress event while it waited.
+    retries = [event["metrics"] for event in detail["progress_events"] if event["event"] == "retry"]
+    assert len(retries) == usage["retries"], retries
+    assert {m["role"] for m in retries} == {"main"} and all(m["wait_seconds"] >= 0 for m in retries), retries
+    assert sum("Injected fault 429" in m["error"] for m in retries) == 2, retries
+
+
+def test_a_job_waiting_to_retry_says_so_in_its_summary(rstack, local_lm):
+    """A call that keeps failing stalls the job: its summary shows the wait, not the last
+    healthy bar, and stops showing it once the calls go through again."""
+    local_lm.reset()
+    local_lm.set_faults(3, status=503, retry_after=4)  # the job's first call waits 3 x 4 s
+    try:
+        job_id = rstack.submit(job_payload(local_lm.url, rows=20, model_config=tenant_model(local_lm.url)))
+        retrying, deadline = None, time.monotonic() + 60
+        while retrying is None and time.monotonic() < deadline:
+            summary = rstack.api.get(f"/jobs/{job_id}/summary").json()
+            retrying = (summary.get("latest_metrics") or {}).get("retrying")
+            time.sleep(0.25)
+        job = rstack.wait_terminal(job_id)
+    finally:
+        local_lm.set_faults(0)
+    assert retrying is not None, "the summary never showed the retry wait"
+    assert retrying["role"] == "main" and retrying["wait_seconds"] == 4 and 1 <= retrying["attempt"] <= 3, retrying
+    assert "Injected fault 503" in retrying["error"], retrying
+    assert job["status"] == "success", job["message"]
+    assert "retrying" not in (job.get("latest_metrics") or {}), "the calls went through: the job moved on"
+    assert job["usage"]["retries"] == 3 and job["usage"]["errors"] == 0, job["usage"]
 
 
 def wait_for_calls(lm, count: int, timeout: float = 120) -> None:

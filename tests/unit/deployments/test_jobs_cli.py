@@ -288,6 +288,9 @@ def test_a_summary_shows_what_is_set_and_usage_in_one_line():
     assert "message" not in text
     assert re.search(r"^test score: +0\.40 -> 0\.85 \(baseline -> optimized\)$", text, re.M)
     assert re.search(r"^usage: +12 LM calls, 3400 tokens, 2 cache hits, \$0\.0012$", text, re.M)
+    job["usage"]["total"].update(errors=3, retries=7)
+    assert re.search(r"^usage: +12 LM calls, 3400 tokens, 2 cache hits, 3 failed, 7 retries, \$0\.0012$",
+                     jobs_cli.format_summary(job), re.M)
 
 
 def test_log_entries_and_final_lines():

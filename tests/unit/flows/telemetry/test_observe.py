@@ -45,3 +45,25 @@ def test_the_estimate_is_unknown_between_bars_not_the_last_one():
     assert watcher.labels()[contract.ESTIMATED_REMAINING] == 5.0
     progress.update_bar(bar, 10, final=True)  # the bar ends; nothing is open with a total
     assert watcher.labels()[contract.ESTIMATED_REMAINING] == contract.UNKNOWN_REMAINING
+
+
+def test_a_call_waiting_to_retry_shows_in_the_latest_metrics_until_the_bar_moves():
+    from dspy_service.lm_usage import UsageMeter
+    from flows.telemetry.progress_model import JobProgress
+
+    watcher = observer()
+    events: list[dict] = []
+    progress = watcher.progress = JobProgress(emit=events.append, interval=0)
+    meter = UsageMeter()
+    watcher.watch_usage(meter)
+    bar = progress.open_bar("Average Metric", 4, stage=Stage.COMPILE)
+    progress.update_bar(bar, 1)
+    meter.record_retry("main", 3, 4.0, RuntimeError("LMServerError: 503"))
+    assert events[-1]["event"] == "retry"
+    assert events[-1]["metrics"] == {"role": "main", "attempt": 3, "wait_seconds": 4.0,
+                                     "error": "RuntimeError: LMServerError: 503", "stage": "compile-program"}
+    latest = watcher.labels()[contract.LATEST_METRICS]
+    assert latest["retrying"]["attempt"] == 3 and latest["tqdm_n"] == 1
+    assert "a main-model call is waiting 4.0 s to retry (retry 3) after RuntimeError" in watcher.describe()
+    progress.update_bar(bar, 2)
+    assert "retrying" not in watcher.labels()[contract.LATEST_METRICS], "the bar moved: the call went through"
