@@ -16,9 +16,9 @@ from typing import Any
 
 from dspy.utils.exceptions import AdapterParseError
 
+from dspy_service.error_causes import error_text, scrub
 from dspy_service.errors import JobError
 from tasks.candidates import Candidate, CandidateTracker
-from tasks.evaluation_errors import error_text
 from tasks.stopping import stop_requested
 
 OPTIMIZER_ERROR = "optimizer_error"
@@ -42,13 +42,6 @@ def keeps_best_so_far(exc: BaseException, tracker: CandidateTracker, breaker_ope
     return tracker.best
 
 
-def _scrub(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        if len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text
-
-
 def parse_failure_message(
     optimizer: str, exc: AdapterParseError, tracker: CandidateTracker, secrets: list[str]
 ) -> str:
@@ -63,7 +56,7 @@ def parse_failure_message(
     )
     counts = tracker.parse_counts(exc.signature)
     times = f" {counts.failures} of {counts.answers} times" if counts.answers else ""
-    answer = _scrub(" ".join(str(exc.lm_response or "").split()), secrets)  # before a cut splits a key
+    answer = scrub(" ".join(str(exc.lm_response or "").split()), secrets)  # before a cut splits a key
     if len(answer) > ANSWER_CHARS:
         answer = answer[:ANSWER_CHARS] + "…"
     named = ", ".join(f"`{name}`" for name in fields) or "expected"
@@ -80,7 +73,7 @@ def optimizer_error_details(
     own units: DSPy's Evaluate reports percent)."""
     return {
         "termination_reason": OPTIMIZER_ERROR,
-        "optimizer_error": _scrub(error_text(exc), secrets)[:500],
+        "optimizer_error": scrub(error_text(exc), secrets)[:500],
         "best_so_far_score": candidate.score,
         "candidates_scored": tracker.evaluations,
     }
