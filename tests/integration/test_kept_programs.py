@@ -27,8 +27,16 @@ def task_state(stack, job_id: str, name: str) -> str | None:
     return runs[0]["state_type"] if runs else None
 
 
+def kept_log_line(stack, job_id: str) -> str | None:
+    for entry in stack.api.get(f"/jobs/{job_id}/logs").json():
+        if entry["message"].startswith("compiled program kept in the job's result storage"):
+            return entry["message"]
+    return None
+
+
 def start_and_reach_evaluation(stack, local_lm) -> str:
-    """A job (its own LM key: a cold cache, so every call waits) that is now evaluating."""
+    """A job (its own LM key: a cold cache, so every call waits) that is now evaluating, and
+    whose log said that it kept its compiled program (the size and cost are printed)."""
     payload = job_payload(local_lm.url, rows=40, num_threads=1, model_config=tenant_model(local_lm.url))
     job_id = stack.submit(payload)
     wait_until(
@@ -37,6 +45,8 @@ def start_and_reach_evaluation(stack, local_lm) -> str:
         0.2,
         what=lambda: f"job {job_id} to evaluate: {stack.api.get(f'/jobs/{job_id}/summary').json()}",
     )
+    print(wait_until(lambda: kept_log_line(stack, job_id), 20, 0.2, what="the job's log to say it kept its program"))
+    assert task_state(stack, job_id, "evaluate-programs") == "RUNNING", "evaluation ended before the test stopped it"
     return job_id
 
 
