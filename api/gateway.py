@@ -46,6 +46,7 @@ from prefect.states import Cancelled, Cancelling
 
 from api import views
 from api.job_secrets import inline_block_of
+from api.kept_programs import delete_kept_program, read_kept_program
 from api.prefect_reads import Run, filter_runs, read_logs, read_logs_since, read_run, read_states, read_task_run_named
 from api.run_pages import RunPage, read_page
 from api.status import JobStatus, run_status, state_type_of
@@ -61,6 +62,8 @@ logger = logging.getLogger("dspy_service.api")
 RESULT_CACHE_SIZE = 64
 LOG_CACHE_SIZE = 256
 JobLogs = tuple[list[dict[str, Any]], list[dict[str, Any]]]  # (log entries, progress events)
+# States that end a run without a result of its own: what it kept once compiled is its artifact.
+KEPT_PROGRAM_STATES = frozenset({StateType.FAILED, StateType.CRASHED, StateType.CANCELLING, StateType.CANCELLED})
 
 
 @dataclass(frozen=True)
@@ -252,16 +255,22 @@ class JobGateway:
         return value
 
     async def kept_result(self, run: Run) -> dict[str, Any] | None:
-        """What a FAILED run kept of its work (the compiled program, the metrics that exist;
-        flows/optimize.py `ProgramKept`), read as JSON only; None when it kept nothing."""
-        if state_type_of(run) is not StateType.FAILED or not (run.get("state") or {}).get("data"):
-            return None
-        try:
-            value = await read_json_result(run)
-        except UnreadableResult as exc:
-            logger.info("no kept result for failed run %s: %s", run["id"], exc)
-            return None
-        return value if isinstance(value, dict) and value.get("program_artifact") else None
+        """What a failed or cancelled run kept of its work (the compiled program, the metrics
+        that exist), read as JSON only; None when it kept nothing. A FAILED run's own result
+        (flows/optimize.py `ProgramKept`) first, else what the job wrote once compiled
+        (api/kept_programs.py): a cancel, the time limit or a kill ended it without a result."""
+        state_type = state_type_of(run)
+        if state_type is StateType.FAILED and (run.get("state") or {}).get("data"):
+            try:
+                value = await read_json_result(run)
+            except UnreadableResult as exc:
+                logger.info("no kept result for failed run %s: %s", run["id"], exc)
+                value = None
+            if isinstance(value, dict) and value.get("program_artifact"):
+                return value
+        if state_type in KEPT_PROGRAM_STATES:
+            return await read_kept_program(run["id"])
+        return None
 
     async def outcome(self, run: Run) -> Outcome:
         """A run's status with its result: a COMPLETED run whose result the API refuses or
@@ -302,6 +311,7 @@ class JobGateway:
         )
         for artifact in artifacts:
             await self.client.delete_artifact(artifact.id)
+        await delete_kept_program(run["id"])
         await delete_result_file(run)
         parameters = run.get("parameters") or {}
         ref = parameters.get("dataset_ref")

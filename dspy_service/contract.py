@@ -7,7 +7,7 @@ and write the same flow runs. What they must agree on lives here and nowhere els
 - the job's stages (task-run names) and each stage's share of the progress bar;
 - flow-run tags (server-side filters) and labels (small facts on the run row);
 - schedule tags and the champion's Prefect Variable and lock names;
-- the keys of a job's Prefect artifacts;
+- the keys of a job's Prefect artifacts, and the name of the file it keeps once compiled;
 - what a sandboxed engine is told, and the job-scoped Prefect proxy's own route;
 - the progress events' logger and wire format;
 - the Prefect state types that end a run, and the signal that asks a job to stop;
@@ -100,6 +100,13 @@ def artifact_key_prefix(job_id: str | uuid.UUID) -> str:
 def artifact_key(job_id: str | uuid.UUID, kind: str) -> str:
     """`job-<12 hex>-<kind>` (progress, results, prompt): lowercase letters, digits, dashes."""
     return f"{artifact_key_prefix(job_id)}{kind}"
+
+
+# -- a job's compiled program, kept in its result storage before evaluation -----------------
+def kept_program_key(job_id: str | uuid.UUID) -> str:
+    """The result-storage file name of what a job keeps once compiled (tasks/checkpoint.py),
+    read back for a job that ends cancelled or failed without a result (api/kept_programs.py)."""
+    return f"dspy-kept-program-{uuid.UUID(str(job_id))}.json"
 
 
 # -- the sandbox: what the engine is told, and what the job-scoped Prefect proxy serves ------

@@ -33,6 +33,7 @@ from flows.telemetry.observe import observe_job, watch_splits, watch_usage
 from tasks.artifact import program_artifact, serialize_program_artifact
 from tasks.champion import ChampionDecision, champion_gate
 from tasks.champion_registration import program_record
+from tasks.checkpoint import keep_compiled_program, refresh_kept_program
 from tasks.compile import compile_program
 from tasks.data import load_and_split_data
 from tasks.evaluate import evaluate_programs
@@ -146,6 +147,17 @@ def compiled_result(
     )
 
 
+def keep_compiled(job: JobSpec, splits: Any, lms: Any, user_code: Any, compiled: Any, started: float) -> None:
+    """Before evaluation: what the job keeps if it is cancelled, runs out of time or is killed
+    from here on (tasks/checkpoint.py), shaped as what a failure keeps (`kept_result`)."""
+
+    def result_of(artifact: Any, details: dict[str, Any]) -> dict[str, Any]:
+        result = compiled_result(job, splits, lms, user_code, compiled, artifact, started, details=details)
+        return result.model_dump(mode="json")
+
+    keep_compiled_program(current_flow_run.id, compiled.optimized, lms.secrets, result_of)
+
+
 def run_job(job: JobSpec, rows: list[dict[str, Any]] | None, run_log: list[dict[str, Any]],
             schedule_id: str | None = None, register: bool = False) -> JobResult:
     started = time.monotonic()
@@ -166,6 +178,7 @@ def run_job(job: JobSpec, rows: list[dict[str, Any]] | None, run_log: list[dict[
         user_code = load_user_code(job, splits.train[0])
         stage = Stage.COMPILE
         compiled = compile_program(job, splits, lms, user_code)
+        keep_compiled(job, splits, lms, user_code, compiled, started)
         stage = Stage.EVALUATE
         scores = evaluate_programs(compiled, splits, lms, user_code, job.num_threads)
         stage = Stage.SERIALIZE
@@ -231,6 +244,7 @@ def optimize_program(
             if stop_requested():
                 # Cancelled or out of time: the wrapper states the reason and kills this
                 # process; an error caused by the stop itself must not become the message.
+                refresh_kept_program(current_flow_run.id)  # the usage paid since compile
                 wait_to_be_stopped()
             return failed(exc, len(capture.entries))
         return finished(result, len(capture.entries))

@@ -118,7 +118,7 @@ async def get_job_artifact(run: JobRunDep, gateway: GatewayDep):
             )
         return Response(results_jsonl(result["results"]), media_type="application/x-ndjson")
     kept = None
-    if not result and outcome.status is JobStatus.failed:
+    if not result and outcome.status in (JobStatus.failed, JobStatus.cancelled):
         result = kept = await gateway.kept_result(run)
     if not result or not result.get("program_artifact"):
         why = f": {outcome.message}" if outcome.message else ""
@@ -126,8 +126,9 @@ async def get_job_artifact(run: JobRunDep, gateway: GatewayDep):
             status_code=404, detail=f"job {run['id']} has no artifact (status {outcome.status.value}{why})"
         )
     body = {"program_artifact": result["program_artifact"], "program_source": views.program_source(run)}
-    if kept is not None:  # a failed job keeps what it compiled, and says why it failed
-        body["kept_after_failure"] = {
+    if kept is not None:  # a failed or cancelled job keeps what it compiled, and says why it ended
+        flag = "kept_after_cancel" if outcome.status is JobStatus.cancelled else "kept_after_failure"
+        body[flag] = {
             "message": views.status_message(run, outcome.status),
             "details": {k: v for k, v in (kept.get("details") or {}).items() if k != "failed"},
         }
