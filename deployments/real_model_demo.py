@@ -24,8 +24,8 @@ DESCRIPTION = "BootstrapFewShot on a sentiment task, real model SmolLM2-135M"
 
 @contextlib.contextmanager
 def serving_real_model(port: int = DEMO_PORT) -> Iterator[RealLMServer]:
-    """The model, answering on 127.0.0.1:`port` meanwhile (its log in a temp file, named)."""
-    log = Path(tempfile.mkstemp(prefix="dspy-service-real-model-", suffix=".log")[1])
+    """The model, answering on 127.0.0.1:`port` meanwhile (its log, named, in the temp dir)."""
+    log = Path(tempfile.gettempdir()) / f"dspy-service-real-model-{port}.log"
     print(f"starting SmolLM2-135M-Instruct (llama.cpp) on 127.0.0.1:{port} (its log: {log}) ...", flush=True)
     with RealLMServer.start(port, log_path=log) as server:
         print(f"real model answering on {server.url}", flush=True)

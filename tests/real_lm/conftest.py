@@ -16,15 +16,8 @@ from __future__ import annotations
 
 import pytest
 
-from dspy_service.testing.real_lm import RealLMMissing, RealLMServer
+from tests.support.real_lm import serve_real_lm
 from tests.support.stack import RunningStack, free_port, reachable_by_jobs
-
-
-def serve_real_lm(log_path, port: int = 0) -> RealLMServer:
-    try:
-        return RealLMServer.start(port, context=1024, threads=2, log_path=log_path)
-    except RealLMMissing as exc:
-        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="package")
@@ -35,15 +28,25 @@ def real_lm(tmp_path_factory):
     server.close()
 
 
-@pytest.fixture(scope="package")
-def spare_lm_port():
+def reserved_port() -> int:
+    """A free port the jobs of stacks configured from now on may reach."""
     port = free_port()
     reachable_by_jobs(f"http://127.0.0.1:{port}")
     return port
 
 
 @pytest.fixture(scope="package")
-def real_stack(tmp_path_factory, real_lm, spare_lm_port):
+def spare_lm_port():
+    return reserved_port()
+
+
+@pytest.fixture(scope="package")
+def demo_lm_port():
+    return reserved_port()
+
+
+@pytest.fixture(scope="package")
+def real_stack(tmp_path_factory, real_lm, spare_lm_port, demo_lm_port):
     running = RunningStack.start(tmp_path_factory.mktemp("stack-real-lm"), job_slots=1)
     yield running
     running.stop()

@@ -104,7 +104,7 @@ class RealLMServer:
             sys.executable, "-m", "dspy_service.testing.real_lm", "--model", str(weights), "--port", str(port),
             "--context", str(context), "--threads", str(threads), "--parent-pid", str(os.getpid()),
         ]
-        with open(log_path or os.devnull, "ab") as log:
+        with open(log_path or os.devnull, "wb") as log:
             process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )

@@ -3,6 +3,8 @@
 `sentiment_job` is the POST /run body the real-model tests and `dspy-service demo
 --real-model` send: BootstrapFewShot with `predict` by default, greedy answers, a price of
 0 per token (a local model costs nothing; without a price LiteLLM knows none for it).
+The signature is worded so that this model answers it at all: zero-shot, it answers DSPy's
+ChatAdapter prompts with Python code, and only DSPy's JSON fallback gets a label from it.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import dspy
 
 
 class ReviewSentiment(dspy.Signature):
-    """Classify the sentiment of a product review."""
+    """Answer with one word: positive or negative."""
 
     review: str = dspy.InputField()
-    sentiment: str = dspy.OutputField(desc="one word: positive or negative")
+    sentiment: str = dspy.OutputField()
 '''
 
 SENTIMENT_METRIC_CODE = '''\
