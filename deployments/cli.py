@@ -160,10 +160,11 @@ def run_demo(
 def cmd_demo(args: argparse.Namespace) -> int:
     try:
         if args.real_model:
-            from deployments.real_model_demo import DESCRIPTION, real_model_demo_job, serving_real_model
+            from deployments.real_model_demo import DESCRIPTION, serving_real_model
+            from dspy_service.testing.real_lm import sentiment_job
 
             with serving_real_model(args.real_model_port) as model:
-                job = real_model_demo_job(model.url)
+                job = sentiment_job(model.url)
                 run_demo(args.api_url, model.url, token=api_token(args.token), payload=job, what=DESCRIPTION)
         else:
             run_demo(args.api_url, args.lm_url, optimizer=args.optimizer, token=api_token(args.token))

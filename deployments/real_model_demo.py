@@ -3,8 +3,8 @@
 For users without an API key who want to see a real LM: `serving_real_model` serves
 SmolLM2-135M-Instruct (llama.cpp, the `real-lm` extra) on 127.0.0.1:`port` in a process of
 its own while the CLI submits BootstrapFewShot with `predict` on a small sentiment task
-(`real_model_demo_job`, from dspy_service.testing.real_lm) to the running service and
-follows it; the model stops after. The service's jobs must be allowed to reach that
+(`sentiment_job` of dspy_service.testing.real_lm) to the running service and follows it;
+the model stops after. The service's jobs must be allowed to reach that
 address: `dspy-service up` allows the default port (DSPY_SERVICE_EGRESS_ALLOW otherwise).
 A missing extra is a RealLMMissing naming the pip command; a busy port an OSError.
 """
@@ -15,9 +15,8 @@ import contextlib
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from dspy_service.testing.real_lm import DEMO_PORT, RealLMServer, sentiment_job
+from dspy_service.testing.real_lm import DEMO_PORT, RealLMServer
 
 DESCRIPTION = "BootstrapFewShot on a sentiment task, real model SmolLM2-135M"
 
@@ -30,7 +29,3 @@ def serving_real_model(port: int = DEMO_PORT) -> Iterator[RealLMServer]:
     with RealLMServer.start(port, log_path=log) as server:
         print(f"real model answering on {server.url}", flush=True)
         yield server
-
-
-def real_model_demo_job(lm_url: str) -> dict[str, Any]:
-    return sentiment_job(lm_url)
