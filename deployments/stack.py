@@ -25,6 +25,7 @@ from deployments.runtime.protocol import socket_path as zygote_socket_path
 from dspy_service.sandbox_check import startup_check
 from dspy_service.serving_settings import program_server_token
 from dspy_service.settings import ServiceSettings
+from dspy_service.testing.real_lm.server import DEMO_PORT as REAL_MODEL_DEMO_PORT
 
 # Settings the stack's processes need, measured to matter (see README, "Configuration").
 PREFECT_DEFAULTS = {
@@ -91,10 +92,11 @@ class StackConfig:
     @property
     def egress_allow(self) -> str:
         """DSPY_SERVICE_EGRESS_ALLOW of the stack's processes: the operator's entries and the
-        local demo LM's address, which jobs may then reach (dspy_service/egress_policy.py)."""
+        demo models' addresses (the local LM's, and where `demo --real-model` serves the real
+        model), which jobs may then reach (dspy_service/egress_policy.py)."""
         entries = [entry.strip() for entry in self.settings.egress_allow.split(",") if entry.strip()]
         if self.local_lm_port:
-            entries.append(f"127.0.0.1:{self.local_lm_port}")
+            entries += [f"127.0.0.1:{self.local_lm_port}", f"127.0.0.1:{REAL_MODEL_DEMO_PORT}"]
         return ",".join(dict.fromkeys(entries))
 
     def environment(self) -> dict[str, str]:

@@ -1,5 +1,5 @@
 """The stack refuses to start on ports another process holds (it would answer our health checks),
-and lets its jobs reach its own local LM."""
+and lets its jobs reach its own demo models."""
 
 import socket
 
@@ -19,9 +19,10 @@ def test_refuses_busy_ports(tmp_path):
             stack.check_ports_free()
 
 
-def test_the_stack_allow_lists_its_own_local_lm_besides_the_operators_entries(tmp_path):
+def test_the_stack_allow_lists_its_own_demo_models_besides_the_operators_entries(tmp_path):
+    """The local LM, and the port where `dspy-service demo --real-model` serves the real model."""
     settings = ServiceSettings(home=tmp_path, egress_allow="10.0.0.0/8, llm.internal:8000")
     with_lm = StackConfig(settings=settings, local_lm_port=8765).environment()
-    assert with_lm["DSPY_SERVICE_EGRESS_ALLOW"] == "10.0.0.0/8,llm.internal:8000,127.0.0.1:8765"
+    assert with_lm["DSPY_SERVICE_EGRESS_ALLOW"] == "10.0.0.0/8,llm.internal:8000,127.0.0.1:8765,127.0.0.1:8766"
     without = StackConfig(settings=ServiceSettings(home=tmp_path), local_lm_port=None).environment()
     assert without["DSPY_SERVICE_EGRESS_ALLOW"] == ""
