@@ -40,8 +40,9 @@ class ServiceSettings(ProgramServingSettings, BaseSettings):
         default=0.5,
         ge=0,
         le=1,
-        description="Share of a program's test examples that may fail (an LM or metric error scores 0 and is "
-        "counted) before the job fails; the compiled program is kept as its artifact either way.",
+        description="Share of the optimized program's test examples that may fail (an LM or metric error scores 0 "
+        "and is counted) before the job fails; the compiled program is kept as its artifact either way. The "
+        "baseline's errors are counted, never fatal.",
     )
 
     database_url: str | None = Field(

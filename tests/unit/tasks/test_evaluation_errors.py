@@ -42,14 +42,16 @@ def test_counting_records_and_reraises():
     assert tally.count == 1
 
 
-def test_the_error_limit_names_the_worst_program():
+def test_the_error_limit_is_the_optimized_program_s():
     baseline, optimized = ErrorTally(examples=10), ErrorTally(examples=10)
-    for _ in range(3):
+    for _ in range(9):
         baseline.record(overflow(1))
-    check_error_share({"baseline": baseline, "optimized": optimized}, 0.5)  # 30 %: fine
+    # A baseline that mostly fails (zero-shot answers a small model cannot format) is counted,
+    # and is what optimizing is for: the job goes on.
+    check_error_share({"baseline": baseline, "optimized": optimized}, 0.5)
     for _ in range(6):
         optimized.record(overflow(1))
     with pytest.raises(EvaluationFailed) as failed:
         check_error_share({"baseline": baseline, "optimized": optimized}, 0.5)
     assert str(failed.value).startswith("evaluation failed: 6 of 10 test examples of the optimized program failed")
-    assert failed.value.errors["baseline"]["errors"] == 3
+    assert failed.value.errors["baseline"]["errors"] == 9
