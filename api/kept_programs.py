@@ -15,11 +15,8 @@ is logged too, never raised: the caller then has no artifact to show (404).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any
-
-from prefect.filesystems import LocalFileSystem
 
 from dspy_service import result_files
 from dspy_service.contract import kept_program_key
@@ -55,16 +52,6 @@ async def delete_kept_program(run_id: str) -> None:
     try:
         storage = await result_files.result_storage(None)
         name = kept_program_key(run_id)
-        for key in (f"{run_id}/{name}", name):
-            if isinstance(storage, LocalFileSystem):
-                path = storage._resolve_path(key)
-                path.unlink(missing_ok=True)
-                if path.parent.name == run_id:
-                    with contextlib.suppress(OSError):
-                        path.parent.rmdir()
-            elif hasattr(storage, "filesystem"):
-                path = storage._resolve_path(key)
-                if storage.filesystem.exists(path):
-                    storage.filesystem.rm(path)
+        result_files.delete_stored(storage, run_id, (f"{run_id}/{name}", name))
     except Exception as exc:  # noqa: BLE001 - the job is deleted regardless; say what was left
         logger.warning("could not delete the kept program of %s: %s", run_id, exc)

@@ -187,16 +187,22 @@ async def delete_result_file(run: dict[str, Any]) -> None:
         if location is None:
             return
         storage = await result_storage(location.storage_block_id)
-        for key in result_paths(str(run["id"]), key_name(storage, location.storage_key)):
-            if isinstance(storage, LocalFileSystem):
-                path = storage._resolve_path(key)
-                path.unlink(missing_ok=True)
-                if path.parent.name == str(run["id"]):
-                    with contextlib.suppress(OSError):
-                        path.parent.rmdir()
-            elif hasattr(storage, "filesystem"):
-                path = storage._resolve_path(key)
-                if storage.filesystem.exists(path):
-                    storage.filesystem.rm(path)
+        delete_stored(storage, str(run["id"]), result_paths(str(run["id"]), key_name(storage, location.storage_key)))
     except Exception as exc:  # noqa: BLE001 - the run is deleted regardless; say what was left
         logger.warning("could not delete the stored result of %s: %s", run["id"], exc)
+
+
+def delete_stored(storage: Any, run_id: str, keys: Any) -> None:
+    """Remove `keys` from a result storage (local or a remote filesystem block), and the
+    run's own directory (`<run_id>/`) once empty."""
+    for key in keys:
+        if isinstance(storage, LocalFileSystem):
+            path = storage._resolve_path(key)
+            path.unlink(missing_ok=True)
+            if path.parent.name == run_id:
+                with contextlib.suppress(OSError):
+                    path.parent.rmdir()
+        elif hasattr(storage, "filesystem"):
+            path = storage._resolve_path(key)
+            if storage.filesystem.exists(path):
+                storage.filesystem.rm(path)
