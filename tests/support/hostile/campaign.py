@@ -9,10 +9,12 @@ the attacker's jobs beside the victim's, collect what each of them can read back
    `pending` and `pending_too`, jobs scheduled far ahead that no worker takes (what the
    attacker cancels through Prefect and through our API); `cancelled` and
    `cancelled_too`, jobs cancelled before they ran (what the attacker deletes, both
-   ways); and `running`, a job that sleeps 40 s in its code and then succeeds, running
+   ways); and `running`, a job that sleeps 45 s in its code and then succeeds, running
    while the attacks and the bombs run.
-2. The attacker (another user) submits, in this order after `running`: a fork bomb and a
-   memory bomb (so both run beside `running`); the `prefect` attack (metric_code: the
+2. Once `running` is running (a job's process can take seconds to start, more under load:
+   submitted together, a bomb could start and end before it), the attacker (another user)
+   submits, in this order: a fork bomb and a memory bomb (so both run beside `running`); the
+   `prefect` attack (metric_code: the
    Prefect API, our API, the network) and the `local` attack (signature_code: files,
    processes, the database), see attacks.py; then their own ordinary BootstrapFewShot,
    MIPROv2 and GEPA jobs.
@@ -44,7 +46,7 @@ CANARY_ENV = "HOSTILE_TENANT_CANARY"  # in the environment of the stack's proces
 ATTACKS = Path(__file__).with_name("attacks.py")
 REPORT_PREFIX = "hostile-report "  # attacks.py's log lines
 FAR_FUTURE = "2999-01-01T00:00:00Z"
-VICTIM_SLEEP_SECONDS = 40  # `running` outlasts both bombs
+VICTIM_SLEEP_SECONDS = 45  # `running` outlasts both bombs, which start after it (one job slot)
 ATTACK_JOBS = ("prefect", "local")
 PENDING = ("pending", "pending_too")  # the victim's jobs scheduled far ahead
 CANCELLED = ("cancelled", "cancelled_too")
@@ -245,6 +247,7 @@ def run_campaign(stack: RunningStack, lm_url: str, canaries: Canaries) -> Campai
 
     sleeper = f"import time\ntime.sleep({VICTIM_SLEEP_SECONDS})\n"
     submit(victim, "running", victim_job(lm_url, canaries, "victim-key", code_prefix=sleeper))
+    stack.wait_state(victim.jobs["running"], {"RUNNING"}, timeout=120)
     submit(attacker, "fork_bomb", own_job(lm_url, signature_code=FORK_BOMB + ARITHMETIC_SIGNATURE_CODE))
     submit(attacker, "memory_bomb", own_job(lm_url, signature_code=MEMORY_BOMB + ARITHMETIC_SIGNATURE_CODE))
     targets = campaign.targets
