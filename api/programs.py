@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.gateway import JobGateway
 from api.identity import Caller
 from api.ownership import run_owner
+from api.program_resolutions import ProgramResolutions
 from api.status import JobStatus
 from api.views import job_spec_of
 from dspy_service.contract import LATEST_ALIAS, PROGRAM_NAME_PATTERN
@@ -150,11 +151,13 @@ def latest_of(versions: list[VersionEntry], aliases: dict[str, int]) -> int:
 class Programs:
     """The caller's programs (the store keyed by `caller.username`)."""
 
-    def __init__(self, gateway: JobGateway, caller: Caller):
+    def __init__(self, gateway: JobGateway, caller: Caller, resolutions: ProgramResolutions):
         self.gateway = gateway
         self.store = ProgramStore(gateway.client)
         self.owner = caller.username
         self.caller = caller
+        # Every change below drops this replica's cached resolutions of the program at once.
+        self.resolutions = resolutions
 
     async def register(self, body: ProgramRegister) -> VersionView:
         run = await self.gateway.get(body.job_id)
@@ -175,6 +178,7 @@ class Programs:
         except ValueError as exc:
             raise JobNotRegistrable(f"job {body.job_id} has no program to register: {exc}") from None
         entry = await self.store.register(self.owner, body.name, str(run["id"]), document)
+        self.resolutions.forget(self.owner, body.name)
         return version_view(entry, {})
 
     async def list(self) -> ProgramList:
@@ -223,12 +227,15 @@ class Programs:
 
     async def delete_version(self, name: str, version: int) -> VersionDeleted:
         await self.store.delete_version(self.owner, name, version)
+        self.resolutions.forget(self.owner, name)
         return VersionDeleted(name=name, version=version)
 
     async def set_alias(self, name: str, alias: str, target: AliasTarget) -> AliasView:
         await self.store.set_alias(self.owner, name, alias, target.version)
+        self.resolutions.forget(self.owner, name)
         return AliasView(name=name, alias=alias, version=target.version)
 
     async def delete_alias(self, name: str, alias: str) -> AliasDeleted:
         await self.store.delete_alias(self.owner, name, alias)
+        self.resolutions.forget(self.owner, name)
         return AliasDeleted(name=name, alias=alias)

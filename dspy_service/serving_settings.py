@@ -18,6 +18,13 @@ class ProgramServingSettings(BaseSettings):
     predict_max_batch: int = Field(
         default=32, ge=1, le=1000, description="Most inputs one POST /programs/{name}/predict may send; more: 422."
     )
+    program_resolve_cache_seconds: float = Field(
+        default=5.0, ge=0, le=60,
+        description="How long an API replica reuses what a program name resolved to (a version, an alias, "
+        "`latest`) on the predict path; an alias moved, a version registered or deleted through another replica "
+        "or by a schedule is seen within this time (at once on the replica that made the change), as token "
+        "revokes are (`token_cache_seconds`). 0: resolve on every call.",
+    )
     program_server_url: str = Field(
         default=f"http://127.0.0.1:{DEFAULT_PROGRAM_SERVER_PORT}",
         description="Where the API reaches the program server (`dspy-service program-server`, started by "

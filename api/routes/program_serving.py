@@ -2,9 +2,9 @@
 
 The API resolves the version the caller names (a number, an alias, or `latest`) among the
 caller's own programs (dspy_service/program_store.py; another user's program is a 404 like
-an absent one), checks every input against the version's signature input fields, then
-forwards to the program server (api/program_server.py), which runs the program in a
-sandboxed process of its own. The API never runs user code.
+an absent one; a resolution is reused for a few seconds, api/program_resolutions.py), checks
+every input against the version's signature input fields, then forwards to the program
+server (api/program_server.py), which runs the program in a sandboxed process of its own. The API never runs user code.
 
 Answers: 404 unknown program, version or alias; 422 a missing input field (named), more
 inputs than DSPY_SERVICE_PREDICT_MAX_BATCH, or both `version` and `alias`; 502 an LM error
@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from api.deps import GatewayDep
 from api.identity import CurrentUser
+from api.program_resolutions import ProgramResolutions, program_resolutions
 from api.program_server import ProgramServerClient, ProgramServerError, get_program_server
 from dspy_service.program_serving import PredictCall, missing_input_fields
 from dspy_service.program_store import CorruptDocument, ProgramNotFound, ProgramStore, VersionEntry, read_document
@@ -33,6 +34,7 @@ from dspy_service.settings import get_settings
 
 router = APIRouter(tags=["programs"])
 ProgramServerDep = Annotated[ProgramServerClient, Depends(get_program_server)]
+ResolutionsDep = Annotated[ProgramResolutions, Depends(program_resolutions)]
 INPUT_FIELDS_CACHE = 1024
 
 
@@ -93,10 +95,13 @@ def check_inputs(batch: list[dict[str, Any]], fields: list[str], single: bool) -
         raise RequestValidationError(errors)
 
 
-async def resolve(gateway: GatewayDep, caller: CurrentUser, name: str, version: int | None = None,
-                  alias: str | None = None) -> VersionEntry:
-    try:
+async def resolve(gateway: GatewayDep, caller: CurrentUser, resolutions: ProgramResolutions, name: str,
+                  version: int | None = None, alias: str | None = None) -> VersionEntry:
+    async def read() -> VersionEntry:
         return await ProgramStore(gateway.client).resolve(caller.username, name, version, alias)
+
+    try:
+        return await resolutions.resolve(caller.username, name, version, alias, read)
     except ProgramNotFound as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from None
 
@@ -109,7 +114,8 @@ async def resolve(gateway: GatewayDep, caller: CurrentUser, name: str, version: 
                503: {"description": "the program's process exited, or no program server"}},
 )
 async def predict(
-    name: str, body: PredictRequest, caller: CurrentUser, gateway: GatewayDep, server: ProgramServerDep
+    name: str, body: PredictRequest, caller: CurrentUser, gateway: GatewayDep, server: ProgramServerDep,
+    resolutions: ResolutionsDep,
 ) -> PredictResponse:
     """Run a registered program on one input (`outputs` is an object) or a list of them
     (`outputs` is a list, in order), in the program server."""
@@ -120,7 +126,7 @@ async def predict(
     if not batch or len(batch) > limit:
         raise RequestValidationError([{"loc": ("body", "inputs"), "type": "too_long" if batch else "too_short",
                                        "msg": f"give 1 to {limit} inputs per call (DSPY_SERVICE_PREDICT_MAX_BATCH)"}])
-    entry = await resolve(gateway, caller, name, body.version, body.alias)
+    entry = await resolve(gateway, caller, resolutions, name, body.version, body.alias)
     check_inputs(batch, await INPUT_FIELDS.of(entry), single)
     call = PredictCall(owner=caller.username, name=name, version=entry.version, document_url=entry.document_url,
                        document_sha256=entry.document_sha256, inputs=batch)

@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from api.deps import GatewayDep
 from api.identity import CurrentUser
 from api.openapi import ErrorDetail
+from api.program_resolutions import ProgramResolutions, program_resolutions
 from api.programs import (
     AliasDeleted,
     AliasTarget,
@@ -32,8 +33,10 @@ from dspy_service.contract import PROGRAM_ALIAS_PATTERN, PROGRAM_NAME_PATTERN
 router = APIRouter(tags=["programs"])
 
 
-async def get_programs(gateway: GatewayDep, caller: CurrentUser) -> Programs:
-    return Programs(gateway, caller)
+async def get_programs(
+    gateway: GatewayDep, caller: CurrentUser, resolutions: Annotated[ProgramResolutions, Depends(program_resolutions)]
+) -> Programs:
+    return Programs(gateway, caller, resolutions)
 
 
 ProgramsDep = Annotated[Programs, Depends(get_programs)]
