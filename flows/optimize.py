@@ -139,6 +139,7 @@ def compiled_result(
             "compile_seconds": compiled.compile_seconds,
             **compiled.termination,
             "usage": lms.meter.snapshot(),
+            **({"budget": lms.budget.as_details()} if lms.budget is not None else {}),
             **(details or {}),
         },
         program_artifact=artifact,
@@ -264,6 +265,7 @@ def failed(exc: JobError, log_count: int) -> Failed:
             contract.LOG_COUNT: log_count,  # /summary's log_count, the failure's lines included
             contract.USAGE: (details.get("usage") or {}).get("total"),
             contract.EVALUATION_ERRORS: details.get("evaluation_errors"),
+            contract.BUDGET: details.get("budget"),
         },
     )
     return Failed(message=str(exc), data=kept) if kept else Failed(message=str(exc))
@@ -285,6 +287,7 @@ def finished(result: JobResult, log_count: int) -> dict[str, Any]:
             contract.LOG_COUNT: log_count,
             contract.EVALUATION_ERRORS: result.details.get("evaluation_errors") or None,
             contract.TERMINATION_REASON: result.details.get("termination_reason"),
+            contract.BUDGET: result.details.get("budget"),
             **champion_labels(result.details.get("champion")),
         },
     )
