@@ -12,9 +12,8 @@ import dspy
 import pytest
 
 from dspy_service.testing.local_lm import start_local_lm
-from dspy_service.testing.local_lm.task import BASE_SKILL, difficulty, parse_question
 from tests.support.flow_runner import run_flow
-from tests.support.payloads import job_payload, light_optimizer_payload
+from tests.support.payloads import light_optimizer_payload, payload_led_by
 
 
 @pytest.fixture
@@ -49,13 +48,9 @@ def assert_stopped_by_budget(outcome, lm) -> dict:
 
 
 def test_bootstrap_stops_between_examples_and_keeps_the_demos_it_paid_for(lm):
-    # Unshuffled 20 train / 8 val / 12 test rows, the train split led by 3 questions the
-    # zero-shot model answers right (the local LM's skill model): each costs one call and
-    # becomes a demo. 24 calls are the evaluation's (2 programs × 12 test rows), 3 compile's.
-    rows = job_payload(lm.url, rows=40)["dataset"]
-    easy = [row for row in rows if difficulty(parse_question(row["question"])) < BASE_SKILL][:3]
-    rows = easy + [row for row in rows if row not in easy]
-    payload = budgeted(job_payload(lm.url, dataset=rows, shuffle=False), max_lm_calls=27)
+    # The train split is led by 3 questions the zero-shot model answers right: each costs one
+    # call and becomes a demo. 24 calls are the evaluation's (2 programs × 12 test rows).
+    payload = budgeted(payload_led_by(lm.url, easy=True, count=3), max_lm_calls=27)
     outcome = run_flow(payload)
     budget = assert_stopped_by_budget(outcome, lm)
     assert lm.stats()["calls"] == 27 and budget["overshoot"] == {"max_lm_calls": 0}
