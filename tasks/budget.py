@@ -13,8 +13,10 @@ use the average of the calls so far; they can exceed their limit by what the cal
 flight (at most `num_threads`) use beyond that average. The result says the measured
 overshoot. Once a call is refused (or the next one would be) the compile stage is
 exhausted: GEPA stops at its next iteration (a stop callback), BootstrapFewShot (also
-inside MIPROv2 and random search) skips the examples left, and every other LM call is
-refused with `BudgetExhausted`, which ends MIPROv2's trial and the optimizer's own loops.
+inside MIPROv2 and random search) skips the examples left, MIPROv2's Optuna study ends
+after the current trial, and every other LM call is refused with `BudgetExhausted`, which
+fails its example in the evaluation it was part of (a cut-short evaluation only underrates
+its candidate) or ends the optimizer's own loop.
 The job then goes on with the best candidate so far (tasks/compile.py), and ends with
 `termination_reason: "budget_exhausted"`; with no candidate it fails saying how far it got.
 
@@ -228,19 +230,41 @@ class StopGEPAOnBudget:
         return _compile_spent()
 
 
-def install_bootstrap_stop() -> None:
-    """BootstrapFewShot (on its own and inside other optimizers) skips the examples left once
-    the budget is exhausted, keeping the demos it has; once per process."""
+def install_optimizer_stops() -> None:
+    """Once per process: BootstrapFewShot (on its own and inside other optimizers) skips the
+    examples left once the budget is exhausted, keeping the demos it has; an Optuna study
+    (MIPROv2's trials) ends after the trial in which it ran out."""
     from dspy.teleprompt.bootstrap import BootstrapFewShot
 
     original = BootstrapFewShot._bootstrap_one_example
-    if getattr(original, "__budget_hook__", False):
+    if not getattr(original, "__budget_hook__", False):
+
+        def bootstrap_one_example(self: Any, example: Any, round_idx: int = 0) -> bool:
+            if _compile_spent():
+                return False
+            return original(self, example, round_idx)
+
+        bootstrap_one_example.__budget_hook__ = True  # type: ignore[attr-defined]
+        BootstrapFewShot._bootstrap_one_example = bootstrap_one_example
+    _install_trial_stop()
+
+
+def _stop_study(study: Any, trial: Any) -> None:
+    if _compile_spent():
+        study.stop()
+
+
+def _install_trial_stop() -> None:
+    try:
+        from optuna.study import Study
+    except ImportError:  # no Optuna, no MIPROv2
+        return
+    optimize = Study.optimize
+    if getattr(optimize, "__budget_hook__", False):
         return
 
-    def bootstrap_one_example(self: Any, example: Any, round_idx: int = 0) -> bool:
-        if _compile_spent():
-            return False
-        return original(self, example, round_idx)
+    def optimize_within_budget(self: Any, func: Any, *args: Any, callbacks: Any = None, **kwargs: Any) -> None:
+        return optimize(self, func, *args, callbacks=[*(callbacks or []), _stop_study], **kwargs)
 
-    bootstrap_one_example.__budget_hook__ = True  # type: ignore[attr-defined]
-    BootstrapFewShot._bootstrap_one_example = bootstrap_one_example
+    optimize_within_budget.__budget_hook__ = True  # type: ignore[attr-defined]
+    Study.optimize = optimize_within_budget

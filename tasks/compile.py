@@ -16,7 +16,7 @@ from dspy_service.registry import LM_ARGUMENTS, OptimizerEntry, Parameters, get_
 from dspy_service.schemas import JobSpec
 from dspy_service.settings import get_settings
 from tasks import stage
-from tasks.budget import StopGEPAOnBudget, budget_in_force, install_bootstrap_stop
+from tasks.budget import StopGEPAOnBudget, budget_in_force, install_optimizer_stops
 from tasks.candidates import tracking_candidates
 from tasks.data import DataSplits
 from tasks.language_models import JobLMs
@@ -230,7 +230,7 @@ def run_optimizer(
 ) -> tuple[Any, dict[str, Any]]:
     """`optimizer.compile(...)` and how it ended; after an error or with its budget
     exhausted (tasks/budget.py), its best candidate so far."""
-    install_bootstrap_stop()
+    install_optimizer_stops()
     with tracking_candidates() as tracker, budget_in_force(lms.budget):
         try:
             optimized = optimizer.compile(student, **compile_kwargs)

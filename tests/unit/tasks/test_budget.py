@@ -7,7 +7,7 @@ import pytest
 from dspy_service.budget import Budget
 from dspy_service.errors import JobError
 from dspy_service.lm_usage import UsageMeter
-from tasks.budget import BudgetExhausted, BudgetGuard, StopGEPAOnBudget, budget_in_force
+from tasks.budget import BudgetExhausted, BudgetGuard, StopGEPAOnBudget, budget_in_force, install_optimizer_stops
 
 
 def answered(meter: UsageMeter, tokens: int = 100, cost: float = 0.01, role: str = "main") -> None:
@@ -119,3 +119,23 @@ def test_progress_names_every_count_and_its_limit():
     guard = BudgetGuard(Budget(max_lm_calls=5, max_cost_usd=0.5), meter)
     call(guard, meter, tokens=13, cost=0.001)
     assert guard.progress() == "used 1 of 5 LM calls, 13 tokens, $0.001 of $0.5"
+
+
+def test_an_optuna_study_ends_after_the_trial_that_spent_the_budget():
+    import optuna
+
+    install_optimizer_stops()
+    meter = UsageMeter()
+    guard = BudgetGuard(Budget(max_lm_calls=2), meter)
+    trials = []
+
+    def objective(trial):
+        call(guard, meter)  # one LM call per trial
+        trials.append(trial.number)
+        return 1.0
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with budget_in_force(guard):
+        optuna.create_study().optimize(objective, n_trials=5)
+    assert trials == [0, 1]
+    optuna.create_study().optimize(lambda trial: 1.0, n_trials=3)  # no budget in force: all trials
