@@ -107,3 +107,29 @@ def test_a_budget_spent_before_any_candidate_fails_saying_how_far_it_got(lm):
     assert "used 2 of 26 LM calls" in message and "24 LM calls kept for the test evaluation" in message, message
     assert "candidates scored: 0" in message, message
     assert lm.stats()["calls"] == 2
+
+
+# A metric that asks the LM once per scored example (a judge; not while bootstrapping): the
+# evaluation needs more calls than the one per predictor and example reserved for it.
+JUDGING_METRIC = (
+    "import dspy\n"
+    "def metric(example, pred, trace=None):\n"
+    "    if trace is None and dspy.settings.lm is not None:\n"
+    "        dspy.settings.lm(messages=[{'role': 'user', 'content': 'Judge: ' + example.question}])\n"
+    "    return str(pred.answer).strip() == str(example.answer).strip()\n"
+)
+
+
+def test_an_evaluation_beyond_its_reserve_fails_naming_the_budget_and_keeps_the_program(lm):
+    # Compile gets 4 calls (4 examples bootstrapped); the evaluation is given 24 and needs 36:
+    # 12 test rows for the baseline and 12 verdicts, then 12 for the optimized program (its
+    # verdicts come from the cache).
+    payload = budgeted(payload_led_by(lm.url, easy=True, count=3, metric_code=JUDGING_METRIC), max_lm_calls=28)
+    outcome = run_flow(payload)
+    assert outcome.state.is_failed()
+    message = outcome.message
+    assert message.startswith("the budget ran out during the test evaluation: "), message
+    assert "used 28 of 28 LM calls" in message and "The compiled program is kept" in message, message
+    assert lm.stats()["calls"] == 28
+    kept = outcome.state.result(raise_on_failure=False)  # what GET /jobs/{id}/artifact returns
+    assert kept["details"]["budget"]["refused_calls"] > 0 and kept["program_artifact"]["program_state"]
