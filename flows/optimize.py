@@ -195,6 +195,8 @@ def run_job(job: JobSpec, rows: list[dict[str, Any]] | None, run_log: list[dict[
         if lms is not None and lms.breaker.open:  # the cause, not what the missing LM broke
             message = f"{stage} failed: {lms.breaker.message()}"
         if compiled is None or stop_requested():
+            if lms is not None and lms.budget is not None:  # /summary's budget: how far the job got
+                publish_labels(current_flow_run.id, {contract.BUDGET: lms.budget.as_details()})
             raise exc if isinstance(exc, JobError) and str(exc) == message else JobError(message) from exc
         raise ProgramKept(message, kept_result(job, message, compiled, splits, lms, user_code, exc, started)) from exc
     champion_details = {"schedule_id": schedule_id, "champion": champion.as_details()} if champion else {}

@@ -61,7 +61,7 @@ def test_a_budget_spent_before_any_candidate_fails_saying_how_far_it_got(stack, 
     message = summary["message"]
     assert message.startswith("the budget ran out during compile-program before BootstrapFewShot had a candidate")
     assert "used 2 of 26 LM calls" in message and "candidates scored: 0" in message, message
-    assert calls_of(local_lm, model) == 2
+    assert calls_of(local_lm, model) == 2 == summary["budget"]["used"]["lm_calls"], summary["budget"]
 
 
 def test_bad_budgets_are_refused_before_a_job_exists(stack, local_lm):
