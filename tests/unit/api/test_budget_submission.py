@@ -40,3 +40,12 @@ def test_a_budget_with_room_travels_with_the_job(api):  # noqa: F811
     assert answer.status_code in (200, 201), answer.text
     (created,) = api.app.state.jobs.created
     assert created["parameters"]["job"]["budget"] == budget
+
+
+def test_a_schedule_takes_the_same_budget_checks(api):  # noqa: F811
+    schedule = {**job_payload(PUBLIC_LM, budget={"max_lm_calls": 0}), "interval_seconds": 3600}
+    answer = api.post("/schedules", json=schedule)
+    assert answer.status_code == 422 and answer.json()["detail"][0]["field"] == "budget.max_lm_calls", answer.text
+    schedule["budget"] = {"max_lm_calls": 10}  # 12 test rows of 40: the evaluation needs 24
+    answer = api.post("/schedules", json=schedule)
+    assert answer.status_code == 400 and answer.json()["field"] == "budget.max_lm_calls", answer.text
