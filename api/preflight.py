@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dspy_service.budget import check_room
 from dspy_service.code_checks import (
     check_code_size,
     check_columns_present,
@@ -110,4 +111,6 @@ def preflight(spec: JobSpec, rows: list[dict[str, Any]] | None) -> None:
             f"dataset has {len(rows)} rows; the limit is {limit} (DSPY_SERVICE_MAX_DATASET_ROWS)", field="dataset"
         )
     check_columns_present(rows, spec.column_mapping.fields)
-    fit_to_splits(optimizer, spec.split_fractions.counts(len(rows)), optimizer_kwargs, spec.compile_kwargs)
+    counts = spec.split_fractions.counts(len(rows))
+    fit_to_splits(optimizer, counts, optimizer_kwargs, spec.compile_kwargs)
+    check_room(spec.budget, counts["test"])

@@ -218,6 +218,7 @@ def summary(run: Run, status: JobStatus, message: str | None = None) -> dict[str
         "log_count": int(contract.number_label(labels, contract.LOG_COUNT) or 0),
         "evaluation_errors": contract.decode_json_label(labels, contract.EVALUATION_ERRORS, None),
         "termination_reason": labels.get(contract.TERMINATION_REASON),
+        "budget": contract.decode_json_label(labels, contract.BUDGET, None),
         "baseline_test_metric": contract.number_label(labels, contract.BASELINE_TEST_METRIC),
         "optimized_test_metric": contract.number_label(labels, contract.OPTIMIZED_TEST_METRIC),
         "usage": contract.decode_json_label(labels, contract.USAGE, None),

@@ -131,6 +131,17 @@ class UsageMeter:
             except Exception:  # noqa: BLE001, S112 - progress reporting is best-effort
                 continue
 
+    def counted(self, role: str | None = None) -> tuple[int, int, float]:
+        """(requests answered or failed, tokens, cost) of one role or of all: what a budget
+        counts (answers from the cache were not paid for and are not counted)."""
+        with self._lock:
+            roles = [self._roles[role]] if role in self._roles else [] if role else list(self._roles.values())
+            return (
+                sum(r.calls + r.errors for r in roles),
+                sum(r.prompt_tokens + r.completion_tokens for r in roles),
+                sum(r.cost for r in roles),
+            )
+
     def snapshot(self) -> dict[str, Any]:
         """Usage per role and in total. `cost` is an estimate in USD; `cost_known` is true
         only when every paid call had a price (DSPy's price metadata or the job's own).

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
+from dspy_service.budget import Budget
 from dspy_service.contract import CREDENTIAL_NAME_PATTERN
 from dspy_service.dataset_source import DatasetFormat, check_source
 
@@ -217,6 +218,11 @@ class JobSpec(BaseModel):
         gt=0,
         description="Wall-clock limit of this job; at most the service's DSPY_SERVICE_JOB_TIMEOUT_SECONDS "
         "(the default when unset). A job over its limit is stopped and fails with a timeout message.",
+    )
+    budget: Budget | None = Field(
+        default=None,
+        description="Hard limits on the job's LM usage (calls, tokens, USD). Once the next call would exceed "
+        "one, the job stops optimizing and ends with its best candidate so far (see README, Budgets).",
     )
     notify_url: str | None = Field(
         default=None,

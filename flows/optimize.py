@@ -139,6 +139,7 @@ def compiled_result(
             "compile_seconds": compiled.compile_seconds,
             **compiled.termination,
             "usage": lms.meter.snapshot(),
+            **({"budget": lms.budget.as_details()} if lms.budget is not None else {}),
             **(details or {}),
         },
         program_artifact=artifact,
@@ -194,6 +195,8 @@ def run_job(job: JobSpec, rows: list[dict[str, Any]] | None, run_log: list[dict[
         if lms is not None and lms.breaker.open:  # the cause, not what the missing LM broke
             message = f"{stage} failed: {lms.breaker.message()}"
         if compiled is None or stop_requested():
+            if lms is not None and lms.budget is not None:  # /summary's budget: how far the job got
+                publish_labels(current_flow_run.id, {contract.BUDGET: lms.budget.as_details()})
             raise exc if isinstance(exc, JobError) and str(exc) == message else JobError(message) from exc
         raise ProgramKept(message, kept_result(job, message, compiled, splits, lms, user_code, exc, started)) from exc
     champion_details = {"schedule_id": schedule_id, "champion": champion.as_details()} if champion else {}
@@ -264,6 +267,7 @@ def failed(exc: JobError, log_count: int) -> Failed:
             contract.LOG_COUNT: log_count,  # /summary's log_count, the failure's lines included
             contract.USAGE: (details.get("usage") or {}).get("total"),
             contract.EVALUATION_ERRORS: details.get("evaluation_errors"),
+            contract.BUDGET: details.get("budget"),
         },
     )
     return Failed(message=str(exc), data=kept) if kept else Failed(message=str(exc))
@@ -285,6 +289,7 @@ def finished(result: JobResult, log_count: int) -> dict[str, Any]:
             contract.LOG_COUNT: log_count,
             contract.EVALUATION_ERRORS: result.details.get("evaluation_errors") or None,
             contract.TERMINATION_REASON: result.details.get("termination_reason"),
+            contract.BUDGET: result.details.get("budget"),
             **champion_labels(result.details.get("champion")),
         },
     )

@@ -16,10 +16,16 @@ from dspy_service.registry import LM_ARGUMENTS, OptimizerEntry, Parameters, get_
 from dspy_service.schemas import JobSpec
 from dspy_service.settings import get_settings
 from tasks import stage
+from tasks.budget import StopGEPAOnBudget, budget_in_force, install_optimizer_stops
 from tasks.candidates import tracking_candidates
 from tasks.data import DataSplits
 from tasks.language_models import JobLMs
-from tasks.optimizer_failure import keeps_best_so_far, optimizer_error_details, unexplained_or_message
+from tasks.optimizer_failure import (
+    budget_ending,
+    keeps_best_so_far,
+    optimizer_error_details,
+    unexplained_or_message,
+)
 from tasks.stopping import StopGEPAOnRequest
 from tasks.user_code import UserCode
 
@@ -91,14 +97,14 @@ def optimizer_arguments(
 
 def add_gepa_stop_callback(kwargs: dict[str, Any]) -> None:
     """GEPA ends its search at the next iteration boundary once the job is told to stop
-    (cancel, time limit), keeping any stop callbacks the user gave."""
+    (cancel, time limit) or its budget is exhausted, keeping any stop callbacks the user gave."""
     gepa_kwargs = dict(kwargs.get("gepa_kwargs") or {})
     callbacks = gepa_kwargs.get("stop_callbacks")
     if callbacks is None:
         callbacks = []
     elif not isinstance(callbacks, (list, tuple)):
         callbacks = [callbacks]
-    gepa_kwargs["stop_callbacks"] = [*callbacks, StopGEPAOnRequest()]
+    gepa_kwargs["stop_callbacks"] = [*callbacks, StopGEPAOnRequest(), StopGEPAOnBudget()]
     kwargs["gepa_kwargs"] = gepa_kwargs
 
 
@@ -186,6 +192,8 @@ def compile_program(spec: JobSpec, splits: DataSplits, lms: JobLMs, user_code: U
     """Run the chosen optimizer on the train (and val) split, all inside dspy.context."""
     student = build_student(spec, user_code)
     baseline = student.deepcopy()
+    if lms.budget is not None:
+        lms.budget.reserve_evaluation(len(splits.test), len(student.predictors()))
     registry = get_registry()
     entry = registry.optimizer(spec.optimizer_name)
     metric = user_code.metric.with_mode(feedback=entry.uses_feedback_metric)
@@ -220,11 +228,15 @@ def compile_program(spec: JobSpec, splits: DataSplits, lms: JobLMs, user_code: U
 def run_optimizer(
     optimizer: Any, student: dspy.Module, compile_kwargs: dict[str, Any], lms: JobLMs, metric: Any
 ) -> tuple[Any, dict[str, Any]]:
-    """`optimizer.compile(...)` and how it ended; after an error, its best candidate so far."""
-    with tracking_candidates() as tracker:
+    """`optimizer.compile(...)` and how it ended; after an error or with its budget
+    exhausted (tasks/budget.py), its best candidate so far."""
+    install_optimizer_stops()
+    with tracking_candidates() as tracker, budget_in_force(lms.budget):
         try:
-            return optimizer.compile(student, **compile_kwargs), {"termination_reason": COMPLETED}
+            optimized = optimizer.compile(student, **compile_kwargs)
         except Exception as exc:
+            if lms.budget is not None and lms.budget.exhausted:
+                return budget_ending(type(optimizer).__name__, exc, None, student, tracker, lms)
             candidate = keeps_best_so_far(exc, tracker, lms.breaker.open)
             if candidate is None:
                 unexplained_or_message(type(optimizer).__name__, exc, tracker, lms.secrets, metric)
@@ -234,3 +246,6 @@ def run_optimizer(
                 type(optimizer).__name__, tracker.evaluations, candidate.score, details["optimizer_error"],
             )
             return candidate.program, details
+        if lms.budget is not None and lms.budget.exhausted:
+            return budget_ending(type(optimizer).__name__, None, optimized, student, tracker, lms)
+        return optimized, {"termination_reason": COMPLETED}

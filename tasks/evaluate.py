@@ -5,7 +5,9 @@ An example whose prediction or metric raises scores 0 and is counted per cause
 `Evaluate` would, at its default of 10, and raise "Execution cancelled"). When more than
 DSPY_SERVICE_EVALUATION_ERROR_LIMIT of the optimized program's examples fail, the stage
 raises `EvaluationFailed`, whose message names the most frequent cause; the flow still keeps
-the compiled program as the job's artifact. The baseline's errors are counted and shown but
+the compiled program as the job's artifact. A job with a budget evaluates within it
+(tasks/budget.py): calls it has no room for are refused, and the stage then fails naming
+the budget (the compiled program is kept the same way). The baseline's errors are counted and shown but
 never fail the job: a model whose zero-shot answers mostly fail (a small model answering in
 the wrong format) is what optimization is for, and the optimized program is what the user
 gets.
@@ -102,7 +104,12 @@ def evaluate_programs(
     compiled: CompiledProgram, splits: DataSplits, lms: JobLMs, user_code: UserCode, threads: int | None = None
 ) -> TestScores:
     """`threads`: the job's `num_threads` (None: the service's default)."""
+    budget = lms.budget
+    if budget is not None:
+        budget.start_evaluation()  # the reserve is the evaluation's now
     if not splits.test:
+        if budget is not None:
+            budget.lift()
         return TestScores(baseline=None, optimized=None, examples=0)
     settings = get_settings()
     threads = threads or settings.num_threads
@@ -113,6 +120,9 @@ def evaluate_programs(
         baseline = mean_metric(compiled.baseline, splits.test, metric, threads, tallies["baseline"])
         optimized = mean_metric(compiled.optimized, splits.test, metric, threads, tallies["optimized"])
     raise_if_stopped()  # a stop during evaluation fails every call left: not the program's errors
+    if budget is not None:
+        budget.raise_if_evaluation_refused()  # the refused calls are not the program's errors either
+        budget.lift()
     metric.raise_if_always_failing("evaluation on the test split")
     check_error_share(tallies, settings.evaluation_error_limit)
     return TestScores(

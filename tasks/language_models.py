@@ -24,6 +24,7 @@ from dspy_service.schemas import JobSpec, ModelConfig
 from dspy_service.secrets import job_block_reader, resolve_model_secrets, secret_values
 from dspy_service.settings import get_settings
 from tasks import stage
+from tasks.budget import BudgetExhausted, BudgetGuard
 from tasks.lm_health import EndpointBreaker, LMUnreachable, check_endpoints, is_connection_failure
 from tasks.lm_retries import install as install_retry_reporting
 from tasks.lm_retries import retries_reported_to
@@ -42,6 +43,7 @@ class MeteredLM(dspy.LM):
         meter: UsageMeter,
         breaker: EndpointBreaker,
         price: TokenPrice | None = None,
+        budget: BudgetGuard | None = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
@@ -49,6 +51,7 @@ class MeteredLM(dspy.LM):
         self.meter = meter
         self.breaker = breaker
         self.price = price
+        self.budget = budget
         self.configured_retries = self.num_retries
         install_retry_reporting()
 
@@ -57,13 +60,19 @@ class MeteredLM(dspy.LM):
         self.meter.record(self.role, entry, self.price)
 
     # A job told to stop (cancelled, out of time) sends no new LM request, nor does one
-    # whose endpoint is unreachable. (Not via forward(): overriding it would switch DSPy
-    # to its legacy custom-LM path.)
+    # whose endpoint is unreachable or whose budget has no room for it (tasks/budget.py).
+    # (Not via forward(): overriding it would switch DSPy to its legacy custom-LM path.)
     def _before_call(self) -> None:
         raise_if_stopped()
         self.breaker.check()
         # While the endpoint looks gone, DSPy's retries (minutes of backoff) only hide it.
         self.num_retries = 0 if self.breaker.suspect else self.configured_retries
+        if self.budget is not None:
+            self.budget.admit()
+
+    def _after_call(self) -> None:
+        if self.budget is not None:
+            self.budget.release()
 
     def _retrying(self, attempt: int, wait_seconds: float, exc: BaseException) -> None:
         # A stopped job or an open breaker ends the call here instead of after the wait.
@@ -72,7 +81,7 @@ class MeteredLM(dspy.LM):
         self.meter.record_retry(self.role, attempt, wait_seconds, exc)
 
     def _failed(self, exc: Exception) -> None:
-        if isinstance(exc, (JobStopped, LMUnreachable)):  # the job's own refusal, not the LM's error
+        if isinstance(exc, (JobStopped, LMUnreachable, BudgetExhausted)):  # the job's own refusal, not the LM's
             return
         self.meter.record_error(self.role, exc)
         if is_connection_failure(exc):
@@ -86,6 +95,8 @@ class MeteredLM(dspy.LM):
         except Exception as exc:
             self._failed(exc)
             raise
+        finally:
+            self._after_call()
         self.breaker.succeeded()
         return answer
 
@@ -97,6 +108,8 @@ class MeteredLM(dspy.LM):
         except Exception as exc:
             self._failed(exc)
             raise
+        finally:
+            self._after_call()
         self.breaker.succeeded()
         return answer
 
@@ -144,6 +157,7 @@ class JobLMs:
     meter: UsageMeter
     breaker: EndpointBreaker
     secrets: list[str] = field(default_factory=list)  # api keys and header values, to check artifacts against
+    budget: BudgetGuard | None = None  # the job's `budget`, enforced at every LM call
 
     def get(self, role: str) -> dspy.LM | None:
         return self.by_role.get(role)
@@ -158,7 +172,13 @@ def configure_job_cache(spec: JobSpec) -> None:
 
 
 def build_lm(
-    config: ModelConfig, *, role: str, meter: UsageMeter, cache: bool, breaker: EndpointBreaker | None = None
+    config: ModelConfig,
+    *,
+    role: str,
+    meter: UsageMeter,
+    cache: bool,
+    breaker: EndpointBreaker | None = None,
+    budget: BudgetGuard | None = None,
 ) -> MeteredLM:
     field_name = "model_config" if role == "main" else f"{role}_model_config"
     problem = config.settings_problem(field_name)  # the API refuses these; a stored schedule may predate that
@@ -173,6 +193,7 @@ def build_lm(
             meter=meter,
             breaker=breaker or EndpointBreaker(get_settings().lm_unreachable_calls),
             price=price,
+            budget=budget,
             **kwargs,
         )
     except Exception as exc:  # DSPy validates model names and parameter combinations
@@ -190,6 +211,7 @@ def build_language_models(spec: JobSpec) -> JobLMs:
     secrets = [value for config in configs.values() for value in secret_values(config)]
     meter = UsageMeter(secrets=secrets)
     breaker = EndpointBreaker(get_settings().lm_unreachable_calls)
+    budget = BudgetGuard(spec.budget, meter) if spec.budget is not None and spec.budget.limits() else None
     # Two roles on the same model name but different endpoints or keys would share cache
     # entries (DSPy's key ignores api_base/api_key): only the first of them caches.
     seen: dict[str, tuple[str, str, str]] = {}
@@ -197,5 +219,7 @@ def build_language_models(spec: JobSpec) -> JobLMs:
     for role, config in configs.items():
         identity = endpoint_identity(config)
         cache = seen.setdefault(config.name, identity) == identity
-        by_role[role] = build_lm(config, role=role, meter=meter, cache=cache, breaker=breaker)
-    return JobLMs(main=by_role["main"], by_role=by_role, meter=meter, breaker=breaker, secrets=secrets)
+        by_role[role] = build_lm(config, role=role, meter=meter, cache=cache, breaker=breaker, budget=budget)
+    return JobLMs(
+        main=by_role["main"], by_role=by_role, meter=meter, breaker=breaker, secrets=secrets, budget=budget
+    )

@@ -8,18 +8,28 @@ evaluation would fail the same way; the breaker's message says why), or on Memor
 Without a candidate, an answer the optimizer's models gave in the wrong format becomes a
 message naming the phase and the fix; any other error is raised as it is, for the flow
 to report with its LM error counts.
+
+A compile whose budget ran out (tasks/budget.py) ends the same way with
+`termination_reason: "budget_exhausted"`: with the program the optimizer returned when it
+returned one that differs from the student, else its best whole-set candidate so far; with
+neither, the job fails saying how much of the budget it used.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import dspy
 from dspy.utils.exceptions import AdapterParseError
 
 from dspy_service.error_causes import error_text, scrub
 from dspy_service.errors import JobError
+from tasks.budget import BUDGET_EXHAUSTED
 from tasks.candidates import Candidate, CandidateTracker
 from tasks.stopping import stop_requested
+
+logger = logging.getLogger(__name__)
 
 OPTIMIZER_ERROR = "optimizer_error"
 ANSWER_CHARS = 80
@@ -96,3 +106,37 @@ def unexplained_or_message(
             field="metric_code",
         ) from exc
     raise exc
+
+
+def _changed(student: dspy.Module, program: Any) -> bool:
+    """Whether the optimizer's program differs from the student (demos or instructions)."""
+
+    def shape(module: Any) -> list[tuple[str, int]]:
+        return [(str(p.signature.instructions), len(p.demos or [])) for p in module.predictors()]
+
+    return isinstance(program, dspy.Module) and shape(program) != shape(student)
+
+
+def budget_ending(
+    optimizer: str, exc: BaseException | None, program: Any, student: dspy.Module, tracker: CandidateTracker,
+    lms: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """The program and termination details of a compile whose budget ran out (`exc`: what
+    the optimizer raised, None when it returned `program`). A cancel, an unreachable LM or
+    a JobError is not the budget's doing and is raised as it is."""
+    if exc is not None and (isinstance(exc, (JobError, MemoryError)) or stop_requested() or lms.breaker.open):
+        raise exc
+    if exc is not None or not _changed(student, program):
+        program = tracker.best.program if tracker.best is not None else None
+    if program is None:
+        raise lms.budget.no_candidate(optimizer, tracker.evaluations) from exc
+    best = tracker.best.score if tracker.best is not None else None
+    logger.warning(
+        "%s stopped: the job's budget is exhausted (%s); the job goes on with the best candidate so far "
+        "(%d scored, best score %s)", optimizer, lms.budget.progress(), tracker.evaluations, best,
+    )
+    return program, {
+        "termination_reason": BUDGET_EXHAUSTED,
+        "best_so_far_score": best,
+        "candidates_scored": tracker.evaluations,
+    }

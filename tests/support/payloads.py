@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 from dspy_service.testing.local_lm import ARITHMETIC_METRIC_CODE, ARITHMETIC_SIGNATURE_CODE, make_arithmetic_dataset
+from dspy_service.testing.local_lm.task import BASE_SKILL, difficulty, parse_question
 
 SECRET_KEY = "sk-test-secret-9f8e7d6c5b4a"
 
@@ -102,3 +103,12 @@ def payload_failing_on(lm_url: str, failing: int, **overrides: Any) -> dict[str,
     test_rows = payload["dataset"][-TEST_ROWS:]
     payload["metric_code"] = metric_failing_on([row["question"] for row in test_rows[:failing]])
     return payload
+
+
+def payload_led_by(lm_url: str, *, easy: bool, count: int, **overrides: Any) -> dict[str, Any]:
+    """An unshuffled job (40 rows: 20 train / 8 val / 12 test) whose train split starts with
+    `count` questions the local LM's zero-shot answer gets right (`easy`) or wrong: under its
+    skill model (dspy_service/testing/local_lm/task.py) each such call bootstraps a demo or not."""
+    rows = make_arithmetic_dataset(40, seed=3)
+    lead = [row for row in rows if (difficulty(parse_question(row["question"])) < BASE_SKILL) == easy][:count]
+    return job_payload(lm_url, dataset=lead + [row for row in rows if row not in lead], shuffle=False, **overrides)
