@@ -11,9 +11,10 @@ Dollars come from a model config's own price (`extra.input_cost_per_token` and
 `extra.output_cost_per_token`) or litellm's bundled cost map (LITELLM_LOCAL_MODEL_COST_MAP);
 a model with neither has `cost_usd: null`.
 
-How it fails: JobError naming the field for an optimizer or module it has no arithmetic
-for (`optimizer_name`, `module_name`) and for a job without inline rows (`dataset_source`:
-the API never reads the file); the registry's and preflight's JobErrors otherwise.
+How it fails: JobError naming the field for an optimizer it has no arithmetic for
+(`optimizer_name`) and for a job without inline rows (`dataset_source`: the API never reads
+the file); the registry's JobErrors otherwise. A module it does not know is counted as one
+predictor making one call per example, and says so.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def module_shape(name: str, kwargs: dict[str, Any]) -> ModuleShape:
         most = int(kwargs.get("max_iters", 3))
         return ModuleShape(3, Band(2, 2, most + 1), ("reasoning",),
                            f"ProgramOfThought: code + answer (up to {most - 1} code regenerations)")
-    raise JobError(f"module_name: the estimate knows no call count for module {name}", field="module_name")
+    return ModuleShape(1, Band.exact(1), (), f"module {name} is not one the estimate knows: counted as 1 predictor "
+                       "making 1 LM call per example")
 
 
 def class_name(factory: Any, known: Any) -> str:
@@ -170,7 +172,7 @@ class JobEstimate:
         total = Figure()
         for name in STAGES:
             total.add(self.stages[name])
-        total.assumptions = []
+        total.assumptions = [f"the sum of {', '.join(STAGES)}", *self.assumptions]
         return total
 
     def as_dict(self) -> dict[str, Any]:
