@@ -28,7 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from dspy_service.errors import JobError
-from dspy_service.optimizer_calls import ZERO, Band, Shape, UnknownOptimizer, Work, compile_work, optimized_demos
+from dspy_service.optimizer_calls import (
+    ARITHMETIC,
+    ZERO,
+    Band,
+    Shape,
+    UnknownOptimizer,
+    Work,
+    compile_work,
+    optimized_demos,
+)
 from dspy_service.prompt_sizes import (
     CHARS_PER_TOKEN,
     CallSize,
@@ -224,8 +233,7 @@ def estimate_job(spec: JobSpec, rows: list[dict[str, Any]] | None) -> JobEstimat
                        field="dataset_source")
     registry = get_registry()
     entry = registry.optimizer(spec.optimizer_name)
-    optimizer = class_name(entry.factory, ("BootstrapFewShotWithRandomSearch", "BootstrapFewShot", "MIPROv2",
-                                           "GEPA", "COPRO", "SIMBA", "LabeledFewShot"))
+    optimizer = class_name(entry.factory, ARITHMETIC)
     module_entry = registry.module(spec.module_name)
     module = module_shape(class_name(module_entry.factory, ("ReAct", "ProgramOfThought", "MultiChainComparison",
                                                             "ChainOfThought", "Predict")), spec.module_kwargs)
