@@ -10,14 +10,20 @@ LM calls the program made (paid calls + cache answers; with the cache off, what 
 server counted) and should be within ±30 %.
 
     PYTHONPATH=. .venv/bin/python bench/estimate_accuracy.py [--optimizers bootstrap,gepa] [--cache on,off]
-        [--json out.json]
+        [--json out.json] [--in-process]
+
+`--in-process` runs each job's stages as plain functions in this process (as
+`plain_job.py` does: the same stage code, no stack) and calls `estimate_job` directly: the
+same usage counts without a Prefect server, for a quick look.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -76,13 +82,16 @@ def run_job(api: httpx.Client, job: dict, timeout: float = 1800) -> dict:
     raise TimeoutError(f"job {job_id} did not end in {timeout:g} s")
 
 
-def measure(api: httpx.Client, lm, name: str, seed: int, cache: bool) -> dict:
+def measure(api: httpx.Client | InProcess, lm, name: str, seed: int, cache: bool) -> dict:
     job = body(lm.url, name, seed, cache)
-    estimate = api.post("/run/estimate", json=job)
-    estimate.raise_for_status()
-    est = estimate.json()
+    if isinstance(api, InProcess):
+        est = api.estimate(job)
+    else:
+        estimate = api.post("/run/estimate", json=job)
+        estimate.raise_for_status()
+        est = estimate.json()
     before = lm.stats()["calls"]
-    outcome = run_job(api, job)
+    outcome = run_in_process(job) if isinstance(api, InProcess) else run_job(api, job)
     served = lm.stats()["calls"] - before
     total = (outcome["usage"] or {}).get("total") or {}
     made = total.get("calls", 0) + total.get("cache_hits", 0)
@@ -104,6 +113,36 @@ def measure(api: httpx.Client, lm, name: str, seed: int, cache: bool) -> dict:
                     for role, usage in ((outcome["usage"] or {}).get("by_role") or {}).items()},
         "typical_error": round((typical - made) / made, 3) if made else None,
     }
+
+
+def run_in_process(job: dict) -> dict:
+    """The job's stages as plain functions, as the flow runs them; its usage snapshot."""
+    from dspy_service.schemas import JobRequest
+    from tasks.compile import compile_program
+    from tasks.data import load_and_split_data
+    from tasks.evaluate import evaluate_programs
+    from tasks.language_models import build_language_models
+    from tasks.user_code import load_user_code
+
+    request = JobRequest(**job)
+    spec = request.spec()
+    splits = load_and_split_data.fn(spec, request.dataset)
+    lms = build_language_models.fn(spec)
+    user_code = load_user_code.fn(spec, splits.train[0])
+    compiled = compile_program.fn(spec, splits, lms, user_code)
+    evaluate_programs.fn(compiled, splits, lms, user_code)
+    return {"job_id": None, "status": "success", "message": None, "usage": lms.meter.snapshot()}
+
+
+class InProcess:
+    """`measure`'s API, answered in this process."""
+
+    def estimate(self, job: dict) -> dict:
+        from dspy_service.estimate import estimate_job
+        from dspy_service.schemas import JobRequest
+
+        request = JobRequest(**job)
+        return estimate_job(request.spec(), request.dataset).as_dict()
 
 
 def markdown(rows: list[dict]) -> str:
@@ -131,25 +170,35 @@ def main() -> int:
     parser.add_argument("--cache", default="on,off", help="LM cache modes to run each job in")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--in-process", action="store_true", help="no stack: the job's stages in this process")
     args = parser.parse_args()
     names = [n.strip() for n in args.optimizers.split(",") if n.strip()]
     lm = start_job_lm()
-    rows = []
+    rows: list[dict] = []
+
+    def run_all(api: httpx.Client | InProcess) -> None:
+        for name in names:
+            for mode in args.cache.split(","):
+                rows.append(measure(api, lm, name, args.seed, cache=mode.strip() == "on"))
+                print(json.dumps(rows[-1]), flush=True)
+
     try:
-        with BenchStack(db="sqlite", job_slots=1, prefix="bench-estimate-") as bench:
-            print(f"stack up in {bench.start():.1f} s", flush=True)
-            with httpx.Client(base_url=bench.api_url, timeout=120, headers=bench.api_headers) as api:
-                for name in names:
-                    for mode in args.cache.split(","):
-                        rows.append(measure(api, lm, name, args.seed, cache=mode.strip() == "on"))
-                        print(json.dumps(rows[-1]), flush=True)
+        if args.in_process:
+            os.environ["DSPY_SERVICE_HOME"] = tempfile.mkdtemp(prefix="bench-estimate-")
+            run_all(InProcess())
+        else:
+            with BenchStack(db="sqlite", job_slots=1, prefix="bench-estimate-") as bench:
+                print(f"stack up in {bench.start():.1f} s", flush=True)
+                with httpx.Client(base_url=bench.api_url, timeout=120, headers=bench.api_headers) as api:
+                    run_all(api)
     finally:
         lm.close()
     text = markdown(rows)
     print(text)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"rows": rows, "markdown": text}, indent=2))
+        mode = "in-process" if args.in_process else "stack"
+        args.json.write_text(json.dumps({"mode": mode, "rows": rows, "markdown": text}, indent=2))
     return 0
 
 

@@ -35,6 +35,8 @@ DEFAULT_INSTRUCTIONS = 40  # "Given the fields `a`, produce the fields `b`." plu
 # Fields DSPy adds that no dataset column fills: what the model writes there.
 REASONING_CHARS = Band(40, 300, 1500)
 GENERATED_FIELD_CHARS = Band(10, 100, 600)
+# ... and in a demo: a labeled demo has a placeholder there, a bootstrapped one the model's text.
+DEMO_GENERATED_CHARS = Band(40, 100, 1500)
 
 
 @dataclass
@@ -118,7 +120,9 @@ def program_call(
     for name in outputs:
         answer = answer + _section(name, lengths.get(name, REASONING_CHARS if name == "reasoning" else
                                                      GENERATED_FIELD_CHARS))
-    demo = inputs + answer + Band.exact(DEMO_BASE)
+    demo = inputs + Band.exact(COMPLETED_MARKER + DEMO_BASE)
+    for name in outputs:
+        demo = demo + _section(name, lengths.get(name, DEMO_GENERATED_CHARS))
     prompt = Band.exact(system + respond) + inputs + demo * demos
     return CallSize(prompt=prompt, completion=answer, inputs=inputs)
 
