@@ -31,7 +31,7 @@ async def estimate_request(request: JobRequest, caller: Caller, secrets: SecretS
     """The estimate of a POST /run body, as the caller's job."""
     request = owned_request(caller, request)
     spec = await validated(request)
-    await credential_blocks(spec, secrets)  # reads block names only; no secret is read
+    await credential_blocks(spec, secrets)  # whether the owner's block exists; its value is not read
     estimate = await run_in_threadpool(estimate_job, spec, request.dataset)
     return {
         "username": spec.username,

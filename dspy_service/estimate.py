@@ -201,7 +201,6 @@ class JobEstimate:
 
 @dataclass
 class _Context:
-    spec: JobSpec
     module: ModuleShape
     texts: Any
     lengths: dict[str, Band]
@@ -246,7 +245,7 @@ def estimate_job(spec: JobSpec, rows: list[dict[str, Any]] | None) -> JobEstimat
         work = compile_work(optimizer, shape)
     except UnknownOptimizer as exc:
         raise JobError(f"optimizer_name: {exc}", field="optimizer_name") from None
-    context = _Context(spec, module, signature_texts(spec.signature_code),
+    context = _Context(module, signature_texts(spec.signature_code),
                        column_lengths(rows, spec.column_mapping.fields), _prices(spec))
     minibatch = int(kwargs.get("reflection_minibatch_size") or 3)
     stages = {COMPILE: Figure(assumptions=[f"{optimizer} on {counts['train']} train / {counts['val']} val examples"])}
