@@ -75,6 +75,10 @@ BY_OPERATION: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
         "400": _error("A semantic problem found before queueing (unknown optimizer, bad code, ...)"),
         "413": _error("The request body is larger than DSPY_SERVICE_MAX_REQUEST_MB"),
     },
+    ("post", "/run/estimate"): {
+        "400": _error("A semantic problem (as for POST /run), rows not inline, or no arithmetic for the optimizer"),
+        "413": _error("The request body is larger than DSPY_SERVICE_MAX_REQUEST_MB"),
+    },
     ("get", "/jobs/{job_id}/artifact"): {"409": _error("The job has not finished")},
     ("post", "/jobs/{job_id}/cancel"): {"409": _error("The job is already finished")},
     ("delete", "/jobs/{job_id}"): {"409": _error("The job is still active")},

@@ -9,7 +9,8 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from api import views
-from api.deps import GatewayDep, JobRunDep, SubmissionDep
+from api.deps import GatewayDep, JobRunDep, SecretStoreDep, SubmissionDep
+from api.estimates import estimate_request
 from api.event_cursor import CursorError, decode_cursor
 from api.identity import CurrentUser
 from api.job_events import EventFollower, event_stream
@@ -33,6 +34,14 @@ async def submit_job(
     """Validate without running user code, store the dataset, create the flow run. The job
     is the caller's (an admin may name another user in `username`)."""
     return await submission.submit_job(request, idempotency_key, caller)
+
+
+@router.post("/run/estimate")
+async def estimate_job(request: JobRequest, caller: CurrentUser, secrets: SecretStoreDep):
+    """What the POST /run body would cost: LM calls, tokens and dollars (low / typical /
+    ceiling) for compile and the two test evaluations, each with its assumptions. Validated
+    like POST /run; runs nothing, stores nothing, calls no LM."""
+    return await estimate_request(request, caller, secrets)
 
 
 @router.get("/jobs")
