@@ -23,10 +23,37 @@ from dspy_service.code_checks import (
 )
 from dspy_service.dataset_source import file_source_problem, is_remote, source_path
 from dspy_service.errors import JobError
+from dspy_service.estimate import BASELINE, estimate_job
 from dspy_service.registry import fit_to_splits, get_registry
 from dspy_service.schemas import JobSpec
 from dspy_service.settings import get_settings
 from dspy_service.webhooks import notify_url_problem
+
+
+def check_budget_fits_baseline(spec: JobSpec, rows: list[dict[str, Any]]) -> None:
+    """A token or dollar budget below the least the baseline evaluation uses (the estimate's
+    low figure, dspy_service/estimate.py) is a 400 naming it: such a job could only fail.
+    Calls are checked by `check_room`; a job the estimate cannot answer for passes here and
+    is checked again by the job itself before any LM call."""
+    budget = spec.budget
+    if budget is None or (budget.max_tokens is None and budget.max_cost_usd is None):
+        return
+    try:
+        baseline = estimate_job(spec, rows).stages[BASELINE]
+    except JobError:
+        return
+    tokens = baseline.prompt_tokens.low + baseline.completion_tokens.low
+    if budget.max_tokens is not None and tokens > budget.max_tokens:
+        raise JobError(
+            f"budget.max_tokens {budget.max_tokens} is below what the baseline evaluation alone uses: at least "
+            f"~{tokens:.0f} tokens (POST /run/estimate shows the figures)", field="budget.max_tokens",
+        )
+    cost = baseline.cost_usd.low if baseline.cost_usd is not None else None
+    if budget.max_cost_usd is not None and cost is not None and cost > budget.max_cost_usd:
+        raise JobError(
+            f"budget.max_cost_usd {budget.max_cost_usd:g} is below what the baseline evaluation alone costs: at "
+            f"least ~${cost:.4g} (POST /run/estimate shows the figures)", field="budget.max_cost_usd",
+        )
 
 
 def check_timeout(spec: JobSpec) -> None:
@@ -114,3 +141,4 @@ def preflight(spec: JobSpec, rows: list[dict[str, Any]] | None) -> None:
     counts = spec.split_fractions.counts(len(rows))
     fit_to_splits(optimizer, counts, optimizer_kwargs, spec.compile_kwargs)
     check_room(spec.budget, counts["test"])
+    check_budget_fits_baseline(spec, rows)

@@ -49,3 +49,23 @@ def test_a_schedule_takes_the_same_budget_checks(api):  # noqa: F811
     schedule["budget"] = {"max_lm_calls": 10}  # 12 test rows of 40: the evaluation needs 24
     answer = api.post("/schedules", json=schedule)
     assert answer.status_code == 400 and answer.json()["field"] == "budget.max_lm_calls", answer.text
+
+
+def test_a_token_budget_below_the_baseline_evaluation_is_a_400_from_the_estimate(api):  # noqa: F811
+    estimate = api.post("/run/estimate", json=job_payload(PUBLIC_LM, rows=40)).json()
+    least = estimate["stages"]["baseline_evaluation"]["total_tokens"]["low"]
+    assert least > 100, estimate["stages"]
+    answer = api.post("/run", json=job_payload(PUBLIC_LM, rows=40, budget={"max_tokens": least // 2}))
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["field"] == "budget.max_tokens" and "baseline evaluation" in answer.json()["detail"]
+    assert api.app.state.jobs.created == []
+
+
+def test_a_dollar_budget_below_the_baseline_evaluation_is_a_400_when_the_model_has_a_price(api):  # noqa: F811
+    body = job_payload(PUBLIC_LM, rows=40, budget={"max_cost_usd": 1e-6})
+    answer = api.post("/run", json=body)  # no price known for the model: nothing to compare, the job decides
+    assert answer.status_code in (200, 201), answer.text
+    body["model_config"]["extra"] = {"input_cost_per_token": 1e-5, "output_cost_per_token": 3e-5}
+    answer = api.post("/run", json=body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["field"] == "budget.max_cost_usd", answer.json()
