@@ -29,12 +29,15 @@ from dspy_service.schemas import JobSpec
 from dspy_service.settings import get_settings
 from dspy_service.webhooks import notify_url_problem
 
+ESTIMATE_MARGIN = 0.5  # of the estimate's low figure; see check_budget_fits_baseline
+
 
 def check_budget_fits_baseline(spec: JobSpec, rows: list[dict[str, Any]]) -> None:
-    """A token or dollar budget below the least the baseline evaluation uses (the estimate's
-    low figure, dspy_service/estimate.py) is a 400 naming it: such a job could only fail.
-    Calls are checked by `check_room`; a job the estimate cannot answer for passes here and
-    is checked again by the job itself before any LM call."""
+    """A token or dollar budget under half the least the baseline evaluation uses (the
+    estimate's low figure, dspy_service/estimate.py) is a 400 naming it: such a job could
+    only fail. Half, because the estimate counts characters / 4 per token and a tokenizer
+    may count fewer: a budget the job might fit is left to the job. Calls are checked
+    exactly by `check_room`; a job the estimate cannot answer for passes here."""
     budget = spec.budget
     if budget is None or (budget.max_tokens is None and budget.max_cost_usd is None):
         return
@@ -43,16 +46,16 @@ def check_budget_fits_baseline(spec: JobSpec, rows: list[dict[str, Any]]) -> Non
     except JobError:
         return
     tokens = baseline.prompt_tokens.low + baseline.completion_tokens.low
-    if budget.max_tokens is not None and tokens > budget.max_tokens:
+    if budget.max_tokens is not None and budget.max_tokens < tokens * ESTIMATE_MARGIN:
         raise JobError(
-            f"budget.max_tokens {budget.max_tokens} is below what the baseline evaluation alone uses: at least "
-            f"~{tokens:.0f} tokens (POST /run/estimate shows the figures)", field="budget.max_tokens",
+            f"budget.max_tokens {budget.max_tokens} is less than half of what the baseline evaluation alone uses: "
+            f"at least ~{tokens:.0f} tokens (POST /run/estimate shows the figures)", field="budget.max_tokens",
         )
     cost = baseline.cost_usd.low if baseline.cost_usd is not None else None
-    if budget.max_cost_usd is not None and cost is not None and cost > budget.max_cost_usd:
+    if budget.max_cost_usd is not None and cost is not None and budget.max_cost_usd < cost * ESTIMATE_MARGIN:
         raise JobError(
-            f"budget.max_cost_usd {budget.max_cost_usd:g} is below what the baseline evaluation alone costs: at "
-            f"least ~${cost:.4g} (POST /run/estimate shows the figures)", field="budget.max_cost_usd",
+            f"budget.max_cost_usd {budget.max_cost_usd:g} is less than half of what the baseline evaluation alone "
+            f"costs: at least ~${cost:.4g} (POST /run/estimate shows the figures)", field="budget.max_cost_usd",
         )
 
 
