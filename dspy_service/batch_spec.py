@@ -74,6 +74,12 @@ class BatchSpec(BaseModel):
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True, protected_namespaces=())
 
+    @property
+    def budget(self) -> None:
+        """A batch prediction has no budget (POST /programs/{name}/batch takes none); the
+        LM layer (tasks/language_models.py) reads this as it reads a job's."""
+        return None
+
     kind: Literal["batch-predict"] = BATCH_JOB_KIND
     username: str = Field(min_length=1, max_length=200)
     name: str | None = Field(default=None, max_length=200)
