@@ -45,11 +45,15 @@ PHASES: dict[str, tuple[str, str, str]] = {
 }
 
 
+def ends_the_job(exc: BaseException, breaker_open: bool) -> bool:
+    """Whether `exc` is not the optimizer's own failure (a JobError, MemoryError, a stop
+    asked for, an unreachable LM): then no candidate is kept, the job fails with it."""
+    return isinstance(exc, (JobError, MemoryError)) or stop_requested() or breaker_open
+
+
 def keeps_best_so_far(exc: BaseException, tracker: CandidateTracker, breaker_open: bool) -> Candidate | None:
     """The candidate the job goes on with after `exc`, or None (the job fails)."""
-    if isinstance(exc, (JobError, MemoryError)) or stop_requested() or breaker_open:
-        return None
-    return tracker.best
+    return None if ends_the_job(exc, breaker_open) else tracker.best
 
 
 def parse_failure_message(
@@ -124,7 +128,7 @@ def budget_ending(
     """The program and termination details of a compile whose budget ran out (`exc`: what
     the optimizer raised, None when it returned `program`). A cancel, an unreachable LM or
     a JobError is not the budget's doing and is raised as it is."""
-    if exc is not None and (isinstance(exc, (JobError, MemoryError)) or stop_requested() or lms.breaker.open):
+    if exc is not None and ends_the_job(exc, lms.breaker.open):
         raise exc
     if exc is not None or not _changed(student, program):
         program = tracker.best.program if tracker.best is not None else None
