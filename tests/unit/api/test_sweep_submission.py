@@ -22,15 +22,15 @@ def sweeps_api(api):  # noqa: F811
 
 
 def sweep(**fields) -> dict:
-    body = {"base": job_payload(PUBLIC_LM, rows=40), "grid": {"optimizer_name": ["bootstrap", "labeled"]}}
+    body = {"base": job_payload(PUBLIC_LM, rows=40), "grid": {"optimizer_name": ["bootstrap", "labeled_few_shot"]}}
     body.update(fields)
     return body
 
 
-def refused(api, body: dict, status: int) -> dict:
-    answer = api.post("/sweeps", json=body)
+def refused(client, body: dict, status: int) -> dict:
+    answer = client.post("/sweeps", json=body)
     assert answer.status_code == status, answer.text
-    assert api.app.state.jobs.created == []
+    assert client.app.state.jobs.created == []
     return answer.json()
 
 
@@ -45,7 +45,7 @@ def test_more_cells_than_the_setting_allows_is_a_400(sweeps_api, monkeypatch):
     monkeypatch.setenv("DSPY_SERVICE_MAX_SWEEP_CELLS", "3")
     get_settings.cache_clear()
     sweeps_api.app.state.jobs.settings = get_settings()
-    grid = {"optimizer_name": ["bootstrap", "labeled"], "optimizer_kwargs": [{}, {}]}
+    grid = {"optimizer_name": ["bootstrap", "labeled_few_shot"], "optimizer_kwargs": [{}, {}]}
     body = refused(sweeps_api, sweep(grid=grid), 400)
     assert body["field"] == "grid" and "4 cells" in body["detail"] and "at most 3" in body["detail"]
 
@@ -75,7 +75,7 @@ def test_a_bad_base_field_is_named_in_base(sweeps_api):
 
 def test_a_budget_share_too_small_for_a_cell_is_a_400_naming_the_budget(sweeps_api):
     # 12 test rows of 40: each cell's evaluation needs 24 calls; 4 cells share 60 -> 15 each.
-    grid = {"optimizer_name": ["bootstrap", "labeled"], "optimizer_kwargs": [{}, {"max_labeled_demos": 2}]}
+    grid = {"optimizer_name": ["bootstrap", "labeled_few_shot"], "optimizer_kwargs": [{}, {"max_labeled_demos": 2}]}
     body = refused(sweeps_api, sweep(grid=grid, budget={"max_lm_calls": 60}), 400)
     assert body["field"] == "budget.max_lm_calls" and "cell 0" in body["detail"], body
 

@@ -9,6 +9,7 @@ from api.sweep_views import children_by_cell, leaderboard, public_parameters, sw
 from dspy_service import contract
 
 SECRET = "sk-never-shown-123456"
+SWEEP_ID = "11111111-1111-1111-1111-111111111111"
 
 
 def child(index: int, baseline=None, optimized=None, tokens=None, cost=0.0, state="COMPLETED") -> dict:
@@ -27,7 +28,7 @@ def parent(cells: int, sources: list[int]) -> dict:
     meta = {"username": "ann", "cells": [
         {"index": i, "parameters": {"optimizer_name": f"o{i}"}, "baseline_cell": sources[i]} for i in range(cells)
     ]}
-    return {"id": "11111111-1111-1111-1111-111111111111", "parameters": {"sweep": meta}, "created": "2026-12-04T22:00:00Z"}
+    return {"id": SWEEP_ID, "parameters": {"sweep": meta}, "created": "2026-12-04T22:00:00Z"}
 
 
 def test_model_configs_are_shown_without_their_secrets():
