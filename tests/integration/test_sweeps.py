@@ -84,9 +84,9 @@ def test_a_2x2_sweep_is_four_jobs_with_a_leaderboard_and_one_baseline_per_model(
 
 
 def test_cancelling_a_sweep_cancels_its_running_jobs_and_no_one_else_sees_it(stack, local_lm):
-    local_lm.set_delay(300)
+    local_lm.set_delay(800)  # each job takes long enough to be running when the sweep is cancelled
     try:
-        base = job_payload(local_lm.url, rows=40, model_config=tenant_model(local_lm.url))
+        base = job_payload(local_lm.url, rows=60, model_config=tenant_model(local_lm.url))
         grid = {"optimizer_kwargs": [{"max_bootstrapped_demos": 4}, {"max_bootstrapped_demos": 3}]}
         answer = stack.api.post("/sweeps", json={"base": base, "grid": grid})
         assert answer.status_code == 201, answer.text
