@@ -29,6 +29,7 @@ from api.routes import (
     webhooks,
 )
 from api.stuck_jobs import sweep_forever
+from api.sweeps import end_sweeps_forever
 from api.webhook_sweep import sweep_deliveries_forever
 from dspy_service.prefect_http import quick_retry_httpx_settings
 from dspy_service.registry import get_registry
@@ -46,6 +47,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         sweeps = [
             asyncio.create_task(sweep_forever(app.state.gateway)),
             asyncio.create_task(sweep_deliveries_forever(app.state.gateway)),
+            asyncio.create_task(end_sweeps_forever(app.state.gateway)),
         ]
         try:
             yield

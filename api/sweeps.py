@@ -7,7 +7,8 @@ budgets in its `sweep` parameter, and one task run per cell under which that cel
 POST /run creates one) is nested, so the Prefect UI shows the children under the parent.
 Children carry the sweep's tag and their cell index as a label; GET /jobs/{id} reads,
 POST /jobs/{id}/cancel cancels them like any job. The sweep's status is derived from them
-on every read, and the parent run is moved to its end state once they all ended.
+on every read; once they all ended, a read or the API's background loop
+(`end_sweeps_forever`) moves the parent run to its end state.
 
 Every cell is validated as POST /run validates (`validated`, the owner rules), all before
 anything is created. Failures: 422 for shapes (a cell's field named `grid.<axis>[i]...`,
@@ -19,6 +20,8 @@ while creating the children cancels those already created, fails the parent, pro
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +31,8 @@ from uuid import UUID
 from fastapi import HTTPException
 from fastapi.exceptions import RequestValidationError
 from prefect import flow, task
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType, FlowRunFilterTags
+from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.states import Cancelled, Completed, Failed, Running
 from pydantic import ValidationError
@@ -53,7 +57,9 @@ from dspy_service.errors import JobError
 from dspy_service.schemas import JobRequest, JobSpec
 from dspy_service.sweep_grid import Cell, SweepRequest, baseline_sources, budget_share, check_request, expand
 
+logger = logging.getLogger("dspy_service.api")
 END_STATES = {"success": Completed, "cancelled": Cancelled, "failed": Failed}
+RUNNING_SWEEPS_READ = 200  # parents ended per round of the background loop
 
 
 @flow(name=SWEEP_FLOW_NAME, persist_result=False)
@@ -108,7 +114,7 @@ def cell_bodies(request: SweepRequest, cells: list[Cell]) -> list[dict[str, Any]
 class Sweeps:
     """Creates, reads and cancels sweeps on the job gateway."""
 
-    def __init__(self, submission: Submission, gateway: JobGateway):
+    def __init__(self, submission: Submission | None, gateway: JobGateway):
         self.submission = submission
         self.gateway = gateway
         self.client = gateway.client
@@ -200,3 +206,28 @@ class Sweeps:
         parents = await filter_runs(self.client, run_filter, None, FlowRunSort.EXPECTED_START_TIME_DESC, limit=limit,
                                     offset=offset)
         return {"items": [await self.view(p) for p in parents], "limit": limit, "offset": offset}
+
+
+async def end_finished_sweeps(gateway: JobGateway) -> None:
+    """Move the parent run of every sweep whose cells all ended to its end state (a read of
+    the sweep does the same), so the Prefect UI shows it ended though nobody read it."""
+    state = FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
+    run_filter = FlowRunFilter(tags=FlowRunFilterTags(all_=[SWEEP_TAG]), state=state)
+    sweeps = Sweeps(None, gateway)
+    for parent in await filter_runs(
+        gateway.client, run_filter, None, FlowRunSort.EXPECTED_START_TIME_ASC, limit=RUNNING_SWEEPS_READ
+    ):
+        await sweeps.view(parent)
+
+
+async def end_sweeps_forever(gateway: JobGateway) -> None:
+    """The API's background loop for sweeps (every DSPY_SERVICE_STUCK_JOB_SWEEP_SECONDS);
+    errors are logged and the next round tries again."""
+    while True:
+        await asyncio.sleep(gateway.settings.stuck_job_sweep_seconds)
+        try:
+            await end_finished_sweeps(gateway)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the Prefect server restarting, a timeout: try next round
+            logger.warning("ending finished sweeps failed (will retry): %s", exc)
