@@ -125,9 +125,11 @@ class JobGateway:
         labels: dict[str, Any] | None,
         idempotency_key: str | None,
         deployment: str | None = None,
+        parent_task_run_id: UUID | None = None,
     ) -> Run:
         """A new run of the job deployment `deployment` (full name; default: optimization),
-        or the run `idempotency_key` named already."""
+        or the run `idempotency_key` named already; `parent_task_run_id` nests it under that
+        task run's flow run (a sweep's cell) in the Prefect UI."""
         deployment_id = await self.deployment_id(deployment)
 
         async def create() -> Run:
@@ -138,6 +140,7 @@ class JobGateway:
                 tags=tags,
                 labels=labels,
                 idempotency_key=idempotency_key,
+                parent_task_run_id=parent_task_run_id,
             )
             return flow_run.model_dump(mode="json")
 

@@ -16,8 +16,20 @@ from api.gateway import JobGateway
 from api.identity import TokenCache
 from api.limits import BodySizeLimit
 from api.openapi import install_openapi
-from api.routes import credentials, jobs, program_batch, program_serving, programs, schedules, system, users, webhooks
+from api.routes import (
+    credentials,
+    jobs,
+    program_batch,
+    program_serving,
+    programs,
+    schedules,
+    sweeps,
+    system,
+    users,
+    webhooks,
+)
 from api.stuck_jobs import sweep_forever
+from api.sweeps import end_sweeps_forever
 from api.webhook_sweep import sweep_deliveries_forever
 from dspy_service.prefect_http import quick_retry_httpx_settings
 from dspy_service.registry import get_registry
@@ -35,6 +47,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         sweeps = [
             asyncio.create_task(sweep_forever(app.state.gateway)),
             asyncio.create_task(sweep_deliveries_forever(app.state.gateway)),
+            asyncio.create_task(end_sweeps_forever(app.state.gateway)),
         ]
         try:
             yield
@@ -79,6 +92,7 @@ def create_app() -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(system.router)
     app.include_router(schedules.router)
+    app.include_router(sweeps.router)
     app.include_router(credentials.router)
     app.include_router(users.router)
     app.include_router(webhooks.router)

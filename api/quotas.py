@@ -43,7 +43,8 @@ def too_many(detail: str) -> HTTPException:
     return HTTPException(status_code=429, detail=detail, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
-async def check_active_jobs(gateway: JobGateway, caller: Caller, owner: str) -> None:
+async def check_active_jobs(gateway: JobGateway, caller: Caller, owner: str, adding: int = 1) -> None:
+    """429 when `adding` more active jobs (a sweep's cells) would exceed the quota."""
     if caller.admin:
         return
     limit = gateway.settings.max_active_jobs_per_user
@@ -54,9 +55,12 @@ async def check_active_jobs(gateway: JobGateway, caller: Caller, owner: str) -> 
         expected_start_time=FlowRunFilterExpectedStartTime(before_=dt.datetime.now(dt.UTC)),
     )
     active = await gateway.count_runs(run_filter)
-    if active >= limit:
+    if active + adding > limit:
+        have = f"you have {active} active jobs (pending or running)"
+        if adding > 1:
+            have = f"{adding} more jobs would be too many: {have}"
         raise too_many(
-            f"you have {active} active jobs (pending or running), the most allowed per user "
+            f"{have}, the most allowed per user "
             f"(DSPY_SERVICE_MAX_ACTIVE_JOBS_PER_USER={limit}); wait for one to finish or cancel one"
         )
 

@@ -39,7 +39,16 @@ from api.preflight import check_notify_url, preflight
 from api.quotas import check_active_jobs, check_cadence, check_schedule_count
 from api.schedule_gateway import ScheduleGateway, stored_dataset_url
 from api.schedule_models import SchedulePatch, ScheduleRequest, merge_job, patched_cadence
-from dspy_service.contract import NOTIFY_TAG, SCHEDULE_ID, SERVICE_TAG, schedule_tag, user_tag
+from dspy_service.contract import (
+    NOTIFY_TAG,
+    SCHEDULE_ID,
+    SERVICE_TAG,
+    SWEEP_CELL,
+    SWEEP_ID,
+    schedule_tag,
+    sweep_tag,
+    user_tag,
+)
 from dspy_service.errors import JobError
 from dspy_service.schedule_registration import REGISTER_AS, RegisterAs, register_as_of
 from dspy_service.schemas import DatasetRef, JobRequest, JobSpec
@@ -112,6 +121,21 @@ class Submission:
         if made and inline_block_of(parameters) != made:
             await self.secrets.delete(made)  # ... and its secrets only
         return {**views.submitted(run, await self.jobs.status_of(run)), "ignored_fields": request.ignored_fields}
+
+    async def submit_cell(
+        self, request: JobRequest, spec: JobSpec, *, sweep_id: str, cell: int, parent_task_run_id: Any
+    ) -> Run:
+        """A sweep's cell: an ordinary job (validated `spec`, owned, quota checked by the
+        caller), created as POST /run creates one, tagged and labelled with its sweep and
+        nested under the sweep's task run `parent_task_run_id`."""
+        async with secured(spec, self.secrets) as spec, stored_rows(request.dataset) as ref:
+            return await self._create_run(
+                spec,
+                job_parameters(spec, ref),
+                tags=[sweep_tag(sweep_id)],
+                labels={SWEEP_ID: sweep_id, SWEEP_CELL: cell},
+                parent_task_run_id=parent_task_run_id,
+            )
 
     async def with_default_notify(self, request: JobRequest, spec: JobSpec) -> JobSpec:
         """`spec` with the owner's default notify_url (PUT /users/me/notify), checked again,
@@ -201,8 +225,11 @@ class Submission:
         *,
         schedule_id: str | None = None,
         idempotency_key: str | None = None,
+        tags: list[str] | None = None,
+        labels: dict[str, Any] | None = None,
+        parent_task_run_id: Any = None,
     ) -> Run:
-        tags, labels = [SERVICE_TAG, user_tag(spec.username)], {}
+        tags, labels = [SERVICE_TAG, user_tag(spec.username), *(tags or [])], dict(labels or {})
         if spec.notify_url:  # its end is delivered (deployments/automations.py)
             tags.append(NOTIFY_TAG)
         if schedule_id:  # a run of a schedule started by hand
@@ -214,6 +241,7 @@ class Submission:
             tags=tags,
             labels=labels or None,
             idempotency_key=idempotency_key,
+            **({"parent_task_run_id": parent_task_run_id} if parent_task_run_id else {}),
         )
 
 

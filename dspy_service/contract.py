@@ -68,6 +68,12 @@ SCHEDULE_TAG_PREFIX = "dspy-schedule:"
 # On every job whose end is to be announced to a webhook (its spec has a notify_url): the
 # delivery automation fires only for runs with it (deployments/automations.py).
 NOTIFY_TAG = "dspy-notify"
+# A sweep (api/sweeps.py) is a parent flow run tagged SWEEP_TAG; each of its cells is an
+# ordinary job tagged with sweep_tag(<sweep id>) and labelled SWEEP_ID / SWEEP_CELL.
+SWEEP_TAG = "dspy-sweep"
+SWEEP_TAG_PREFIX = "dspy-sweep:"
+SWEEP_FLOW_NAME = "dspy-sweep"
+SWEEP_CELL_TASK = "sweep-cell"
 CHAMPION_VARIABLE_PREFIX = "dspy-champion-"
 CHAMPION_LOCK_PREFIX = "dspy-champion-gate-"
 
@@ -79,6 +85,11 @@ def user_tag(username: str) -> str:
 def schedule_tag(schedule_id: str) -> str:
     """Tag on every run of a schedule (server-side filter for its run history)."""
     return f"{SCHEDULE_TAG_PREFIX}{schedule_id}"
+
+
+def sweep_tag(sweep_id: str) -> str:
+    """Tag on every cell (child job) of a sweep: the server-side filter for its leaderboard."""
+    return f"{SWEEP_TAG_PREFIX}{sweep_id}"
 
 
 def champion_variable(schedule_id: str) -> str:
@@ -237,6 +248,10 @@ DATASET_SHA256 = "dspy.dataset_sha256"  # hash of those rows
 CHAMPION_PROMOTED = "dspy.champion_promoted"  # runs of a schedule: did the gate promote it
 CHAMPION_SCORE = "dspy.champion_score"  # the previous champion re-scored on this test split
 CHAMPION_PREVIOUS = "dspy.champion_previous_job_id"
+# The optimized program's test evaluation: wall-clock seconds per example at the job's num_threads.
+SECONDS_PER_EXAMPLE = "dspy.seconds_per_example"
+SWEEP_ID = "dspy.sweep"  # a sweep's cell: the parent sweep's id
+SWEEP_CELL = "dspy.sweep_cell"  # ... and the cell's index in the grid
 
 
 def encode_label(value: Any) -> Any:

@@ -224,6 +224,11 @@ class JobSpec(BaseModel):
         description="Hard limits on the job's LM usage (calls, tokens, USD). Once the next call would exceed "
         "one, the job stops optimizing and ends with its best candidate so far (see README, Budgets).",
     )
+    evaluate_baseline: bool = Field(
+        default=True,
+        description="Score the unoptimized program on the test split too (`baseline_test_metric`). A sweep sets "
+        "it false on every cell but the first of each model: that cell's baseline is theirs (README, Sweeps).",
+    )
     notify_url: str | None = Field(
         default=None,
         max_length=2000,

@@ -216,6 +216,9 @@ class ServiceSettings(ProgramServingSettings, BaseSettings):
     max_active_jobs_per_user: int = Field(
         default=20, ge=1, description="Pending + running jobs one user may have (admins exempt); more: 429."
     )
+    max_sweep_cells: int = Field(
+        default=50, ge=1, le=1000, description="Grid cells (child jobs) one POST /sweeps may create; more: 400."
+    )
     max_schedules_per_user: int = Field(
         default=20, ge=1, description="Schedules one user may own (admins exempt); more: 429."
     )

@@ -181,7 +181,7 @@ def run_job(job: JobSpec, rows: list[dict[str, Any]] | None, run_log: list[dict[
         compiled = compile_program(job, splits, lms, user_code)
         keep_compiled(job, splits, lms, user_code, compiled, started)
         stage = Stage.EVALUATE
-        scores = evaluate_programs(compiled, splits, lms, user_code, job.num_threads)
+        scores = evaluate_programs(compiled, splits, lms, user_code, job.num_threads, job.evaluate_baseline)
         stage = Stage.SERIALIZE
         artifact = serialize_program_artifact(compiled.optimized, lms.secrets)
         if schedule_id:
@@ -290,6 +290,7 @@ def finished(result: JobResult, log_count: int) -> dict[str, Any]:
             contract.EVALUATION_ERRORS: result.details.get("evaluation_errors") or None,
             contract.TERMINATION_REASON: result.details.get("termination_reason"),
             contract.BUDGET: result.details.get("budget"),
+            contract.SECONDS_PER_EXAMPLE: result.details.get("seconds_per_example"),
             **champion_labels(result.details.get("champion")),
         },
     )

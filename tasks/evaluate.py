@@ -15,6 +15,7 @@ gets.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,8 @@ class TestScores:
     optimized: float | None
     examples: int
     errors: dict[str, Any] = field(default_factory=dict)  # program -> ErrorTally.as_details()
+    seconds_per_example: float | None = None  # the optimized program's evaluation, wall clock
+
 
     @property
     def improvement(self) -> float | None:
@@ -60,6 +63,7 @@ class TestScores:
             "test_examples": self.examples,
             "metric_scale": "mean metric value per test example",
             "evaluation_errors": self.errors,
+            "seconds_per_example": self.seconds_per_example,
         }
 
 
@@ -101,9 +105,16 @@ def check_error_share(tallies: dict[str, ErrorTally], limit: float) -> None:
 
 @stage(Stage.EVALUATE)
 def evaluate_programs(
-    compiled: CompiledProgram, splits: DataSplits, lms: JobLMs, user_code: UserCode, threads: int | None = None
+    compiled: CompiledProgram,
+    splits: DataSplits,
+    lms: JobLMs,
+    user_code: UserCode,
+    threads: int | None = None,
+    baseline: bool = True,
 ) -> TestScores:
-    """`threads`: the job's `num_threads` (None: the service's default)."""
+    """`threads`: the job's `num_threads` (None: the service's default). `baseline` False
+    (a sweep's cell whose model's first cell scores the baseline) scores only the optimized
+    program: no LM call is spent on the baseline, and `baseline` is None."""
     budget = lms.budget
     if budget is not None:
         budget.start_evaluation()  # the reserve is the evaluation's now
@@ -114,11 +125,15 @@ def evaluate_programs(
     settings = get_settings()
     threads = threads or settings.num_threads
     metric = user_code.metric
-    tallies = {program: ErrorTally(secrets=lms.secrets) for program in PROGRAMS}
+    tallies = {program: ErrorTally(secrets=lms.secrets) for program in PROGRAMS if baseline or program != "baseline"}
     with dspy.context(lm=lms.main):
         metric.reset_counts()
-        baseline = mean_metric(compiled.baseline, splits.test, metric, threads, tallies["baseline"])
+        baseline_score = (
+            mean_metric(compiled.baseline, splits.test, metric, threads, tallies["baseline"]) if baseline else None
+        )
+        started = time.monotonic()
         optimized = mean_metric(compiled.optimized, splits.test, metric, threads, tallies["optimized"])
+        seconds_per_example = round((time.monotonic() - started) / len(splits.test), 4)
     raise_if_stopped()  # a stop during evaluation fails every call left: not the program's errors
     if budget is not None:
         budget.raise_if_evaluation_refused()  # the refused calls are not the program's errors either
@@ -126,8 +141,9 @@ def evaluate_programs(
     metric.raise_if_always_failing("evaluation on the test split")
     check_error_share(tallies, settings.evaluation_error_limit)
     return TestScores(
-        baseline=baseline,
+        baseline=baseline_score,
         optimized=optimized,
         examples=len(splits.test),
         errors={program: tally.as_details() for program, tally in tallies.items()},
+        seconds_per_example=seconds_per_example,
     )
