@@ -28,6 +28,10 @@ from dspy_service.schemas import JobSpec, SecretRefs
 from dspy_service.secret_store import SecretStore
 from dspy_service.secrets import merge_model_secrets, split_model_secrets
 
+# Job fields only the service sets: a stored job restored for a PATCH leaves them out
+# (a request that sets them is a 422).
+SERVICE_FIELDS = ("secret_refs", "budget_source")
+
 
 def split_job_secrets(spec: JobSpec) -> tuple[JobSpec, dict[str, dict[str, Any]]]:
     """(the spec without inline secrets, {role: its inline secrets}) for roles that have some."""
@@ -108,10 +112,11 @@ async def restored_job(job: Mapping[str, Any], store: SecretStore) -> tuple[dict
     try:
         spec = JobSpec.model_validate(job)
     except ValueError:
-        return {key: value for key, value in job.items() if key != "secret_refs"}, None
+        return {key: value for key, value in job.items() if key not in SERVICE_FIELDS}, None
     block = spec.secret_refs.inline_block if spec.secret_refs else None
     inline = (await store.read(block) or {}) if block else {}
     configs = {role: merge_model_secrets(config, None, inline.get(role)) for role, config in spec.lm_configs().items()}
     restored = spec.with_configs(configs).wire()
-    restored.pop("secret_refs", None)
+    for key in SERVICE_FIELDS:
+        restored.pop(key, None)
     return restored, ((block, inline) if block else None)

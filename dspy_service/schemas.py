@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from dspy_service.budget import Budget
+from dspy_service.budget import Budget, BudgetSource
 from dspy_service.contract import CREDENTIAL_NAME_PATTERN
 from dspy_service.dataset_source import DatasetFormat, check_source
 
@@ -224,6 +224,11 @@ class JobSpec(BaseModel):
         description="Hard limits on the job's LM usage (calls, tokens, USD). Once the next call would exceed "
         "one, the job stops optimizing and ends with its best candidate so far (see README, Budgets).",
     )
+    budget_source: BudgetSource | None = Field(
+        default=None,
+        description="Set by the service: where `budget` came from, the job's body (`job`) or its owner's "
+        "default budget (`user_default`, PUT /users/me/budget).",
+    )
     notify_url: str | None = Field(
         default=None,
         max_length=2000,
@@ -322,6 +327,13 @@ class JobRequest(JobSpec):
         """A client naming blocks could point its job at another tenant's secrets."""
         if value is not None:
             raise ValueError("secret_refs is set by the service; give `credential` in a model config instead")
+        return value
+
+    @field_validator("budget_source", mode="before")
+    @classmethod
+    def _budget_source_is_the_service_s(cls, value: Any) -> Any:
+        if value is not None:
+            raise ValueError("budget_source is set by the service; give `budget` (or set a default budget)")
         return value
 
     @field_validator("dataset")

@@ -115,6 +115,14 @@ async def _record(client: PrefectClient, username: str) -> dict[str, Any] | None
     return variable.value if variable is not None and isinstance(variable.value, dict) else None
 
 
+async def get_user(client: PrefectClient, username: str) -> User | None:
+    """The user of this name, or None (no such user, or a name outside the pattern)."""
+    record = await _record(client, username) if re.fullmatch(USERNAME_PATTERN, username) else None
+    if record is None:
+        return None
+    return User(username, bool(record.get("admin")), record.get("created_at"))
+
+
 async def add_user(client: PrefectClient, username: str, admin: bool = False) -> str:
     """Create the user; returns their token (shown this once)."""
     check_username(username)

@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from dspy_service.budget import Budget, check_room
+from dspy_service.budget import JOB, Budget, check_room
 from dspy_service.errors import JobError
 from dspy_service.lm_usage import UsageMeter
 
@@ -58,9 +58,10 @@ class BudgetGuard:
     """Admission of a job's LM calls against its budget; one per job, shared by every copy
     of its LMs and every thread."""
 
-    def __init__(self, budget: Budget, meter: UsageMeter) -> None:
+    def __init__(self, budget: Budget, meter: UsageMeter, source: str = JOB) -> None:
         self.budget = budget
         self.meter = meter
+        self.source = source  # the job's own budget or its owner's default (dspy_service/budget.py)
         self._lock = threading.Lock()
         self.in_flight = 0
         self.max_in_flight = 0
@@ -193,10 +194,12 @@ class BudgetGuard:
             )
 
     def as_details(self) -> dict[str, Any]:
-        """The budget, what compile and evaluation used of it, and the measured overshoot."""
+        """The budget and its source, what compile and evaluation used of it, and the measured
+        overshoot."""
         limits, used = self.limits_given, self.used_within or self.used()
         return {
             "limits": limits,
+            "source": self.source,
             "used": used,
             "overshoot": {name: max(0, round(used[USED_NAMES[name]] - value, 8)) for name, value in limits.items()},
             "exhausted": self.exhausted,

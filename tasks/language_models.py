@@ -8,6 +8,7 @@ from typing import Any
 
 import dspy
 
+from dspy_service.budget import JOB
 from dspy_service.contract import Stage
 from dspy_service.errors import JobError
 from dspy_service.lm_cache import endpoint_identity, tenant_cache_dir
@@ -216,7 +217,9 @@ def build_language_models(spec: JobSpec) -> JobLMs:
     secrets = [value for config in configs.values() for value in secret_values(config)]
     meter = UsageMeter(secrets=secrets)
     breaker = EndpointBreaker(get_settings().lm_unreachable_calls)
-    budget = BudgetGuard(spec.budget, meter) if spec.budget is not None and spec.budget.limits() else None
+    budget = None
+    if spec.budget is not None and spec.budget.limits():
+        budget = BudgetGuard(spec.budget, meter, source=spec.budget_source or JOB)
     # Two roles on the same model name but different endpoints or keys would share cache
     # entries (DSPy's key ignores api_base/api_key): only the first of them caches.
     seen: dict[str, tuple[str, str, str]] = {}

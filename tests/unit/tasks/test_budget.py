@@ -157,3 +157,9 @@ def test_a_call_for_several_completions_is_admitted_and_counted_as_its_requests(
     meter.record("main", {"usage": {"prompt_tokens": 10, "completion_tokens": 2}, "response": object()})
     assert guard.used()["lm_calls"] == 4  # one request asking for n choices (the LiteLLM path)
     assert requests_asked({}, {"n": None}) == requests_asked({"n": True}, {}) == 1
+
+
+def test_the_details_say_where_the_budget_came_from():
+    assert BudgetGuard(Budget(max_lm_calls=5), UsageMeter()).as_details()["source"] == "job"
+    guard = BudgetGuard(Budget(max_lm_calls=5), UsageMeter(), source="user_default")
+    assert guard.as_details()["source"] == "user_default"
