@@ -300,6 +300,13 @@ class DatasetRef(BaseModel):
     sha256: str | None = None
 
 
+# JobSpec fields only the service sets (a request setting one is a 422); what to give instead.
+SERVICE_SET_FIELDS = {
+    "secret_refs": "give `credential` in a model config instead",
+    "budget_source": "give `budget` (or set a default budget: PUT /users/me/budget)",
+}
+
+
 class JobRequest(JobSpec):
     """The POST /run body: a JobSpec plus the inline dataset rows (or a `dataset_source`)."""
 
@@ -321,19 +328,13 @@ class JobRequest(JobSpec):
     def ignored_fields(self) -> list[str]:
         return list(self._ignored_fields)
 
-    @field_validator("secret_refs", mode="before")
+    @field_validator(*SERVICE_SET_FIELDS, mode="before")
     @classmethod
-    def _refs_are_the_service_s(cls, value: Any) -> Any:
-        """A client naming blocks could point its job at another tenant's secrets."""
+    def _set_by_the_service(cls, value: Any, info: ValidationInfo) -> Any:
+        """A client naming blocks could point its job at another tenant's secrets; the
+        budget's source is the service's record of where it came from."""
         if value is not None:
-            raise ValueError("secret_refs is set by the service; give `credential` in a model config instead")
-        return value
-
-    @field_validator("budget_source", mode="before")
-    @classmethod
-    def _budget_source_is_the_service_s(cls, value: Any) -> Any:
-        if value is not None:
-            raise ValueError("budget_source is set by the service; give `budget` (or set a default budget)")
+            raise ValueError(f"{info.field_name} is set by the service; {SERVICE_SET_FIELDS[info.field_name]}")
         return value
 
     @field_validator("dataset")
