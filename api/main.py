@@ -16,18 +16,7 @@ from api.gateway import JobGateway
 from api.identity import TokenCache
 from api.limits import BodySizeLimit
 from api.openapi import install_openapi
-from api.routes import (
-    budgets,
-    credentials,
-    jobs,
-    program_batch,
-    program_serving,
-    programs,
-    schedules,
-    system,
-    users,
-    webhooks,
-)
+from api.routes import credentials, jobs, program_batch, program_serving, programs, schedules, system, users, webhooks
 from api.stuck_jobs import sweep_forever
 from api.webhook_sweep import sweep_deliveries_forever
 from dspy_service.prefect_http import quick_retry_httpx_settings
@@ -91,7 +80,6 @@ def create_app() -> FastAPI:
     app.include_router(system.router)
     app.include_router(schedules.router)
     app.include_router(credentials.router)
-    app.include_router(budgets.router)
     app.include_router(users.router)
     app.include_router(webhooks.router)
     app.include_router(programs.router)
