@@ -189,7 +189,9 @@ def requests_sent(entry: dict[str, Any]) -> int:
     """The requests behind one answered call of a `dspy.LM` (its history entry). A call for
     n > 1 completions on DSPy's native engine is n requests, one per completion (dspy
     3.4.1 `clients/execution.py`), and its entry's `response` is their n responses; on the
-    LiteLLM path it is one request asking for n choices (`response` is that one answer)."""
+    LiteLLM path it is one request asking for n choices (`response` is that one answer).
+    Not seen: a call that fails part-way counts as one failed request, without the
+    requests answered before it (DSPy keeps no history entry for it)."""
     response = entry.get("response")
     return len(response) if isinstance(response, (tuple, list)) and response else 1
 
