@@ -29,7 +29,13 @@ from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-from dspy_service.contract import TOKEN_PREFIX, USER_VARIABLE_PREFIX, USERNAME_PATTERN, user_variable
+from dspy_service.contract import (
+    TOKEN_PREFIX,
+    USER_VARIABLE_PREFIX,
+    USERNAME_PATTERN,
+    budget_default_variable,
+    user_variable,
+)
 from dspy_service.prefect_pages import read_in_pages
 
 FIRST_ADMIN = "admin"
@@ -151,14 +157,18 @@ async def list_users(client: PrefectClient) -> list[User]:
 
 
 async def revoke_user(client: PrefectClient, username: str) -> None:
-    """Delete the user: their token stops working (on other API replicas within their
-    token cache time)."""
+    """Delete the user and their default budget: their token stops working (on other API
+    replicas within their token cache time); a new user of that name starts without one."""
     if not re.fullmatch(USERNAME_PATTERN, username):
         raise UnknownUser(f"user {username!r} not found")
     try:
         await client.delete_variable_by_name(user_variable(username))
     except ObjectNotFound:
         raise UnknownUser(f"user {username!r} not found") from None
+    try:
+        await client.delete_variable_by_name(budget_default_variable(username))
+    except ObjectNotFound:
+        pass
 
 
 async def rotate_token(client: PrefectClient, username: str) -> str:

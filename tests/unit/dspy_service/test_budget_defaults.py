@@ -28,3 +28,14 @@ def test_a_stored_value_that_no_longer_validates_reads_as_no_default():
     prefect = Prefect()
     prefect.variables[budget_default_variable("alice")] = {"max_lm_calls": -1}
     assert asyncio.run(default_budget(prefect, "alice")) is None
+
+
+def test_a_revoked_users_default_goes_with_them():
+    from dspy_service import users
+
+    prefect = Prefect()
+    asyncio.run(users.add_user(prefect, "alice"))
+    asyncio.run(set_default_budget(prefect, "alice", Budget(max_lm_calls=50)))
+    asyncio.run(users.revoke_user(prefect, "alice"))
+    asyncio.run(users.add_user(prefect, "alice"))
+    assert asyncio.run(default_budget(prefect, "alice")) is None
