@@ -24,7 +24,7 @@ from typing import Any
 
 from dspy_service.contract import credential_block, inline_secret_block
 from dspy_service.errors import JobError
-from dspy_service.schemas import JobSpec, SecretRefs
+from dspy_service.schemas import SERVICE_SET_FIELDS, JobSpec, SecretRefs
 from dspy_service.secret_store import SecretStore
 from dspy_service.secrets import merge_model_secrets, split_model_secrets
 
@@ -108,10 +108,11 @@ async def restored_job(job: Mapping[str, Any], store: SecretStore) -> tuple[dict
     try:
         spec = JobSpec.model_validate(job)
     except ValueError:
-        return {key: value for key, value in job.items() if key != "secret_refs"}, None
+        return {key: value for key, value in job.items() if key not in SERVICE_SET_FIELDS}, None
     block = spec.secret_refs.inline_block if spec.secret_refs else None
     inline = (await store.read(block) or {}) if block else {}
     configs = {role: merge_model_secrets(config, None, inline.get(role)) for role, config in spec.lm_configs().items()}
     restored = spec.with_configs(configs).wire()
-    restored.pop("secret_refs", None)
+    for key in SERVICE_SET_FIELDS:  # a request may not set them
+        restored.pop(key, None)
     return restored, ((block, inline) if block else None)

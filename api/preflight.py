@@ -141,7 +141,14 @@ def preflight(spec: JobSpec, rows: list[dict[str, Any]] | None) -> None:
             f"dataset has {len(rows)} rows; the limit is {limit} (DSPY_SERVICE_MAX_DATASET_ROWS)", field="dataset"
         )
     check_columns_present(rows, spec.column_mapping.fields)
-    counts = spec.split_fractions.counts(len(rows))
-    fit_to_splits(optimizer, counts, optimizer_kwargs, spec.compile_kwargs)
-    check_room(spec.budget, counts["test"])
+    fit_to_splits(optimizer, spec.split_fractions.counts(len(rows)), optimizer_kwargs, spec.compile_kwargs)
+    check_budget(spec, rows)
+
+
+def check_budget(spec: JobSpec, rows: list[dict[str, Any]] | None) -> None:
+    """The budget's submit-time checks (calls for the test evaluation, tokens and dollars
+    for the baseline); with rows unknown (a `dataset_source`) the job checks it itself."""
+    if rows is None:
+        return
+    check_room(spec.budget, spec.split_fractions.counts(len(rows))["test"])
     check_budget_fits_baseline(spec, rows)

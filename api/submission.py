@@ -30,6 +30,7 @@ from prefect.client.schemas.objects import DeploymentSchedule
 from pydantic import ValidationError
 
 from api import views
+from api.default_budgets import patched_budget_source, with_default_budget
 from api.gateway import JobGateway
 from api.identity import Caller
 from api.job_secrets import inline_block_of, restored_job, secured
@@ -109,6 +110,7 @@ class Submission:
         """POST /run: the new job (or the one the owner's `idempotency_key` named already)."""
         request = owned_request(caller, request)
         spec = await self.with_default_notify(request, await validated(request))  # 400s before the quota
+        spec = await with_default_budget(self.jobs.client, request, spec)
         await check_active_jobs(self.jobs, caller, request.username)
         key = scoped_idempotency_key(request.username, idempotency_key)
         async with secured(spec, self.secrets) as spec, stored_rows(request.dataset) as ref:
@@ -168,6 +170,7 @@ class Submission:
         settings = self.jobs.settings
         check_cadence(caller, request.prefect_schedule(), settings.min_schedule_interval_seconds)
         spec = await self.with_default_notify(request, await validated(request))
+        spec = await with_default_budget(self.jobs.client, request, spec)
         owned = sum(schedule_owner(s) == request.username for s in await self.schedules.list())
         check_schedule_count(caller, owned, settings.max_schedules_per_user)
         async with secured(spec, self.secrets) as spec, stored_rows(request.dataset) as ref:
@@ -197,7 +200,7 @@ class Submission:
             )
         stored_job, inline = await restored_job((schedule.parameters or {}).get("job") or {}, self.secrets)
         request, kept_ref = await merged_request(schedule, stored_job, changes)
-        spec = await validated(request)
+        spec = patched_budget_source(await validated(request), (schedule.parameters or {}).get("job") or {}, changes)
         async with (
             secured(spec, self.secrets, current=inline) as spec,
             stored_rows(None if kept_ref else request.dataset) as new_ref,

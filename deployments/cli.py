@@ -10,6 +10,7 @@
     dspy-service local-lm           # the deterministic local LM alone (tests and demo only)
     dspy-service users add NAME     # a user and their API token (also: users list/revoke/rotate)
     dspy-service submit job.yaml    # submit a job file over HTTP (--wait: follow it)
+    dspy-service estimate job.yaml  # what it would cost: LM calls, tokens, dollars (runs nothing)
     dspy-service jobs list          # also: jobs show/logs/watch/cancel/delete/artifact ID
 
 A command that cannot start what it was asked to (a busy port, a zygote that does not come
@@ -29,6 +30,7 @@ from typing import Any
 
 import httpx
 
+from deployments.estimate_cli import add_estimate_parser
 from deployments.jobs_cli import add_jobs_parser, add_submit_parser
 from deployments.users_cli import add_users_parser, api_token
 from dspy_service.sandbox_check import startup_check
@@ -341,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_users_parser(sub)
     add_jobs_parser(sub)
     add_submit_parser(sub)
+    add_estimate_parser(sub)
     return parser
 
 

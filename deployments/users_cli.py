@@ -5,11 +5,13 @@ first admin that `dspy-service up` creates.
     dspy-service users list
     dspy-service users revoke NAME
     dspy-service users rotate NAME          # prints the new token
+    dspy-service users budget NAME [--max-lm-calls N] [--max-tokens N] [--max-cost-usd X] [--clear]
+                                            # the user's default budget: shown, set or removed
 
 They talk to the Prefect API at PREFECT_API_URL (default: the local `dspy-service up`
 server, with its API auth string from `<home>/prefect-auth` when that file exists).
-A request the store refuses (name taken, unknown user, invalid name) or an unreachable
-Prefect prints `error: ...` on stderr and exits with 1. Revokes and rotations take effect
+A request the store refuses (name taken, unknown user, invalid name), a limit that is not
+> 0, or an unreachable Prefect prints `error: ...` on stderr and exits with 1. Revokes and rotations take effect
 on running API replicas within DSPY_SERVICE_TOKEN_CACHE_SECONDS.
 """
 
@@ -61,7 +63,33 @@ async def _listing(client: Any) -> str:
     )
 
 
+BUDGET_OPTIONS = {"max_lm_calls": "--max-lm-calls", "max_tokens": "--max-tokens", "max_cost_usd": "--max-cost-usd"}
+
+
+def shown_budget(name: str, budget: Any) -> str:
+    limits = budget.limits() if budget is not None else {}
+    if not limits:
+        return f"{name}: no default budget"
+    return f"{name}: default budget " + ", ".join(f"{key} {value:g}" for key, value in limits.items())
+
+
+async def _budget(client: Any, args: argparse.Namespace) -> str:
+    """Show, set (the limits given; the others unset) or remove a user's default budget."""
+    from dspy_service import users
+    from dspy_service.budget import Budget
+    from dspy_service.budget_defaults import default_budget, set_default_budget
+
+    if await users.get_user(client, args.name) is None:
+        raise users.UnknownUser(f"user {args.name!r} not found")
+    given = {key: getattr(args, key) for key in BUDGET_OPTIONS if getattr(args, key) is not None}
+    if args.clear or given:
+        return shown_budget(args.name, await set_default_budget(client, args.name, Budget(**given) if given else None))
+    return shown_budget(args.name, await default_budget(client, args.name))
+
+
 def cmd_users(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from dspy_service import users  # imports Prefect: only for these commands
 
     prefect_environment()
@@ -70,9 +98,15 @@ def cmd_users(args: argparse.Namespace) -> int:
         "list": _listing,
         "revoke": lambda client: users.revoke_user(client, args.name),
         "rotate": lambda client: users.rotate_token(client, args.name),
+        "budget": lambda client: _budget(client, args),
     }
     try:
         output = with_client(actions[args.users_command])
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        option = BUDGET_OPTIONS.get(str(error["loc"][0]), error["loc"][0])
+        print(f"error: {option}: {error['msg']}", file=sys.stderr)
+        return 1
     except (users.UserStoreError, httpx.HTTPError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -95,6 +129,14 @@ def add_users_parser(sub: Any) -> None:
     revoke.add_argument("name")
     rotate = commands.add_parser("rotate", help="give a user a new token (printed once); the old one stops working")
     rotate.add_argument("name")
+    budget = commands.add_parser(
+        "budget", help="show, set or remove a user's default budget (jobs without their own `budget` get it)"
+    )
+    budget.add_argument("name")
+    budget.add_argument("--max-lm-calls", dest="max_lm_calls", type=int, help="LM requests a job may send")
+    budget.add_argument("--max-tokens", dest="max_tokens", type=int, help="prompt + completion tokens")
+    budget.add_argument("--max-cost-usd", dest="max_cost_usd", type=float, help="USD a job may spend")
+    budget.add_argument("--clear", action="store_true", help="remove the default")
     parser.set_defaults(func=cmd_users)
 
 

@@ -10,12 +10,18 @@ Nothing here does I/O.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from dspy_service.errors import JobError
 
 # The three limits and what the job counts against each (tasks/budget.py `used`).
 LIMITS = ("max_lm_calls", "max_tokens", "max_cost_usd")
+# Where a job's budget came from: its own body, or its owner's default budget (the whole
+# default applies to a job whose body has no `budget` key; dspy_service/budget_defaults.py).
+BudgetSource = Literal["job", "user_default"]
+JOB, USER_DEFAULT = "job", "user_default"
 
 
 class Budget(BaseModel):

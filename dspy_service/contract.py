@@ -165,6 +165,14 @@ def webhook_default_variable(owner: str) -> str:
     return f"{WEBHOOK_DEFAULT_VARIABLE_PREFIX}{owner_digest(owner)}"
 
 
+BUDGET_DEFAULT_VARIABLE_PREFIX = "dspy-budget-"
+
+
+def budget_default_variable(owner: str) -> str:
+    """Prefect Variable holding the default budget of `owner` (dspy_service/budget_defaults.py)."""
+    return f"{BUDGET_DEFAULT_VARIABLE_PREFIX}{owner_digest(owner)}"
+
+
 def webhook_log_variable(job_id: str | uuid.UUID) -> str:
     """Prefect Variable holding the webhook delivery log of one job (deleted with the job)."""
     return f"{WEBHOOK_LOG_VARIABLE_PREFIX}{uuid.UUID(str(job_id))}"

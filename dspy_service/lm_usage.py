@@ -78,7 +78,8 @@ class UsageMeter:
         return (UsageMeter, ())
 
     def record(self, role: str, entry: dict[str, Any], price: TokenPrice | None = None) -> None:
-        """Count one finished LM call; `price` (the job's own) wins over DSPy's estimate."""
+        """Count one finished LM call (as the requests it sent: `requests_sent`); `price`
+        (the job's own) wins over DSPy's estimate."""
         usage = entry.get("usage") or {}
         with self._lock:
             role_usage = self._roles.setdefault(role, RoleUsage())
@@ -88,7 +89,7 @@ class UsageMeter:
                 return
             prompt_tokens = int(usage.get("prompt_tokens") or 0)
             completion_tokens = int(usage.get("completion_tokens") or 0)
-            role_usage.calls += 1
+            role_usage.calls += requests_sent(entry)
             role_usage.prompt_tokens += prompt_tokens
             role_usage.completion_tokens += completion_tokens
             cost = price.cost(prompt_tokens, completion_tokens) if price is not None else entry.get("cost")
@@ -182,6 +183,24 @@ class UsageMeter:
         failed, made = roles[role]
         often = "" if cause["count"] == failed else f", most often ({cause['count']})"
         return f"{failed} of {made} {role}-model calls failed{often}: {cause['error']}"
+
+
+def requests_sent(entry: dict[str, Any]) -> int:
+    """The requests behind one answered call of a `dspy.LM` (its history entry). A call for
+    n > 1 completions on DSPy's native engine is n requests, one per completion (dspy
+    3.4.1 `clients/execution.py`), and its entry's `response` is their n responses; on the
+    LiteLLM path it is one request asking for n choices (`response` is that one answer).
+    Not seen: a call that fails part-way counts as one failed request, without the
+    requests answered before it (DSPy keeps no history entry for it)."""
+    response = entry.get("response")
+    return len(response) if isinstance(response, (tuple, list)) and response else 1
+
+
+def requests_asked(lm_kwargs: dict[str, Any], call_kwargs: dict[str, Any]) -> int:
+    """The most requests one call may send: its `n` (the call's, else the LM's), as DSPy
+    reads it; what a budget must have room for before the call."""
+    n = call_kwargs.get("n", lm_kwargs.get("n"))
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
 
 
 class CountingLM(dspy.LM):

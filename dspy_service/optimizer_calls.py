@@ -291,14 +291,25 @@ def gepa(shape: Shape) -> list[Work]:
     ]
 
 
+def copro_proposals(breadth: int, depth: int, predictors: int) -> Band:
+    """COPRO's proposal requests: per predictor, one call for breadth - 1 instructions,
+    then depth - 1 calls for breadth each (n completions are n requests on DSPy's native
+    engine, tasks/language_models.py counts them so; low: one request per call)."""
+    calls = predictors * depth
+    requests = predictors * ((breadth - 1) + (depth - 1) * breadth)
+    return Band(calls, requests, requests)
+
+
 def copro(shape: Shape) -> list[Work]:
     breadth, depth = int(shape.optimizer_kwargs.get("breadth", 10)), int(shape.optimizer_kwargs.get("depth", 3))
     predictors = shape.predictors
     # One predictor: breadth candidates per depth. More: every candidate so far, again.
     candidates = breadth * depth if predictors == 1 else breadth * depth * (depth + 1) / 2
     return [
-        Work("propose instructions", "proposal", shape.role("prompt"), Band.exact(predictors * depth), ZERO,
-             (f"1 call (n={breadth}) per predictor and depth",)),
+        Work("propose instructions", "proposal", shape.role("prompt"), copro_proposals(breadth, depth, predictors),
+             ZERO, (f"1 call per predictor and depth, for {breadth - 1} then {breadth} instructions at once: "
+                    "DSPy's native engine sends one request per instruction (low: a provider path that takes n "
+                    "in one request)",)),
         Work("score candidates on the train split", "program", shape.role("main"),
              Band.exact(predictors * candidates * shape.train), ZERO,
              (f"{breadth} candidates x depth {depth} x {shape.train} train examples per predictor",)),

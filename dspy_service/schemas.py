@@ -1,8 +1,8 @@
 """The wire models shared by the HTTP facade and the optimization flow.
 
-One place defines the POST /run body (`JobRequest`), the part of it that travels to the
-flow as a Prefect parameter (`JobSpec`, everything but the inline rows), and the `result`
-object the flow returns. Field names on the wire are exactly those of
+One place defines the POST /run body (`JobRequest`) and the part of it that travels to the
+flow as a Prefect parameter (`JobSpec`, everything but the inline rows); the `result` object
+the flow returns is dspy_service/job_result.py's. Field names on the wire are exactly those of
 `API_CONTRACT.md`; Python-side names differ only where pydantic reserves the wire name
 (`model_config`).
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from dspy_service.budget import Budget
+from dspy_service.budget import Budget, BudgetSource
 from dspy_service.contract import CREDENTIAL_NAME_PATTERN
 from dspy_service.dataset_source import DatasetFormat, check_source
 
@@ -229,6 +229,11 @@ class JobSpec(BaseModel):
         description="Score the unoptimized program on the test split too (`baseline_test_metric`). A sweep sets "
         "it false on every cell but the first of each model: that cell's baseline is theirs (README, Sweeps).",
     )
+    budget_source: BudgetSource | None = Field(
+        default=None,
+        description="Set by the service: where `budget` came from, the job's body (`job`) or its owner's "
+        "default budget (`user_default`, PUT /users/me/budget).",
+    )
     notify_url: str | None = Field(
         default=None,
         max_length=2000,
@@ -300,6 +305,13 @@ class DatasetRef(BaseModel):
     sha256: str | None = None
 
 
+# JobSpec fields only the service sets (a request setting one is a 422); what to give instead.
+SERVICE_SET_FIELDS = {
+    "secret_refs": "give `credential` in a model config instead",
+    "budget_source": "give `budget` (or set a default budget: PUT /users/me/budget)",
+}
+
+
 class JobRequest(JobSpec):
     """The POST /run body: a JobSpec plus the inline dataset rows (or a `dataset_source`)."""
 
@@ -321,12 +333,13 @@ class JobRequest(JobSpec):
     def ignored_fields(self) -> list[str]:
         return list(self._ignored_fields)
 
-    @field_validator("secret_refs", mode="before")
+    @field_validator(*SERVICE_SET_FIELDS, mode="before")
     @classmethod
-    def _refs_are_the_service_s(cls, value: Any) -> Any:
-        """A client naming blocks could point its job at another tenant's secrets."""
+    def _set_by_the_service(cls, value: Any, info: ValidationInfo) -> Any:
+        """A client naming blocks could point its job at another tenant's secrets; the
+        budget's source is the service's record of where it came from."""
         if value is not None:
-            raise ValueError("secret_refs is set by the service; give `credential` in a model config instead")
+            raise ValueError(f"{info.field_name} is set by the service; {SERVICE_SET_FIELDS[info.field_name]}")
         return value
 
     @field_validator("dataset")
@@ -340,53 +353,3 @@ class JobRequest(JobSpec):
 
     def spec(self) -> JobSpec:
         return JobSpec.model_validate(self.model_dump(exclude={"dataset"}))
-
-
-# ---- the flow's result -----------------------------------------------------------------
-
-
-class OptimizedPrompt(BaseModel):
-    predictor_name: str
-    signature_name: str
-    instructions: str
-    input_fields: list[str]
-    output_fields: list[str]
-    demos: list[dict[str, Any]] = Field(default_factory=list)
-    formatted_prompt: str = ""
-
-
-class ProgramArtifact(BaseModel):
-    path: str | None = None
-    program_pickle_base64: str
-    metadata: dict[str, Any]
-    optimized_prompt: OptimizedPrompt | None = None
-    optimized_prompts: list[OptimizedPrompt] = Field(default_factory=list)
-    program_state: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Pickle-free form: the JSON state of `program.save(path.json)`; load it "
-        "into a module rebuilt from signature_code with `program.load_state(...)`.",
-    )
-
-
-class SplitCounts(BaseModel):
-    train: int
-    val: int
-    test: int
-
-
-class JobResult(BaseModel):
-    """The contract's `result` object; also the flow's return value."""
-
-    module_name: str
-    optimizer_name: str
-    metric_name: str
-    split_counts: SplitCounts
-    baseline_test_metric: float | None
-    optimized_test_metric: float | None
-    metric_improvement: float | None
-    optimization_metadata: dict[str, Any] = Field(default_factory=dict)
-    details: dict[str, Any] = Field(default_factory=dict)
-    program_artifact_path: str | None = None
-    program_artifact: ProgramArtifact
-    runtime_seconds: float
-    run_log: list[dict[str, Any]] = Field(default_factory=list)

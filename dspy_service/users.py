@@ -29,7 +29,13 @@ from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-from dspy_service.contract import TOKEN_PREFIX, USER_VARIABLE_PREFIX, USERNAME_PATTERN, user_variable
+from dspy_service.contract import (
+    TOKEN_PREFIX,
+    USER_VARIABLE_PREFIX,
+    USERNAME_PATTERN,
+    budget_default_variable,
+    user_variable,
+)
 from dspy_service.prefect_pages import read_in_pages
 
 FIRST_ADMIN = "admin"
@@ -115,6 +121,14 @@ async def _record(client: PrefectClient, username: str) -> dict[str, Any] | None
     return variable.value if variable is not None and isinstance(variable.value, dict) else None
 
 
+async def get_user(client: PrefectClient, username: str) -> User | None:
+    """The user of this name, or None (no such user, or a name outside the pattern)."""
+    record = await _record(client, username) if re.fullmatch(USERNAME_PATTERN, username) else None
+    if record is None:
+        return None
+    return User(username, bool(record.get("admin")), record.get("created_at"))
+
+
 async def add_user(client: PrefectClient, username: str, admin: bool = False) -> str:
     """Create the user; returns their token (shown this once)."""
     check_username(username)
@@ -143,14 +157,18 @@ async def list_users(client: PrefectClient) -> list[User]:
 
 
 async def revoke_user(client: PrefectClient, username: str) -> None:
-    """Delete the user: their token stops working (on other API replicas within their
-    token cache time)."""
+    """Delete the user and their default budget: their token stops working (on other API
+    replicas within their token cache time); a new user of that name starts without one."""
     if not re.fullmatch(USERNAME_PATTERN, username):
         raise UnknownUser(f"user {username!r} not found")
     try:
         await client.delete_variable_by_name(user_variable(username))
     except ObjectNotFound:
         raise UnknownUser(f"user {username!r} not found") from None
+    try:
+        await client.delete_variable_by_name(budget_default_variable(username))
+    except ObjectNotFound:
+        pass
 
 
 async def rotate_token(client: PrefectClient, username: str) -> str:

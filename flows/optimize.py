@@ -23,7 +23,8 @@ from prefect.states import Failed
 from dspy_service import contract
 from dspy_service.contract import Stage
 from dspy_service.errors import JobError, out_of_memory_message
-from dspy_service.schemas import DatasetRef, JobResult, JobSpec, SplitCounts
+from dspy_service.job_result import JobResult, SplitCounts
+from dspy_service.schemas import DatasetRef, JobSpec
 from dspy_service.settings import FLOW_NAME, get_settings
 from dspy_service.storage import load_dataset
 from flows.telemetry.artifacts import publish_result_artifacts

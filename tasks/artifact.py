@@ -12,7 +12,7 @@ from typing import Any
 import dspy
 
 from dspy_service.contract import Stage
-from dspy_service.schemas import OptimizedPrompt, ProgramArtifact
+from dspy_service.job_result import OptimizedPrompt, ProgramArtifact
 from tasks import stage
 
 

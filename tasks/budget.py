@@ -3,8 +3,9 @@ metered LMs (tasks/language_models.py asks `BudgetGuard.admit` before every call
 
 What counts: every request the job's LMs send, all roles (main, reflection, prompt, task),
 as the job's `usage` counts it: an LM call is one answered or failed request (its retries
-are not counted again); an answer from the cache costs nothing and is not counted; tokens
-are prompt + completion tokens; cost is `usage.cost`.
+are not counted again; a call for n completions that DSPy sends as n requests is n calls,
+and is admitted only with room for all n); an answer from the cache costs nothing and is
+not counted; tokens are prompt + completion tokens; cost is `usage.cost`.
 
 When a call is refused: a call is admitted only if, counting the calls in flight and this
 one, no limit would be exceeded. For calls that is exact: `max_lm_calls` is never exceeded.
@@ -41,7 +42,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from dspy_service.budget import Budget, check_room
+from dspy_service.budget import JOB, Budget, check_room
 from dspy_service.errors import JobError
 from dspy_service.lm_usage import UsageMeter
 
@@ -57,9 +58,10 @@ class BudgetGuard:
     """Admission of a job's LM calls against its budget; one per job, shared by every copy
     of its LMs and every thread."""
 
-    def __init__(self, budget: Budget, meter: UsageMeter) -> None:
+    def __init__(self, budget: Budget, meter: UsageMeter, source: str = JOB) -> None:
         self.budget = budget
         self.meter = meter
+        self.source = source  # the job's own budget or its owner's default (dspy_service/budget.py)
         self._lock = threading.Lock()
         self.in_flight = 0
         self.max_in_flight = 0
@@ -105,20 +107,21 @@ class BudgetGuard:
         return None
 
     # --- admission --------------------------------------------------------------------------
-    def admit(self) -> None:
-        """Count one call in flight, or raise BudgetExhausted."""
+    def admit(self, requests: int = 1) -> None:
+        """Count a call of `requests` requests (n completions may be n requests) in flight,
+        or raise BudgetExhausted."""
         with self._lock:
-            over = self.limit_reached(locked=True) or self._over(self.in_flight + 1)
+            over = self.limit_reached(locked=True) or self._over(self.in_flight + requests)
             if over:
                 self.refused[self.stage] = self.refused.get(self.stage, 0) + 1
                 self.exhausted_in = self.exhausted_in or self.stage
                 raise BudgetExhausted(f"the job's budget ({over}) has no room for another LM call")
-            self.in_flight += 1
+            self.in_flight += requests
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
 
-    def release(self) -> None:
+    def release(self, requests: int = 1) -> None:
         with self._lock:
-            self.in_flight -= 1
+            self.in_flight -= requests
 
     def limit_reached(self, locked: bool = False) -> str | None:
         """During compile: the limit that stops it (sticky once reached); the optimizers'
@@ -191,10 +194,12 @@ class BudgetGuard:
             )
 
     def as_details(self) -> dict[str, Any]:
-        """The budget, what compile and evaluation used of it, and the measured overshoot."""
+        """The budget and its source, what compile and evaluation used of it, and the measured
+        overshoot."""
         limits, used = self.limits_given, self.used_within or self.used()
         return {
             "limits": limits,
+            "source": self.source,
             "used": used,
             "overshoot": {name: max(0, round(used[USED_NAMES[name]] - value, 8)) for name, value in limits.items()},
             "exhausted": self.exhausted,

@@ -23,8 +23,8 @@ import httpx
 from prefect.utilities.asyncutils import run_coro_as_sync
 
 from dspy_service.contract import CHAMPION_REGISTRATION_ROUTE, engine_is_sandboxed
+from dspy_service.job_result import ProgramArtifact
 from dspy_service.prefect_http import sync_prefect_client
-from dspy_service.schemas import ProgramArtifact
 from tasks.data import DataSplits
 from tasks.evaluate import TestScores
 

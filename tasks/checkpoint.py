@@ -37,7 +37,7 @@ from prefect.filesystems import LocalFileSystem
 from prefect.results import get_default_result_storage
 
 from dspy_service.contract import kept_program_key
-from dspy_service.schemas import ProgramArtifact
+from dspy_service.job_result import ProgramArtifact
 from tasks.artifact import program_artifact
 
 logger = logging.getLogger("tasks.checkpoint")

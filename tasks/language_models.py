@@ -8,6 +8,7 @@ from typing import Any
 
 import dspy
 
+from dspy_service.budget import JOB
 from dspy_service.contract import Stage
 from dspy_service.errors import JobError
 from dspy_service.lm_cache import endpoint_identity, tenant_cache_dir
@@ -18,6 +19,7 @@ from dspy_service.lm_usage import (  # noqa: F401 - re-exported for the stages
     TokenPrice,
     UsageMeter,
     lm_arguments,
+    requests_asked,
     take_price,
 )
 from dspy_service.schemas import JobSpec, ModelConfig
@@ -62,17 +64,19 @@ class MeteredLM(dspy.LM):
     # A job told to stop (cancelled, out of time) sends no new LM request, nor does one
     # whose endpoint is unreachable or whose budget has no room for it (tasks/budget.py).
     # (Not via forward(): overriding it would switch DSPy to its legacy custom-LM path.)
-    def _before_call(self) -> None:
+    # A call for n > 1 completions may send n requests (dspy_service/lm_usage.py
+    # `requests_sent`): the budget makes room for all of them before it.
+    def _before_call(self, requests: int) -> None:
         raise_if_stopped()
         self.breaker.check()
         # While the endpoint looks gone, DSPy's retries (minutes of backoff) only hide it.
         self.num_retries = 0 if self.breaker.suspect else self.configured_retries
         if self.budget is not None:
-            self.budget.admit()
+            self.budget.admit(requests)
 
-    def _after_call(self) -> None:
+    def _after_call(self, requests: int) -> None:
         if self.budget is not None:
-            self.budget.release()
+            self.budget.release(requests)
 
     def _retrying(self, attempt: int, wait_seconds: float, exc: BaseException) -> None:
         # A stopped job or an open breaker ends the call here instead of after the wait.
@@ -88,7 +92,8 @@ class MeteredLM(dspy.LM):
             self.breaker.failed(str(self.kwargs.get("api_base") or self.model), exc)
 
     def __call__(self, *args: Any, **kwargs: Any):
-        self._before_call()
+        requests = requests_asked(self.kwargs, kwargs)
+        self._before_call(requests)
         try:
             with retries_reported_to(self._retrying):
                 answer = super().__call__(*args, **kwargs)
@@ -96,12 +101,13 @@ class MeteredLM(dspy.LM):
             self._failed(exc)
             raise
         finally:
-            self._after_call()
+            self._after_call(requests)
         self.breaker.succeeded()
         return answer
 
     async def acall(self, *args: Any, **kwargs: Any):
-        self._before_call()
+        requests = requests_asked(self.kwargs, kwargs)
+        self._before_call(requests)
         try:
             with retries_reported_to(self._retrying):
                 answer = await super().acall(*args, **kwargs)
@@ -109,7 +115,7 @@ class MeteredLM(dspy.LM):
             self._failed(exc)
             raise
         finally:
-            self._after_call()
+            self._after_call(requests)
         self.breaker.succeeded()
         return answer
 
@@ -211,7 +217,9 @@ def build_language_models(spec: JobSpec) -> JobLMs:
     secrets = [value for config in configs.values() for value in secret_values(config)]
     meter = UsageMeter(secrets=secrets)
     breaker = EndpointBreaker(get_settings().lm_unreachable_calls)
-    budget = BudgetGuard(spec.budget, meter) if spec.budget is not None and spec.budget.limits() else None
+    budget = None
+    if spec.budget is not None and spec.budget.limits():
+        budget = BudgetGuard(spec.budget, meter, source=spec.budget_source or JOB)
     # Two roles on the same model name but different endpoints or keys would share cache
     # entries (DSPy's key ignores api_base/api_key): only the first of them caches.
     seen: dict[str, tuple[str, str, str]] = {}

@@ -13,10 +13,12 @@ from pydantic import BaseModel, Field
 from api.deps import GatewayDep
 from api.identity import AdminUser, token_cache
 from api.openapi import ErrorDetail
+from api.routes import budgets
 from dspy_service import users
 from dspy_service.contract import USERNAME_PATTERN
 
 router = APIRouter(tags=["users"])
+router.include_router(budgets.router)  # /users/me/budget, /users/{name}/budget: users' default budgets
 FORBIDDEN = {403: {"model": ErrorDetail, "description": "The caller is not an admin"}}
 UNKNOWN = {404: {"model": ErrorDetail, "description": "No user with this name"}}
 TAKEN = {409: {"model": ErrorDetail, "description": "The name is taken"}}

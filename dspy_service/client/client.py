@@ -24,6 +24,9 @@ from dspy_service.client.payload import optimize_body
 from dspy_service.client.programs import Programs
 
 PAGE_SIZE = 100
+# `optimize`'s keyword arguments that shape the body (the others are raw POST /run fields).
+OPTIMIZE_FIELDS = ("optimizer", "optimizer_kwargs", "valset", "testset", "model", "reflection_model", "split",
+                   "seed", "name")
 
 
 def _job_list_params(status: str | None, username: str | None, limit: int, offset: int) -> dict[str, Any]:
@@ -70,6 +73,15 @@ class Client:
         answer = self.connection.request("POST", "/run", json=body, headers=headers)
         return Job(self.connection, answer["job_id"], answer)
 
+    def estimate(self, body: dict[str, Any] | Any, metric: Callable | None = None, trainset: Any = None,
+                 **options: Any) -> dict[str, Any]:
+        """POST /run/estimate: LM calls, tokens and dollars (low / typical / ceiling) per
+        stage; nothing runs and no LM is called. Give a raw contract body (as `submit`
+        takes), or `optimize`'s arguments (program, metric, trainset, optimizer=..., ...)."""
+        if metric is not None:
+            body = self._optimize_body(body, metric, trainset, **options)
+        return self.connection.request("POST", "/run/estimate", json=body)
+
     def optimize(
         self,
         program: Any,
@@ -98,26 +110,20 @@ class Client:
         credentials, never sent in the job) or a model_config dict. Other keyword arguments
         are POST /run fields and win over what is derived. `wait` follows the job to its end.
         """
-        body = optimize_body(
-            program,
-            metric,
-            trainset,
-            store_key=self.store_credential,
-            optimizer=optimizer,
-            optimizer_kwargs=optimizer_kwargs,
-            valset=valset,
-            testset=testset,
-            model=model,
-            reflection_model=reflection_model,
-            split=split,
-            seed=seed,
-            name=name,
-            raw=raw,
+        body = self._optimize_body(
+            program, metric, trainset, optimizer=optimizer, optimizer_kwargs=optimizer_kwargs, valset=valset,
+            testset=testset, model=model, reflection_model=reflection_model, split=split, seed=seed, name=name, **raw,
         )
         job = self.submit(body)
         if wait:
             job.wait(progress=progress)
         return job
+
+    def _optimize_body(self, program: Any, metric: Callable, trainset: Any, **options: Any) -> dict[str, Any]:
+        """The POST /run body of `optimize`'s arguments (a dspy.LM's key stored first)."""
+        named = {field: options.pop(field, None) for field in OPTIMIZE_FIELDS}
+        named["optimizer"] = named["optimizer"] or "miprov2"
+        return optimize_body(program, metric, trainset, store_key=self.store_credential, raw=options, **named)
 
     def job(self, job_id: str) -> Job:
         """The job with this id (404 NotFound if it is not yours or does not exist)."""
@@ -168,23 +174,15 @@ class AsyncClient:
         answer = await self.connection.request("POST", "/run", json=body, headers=headers)
         return AsyncJob(self.connection, answer["job_id"], answer)
 
+    async def estimate(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self.connection.request("POST", "/run/estimate", json=body)
+
     async def optimize(
         self, program: Any, metric: Callable, trainset: Any, *, wait: bool = False, **options: Any
     ) -> AsyncJob:
         """See `Client.optimize`; the api key of a dspy.LM is stored before the job is sent."""
         keys: list[tuple[str, str]] = []
-        fields = (
-            "optimizer",
-            "optimizer_kwargs",
-            "valset",
-            "testset",
-            "model",
-            "reflection_model",
-            "split",
-            "seed",
-            "name",
-        )
-        named = {field: options.pop(field, None) for field in fields}
+        named = {field: options.pop(field, None) for field in OPTIMIZE_FIELDS}
         named["optimizer"] = named["optimizer"] or "miprov2"
         progress = options.pop("progress", True)
         body = optimize_body(

@@ -15,7 +15,7 @@ import uuid
 from typing import Any
 
 from dspy_service.contract import artifact_key
-from dspy_service.schemas import JobResult
+from dspy_service.job_result import JobResult
 
 logger = logging.getLogger("dspy_service.artifacts")
 PROMPT_MARKDOWN_LIMIT = 60_000  # characters; a long few-shot prompt is cut, not dropped

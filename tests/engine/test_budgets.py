@@ -13,7 +13,7 @@ import pytest
 
 from dspy_service.testing.local_lm import start_local_lm
 from tests.support.flow_runner import run_flow
-from tests.support.payloads import light_optimizer_payload, payload_led_by
+from tests.support.payloads import job_payload, light_optimizer_payload, payload_led_by
 
 
 @pytest.fixture
@@ -133,3 +133,21 @@ def test_an_evaluation_beyond_its_reserve_fails_naming_the_budget_and_keeps_the_
     assert lm.stats()["calls"] == 28
     kept = outcome.state.result(raise_on_failure=False)  # what GET /jobs/{id}/artifact returns
     assert kept["details"]["budget"]["refused_calls"] > 0 and kept["program_artifact"]["program_state"]
+
+
+def test_copro_s_calls_for_several_completions_count_every_request_the_lm_server_gets(lm):
+    # COPRO asks its prompt model for breadth - 1 = 2 instructions at once, then breadth = 3:
+    # DSPy's native engine sends one request per completion. The budget counts them all.
+    payload = budgeted(
+        job_payload(
+            lm.url, rows=20, module_name="cot", optimizer_name="copro", optimizer_kwargs={"breadth": 3, "depth": 2}
+        ),
+        max_lm_calls=10_000,
+    )
+    outcome = run_flow(payload)
+    assert outcome.state.is_completed(), outcome.message
+    details = outcome.result["details"]
+    served = lm.stats()
+    assert details["budget"]["used"]["lm_calls"] == served["calls"]
+    assert details["budget"]["used"]["tokens"] == server_tokens(lm)
+    assert details["usage"]["total"]["calls"] == served["calls"]

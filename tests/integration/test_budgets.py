@@ -72,3 +72,31 @@ def test_bad_budgets_are_refused_before_a_job_exists(stack, local_lm):
     tiny = stack.api.post("/run", json=job_payload(local_lm.url, rows=40, budget={"max_lm_calls": 20}))
     assert tiny.status_code == 400 and tiny.json()["field"] == "budget.max_lm_calls", tiny.text
     assert "the test evaluation alone needs 24" in tiny.json()["detail"]
+
+
+def test_a_users_default_budget_applies_to_a_job_without_its_own(stack, local_lm):
+    name = f"budgeted-{uuid.uuid4().hex[:6]}"
+    user = stack.add_user(name)
+    bad = user.put("/users/me/budget", json={"budget": {"max_lm_calls": 0}})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "budget.max_lm_calls", bad.text
+    assert user.put(f"/users/{name}/budget", json={"budget": {"max_lm_calls": 27}}).status_code == 403
+    # The user's own default, too small for the test evaluation (2 × 12 test rows): a 400 at submit.
+    assert user.put("/users/me/budget", json={"budget": {"max_lm_calls": 20}}).json()["budget"] == {"max_lm_calls": 20}
+    payload = payload_led_by(local_lm.url, easy=True, count=3)
+    del payload["username"]
+    model = own_model(payload, local_lm.url)
+    tiny = user.post("/run", json=payload)
+    assert tiny.status_code == 400 and tiny.json()["field"] == "budget.max_lm_calls", tiny.text
+    detail = tiny.json()["detail"]
+    assert detail.startswith(f"the default budget of {name} (PUT /users/me/budget) does not fit"), detail
+
+    # The operator's default: the job stops within it, and says where its budget came from.
+    assert stack.api.put(f"/users/{name}/budget", json={"budget": {"max_lm_calls": 27}}).status_code == 200
+    assert user.get("/users/me/budget").json() == {"username": name, "budget": {"max_lm_calls": 27}}
+    answer = user.post("/run", json=payload)
+    assert answer.status_code == 201, answer.text
+    summary = stack.wait_terminal(answer.json()["job_id"])
+    assert summary["status"] == "success" and summary["termination_reason"] == "budget_exhausted", summary
+    budget = summary["budget"]
+    assert budget["source"] == "user_default" and budget["limits"] == {"max_lm_calls": 27}, budget
+    assert budget["used"]["lm_calls"] == calls_of(local_lm, model) == 27, budget

@@ -248,3 +248,25 @@ def test_the_demo_follows_its_job_through_the_client(stack, local_lm):
     assert re.search(r"^demo job \S+ submitted \(bootstrap", demo.stdout, re.M), demo.stdout
     succeeded = r"^demo job succeeded: test accuracy [\d.]+ \(baseline\) -> [\d.]+ \(optimized\)$"
     assert re.search(succeeded, demo.stdout, re.M), demo.stdout
+
+
+@pytest.mark.sqlite_only
+def test_estimate_prints_a_table_or_json_and_calls_no_lm(stack, job_file, local_lm):
+    calls_before = local_lm.stats()["calls"]
+    table = cli(stack, "estimate", str(job_file))
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0] == "estimate of BootstrapFewShot on predict (10 train / 4 val / 6 test examples)", table.stdout
+    header = next(line for line in lines if line.startswith("STAGE"))
+    assert "LM CALLS (low / typical / ceiling)" in header and "TOKENS" in header and "USD" in header
+    baseline = next(line for line in lines if line.startswith("baseline eval"))
+    assert baseline.split()[2:7] == ["6", "/", "6", "/", "6"], baseline  # calls: 6 test examples
+    assert any(line.startswith("total") for line in lines) and "assumptions:" in lines
+    as_json = cli(stack, "estimate", str(job_file), "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    figures = json.loads(as_json.stdout)
+    assert figures["stages"]["baseline_evaluation"]["lm_calls"] == {"low": 6, "typical": 6, "ceiling": 6}
+    assert figures["total"]["cost_usd"] is None and baseline.split()[-1] == "-"  # the local LM has no price
+    missing = cli(stack, "estimate", str(job_file.parent / "nope.yaml"))
+    assert missing.returncode == 6 and "nope.yaml" in one_error_line(missing)
+    assert local_lm.stats()["calls"] == calls_before

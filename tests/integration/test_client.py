@@ -16,9 +16,12 @@ import subprocess
 import sys
 import textwrap
 
+import dspy
 import pytest
 
 from dspy_service.client import AsyncClient, Client, InvalidRequest, NotFound
+from dspy_service.testing.local_lm import make_arithmetic_dataset
+from tests.support.payloads import job_payload, model_config
 
 KEY = "sk-notebook-key-0123456789"
 
@@ -178,3 +181,43 @@ def test_in_jupyter_wait_draws_a_widget_bar_that_ends_at_success(stack, local_lm
     values = [w["state"] for w in states.values()]
     assert any(v.get("value") == 100 and v.get("max") == 100 for v in values), values
     assert any("success" in str(v.get("value", "")) for v in values if v.get("value") != 100), values
+
+
+class AddNumbers(dspy.Signature):
+    """Answer the arithmetic question with a single integer."""
+
+    question: str = dspy.InputField()
+    answer: str = dspy.OutputField()
+
+
+def exact_answer(example, pred, trace=None):
+    return float(str(example.answer).strip() == str(pred.answer).strip())
+
+
+@pytest.mark.sqlite_only
+def test_estimate_answers_for_a_raw_body_and_for_optimize_s_arguments_without_an_lm_call(stack, local_lm):
+    env, token = user_env(stack, "client-estimate")
+    rows = make_arithmetic_dataset(30, seed=11)
+    calls_before = local_lm.stats()["calls"]
+    with Client(env["DSPY_SERVICE_URL"], token) as client:
+        body = job_payload(local_lm.url, rows=30)
+        del body["username"]
+        raw = client.estimate(body)
+        assert raw["username"] == "client-estimate" and raw["optimizer"] == "BootstrapFewShot"
+        assert raw["stages"]["baseline_evaluation"]["lm_calls"] == {"low": 9, "typical": 9, "ceiling": 9}
+        built = client.estimate(
+            dspy.Predict(AddNumbers), exact_answer, rows, optimizer="bootstrap",
+            model=model_config(local_lm.url), split={"train": 0.5, "val": 0.2, "test": 0.3},
+        )
+        assert built["split_counts"] == raw["split_counts"] == {"train": 15, "val": 6, "test": 9}
+        assert built["total"]["lm_calls"]["typical"] > 0
+        with pytest.raises(InvalidRequest) as refused:
+            client.estimate({k: v for k, v in body.items() if k != "model_config"})
+        assert refused.value.field == "model_config"
+
+    async def estimate_async():
+        async with AsyncClient(env["DSPY_SERVICE_URL"], token) as client:
+            return await client.estimate(body)
+
+    assert asyncio.run(estimate_async())["total"] == raw["total"]
+    assert local_lm.stats()["calls"] == calls_before

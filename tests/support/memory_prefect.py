@@ -87,6 +87,11 @@ class Prefect:
             raise ObjectAlreadyExists(http_exc=Exception())
         self.variables[variable.name] = copy.deepcopy(variable.value)
 
+    async def update_variable(self, variable):
+        if variable.name not in self.variables:
+            raise ObjectNotFound(http_exc=Exception())
+        self.variables[variable.name] = copy.deepcopy(variable.value)
+
     async def read_variable_by_name(self, name: str):
         value = self.variables.get(name)
         return None if value is None else type("Variable", (), {"value": copy.deepcopy(value)})()

@@ -21,10 +21,13 @@ from api.identity import Caller
 from api.schedule_models import SchedulePatch, ScheduleRequest
 from api.status import JobStatus
 from api.submission import Submission, job_parameters
+from dspy_service.budget import Budget
+from dspy_service.budget_defaults import set_default_budget
 from dspy_service.errors import JobError
 from dspy_service.schemas import JobRequest
 from dspy_service.settings import get_settings
 from dspy_service.storage import save_dataset
+from tests.support.memory_prefect import Prefect
 from tests.support.payloads import job_payload
 
 
@@ -40,6 +43,7 @@ class Jobs:
         self.fail, self.existing, self.created = fail, existing, []
         self.settings = get_settings()
         self.active, self.keys, self.counted = active, [], []
+        self.client = Prefect()  # Variables: the owners' default budgets
 
     async def count_runs(self, run_filter):
         self.counted.append(run_filter)
@@ -312,3 +316,61 @@ def test_register_as_is_kept_by_every_patch_that_does_not_change_it():
     assert "register_as" not in schedules.saved[-1] and schedules.saved[-1]["job"] == schedule.parameters["job"]
     asyncio.run(submission.run_schedule(schedule, ADMIN))
     assert jobs.created[-1]["parameters"]["register_as"] == TARGET
+
+
+# -- default budgets (dspy_service/budget_defaults.py) ----------------------------------
+def with_default(jobs: Jobs, owner: str = "tester", **limits) -> Jobs:
+    asyncio.run(set_default_budget(jobs.client, owner, Budget(**limits)))
+    return jobs
+
+
+def test_a_job_without_budget_gets_its_owners_default_and_says_so():
+    jobs = with_default(Jobs(), max_lm_calls=40)
+    submit(service(jobs, Schedules()))
+    job = jobs.created[-1]["parameters"]["job"]
+    assert job["budget"]["max_lm_calls"] == 40 and job["budget_source"] == "user_default"
+    submit(service(jobs, Schedules()), budget={"max_tokens": 90_000})  # the body's own wins, whole
+    job = jobs.created[-1]["parameters"]["job"]
+    assert job["budget"] == {"max_lm_calls": None, "max_tokens": 90_000, "max_cost_usd": None}
+    assert job["budget_source"] == "job"
+    submit(service(jobs, Schedules()), budget=None)  # null: no budget at all
+    job = jobs.created[-1]["parameters"]["job"]
+    assert job["budget"] is None and job["budget_source"] is None
+    others = with_default(Jobs(), owner="someone-else", max_lm_calls=40)
+    submit(service(others, Schedules()))
+    assert others.created[-1]["parameters"]["job"]["budget"] is None
+
+
+def test_a_default_too_small_for_the_job_is_a_400_naming_the_limit_and_the_default():
+    jobs = with_default(Jobs(), max_lm_calls=10)  # the 6 test rows need 12 calls
+    with pytest.raises(JobError, match=r"^the default budget of tester \(PUT /users/me/budget\) does not fit") as e:
+        submit(service(jobs, Schedules()))
+    assert e.value.field == "budget.max_lm_calls" and not jobs.created
+    request = ScheduleRequest.model_validate({**body(), "interval_seconds": 3600})
+    schedules = Schedules()
+    with pytest.raises(JobError, match="default budget"):
+        asyncio.run(service(jobs, schedules).create_schedule(request, ADMIN))
+    assert not schedules.saved
+
+
+def test_a_schedule_keeps_its_default_budget_until_a_patch_gives_its_own():
+    jobs, schedules = with_default(Jobs(), max_lm_calls=40), Schedules()
+    request = ScheduleRequest.model_validate({**body(), "interval_seconds": 3600})
+    asyncio.run(service(jobs, schedules).create_schedule(request, ADMIN))
+    stored = schedules.saved[-1]
+    assert stored["job"]["budget_source"] == "user_default"
+    schedule = stored_schedule().model_copy(update={"parameters": {**stored, "schedule_id": "s"}})
+    submission = service(jobs, schedules)
+    asyncio.run(submission.update_schedule(schedule, SchedulePatch.model_validate({"seed": 5}), ADMIN))
+    assert schedules.saved[-1]["job"]["budget_source"] == "user_default"
+    assert schedules.saved[-1]["job"]["budget"]["max_lm_calls"] == 40
+    patch = SchedulePatch.model_validate({"budget": {"max_lm_calls": 60}})
+    asyncio.run(submission.update_schedule(schedule, patch, ADMIN))
+    assert schedules.saved[-1]["job"]["budget_source"] == "job"
+
+
+def test_budget_source_is_the_service_s():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="budget_source is set by the service"):
+        JobRequest.model_validate(body(budget_source="job"))

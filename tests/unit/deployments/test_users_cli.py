@@ -44,3 +44,34 @@ def test_a_given_prefect_api_url_is_kept(home, monkeypatch):
     users_cli.prefect_environment()
     assert os.environ["PREFECT_API_URL"] == "http://elsewhere:4200/api"
     assert "PREFECT_API_AUTH_STRING" not in os.environ
+
+
+def run_budget_command(monkeypatch, prefect, argv: list[str]) -> int:
+    import argparse
+
+    monkeypatch.setattr(users_cli, "with_client", lambda action: __import__("asyncio").run(action(prefect)))
+    parser = argparse.ArgumentParser()
+    users_cli.add_users_parser(parser.add_subparsers())
+    args = parser.parse_args(["users", "budget", *argv])
+    return args.func(args)
+
+
+def test_users_budget_shows_sets_and_clears_a_users_default(home, monkeypatch, capsys):
+    from dspy_service import users
+    from dspy_service.budget import Budget
+    from dspy_service.budget_defaults import default_budget
+    from tests.support.memory_prefect import Prefect
+
+    prefect = Prefect()
+    prefect.variables[users.user_variable("alice")] = users.user_record("alice", False, "dss.alice.x")
+    assert run_budget_command(monkeypatch, prefect, ["alice", "--max-lm-calls", "40", "--max-cost-usd", "2"]) == 0
+    assert capsys.readouterr().out == "alice: default budget max_lm_calls 40, max_cost_usd 2\n"
+    assert __import__("asyncio").run(default_budget(prefect, "alice")) == Budget(max_lm_calls=40, max_cost_usd=2)
+    assert run_budget_command(monkeypatch, prefect, ["alice"]) == 0
+    assert "max_lm_calls 40" in capsys.readouterr().out
+    assert run_budget_command(monkeypatch, prefect, ["alice", "--max-tokens", "0"]) == 1
+    assert capsys.readouterr().err.startswith("error: --max-tokens: Input should be greater than 0")
+    assert run_budget_command(monkeypatch, prefect, ["bob", "--max-tokens", "10"]) == 1
+    assert capsys.readouterr().err == "error: user 'bob' not found\n"
+    assert run_budget_command(monkeypatch, prefect, ["alice", "--clear"]) == 0
+    assert capsys.readouterr().out == "alice: no default budget\n"

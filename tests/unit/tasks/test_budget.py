@@ -6,7 +6,7 @@ import pytest
 
 from dspy_service.budget import Budget
 from dspy_service.errors import JobError
-from dspy_service.lm_usage import UsageMeter
+from dspy_service.lm_usage import UsageMeter, requests_asked
 from tasks.budget import BudgetExhausted, BudgetGuard, StopGEPAOnBudget, budget_in_force, install_optimizer_stops
 
 
@@ -139,3 +139,27 @@ def test_an_optuna_study_ends_after_the_trial_that_spent_the_budget():
         optuna.create_study().optimize(objective, n_trials=5)
     assert trials == [0, 1]
     optuna.create_study().optimize(lambda trial: 1.0, n_trials=3)  # no budget in force: all trials
+
+
+def test_a_call_for_several_completions_is_admitted_and_counted_as_its_requests():
+    meter = UsageMeter()
+    guard = BudgetGuard(Budget(max_lm_calls=4), meter)
+    with pytest.raises(BudgetExhausted):
+        guard.admit(requests_asked({"n": 1}, {"n": 5}))  # 5 requests cannot fit in 4
+    guard.exhausted_in = None
+    requests = requests_asked({"n": 3}, {})  # the LM's own n
+    guard.admit(requests)
+    assert guard.in_flight == 3
+    # DSPy's native engine answers n completions with n responses, one request each.
+    meter.record("main", {"usage": {"prompt_tokens": 30, "completion_tokens": 6}, "response": ("a", "b", "c")})
+    guard.release(requests)
+    assert guard.used()["lm_calls"] == 3 and guard.in_flight == 0
+    meter.record("main", {"usage": {"prompt_tokens": 10, "completion_tokens": 2}, "response": object()})
+    assert guard.used()["lm_calls"] == 4  # one request asking for n choices (the LiteLLM path)
+    assert requests_asked({}, {"n": None}) == requests_asked({"n": True}, {}) == 1
+
+
+def test_the_details_say_where_the_budget_came_from():
+    assert BudgetGuard(Budget(max_lm_calls=5), UsageMeter()).as_details()["source"] == "job"
+    guard = BudgetGuard(Budget(max_lm_calls=5), UsageMeter(), source="user_default")
+    assert guard.as_details()["source"] == "user_default"
