@@ -109,8 +109,7 @@ class Submission:
     async def submit_job(self, request: JobRequest, idempotency_key: str | None, caller: Caller) -> dict[str, Any]:
         """POST /run: the new job (or the one the owner's `idempotency_key` named already)."""
         request = owned_request(caller, request)
-        spec = await self.with_default_notify(request, await validated(request))  # 400s before the quota
-        spec = await with_default_budget(self.jobs.client, request, spec)
+        spec = await self.with_defaults(request, await validated(request))  # 400s before the quota
         await check_active_jobs(self.jobs, caller, request.username)
         key = scoped_idempotency_key(request.username, idempotency_key)
         async with secured(spec, self.secrets) as spec, stored_rows(request.dataset) as ref:
@@ -138,6 +137,12 @@ class Submission:
                 labels={SWEEP_ID: sweep_id, SWEEP_CELL: cell},
                 parent_task_run_id=parent_task_run_id,
             )
+
+    async def with_defaults(self, request: JobRequest, spec: JobSpec) -> JobSpec:
+        """`spec` with the owner's defaults for what the body does not name: notify_url and
+        budget, each checked as the body's own would be."""
+        spec = await self.with_default_notify(request, spec)
+        return await with_default_budget(self.jobs.client, request, spec)
 
     async def with_default_notify(self, request: JobRequest, spec: JobSpec) -> JobSpec:
         """`spec` with the owner's default notify_url (PUT /users/me/notify), checked again,
@@ -169,8 +174,7 @@ class Submission:
         request = owned_request(caller, request)
         settings = self.jobs.settings
         check_cadence(caller, request.prefect_schedule(), settings.min_schedule_interval_seconds)
-        spec = await self.with_default_notify(request, await validated(request))
-        spec = await with_default_budget(self.jobs.client, request, spec)
+        spec = await self.with_defaults(request, await validated(request))
         owned = sum(schedule_owner(s) == request.username for s in await self.schedules.list())
         check_schedule_count(caller, owned, settings.max_schedules_per_user)
         async with secured(spec, self.secrets) as spec, stored_rows(request.dataset) as ref:

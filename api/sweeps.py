@@ -128,7 +128,7 @@ class Sweeps:
         for cell, body in zip(cells, bodies, strict=True):
             with errors_named_for(cell, request.budget is not None):
                 job = owned_request(caller, JobRequest.model_validate(body))
-                checked.append((job, await self.submission.with_default_notify(job, await validated(job))))
+                checked.append((job, await self.submission.with_defaults(job, await validated(job))))
         owner = checked[0][1].username
         await check_active_jobs(self.gateway, caller, owner, adding=len(cells))
         sources = baseline_sources(bodies)

@@ -15,8 +15,7 @@ from tests.unit.api.test_submission import service
 
 @pytest.fixture
 def sweeps_api(api):  # noqa: F811
-    jobs = api.app.state.jobs
-    jobs.client = None  # nothing below reaches Prefect
+    jobs = api.app.state.jobs  # its client is the in-memory stand-in holding the owners' default budgets
     api.app.dependency_overrides[get_sweeps] = lambda: Sweeps(service(jobs, None), jobs)
     return api
 
@@ -86,3 +85,13 @@ def test_early_stop_is_not_built_and_says_so(sweeps_api):
 
 def test_another_users_name_in_the_base_is_a_403(sweeps_api):
     refused(sweeps_api, sweep(base=job_payload(PUBLIC_LM, rows=40, username="someone-else")), 403)
+
+
+def test_cells_get_their_owners_default_budget_as_a_job_would(sweeps_api):
+    """A sweep without a budget: each cell is a job without one, so the owner's default
+    applies to it, checked as POST /run checks it."""
+    from tests.unit.api.test_submission import with_default
+
+    with_default(sweeps_api.app.state.jobs, max_lm_calls=2)  # less than any cell's test evaluation needs
+    body = refused(sweeps_api, sweep(), 400)
+    assert body["detail"].startswith("cell 0: the default budget of tester (PUT /users/me/budget) does not fit")
