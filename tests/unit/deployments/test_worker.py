@@ -105,13 +105,12 @@ def test_a_deployment_is_read_once_per_ttl_and_a_flow_once():
 def test_a_failed_read_is_not_kept():
     client = Reads()
     job_worker.SubmissionReads(client, ttl=5.0)
-    client_missing = client
 
     async def scenario():
-        client_missing.missing = True
+        client.missing = True  # e.g. ObjectNotFound: the run's deployment was deleted
         with pytest.raises(LookupError):
             await client.read_deployment("d")
-        client_missing.missing = False
+        client.missing = False
         return await client.read_deployment("d")
 
     assert asyncio.run(scenario())["id"] == "d"
