@@ -39,9 +39,8 @@ PREFECT_DEFAULTS = {
     # Prefect clients retry 429/502/503 only; a SQLite-backed server answers bursts of
     # writes with 500 "database is locked", which crashed job engines under load.
     "PREFECT_CLIENT_RETRY_EXTRA_CODES": "500",
-    # Our Prefect server runs without CSRF protection (loopback + auth string): each new
-    # client would first ask for a token and be told there is none (measured: 6 requests
-    # of a job's 54, bench/count_calls.py). Set it to true if the server enables CSRF.
+    # Our server has no CSRF protection: each new client would first ask it for a token
+    # (6 requests of a job's 54, bench/count_calls.py). True if the server enables CSRF.
     "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED": "false",
     # Logs of deleted runs are removed by the orphan vacuum (the API cannot delete logs).
     "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,orphans",
@@ -193,8 +192,7 @@ def python_command(*args: str) -> list[str]:
 
 
 def worker_component(name: str, pool: str, logs: Path) -> Component:
-    """The job worker of `pool` (deployments/worker.py: Prefect's process worker with
-    event-driven pickup), named after this host."""
+    """The job worker of `pool` (deployments/worker.py), named after this host."""
     host_name = f"{os.uname().nodename}-{name}"
     command = python_command("-m", "deployments.worker", "--pool", pool, "--name", host_name)
     return Component(name, command, logs / f"{name}.log")
