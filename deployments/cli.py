@@ -192,9 +192,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     env = {**PREFECT_DEFAULTS, **os.environ, **client_environment(settings)}
     env["PATH"] = interpreter_first_on_path(env.get("PATH", ""))
-    command = [
-        sys.executable, "-m", "prefect", "worker", "start", "--pool", settings.work_pool, "--type", "process",
-    ]
+    command = [sys.executable, "-m", "deployments.worker", "--pool", settings.work_pool]  # deployments/worker.py
     if args.name:
         command += ["--name", args.name]
     if args.warm_start or settings.warm_start:

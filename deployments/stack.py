@@ -39,6 +39,9 @@ PREFECT_DEFAULTS = {
     # Prefect clients retry 429/502/503 only; a SQLite-backed server answers bursts of
     # writes with 500 "database is locked", which crashed job engines under load.
     "PREFECT_CLIENT_RETRY_EXTRA_CODES": "500",
+    # Our server has no CSRF protection: each new client would first ask it for a token
+    # (6 requests of a job's 54, bench/count_calls.py). True if the server enables CSRF.
+    "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED": "false",
     # Logs of deleted runs are removed by the orphan vacuum (the API cannot delete logs).
     "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,orphans",
     "PREFECT_SERVER_SERVICES_DB_VACUUM_ORPHAN_CLEANUP_LOOP_SECONDS": "3600",
@@ -189,10 +192,17 @@ def python_command(*args: str) -> list[str]:
 
 
 def worker_component(name: str, pool: str, logs: Path) -> Component:
-    """A Prefect process worker of `pool`, named after this host."""
+    """The job worker of `pool` (deployments/worker.py), named after this host."""
     host_name = f"{os.uname().nodename}-{name}"
+    command = python_command("-m", "deployments.worker", "--pool", pool, "--name", host_name)
+    return Component(name, command, logs / f"{name}.log")
+
+
+def notify_worker_component(pool: str, logs: Path) -> Component:
+    """Prefect's own process worker for the webhook deliveries (their latency does not matter)."""
+    name = "notify-worker"
     command = python_command("-m", "prefect", "worker", "start", "--pool", pool, "--type", "process")
-    command += ["--name", host_name]
+    command += ["--name", f"{os.uname().nodename}-{name}"]
     return Component(name, command, logs / f"{name}.log")
 
 
@@ -240,7 +250,7 @@ class Stack:
             worker_component(f"worker-{i + 1}", config.settings.work_pool, logs) for i in range(config.workers)
         ]
         # Webhook deliveries: trusted code of ours, on a pool of its own (deployments/register.py).
-        self.notify_worker = worker_component("notify-worker", config.settings.notify_work_pool, logs)
+        self.notify_worker = notify_worker_component(config.settings.notify_work_pool, logs)
         # Warm start: one zygote per worker, started before it; the worker's jobs find it
         # through DSPY_SERVICE_ZYGOTE_SOCKET (deployments/runtime/zygote.py).
         self.zygotes: list[Component] = []

@@ -92,9 +92,10 @@ class RunReporter:
                 return None
         return value if isinstance(value, dict) else None
 
-    def read_job_timeout(self) -> float | None:
-        """The job's own `timeout_seconds` parameter, if it set one."""
-        run = self.read_run(patience=10)
+    def read_job_timeout(self, run: dict[str, Any] | None = None) -> float | None:
+        """The job's own `timeout_seconds` parameter, if it set one; from `run` when the
+        caller has read the run already (parameters never change), else read now."""
+        run = run if run is not None else self.read_run(patience=10)
         job = ((run or {}).get("parameters") or {}).get("job") or {}
         requested = job.get("timeout_seconds")
         return float(requested) if isinstance(requested, (int, float)) else None

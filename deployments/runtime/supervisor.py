@@ -103,6 +103,7 @@ class JobSupervisor:
         self.settings = settings
         self.environ = environ
         self.sandbox: JobSandbox | None = None
+        self.run_read: dict | None = None  # the run as read before the start (its parameters do not change)
         self.env = engine_environment(environ, settings.job_env_passthrough)
         self.starter = starter
         self.limits = JobLimits.from_settings(settings)
@@ -151,6 +152,7 @@ class JobSupervisor:
         run = self.reporter.read_run()  # waits out a Prefect restart (the reporter's patience)
         if run is None:
             return PREFECT_UNREACHABLE
+        self.run_read = run
         self.tag_schedule_run(run)
         self.sandbox = JobSandbox(
             self.settings, self.environ, self.flow_run_id, self.denied, self.reporter.read_secret_block
@@ -209,7 +211,7 @@ class JobSupervisor:
             f"{self.starter.verb} engine {engine.pid} (memory {self.limits.memory_mb or 'unlimited'} MB, "
             f"tasks {self.limits.max_tasks} via {watch})"
         )
-        self.stop.limit_time(self.reporter.read_job_timeout())
+        self.stop.limit_time(self.reporter.read_job_timeout(self.run_read))
         assert engine.stdout is not None
         stream = engine.stdout
         self.output.pump(

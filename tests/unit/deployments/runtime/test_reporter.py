@@ -62,3 +62,17 @@ def test_a_server_that_stays_away_is_an_error_not_a_deleted_block(monkeypatch):
 
     with pytest.raises(PrefectUnreachable, match="could not be reached"):
         reporter_answering(handler).read_secret_block("x")
+
+
+def test_the_job_timeout_comes_from_a_run_already_read_without_another_request():
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        return httpx.Response(200, json={"parameters": {"job": {"timeout_seconds": 30}}})
+
+    reporter = reporter_answering(handler)
+    assert reporter.read_job_timeout({"parameters": {"job": {"timeout_seconds": 12}}}) == 12.0
+    assert seen == []
+    assert reporter.read_job_timeout() == 30.0  # nothing read yet (sandbox off): one read
+    assert seen == [f"/api/flow_runs/{RUN_ID}"]
