@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -100,9 +101,15 @@ def errors_named_for(cell: Cell, shared_budget: bool) -> Iterator[None]:
 
 def cell_bodies(request: SweepRequest, cells: list[Cell]) -> list[dict[str, Any]]:
     """Each cell's POST /run body: base, the cell's axis values, its budget share, and
-    `evaluate_baseline: false` for a cell whose model's first cell scores the baseline."""
+    `evaluate_baseline: false` for a cell whose model's first cell scores the baseline.
+
+    Every cell gets the same `seed` (the base's, or one drawn for the sweep), so every cell
+    splits the data alike: their test metrics are comparable and one baseline serves all."""
     share = budget_share(request.budget, len(cells)) if request.budget else None
-    bodies = [{**request.base, **cell.parameters} for cell in cells]
+    seed = request.base.get("seed")
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**31)
+    bodies = [{**request.base, **cell.parameters, "seed": seed} for cell in cells]
     for index, (body, source) in enumerate(zip(bodies, baseline_sources(bodies), strict=True)):
         if share is not None:
             body["budget"] = share.model_dump(exclude_none=True)

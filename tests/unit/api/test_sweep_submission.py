@@ -95,3 +95,17 @@ def test_cells_get_their_owners_default_budget_as_a_job_would(sweeps_api):
     with_default(sweeps_api.app.state.jobs, max_lm_calls=2)  # less than any cell's test evaluation needs
     body = refused(sweeps_api, sweep(), 400)
     assert body["detail"].startswith("cell 0: the default budget of tester (PUT /users/me/budget) does not fit")
+
+
+def test_every_cell_splits_the_data_alike():
+    """Cells share one seed (the base's, or one drawn for the sweep): their test splits are
+    the same, so their metrics compare and one baseline per model serves them all."""
+    from api.sweeps import cell_bodies
+    from dspy_service.sweep_grid import SweepRequest, expand
+
+    base = {key: value for key, value in job_payload(PUBLIC_LM, rows=40).items() if key != "seed"}
+    request = SweepRequest.model_validate({"base": base, "grid": {"optimizer_name": ["bootstrap", "labeled_few_shot"]}})
+    drawn = cell_bodies(request, expand(request.grid, 50))
+    assert len({body["seed"] for body in drawn}) == 1 and isinstance(drawn[0]["seed"], int)
+    request = SweepRequest.model_validate({"base": {**base, "seed": 11}, "grid": request.grid.model_dump()})
+    assert [body["seed"] for body in cell_bodies(request, expand(request.grid, 50))] == [11, 11]
