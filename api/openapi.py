@@ -55,7 +55,9 @@ def _with_header(response: dict[str, Any], name: str, description: str, schema: 
 UNAVAILABLE = _error("The Prefect API is unreachable or the deployment is not registered")
 SECURITY_SCHEME = "HTTPBearer"
 PUBLIC_OPERATIONS = {("get", "/health")}
-QUOTA_BOUND_OPERATIONS = {("post", "/run"), ("post", "/schedules"), ("post", "/schedules/{schedule_id}/run")}
+QUOTA_BOUND_OPERATIONS = {
+    ("post", "/run"), ("post", "/schedules"), ("post", "/schedules/{schedule_id}/run"), ("post", "/sweeps"),
+}
 UNAUTHENTICATED = _with_header(
     _error("No token, or a token that is unknown or revoked"),
     "WWW-Authenticate",
@@ -93,6 +95,12 @@ BY_OPERATION: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
         "413": _error("The request body is larger than DSPY_SERVICE_MAX_REQUEST_MB"),
     },
     ("post", "/schedules/{schedule_id}/run"): {"400": _error("The schedule has no job payload")},
+    ("post", "/sweeps"): {
+        "400": _error("A grid the service will not run (no or an empty axis, too many cells) or a cell POST /run "
+                      "would refuse; `field` names it in the sweep's body"),
+        "413": _error("The request body is larger than DSPY_SERVICE_MAX_REQUEST_MB"),
+    },
+    ("post", "/sweeps/{sweep_id}/cancel"): {"409": _error("Every cell of the sweep has ended already")},
 }
 
 

@@ -44,6 +44,7 @@ from api.identity import Caller
 from api.ownership import owned_request, run_owner
 from api.prefect_reads import Run, filter_runs, read_run
 from api.quotas import check_active_jobs
+from api.run_pages import BEYOND_EVERY_RUN
 from api.status import JobStatus, run_status, state_type_of
 from api.submission import Submission, validated
 from dspy_service.contract import (
@@ -208,6 +209,8 @@ class Sweeps:
 
     async def list(self, owner: str | None, limit: int, offset: int) -> dict[str, Any]:
         """GET /sweeps: a page of sweeps newest first, each with its leaderboard."""
+        if offset >= BEYOND_EVERY_RUN:  # Prefect's SQLite fails on offsets over 2**63
+            return {"items": [], "limit": limit, "offset": offset}
         tags = [SWEEP_TAG, user_tag(owner)] if owner else [SWEEP_TAG]
         run_filter = FlowRunFilter(tags=FlowRunFilterTags(all_=tags))
         parents = await filter_runs(self.client, run_filter, None, FlowRunSort.EXPECTED_START_TIME_DESC, limit=limit,

@@ -24,6 +24,10 @@ BudgetSource = Literal["job", "user_default"]
 JOB, USER_DEFAULT = "job", "user_default"
 
 
+# Beyond any real spend; keeps every share and sum of budgets a finite float.
+MAX_COST_USD = 1e12
+
+
 class Budget(BaseModel):
     """Hard limits on what the job's LM calls may use, every role counted (main, reflection,
     prompt, task), compile and test evaluation together."""
@@ -39,9 +43,10 @@ class Budget(BaseModel):
     max_cost_usd: float | None = Field(
         default=None,
         gt=0,
+        le=MAX_COST_USD,
         allow_inf_nan=False,
         description="USD the job may spend, priced as `usage.cost` is (DSPy's price metadata or the model "
-        "config's own `input_cost_per_token` / `output_cost_per_token`).",
+        "config's own `input_cost_per_token` / `output_cost_per_token`); at most 1e12.",
     )
 
     def limits(self) -> dict[str, float]:

@@ -47,7 +47,9 @@ def test_every_operation_but_health_requires_a_token_and_documents_401_and_403(s
 
 def test_submissions_document_429_with_retry_after(schema):
     limited = {(m, p) for m, p, op in operations(schema) if "429" in op["responses"]}
-    assert limited == {("post", "/run"), ("post", "/schedules"), ("post", "/schedules/{schedule_id}/run")}
+    assert limited == {
+        ("post", "/run"), ("post", "/schedules"), ("post", "/schedules/{schedule_id}/run"), ("post", "/sweeps")
+    }
     retry = schema["paths"]["/run"]["post"]["responses"]["429"]
     assert retry["headers"]["Retry-After"]["schema"]["type"] == "integer"
     assert retry["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorDetail"}

@@ -80,3 +80,10 @@ def test_the_first_cell_of_each_model_scores_the_baseline_for_the_others():
     bodies = [{"model_config": m, "optimizer_name": o} for m in (a, b) for o in ("x", "y")]
     assert baseline_sources(bodies) == [0, 0, 2, 2]
     assert baseline_sources([{"model_config": a}, {"model_config": dict(a, temperature=1.0)}]) == [0, 1]
+
+
+def test_a_cost_limit_beyond_any_real_spend_is_a_422_not_an_overflow():
+    """1e308 USD would make a cell's share infinite; the budget refuses it, naming the field."""
+    with pytest.raises(ValidationError, match="max_cost_usd"):
+        Budget(max_cost_usd=1.1626565041302345e308)
+    assert budget_share(Budget(max_cost_usd=1e12), 3).max_cost_usd == pytest.approx(1e12 / 3)
