@@ -28,3 +28,14 @@ def test_a_job_without_its_baseline_pays_only_the_optimized_evaluation(lm, basel
     assert lm.stats()["calls"] == calls == result["details"]["usage"]["total"]["calls"]
     assert (result["baseline_test_metric"] is not None) is baseline and result["optimized_test_metric"] is not None
     assert result["details"]["seconds_per_example"] > 0
+
+
+def test_a_job_without_a_test_split_succeeds_without_scores(lm):
+    """split_fractions.test 0 is allowed: nothing to score, nothing divided by zero."""
+    payload = job_payload(lm.url, rows=20, optimizer_name="labeled_few_shot", optimizer_kwargs={"k": 4},
+                          model_config=tenant_model(lm.url), split_fractions={"train": 0.8, "val": 0.2, "test": 0})
+    outcome = run_flow(payload)
+    assert outcome.state.is_completed(), outcome.message
+    result = outcome.result
+    assert result["split_counts"]["test"] == 0 and result["details"]["seconds_per_example"] is None
+    assert lm.stats()["calls"] == 0  # LabeledFewShot compiles without the LM; no test example to score
