@@ -14,7 +14,7 @@ import uuid
 import dspy
 import pytest
 
-from tests.support.payloads import job_payload, payload_led_by, tenant_model
+from tests.support.payloads import job_payload, light_optimizer_payload, payload_led_by, tenant_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.sqlite_only]
 
@@ -50,6 +50,26 @@ def test_a_budgeted_job_ends_with_its_best_program_and_says_what_it_used(stack, 
     program = dspy.Predict("question -> answer")
     program.load_state(artifact.json()["program_artifact"]["program_state"])
     assert len(program.demos) == 3
+
+
+@pytest.mark.parametrize("optimizer, limit", [("gepa", 60), ("miprov2", 100)])
+def test_gepa_and_miprov2_stop_within_their_budget_with_their_best_program(stack, local_lm, optimizer, limit):
+    # The optimizers' light settings would go on past `limit` calls (tests/engine/test_budgets.py
+    # runs the same jobs in-process); every role's model has a name of its own, so the LM
+    # server's count for those names is what the job paid.
+    payload = light_optimizer_payload(local_lm.url, optimizer)
+    payload["budget"] = {"max_lm_calls": limit}
+    models = [own_model(payload, local_lm.url)]
+    if "reflection_model_config" in payload:
+        models.append(f"local-reflection-{uuid.uuid4().hex[:8]}")
+        payload["reflection_model_config"] = {**tenant_model(local_lm.url), "name": f"openai/{models[-1]}"}
+    summary = stack.wait_terminal(stack.submit(payload), timeout=240)
+    assert summary["status"] == "success" and summary["termination_reason"] == "budget_exhausted", summary
+    budget = summary["budget"]
+    paid = sum(calls_of(local_lm, model) for model in models)
+    assert budget["used"]["lm_calls"] == paid <= limit, (budget, local_lm.stats()["by_model"])
+    assert budget["overshoot"] == {"max_lm_calls": 0} and budget["exhausted_in"] == "compile-program", budget
+    assert summary["optimized_test_metric"] > summary["baseline_test_metric"], summary
 
 
 def test_a_budget_spent_before_any_candidate_fails_saying_how_far_it_got(stack, local_lm):
