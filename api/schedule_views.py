@@ -25,7 +25,7 @@ def public_job(spec: JobSpec) -> dict[str, Any]:
     configs = spec.lm_configs()
     for role in MODEL_ROLES:
         config = configs.get(role)
-        job[JobSpec.role_field(role)] = {"name": config.name, **config.public_settings()} if config else None
+        job[JobSpec.role_field(role)] = config.public_view() if config else None
     return job
 
 

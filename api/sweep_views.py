@@ -32,7 +32,7 @@ def public_model(config: Any) -> dict[str, Any]:
     except ValueError:
         name = config.get("name") if isinstance(config, dict) else None
         return {"name": name if isinstance(name, str) else None}
-    return {"name": model.name, **model.public_settings()}
+    return model.public_view()
 
 
 def public_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:

@@ -73,7 +73,7 @@ def build_document(spec: JobSpec, result: dict[str, Any]) -> dict[str, Any]:
         "metric_code_sha256": hashlib.sha256(spec.metric_code.encode()).hexdigest(),
         "optimizer_name": spec.optimizer_name,
         "dataset": {"rows": details.get("dataset_rows"), "sha256": details.get("dataset_sha256")},
-        "model_config": {"name": spec.main_model.name, **spec.main_model.public_settings()},
+        "model_config": spec.main_model.public_view(),
         "versions": {
             "dspy": saved_with.get("dspy") or package_version("dspy"),
             "python": saved_with.get("python"),

@@ -114,6 +114,10 @@ class ModelConfig(BaseModel):
         shown["extra"] = {k: v for k, v in self.extra.items() if k in PUBLIC_EXTRA_KEYS}
         return shown
 
+    def public_view(self) -> dict[str, Any]:
+        """The model config as every view shows it: its name and `public_settings`."""
+        return {"name": self.name, **self.public_settings()}
+
 
 class ColumnMapping(BaseModel):
     model_config = ConfigDict(extra="ignore")
