@@ -276,6 +276,15 @@ class ServiceSettings(ProgramServingSettings, BaseSettings):
         "upgrade.",
     )
 
+    warm_sandboxes: int | None = Field(
+        default=None,
+        ge=0,
+        le=64,
+        description="With warm start and the sandbox on: sandboxes each worker starts before their jobs arrive, "
+        "imports done (deployments/runtime/warm_slots.py); each costs the memory of an idle engine (~200 MB). "
+        "Default: job_slots; 0: every job starts its sandbox when it arrives.",
+    )
+
     serialize_run_creates: bool | None = Field(
         default=None,
         description="Create flow runs one at a time (SQLite answers parallel writes with "

@@ -14,6 +14,7 @@ from typing import Any
 import fsspec
 import orjson
 
+from dspy_service.sandbox_inputs import readable_path
 from dspy_service.schemas import DatasetRef
 from dspy_service.settings import get_settings
 
@@ -51,7 +52,7 @@ def _save_json(value: Any, name: str, rows: int) -> DatasetRef:
 
 
 def load_dataset(ref: DatasetRef) -> Any:
-    with fsspec.open(ref.url, "rb") as handle:
+    with fsspec.open(readable_path(ref.url), "rb") as handle:
         data = handle.read()
     if ref.sha256 and hashlib.sha256(data).hexdigest() != ref.sha256:
         raise ValueError(f"stored dataset {ref.url} does not match its checksum")

@@ -24,6 +24,7 @@ from dspy_service.contract import Stage
 from dspy_service.dataset_source import DatasetFormat, check_source, compression_of, is_remote, source_path
 from dspy_service.errors import JobError
 from dspy_service.registry import fit_to_splits, get_registry
+from dspy_service.sandbox_inputs import readable_path
 from dspy_service.schemas import JobSpec
 from dspy_service.settings import get_settings
 from tasks import stage
@@ -118,7 +119,7 @@ def read_dataset_source(source: str, fmt: DatasetFormat | None = None) -> list[d
     """Read a CSV / JSON Lines / JSON / Parquet file or URL into rows, as it is right now."""
     fmt = check_source(source, fmt)
     try:
-        frame = _read_frame(source, fmt)
+        frame = _read_frame(readable_path(source), fmt)
     except FileNotFoundError:
         raise JobError(
             f"dataset_source {source} does not exist on this worker ({socket.gethostname()}); "

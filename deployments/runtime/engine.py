@@ -27,9 +27,12 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Mapping
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
 from deployments.runtime import procfs
+
+if TYPE_CHECKING:
+    from deployments.runtime.limits import PidsCgroup
 
 ENGINE_COMMAND = [sys.executable, "-m", "prefect.engine"]
 
@@ -49,28 +52,34 @@ class Engine(Protocol):
 
 
 class EngineStarter(Protocol):
-    """Starts the engine for one attempt of the job; `verb` says how, in the job's log."""
+    """Starts the engine for one attempt of the job; `verb` says how, in the job's log;
+    `cgroup` is the pids cgroup the next engine already runs in (a pre-started one), if any."""
 
     verb: str
+    cgroup: PidsCgroup | None
 
     def start(self, env: Mapping[str, str], confine: Confine) -> Engine: ...
 
 
 class ColdStarter:
     verb = "started"
+    cgroup = None
 
     def start(self, env: Mapping[str, str], confine: Confine) -> Engine:
         return spawn_engine(ENGINE_COMMAND, env, confine)
 
 
-def spawn_engine(argv: list[str], env: Mapping[str, str], confine: Confine) -> subprocess.Popen:
+def spawn_engine(
+    argv: list[str], env: Mapping[str, str], confine: Confine, stdin: int = subprocess.DEVNULL
+) -> subprocess.Popen:
     """A new interpreter as the engine child, prepared as every engine is: a session of its
-    own, stdin from /dev/null, stdout and stderr into one pipe, no inherited descriptors,
-    `confine` run before exec (also for the sandbox's bubblewrap: job_sandbox.py)."""
+    own, stdin from /dev/null (a pipe for a warm sandbox's job hand-off: warm_sandbox.py),
+    stdout and stderr into one pipe, no inherited descriptors, `confine` run before exec
+    (also for the sandbox's bubblewrap: job_sandbox.py)."""
     return subprocess.Popen(
         argv,
         env=dict(env),
-        stdin=subprocess.DEVNULL,
+        stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -81,6 +90,7 @@ def spawn_engine(argv: list[str], env: Mapping[str, str], confine: Confine) -> s
 
 class ForkStarter:
     verb = "forked"
+    cgroup = None
 
     def __init__(self, run: Callable[[dict[str, str]], int], keep_fds: frozenset[int] = frozenset()):
         self.run = run

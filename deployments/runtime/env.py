@@ -8,6 +8,7 @@ name that matches no allowed pattern is dropped.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 from collections.abc import Mapping
 
@@ -81,3 +82,20 @@ def engine_environment(environ: Mapping[str, str], passthrough: str = "") -> dic
     # and LiteLLM never fetches its model cost map from the internet.
     env.update(JOB_ENV)
     return env
+
+
+M_ARENA_MAX = -8  # glibc mallopt parameter
+
+
+def apply_malloc_env(env: dict[str, str]) -> None:
+    """glibc reads MALLOC_ARENA_MAX once, at process start (here: the zygote's); a forked
+    engine gets the job's value through mallopt. Without it every DSPy thread may map a
+    64 MB arena, and the job hits its address-space limit (RLIMIT_AS) with 'can't start
+    new thread'."""
+    value = env.get("MALLOC_ARENA_MAX")
+    if not value or not value.isdigit():
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, int(value))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -36,10 +37,11 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from deployments.runtime import procfs
-from deployments.runtime.engine import Confine, spawn_engine
+from deployments.runtime.engine import Confine, EngineStarter, spawn_engine
 from deployments.runtime.sandbox import (
     EGRESS_SOCKET,
     PREFECT_SOCKET,
+    SANDBOX_WORK_DIR,
     JobDirectory,
     Mount,
     SandboxLayout,
@@ -51,6 +53,7 @@ from deployments.runtime.sandbox import (
 from dspy_service.dataset_source import file_source_problem
 from dspy_service.errors import JobError
 from dspy_service.sandbox_check import cached_bubblewrap_problem
+from dspy_service.sandbox_inputs import SANDBOX_INPUTS_ENV
 from dspy_service.settings import ServiceSettings
 
 RESULTS_ENV = "PREFECT_LOCAL_STORAGE_PATH"
@@ -59,6 +62,20 @@ RESULT_BLOCK_ENV = "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"
 
 class SandboxUnavailable(RuntimeError):
     """No sandbox can start on this host; the message says how to fix it."""
+
+
+class PreStarted(Protocol):
+    """A sandbox started before its job (warm_sandbox.WarmSandbox), as a job's sandbox uses it."""
+
+    directory: JobDirectory
+    layout: SandboxLayout
+    used: bool
+
+    def claim(self, flow_run_id: str) -> bool: ...
+
+    def retire(self) -> None: ...
+
+    def starter(self, extra_env: Mapping[str, str]) -> EngineStarter: ...
 
 
 class Proxy(Protocol):
@@ -97,7 +114,10 @@ class JobSandbox:
         flow_run_id: str,
         on_denied: Callable[[str], None],
         read_block: Callable[[str], dict[str, Any] | None],
+        warm: PreStarted | None = None,
     ):
+        self.warm = warm  # a sandbox started before the job (warm_sandbox.py), if the slot had one
+        self.inputs: dict[str, str] = {}  # a warm sandbox's copied inputs: name in the job -> path inside
         self.settings = settings
         self.read_block = read_block
         self.environ = environ
@@ -113,41 +133,85 @@ class JobSandbox:
             raise SandboxUnavailable(problem)
         from dspy_service.batch_spec import run_spec
         from dspy_service.lm_cache import tenant_cache_dir
-        from dspy_service.schemas import DatasetRef
         from dspy_service.secrets import handed_blocks, resolve_model_secrets
 
         parameters = run.get("parameters") or {}
         spec = run_spec(parameters)  # an optimization job's JobSpec or a batch job's BatchSpec
-        self.directory = JobDirectory(self.settings.sandbox_dir, self.flow_run_id)
-        layout = SandboxLayout(job_dir=self.directory.path, uid=self.settings.sandbox_uid)
         handed = handed_blocks(spec, self.read_block)
+        try:
+            cache = tenant_cache_dir(resolve_model_secrets(spec, handed.get), self.settings)
+        except JobError:  # e.g. a deleted credential: the engine fails on it where it builds its LMs
+            cache = None
+        if cache is not None:  # a warm sandbox cannot mount it
+            self.retire_warm()
+        layout = self.claim_warm() or self.new_layout()
         layout.secrets_file.write_text(json.dumps(handed))
         os.chmod(layout.secrets_file, 0o600)
+        for name, host_file in self.input_files(parameters, spec):
+            self.hand_input(layout, name, host_file)
+        if cache is not None:
+            layout.mounts.append(Mount(cache, writable=True))
+        self.layout = layout
+        self.start_proxies(run, spec)
+
+    def retire_warm(self) -> None:
+        if self.warm is not None:
+            self.warm.retire()
+            self.warm = None
+
+    def claim_warm(self) -> SandboxLayout | None:
+        """The warm sandbox's layout, its result directory now the job's; None without one."""
+        if self.warm is not None and not self.warm.claim(self.flow_run_id):
+            self.retire_warm()
+        if self.warm is None:
+            return None
+        self.directory = self.warm.directory
+        return self.warm.layout
+
+    def new_layout(self) -> SandboxLayout:
+        """A cold sandbox's layout: a new job directory, the job's result directory mounted."""
+        self.directory = JobDirectory(self.settings.sandbox_dir, self.flow_run_id)
+        layout = SandboxLayout(job_dir=self.directory.path, uid=self.settings.sandbox_uid)
         results = results_root(self.environ)
         own_results = results / self.flow_run_id
         own_results.mkdir(parents=True, exist_ok=True)
         layout.mounts.append(Mount(own_results, writable=True, target=results))
-        for key in ("dataset_ref", "program_ref"):  # a batch job's copy of its program version too
+        layout.hidden = hidden_inside_mounts([self.settings.home_dir])
+        return layout
+
+    def input_files(self, parameters: dict[str, Any], spec: Any) -> list[tuple[str, Path]]:
+        """The job's input files on this host: (the URL or path as the job names it, the file).
+        Its stored dataset, a batch job's stored program version, a `dataset_source` file."""
+        from dspy_service.schemas import DatasetRef
+
+        found: list[tuple[str, Path]] = []
+        for key in ("dataset_ref", "program_ref"):
             ref = parameters.get(key)
-            stored = local_path(DatasetRef.model_validate(ref).url) if ref else None
-            if stored is not None and stored.is_file():
-                layout.mounts.append(Mount(stored))
+            url = DatasetRef.model_validate(ref).url if ref else None
+            stored = local_path(url)
+            if url and stored is not None and stored.is_file():
+                found.append((url, stored))
         source = local_path(spec.dataset_source)
         if source is not None:
             problem = file_source_problem(str(source), self.settings.dataset_dirs, [str(self.settings.home_dir)])
             if problem:
                 raise JobError(f"dataset_source: {problem}", field="dataset_source")
             if source.is_file():
-                layout.mounts.append(Mount(Path(os.path.realpath(source)), target=source))
-        try:
-            cache = tenant_cache_dir(resolve_model_secrets(spec, handed.get), self.settings)
-        except JobError:  # e.g. a deleted credential: the engine fails on it where it builds its LMs
-            cache = None
-        if cache is not None:
-            layout.mounts.append(Mount(cache, writable=True))
-        layout.hidden = hidden_inside_mounts([self.settings.home_dir])
-        self.layout = layout
-        self.start_proxies(run, spec)
+                found.append((spec.dataset_source, source))
+        return found
+
+    def hand_input(self, layout: SandboxLayout, name: str, host_file: Path) -> None:
+        """Mount an input file read-only at its own path (cold), or copy it into the warm
+        sandbox's work directory (`/job/inputs`, dspy_service/sandbox_inputs.py)."""
+        real = Path(os.path.realpath(host_file))
+        if self.warm is None:
+            layout.mounts.append(Mount(real, target=host_file))
+            return
+        inputs = layout.work_dir / "inputs"
+        inputs.mkdir(mode=0o700, exist_ok=True)
+        copy = inputs / f"{len(self.inputs)}-{host_file.name}"
+        shutil.copyfile(real, copy)
+        self.inputs[name] = f"{SANDBOX_WORK_DIR}/inputs/{copy.name}"
 
     def start_proxies(self, run: dict[str, Any], spec: Any) -> None:
         from deployments.prefect_auth import auth_headers
@@ -176,11 +240,16 @@ class JobSandbox:
         for proxy in self.proxies:
             proxy.start()
 
-    def starter(self) -> SandboxStarter:
+    def starter(self) -> EngineStarter:
         assert self.layout is not None, "prepare() first"
-        return SandboxStarter(self.layout)
+        extra_env = {SANDBOX_INPUTS_ENV: json.dumps(self.inputs)} if self.inputs else {}
+        if self.warm is not None:
+            return self.warm.starter(extra_env)
+        return SandboxStarter(self.layout, extra_env)
 
     def close(self) -> None:
+        if self.warm is not None and not self.warm.used:  # prepared, but the job never started
+            self.retire_warm()
         for proxy in self.proxies:
             proxy.close()
         self.proxies = []
@@ -213,12 +282,15 @@ class SandboxedEngine:
 
 class SandboxStarter:
     verb = "started sandboxed"
+    cgroup = None
 
-    def __init__(self, layout: SandboxLayout):
+    def __init__(self, layout: SandboxLayout, extra_env: Mapping[str, str] | None = None):
         self.layout = layout
+        self.extra_env = dict(extra_env or {})
 
     def start(self, env: Mapping[str, str], confine: Confine) -> SandboxedEngine:
-        process = spawn_engine(bwrap_command(self.layout, entry_argv()), sandbox_environment(env), confine)
+        environment = sandbox_environment({**env, **self.extra_env})
+        process = spawn_engine(bwrap_command(self.layout, entry_argv()), environment, confine)
         return SandboxedEngine(process, engine_process(process.pid))
 
 

@@ -30,14 +30,22 @@ from deployments.runtime.sandbox import (
 from deployments.runtime.unix_forward import TcpToUnixForwarder
 
 
-def main() -> int:
+def start_bridges() -> bool:
+    """Listen on the loopback ports for the proxies' sockets (kept for the life of the
+    engine); False, after saying why on stderr, when a port cannot listen."""
     try:
         bridges = [TcpToUnixForwarder(Path(SANDBOX_RUN_DIR) / name, port=port) for port, name in
                    ((PREFECT_PORT, PREFECT_SOCKET), (EGRESS_PORT, EGRESS_SOCKET))]
-        for bridge in bridges:  # kept for the life of the engine
+        for bridge in bridges:
             bridge.start()
     except (OSError, RuntimeError) as exc:
         print(f"sandbox: cannot bridge to the job's proxies: {exc}", file=sys.stderr, flush=True)
+        return False
+    return True
+
+
+def main() -> int:
+    if not start_bridges():
         return 1
     sys.argv = ["prefect.engine"]
     try:

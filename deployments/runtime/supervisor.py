@@ -35,6 +35,7 @@ import signal
 import socket
 import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from deployments.runtime.engine import ColdStarter, EngineStarter
 from deployments.runtime.env import engine_environment
@@ -56,6 +57,9 @@ from dspy_service.contract import NOTIFY_TAG, schedule_tag, user_tag
 from dspy_service.errors import JobError
 from dspy_service.sandbox_check import SANDBOX_OFF_WARNING
 from dspy_service.settings import ServiceSettings, get_settings
+
+if TYPE_CHECKING:
+    from deployments.runtime.warm_sandbox import WarmSandbox
 
 PREFECT_UNREACHABLE = "the Prefect API could not be reached to prepare the job's sandbox; submit the job again"
 
@@ -97,8 +101,14 @@ class JobSupervisor:
     """Runs one job's engine to its end under the service's limits and reports the end."""
 
     def __init__(
-        self, settings: ServiceSettings, environ: Mapping[str, str], starter: EngineStarter, worker: WorkerWatch
+        self,
+        settings: ServiceSettings,
+        environ: Mapping[str, str],
+        starter: EngineStarter,
+        worker: WorkerWatch,
+        warm: WarmSandbox | None = None,
     ):
+        self.warm = warm  # a sandbox started before the job (a warm slot's), to run it in
         self.flow_run_id = environ.get("PREFECT__FLOW_RUN_ID")
         self.settings = settings
         self.environ = environ
@@ -145,6 +155,8 @@ class JobSupervisor:
     def enter_sandbox(self) -> str | None:
         """Prepare the job's sandbox (settings.sandbox on); why the job cannot start, if so."""
         if self.settings.sandbox == "off":
+            if self.warm is not None:
+                self.warm.retire()
             self.output.note(f"warning: {SANDBOX_OFF_WARNING}")
             return None
         if not self.flow_run_id:
@@ -155,7 +167,7 @@ class JobSupervisor:
         self.run_read = run
         self.tag_schedule_run(run)
         self.sandbox = JobSandbox(
-            self.settings, self.environ, self.flow_run_id, self.denied, self.reporter.read_secret_block
+            self.settings, self.environ, self.flow_run_id, self.denied, self.reporter.read_secret_block, self.warm
         )
         try:
             self.sandbox.prepare(run)
@@ -201,7 +213,8 @@ class JobSupervisor:
         """Start the engine, pass its output on until it exits, clean up after it."""
         supervisor_pid = os.getpid()
         prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of the job become ours to kill
-        cgroup = PidsCgroup.create(self.flow_run_id or str(supervisor_pid), self.limits.max_tasks)
+        name = self.flow_run_id or str(supervisor_pid)
+        cgroup = self.starter.cgroup or PidsCgroup.create(name, self.limits.max_tasks)  # a warm sandbox's: its own
         engine = self.starter.start(self.env, lambda: confine_engine(self.limits, cgroup, supervisor_pid))
         self.stop.watch(engine, cgroup)
         if self.sandbox is not None:  # the engine's own pid is its namespace's, not the host's

@@ -38,11 +38,18 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from deployments.runtime import procfs
 from deployments.runtime.engine import ForkStarter, assert_single_threaded
+from deployments.runtime.env import apply_malloc_env
 from deployments.runtime.limits import exited_children
 from deployments.runtime.protocol import exit_code, recv_request
+from deployments.runtime.warm_slots import SlotPool, hand_off_fds, run_slot
+
+if TYPE_CHECKING:
+    from deployments.runtime.warm_sandbox import WarmSandbox
 
 # What the engine and the flow import, paid once here instead of once per job.
 PRELOAD = (
@@ -137,26 +144,9 @@ def adopt_environment(env: dict[str, str], engine: bool = True) -> None:
         setup_logging(incremental=False)
 
 
-M_ARENA_MAX = -8  # glibc mallopt parameter
-
-
-def apply_malloc_env(env: dict[str, str]) -> None:
-    """glibc reads MALLOC_ARENA_MAX once, at process start (here: the zygote's); a forked
-    engine gets the job's value through mallopt. Without it every DSPy thread may map a
-    64 MB arena, and the job hits its address-space limit (RLIMIT_AS) with 'can't start
-    new thread'."""
-    value = env.get("MALLOC_ARENA_MAX")
-    if not value or not value.isdigit():
-        return
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).mallopt(M_ARENA_MAX, int(value))
-
-
-def become_supervisor(conn: socket.socket, request: dict, fds: list[int]) -> int:
-    """In the zygote's child: take over the relay's stdio, environment and cwd, and
-    supervise the job."""
+def become_supervisor(conn: socket.socket, request: dict, fds: list[int], warm: WarmSandbox | None = None) -> int:
+    """In the zygote's child (or a warm slot, with its sandbox): take over the relay's
+    stdio, environment and cwd, and supervise the job."""
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
     for fd in fds:
@@ -175,7 +165,7 @@ def become_supervisor(conn: socket.socket, request: dict, fds: list[int]) -> int
     from dspy_service.settings import get_settings
 
     starter = ForkStarter(run_engine, keep_fds=frozenset(PRELOADED_FDS))
-    return JobSupervisor(get_settings(), os.environ, starter, RelayWatch(conn)).run()
+    return JobSupervisor(get_settings(), os.environ, starter, RelayWatch(conn), warm=warm).run()
 
 
 def run_engine(env: dict[str, str]) -> int:
@@ -228,9 +218,10 @@ def system_exit_code(exc: SystemExit) -> int:
 
 
 class Zygote:
-    def __init__(self, path: str):
+    def __init__(self, path: str, warm_sandboxes: int = 0):
         self.path = path
         self.jobs: dict[int, socket.socket] = {}  # supervisor pid -> its relay's connection
+        self.slots = SlotPool(warm_sandboxes, self.fork_slot, log) if warm_sandboxes else None
         self.stopping = False
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 
@@ -269,6 +260,8 @@ class Zygote:
             if ready and not self.stopping:
                 self.accept()
             self.reap()
+            if self.slots is not None and not self.stopping:
+                self.slots.fill()
         self.close()
 
     def _stop(self, _signum: int, _frame: object) -> None:
@@ -284,7 +277,9 @@ class Zygote:
             conn.settimeout(5)
             request, fds = recv_request(conn)
             conn.settimeout(None)
-            pid = self.fork_supervisor(conn, request, fds)
+            pid = self.slots.hand(request, hand_off_fds(conn, fds)) if self.slots is not None else None
+            if pid is None:
+                pid = self.fork_supervisor(conn, request, fds)
             conn.sendall(f"pid {pid}\n".encode())
         except EOFError:
             conn.close()
@@ -302,6 +297,13 @@ class Zygote:
         self.jobs[pid] = conn
 
     def fork_supervisor(self, conn: socket.socket, request: dict, fds: list[int]) -> int:
+        return self.fork(lambda: become_supervisor(conn, request, fds))
+
+    def fork_slot(self, sock: socket.socket) -> int:
+        return self.fork(lambda: run_slot(sock, become_supervisor, log))
+
+    def fork(self, child: Callable[[], int]) -> int:
+        """Fork a child that runs `child` with none of the zygote's sockets but its own."""
         assert_single_threaded()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -313,7 +315,9 @@ class Zygote:
             self.listener.close()
             for other in self.jobs.values():
                 other.close()
-            code = become_supervisor(conn, request, fds)
+            if self.slots is not None:
+                self.slots.close()
+            code = child()
         except BaseException:
             with contextlib.suppress(BaseException):
                 import traceback
@@ -326,10 +330,12 @@ class Zygote:
             os._exit(code)
 
     def reap(self) -> None:
-        """Tell each finished supervisor's relay its exit code."""
-        if not self.jobs:
+        """Tell each finished supervisor's relay its exit code; notice slots that died idle."""
+        if not self.jobs and (self.slots is None or not self.slots.idle):
             return
         for pid, status in exited_children():
+            if self.slots is not None and self.slots.died_idle(pid, exit_code(status)):
+                continue
             conn = self.jobs.pop(pid, None)
             if conn is not None:
                 with contextlib.suppress(OSError):
@@ -337,6 +343,8 @@ class Zygote:
                 conn.close()
 
     def close(self) -> None:
+        if self.slots is not None:
+            self.slots.close()
         with contextlib.suppress(OSError):
             self.listener.close()
         with contextlib.suppress(OSError):
@@ -344,12 +352,22 @@ class Zygote:
         log(f"stopped ({len(self.jobs)} job supervisors still running keep running on their own)")
 
 
+def warm_sandbox_count() -> int:
+    """Idle warm slots to keep (warm_slots.py): none without the sandbox."""
+    from dspy_service.settings import get_settings
+
+    settings = get_settings()
+    if settings.sandbox == "off":
+        return 0
+    return settings.job_slots if settings.warm_sandboxes is None else settings.warm_sandboxes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="dspy-service warm-start zygote")
     parser.add_argument("--socket", required=True, help="Unix socket path to listen on")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    zygote = Zygote(args.socket)
+    zygote = Zygote(args.socket, warm_sandbox_count())
     zygote.check_free()  # before the imports: a second zygote on the same path fails fast
     preload()
     if threading.active_count() != 1:

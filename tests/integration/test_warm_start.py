@@ -4,9 +4,8 @@ and keep every guarantee of a cold job process.
 A stack of its own (SQLite, one worker with its zygote, the reliability suite's hostile
 settings: a canary provider key in the worker's environment, lowered limits). The checks
 are the contract and hostile-code suites' own (from tests.support). The engine is a fork of
-the warm supervisor only with DSPY_SERVICE_SANDBOX=off, which that stack runs with; with the
-sandbox on (the default, the last test's stack) the supervisor is still the zygote's fork
-and the engine a new interpreter inside bubblewrap.
+the warm supervisor only with DSPY_SERVICE_SANDBOX=off, which this stack runs with; with the
+sandbox on (the default) jobs run in warm sandboxes: tests/integration/test_warm_sandboxes.py.
 """
 
 from __future__ import annotations
@@ -189,21 +188,3 @@ def test_a_zygote_crash_neither_hangs_nor_fails_jobs(wstack, local_lm):
     engine = engine_pid(wstack.api, cold, timeout=60)
     worker_log = wstack.stack.workers[0].log_path.read_text(errors="replace")
     assert "warm start unavailable" in worker_log and f"started engine {engine}" in worker_log
-
-
-def test_with_the_sandbox_on_the_supervisor_is_the_zygote_s_fork_and_the_engine_sandboxed(
-    tmp_path_factory, local_lm
-):
-    sandboxed = WarmStack.start(tmp_path_factory.mktemp("stack-warm-sandboxed"), job_slots=1, warm_start=True)
-    try:
-        local_lm.set_delay(300)
-        job_id = sandboxed.submit(job_payload(local_lm.url, rows=20))
-        procs = sandboxed.processes(job_id)
-        assert parent_of(procs.supervisor) == sandboxed.zygote_pid
-        assert "deployments.runtime.sandbox_entry" in cmdline(procs.engine)
-        assert os.getsid(procs.engine) != procs.engine  # bubblewrap leads the job's session
-        local_lm.set_delay(0)
-        assert sandboxed.wait_terminal(job_id)["status"] == "success"
-    finally:
-        local_lm.set_delay(0)
-        sandboxed.stop()
