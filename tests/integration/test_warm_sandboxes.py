@@ -10,6 +10,8 @@ limits).
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 
 import pytest
@@ -134,14 +136,42 @@ def test_cancel_kills_the_warm_sandboxed_job_tree(sstack, local_lm):
     assert sstack.api.get(f"/jobs/{job_id}").json()["status"] == "cancelled"
 
 
-def test_idle_sandboxes_end_with_their_zygote(tmp_path_factory, local_lm):
-    """Last: stops a stack of its own."""
-    running = WarmStack.start(tmp_path_factory.mktemp("stack-warm-stop"), job_slots=1, warm_start=True)
+def test_engine_sigkill_fails_the_job_and_a_fresh_sandbox_takes_the_next(sstack, local_lm):
+    idle_engines(sstack)
+    local_lm.set_delay(1000)
     try:
-        waiting = idle_engines(running, count=1)
-        home = running.stack.config.settings.home_dir
-        assert list(home.rglob(".warm-*")), "no staged result directory of the waiting sandbox"
+        job_id = sstack.submit(job_payload(local_lm.url, rows=60, module_name="cot"))
+        engine = sstack.processes(job_id).engine
+        sstack.wait_for_status(job_id, {"running"}, timeout=60)
+        os.kill(engine, signal.SIGKILL)
+        job = sstack.wait_terminal(job_id, timeout=30)
     finally:
-        running.stop()
-    wait_until_gone(waiting, timeout=15)
-    assert not list(home.rglob(".warm-*")), "a staged result directory was left behind"
+        local_lm.set_delay(0)
+    assert job["status"] == "failed" and "job process was killed (SIGKILL)" in job["message"], job
+    refilled = idle_engines(sstack)
+    after = sstack.submit(job_payload(local_lm.url, rows=20))
+    assert sstack.processes(after).engine in refilled
+    assert sstack.wait_terminal(after)["status"] == "success"
+
+
+def test_a_zygote_crash_ends_its_idle_sandboxes_but_not_its_running_job(sstack, local_lm):
+    """Last in the module: it leaves the stack without a zygote. The running job (its slot
+    is its supervisor already) finishes; the idle sandboxes go with their zygote and leave
+    no staged result directory; the next job starts cold."""
+    idle_engines(sstack)
+    home = sstack.stack.config.settings.home_dir
+    local_lm.set_delay(300)
+    try:
+        running = sstack.submit(job_payload(local_lm.url, rows=20))
+        engine = sstack.processes(running).engine
+        idle = idle_engines(sstack, count=SLOTS + 1) - {engine}  # the job's slot was replaced
+        os.kill(sstack.zygote_pid, signal.SIGKILL)
+        sstack.stack.zygotes[0].process.wait(10)
+        wait_until_gone(idle, timeout=15)
+        assert sstack.wait_terminal(running, timeout=90)["status"] == "success"
+    finally:
+        local_lm.set_delay(0)
+    wait_until(lambda: not list(home.rglob(".warm-*")), 15, 0.1, what="the staged result directories to go")
+    cold = sstack.submit(job_payload(local_lm.url, rows=20))
+    assert sstack.wait_terminal(cold, timeout=90)["status"] == "success"
+    assert "warm start unavailable" in sstack.stack.workers[0].log_path.read_text(errors="replace")
