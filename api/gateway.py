@@ -48,6 +48,7 @@ from api import views
 from api.job_secrets import inline_block_of
 from api.kept_programs import delete_kept_program, read_kept_program
 from api.prefect_reads import Run, filter_runs, read_logs, read_logs_since, read_run, read_states, read_task_run_named
+from api.run_cache import RunCache
 from api.run_pages import RunPage, read_page
 from api.status import JobStatus, run_status, state_type_of
 from dspy_service.contract import NOTIFY_TAG, TERMINAL_STATE_TYPES, WORK_STAGES, user_tag
@@ -92,6 +93,8 @@ class JobGateway:
         self._results: OrderedDict[str, dict[str, Any]] = OrderedDict()
         # Logs of runs that ended a while ago, by (flow-run id, state id); see job_logs.
         self._logs: OrderedDict[tuple[str, str], JobLogs] = OrderedDict()
+        # The read model of GET /jobs/{id} (api/run_events.py); this replica's writes drop their run.
+        self.run_cache = RunCache(settings.read_model_size, settings.read_model_max_age_seconds)
 
     # -- deployment ---------------------------------------------------------------------
     async def deployment_id(self, full_name: str | None = None) -> UUID:
@@ -295,6 +298,7 @@ class JobGateway:
         else:
             state = Cancelling(message="cancelled by the user")
         await self.client.set_flow_run_state(UUID(run["id"]), state, force=True)
+        self.run_cache.forget(run["id"])
 
     async def tag_for_notification(self, run: Run) -> None:
         """A run Prefect's scheduler created gets its notify tag when it starts
@@ -304,6 +308,7 @@ class JobGateway:
         job = (run.get("parameters") or {}).get("job")
         if NOTIFY_TAG not in tags and isinstance(job, dict) and job.get("notify_url"):
             await self.client.update_flow_run(UUID(run["id"]), tags=[*tags, NOTIFY_TAG])
+            self.run_cache.forget(run["id"])
 
     async def delete(self, run: Run) -> None:
         """Delete the run and what it owns: artifacts, stored result, dataset, inline secrets and webhook log. Its logs
@@ -331,6 +336,7 @@ class JobGateway:
         for key in [k for k in self._logs if k[0] == run["id"]]:
             del self._logs[key]
         await self.client.delete_flow_run(run_id)
+        self.run_cache.forget(run["id"])
 
     # -- pool and workers ---------------------------------------------------------------
     async def queue_snapshot(self) -> dict[str, Any]:
