@@ -5,7 +5,8 @@ runs), submits one job through the API and cancels it, then stores --jobs copies
 flow run straight through the Prefect API (same deployment, parameters, tags and labels;
 state Cancelled), half owned by `bench` and half by `other`. Then, sequentially,
 --requests times each: GET /jobs/{id} and /jobs/{id}/summary of a stored job, GET
-/jobs?limit=50 (the admin: everyone's) and GET /jobs?limit=50&username=bench.
+/jobs?limit=50 (the admin: everyone's) and GET /jobs?limit=50&username=bench; then the
+Prefect requests behind them, straight at Prefect (which part is Prefect's own work).
 
     PYTHONPATH=. .venv/bin/python bench/read_model.py --jobs 10000 --json bench/results/read-model.json
     DSPY_SERVICE_READ_MODEL_SIZE=0 PYTHONPATH=. .venv/bin/python bench/read_model.py ...  # read model off
@@ -74,6 +75,34 @@ def timed(api: httpx.Client, url: str, n: int, **kwargs) -> dict:
     return summarize(samples, 1)
 
 
+def timed_prefect(prefect: httpx.Client, method: str, path: str, n: int, **kwargs) -> dict:
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter()
+        response = prefect.request(method, path, **kwargs)
+        samples.append((time.perf_counter() - started) * 1000)
+        response.raise_for_status()
+    return summarize(samples, 1)
+
+
+def prefect_share(prefect: httpx.Client, deployment_ids: list[str], job_id: str, n: int) -> dict:
+    """What the API asks Prefect for these reads, timed straight at Prefect: a job's run
+    (GET /jobs/{id} on a miss) and the two requests of a GET /jobs?limit=50&username=bench
+    page (api/gateway.py `list`: the page and its total, in parallel)."""
+    where = {
+        "flow_runs": {"tags": {"all_": ["user:bench"]}},
+        "deployments": {"id": {"any_": deployment_ids}},
+    }
+    page = {**where, "sort": "EXPECTED_START_TIME_DESC", "limit": 50, "offset": 0}
+    return {
+        "GET /flow_runs/{id}": timed_prefect(prefect, "GET", f"/flow_runs/{job_id}", n),
+        "POST /flow_runs/filter (limit 50, user tag)": timed_prefect(
+            prefect, "POST", "/flow_runs/filter", n, json=page
+        ),
+        "POST /flow_runs/count (user tag)": timed_prefect(prefect, "POST", "/flow_runs/count", n, json=where),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
@@ -113,6 +142,11 @@ def main() -> int:
                 api, "/jobs", args.requests, params={"limit": 50, "username": "bench"}
             ),
         }
+        deployment_ids = [
+            prefect.get(f"/deployments/name/{name}").raise_for_status().json()["id"]
+            for name in bench.config.settings.job_deployment_names
+        ]
+        report["prefect_ms"] = prefect_share(prefect, deployment_ids, stored, args.requests)
         api.close()
         prefect.close()
     finally:
