@@ -247,3 +247,34 @@ def test_the_listener_applies_events_and_reads_through_after_the_stream_fails():
         assert not cache.live
 
     asyncio.run(scenario())
+
+
+def test_a_kept_run_is_shown_to_its_owner_only():
+    """GET /jobs/{id} and /summary take the run from the read model and check its owner
+    by the same code as every job route: another user's id answers 404."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from api.gateway import JobGateway
+    from api.identity import Caller, current_user
+    from api.routes import jobs
+    from dspy_service.settings import ServiceSettings
+
+    _, prefect, cache, reads = model()
+    cache.connected()
+    run_id = prefect.add("CANCELLED", owner="alice")
+    app = FastAPI()
+    app.include_router(jobs.router)
+    app.state.gateway = JobGateway(client=None, settings=ServiceSettings())
+    app.state.read_model = reads
+    caller = {"who": Caller("alice", admin=False)}
+    app.dependency_overrides[current_user] = lambda: caller["who"]
+    api = TestClient(app)
+    assert api.get(f"/jobs/{run_id}/summary").json()["status"] == "cancelled"
+    assert len(cache) == 1 and prefect.gets == 1
+    caller["who"] = Caller("mallory", admin=False)
+    for path in ("/jobs/{}", "/jobs/{}/summary"):
+        assert api.get(path.format(run_id)).status_code == 404  # kept, but not theirs
+    assert prefect.gets == 1
+    caller["who"] = Caller("root", admin=True)
+    assert api.get(f"/jobs/{run_id}/summary").status_code == 200
