@@ -12,7 +12,7 @@ from fastapi import Depends, HTTPException, Request
 from prefect.client.schemas.objects import DeploymentSchedule
 
 from api.gateway import JobGateway
-from api.identity import CurrentUser
+from api.identity import Caller, CurrentUser
 from api.ownership import run_owner, schedule_owner
 from api.prefect_reads import Run
 from api.schedule_gateway import ScheduleGateway
@@ -37,12 +37,29 @@ async def get_gateway(request: Request) -> JobGateway:
 GatewayDep = Annotated[JobGateway, Depends(get_gateway)]
 
 
-async def get_job_run(job_id: str, gateway: GatewayDep, caller: CurrentUser) -> Run:
-    run = await gateway.get(job_id)
+def owned_job(run: Run | None, caller: Caller, job_id: str) -> Run:
+    """The one ownership check of a job id, whether the run was read or kept."""
     return found(run if run is not None and caller.owns(run_owner(run)) else None, f"job {job_id}")
 
 
+async def get_job_run(job_id: str, gateway: GatewayDep, caller: CurrentUser) -> Run:
+    """The run read from Prefect now: for writes, which decide on its current state."""
+    return owned_job(await gateway.get(job_id), caller, job_id)
+
+
 JobRunDep = Annotated[Run, Depends(get_job_run)]
+
+
+async def get_job_view(job_id: str, request: Request, caller: CurrentUser) -> Run:
+    """The run from the read model (api/run_events.py): at most read_model_max_age_seconds
+    old; for reads only. An app without one reads Prefect."""
+    read_model = getattr(request.app.state, "read_model", None)
+    if read_model is None:
+        return owned_job(await request.app.state.gateway.get(job_id), caller, job_id)
+    return owned_job(await read_model.get(job_id), caller, job_id)
+
+
+JobViewDep = Annotated[Run, Depends(get_job_view)]
 
 
 async def get_schedule_gateway(gateway: GatewayDep) -> ScheduleGateway:

@@ -48,6 +48,7 @@ from api import views
 from api.job_secrets import inline_block_of
 from api.kept_programs import delete_kept_program, read_kept_program
 from api.prefect_reads import Run, filter_runs, read_logs, read_logs_since, read_run, read_states, read_task_run_named
+from api.run_cache import RunCache
 from api.run_pages import RunPage, read_page
 from api.status import JobStatus, run_status, state_type_of
 from dspy_service.contract import NOTIFY_TAG, TERMINAL_STATE_TYPES, WORK_STAGES, user_tag
@@ -61,6 +62,7 @@ logger = logging.getLogger("dspy_service.api")
 
 RESULT_CACHE_SIZE = 64
 LOG_CACHE_SIZE = 256
+COMPILE_MARKS = 2048  # Running states known to have reached their work task (compile_started)
 JobLogs = tuple[list[dict[str, Any]], list[dict[str, Any]]]  # (log entries, progress events)
 # States that end a run without a result of its own: what it kept once compiled is its artifact.
 KEPT_PROGRAM_STATES = frozenset({StateType.FAILED, StateType.CRASHED, StateType.CANCELLING, StateType.CANCELLED})
@@ -92,6 +94,9 @@ class JobGateway:
         self._results: OrderedDict[str, dict[str, Any]] = OrderedDict()
         # Logs of runs that ended a while ago, by (flow-run id, state id); see job_logs.
         self._logs: OrderedDict[tuple[str, str], JobLogs] = OrderedDict()
+        self._compiling: OrderedDict[tuple[str, str | None], None] = OrderedDict()  # (run, Running state) ids
+        # The read model of GET /jobs/{id} (api/run_events.py); this replica's writes drop their run.
+        self.run_cache = RunCache(settings.read_model_size, settings.read_model_max_age_seconds)
 
     # -- deployment ---------------------------------------------------------------------
     async def deployment_id(self, full_name: str | None = None) -> UUID:
@@ -175,15 +180,24 @@ class JobGateway:
 
     async def compile_started(self, runs: Sequence[Run]) -> set[UUID]:
         """Which RUNNING runs have reached their work task (compile, or a batch's predict:
-        validating -> running)."""
-        running = [UUID(run["id"]) for run in runs if state_type_of(run) is StateType.RUNNING]
-        if not running:
-            return set()
+        validating -> running). Remembered per Running state: within one, the task run stays;
+        a retry is a new state and is asked afresh."""
+        running = {UUID(run["id"]): (run["id"], run.get("state_id")) for run in runs
+                   if state_type_of(run) is StateType.RUNNING}
+        known = {run_id for run_id, key in running.items() if key in self._compiling}
+        if len(known) == len(running):
+            return known
         task_runs = await self.client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=running)),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[i for i in running if i not in known])),
             task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=list(WORK_STAGES))),
         )
-        return {t.flow_run_id for t in task_runs if t.flow_run_id}
+        found = {t.flow_run_id for t in task_runs if t.flow_run_id in running}
+        for run_id in found:
+            if running[run_id][1] is not None:
+                self._compiling[running[run_id]] = None
+        while len(self._compiling) > COMPILE_MARKS:
+            self._compiling.popitem(last=False)
+        return known | found
 
     async def status_of(self, run: Run) -> JobStatus:
         return run_status(run, await self.compile_started([run]))
@@ -295,6 +309,7 @@ class JobGateway:
         else:
             state = Cancelling(message="cancelled by the user")
         await self.client.set_flow_run_state(UUID(run["id"]), state, force=True)
+        self.run_cache.forget(run["id"])
 
     async def tag_for_notification(self, run: Run) -> None:
         """A run Prefect's scheduler created gets its notify tag when it starts
@@ -304,6 +319,7 @@ class JobGateway:
         job = (run.get("parameters") or {}).get("job")
         if NOTIFY_TAG not in tags and isinstance(job, dict) and job.get("notify_url"):
             await self.client.update_flow_run(UUID(run["id"]), tags=[*tags, NOTIFY_TAG])
+            self.run_cache.forget(run["id"])
 
     async def delete(self, run: Run) -> None:
         """Delete the run and what it owns: artifacts, stored result, dataset, inline secrets and webhook log. Its logs
@@ -331,6 +347,7 @@ class JobGateway:
         for key in [k for k in self._logs if k[0] == run["id"]]:
             del self._logs[key]
         await self.client.delete_flow_run(run_id)
+        self.run_cache.forget(run["id"])
 
     # -- pool and workers ---------------------------------------------------------------
     async def queue_snapshot(self) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from api.routes import (
     users,
     webhooks,
 )
+from api.run_events import RunReadModel
 from api.stuck_jobs import sweep_forever
 from api.sweeps import end_sweeps_forever
 from api.webhook_sweep import sweep_deliveries_forever
@@ -44,7 +45,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     get_registry()  # import dspy and the plugins now, not on the first request
     async with get_client(httpx_settings=quick_retry_httpx_settings()) as client:
         app.state.gateway = JobGateway(client, get_settings())
-        sweeps = [
+        app.state.read_model = RunReadModel(app.state.gateway, app.state.gateway.run_cache)
+        loops = [
+            asyncio.create_task(app.state.read_model.run_forever()),
             asyncio.create_task(sweep_forever(app.state.gateway)),
             asyncio.create_task(sweep_deliveries_forever(app.state.gateway)),
             asyncio.create_task(end_sweeps_forever(app.state.gateway)),
@@ -52,10 +55,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            for sweep in sweeps:
-                sweep.cancel()
+            for loop in loops:
+                loop.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await sweep
+                    await loop
 
 
 def install_cors(app: FastAPI, origins_setting: str) -> None:

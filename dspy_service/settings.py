@@ -180,6 +180,21 @@ class ServiceSettings(ProgramServingSettings, BaseSettings):
         description="The API caches a finished job's logs once its terminal state is this old: the job's "
         "log shipper and its worker may still send a few lines right after the run ended.",
     )
+    read_model_size: int = Field(
+        default=2000,
+        ge=0,
+        le=100_000,
+        description="Job flow runs each API process keeps to answer GET /jobs/{id} and /jobs/{id}/summary without "
+        "asking Prefect (api/run_cache.py), kept current by Prefect's event stream; least recently used go first. "
+        "0: off, every read asks Prefect.",
+    )
+    read_model_max_age_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=1.0,
+        description="Oldest read of Prefect the read model serves: a delete or label change made elsewhere (they "
+        "emit no event) shows within this time; state changes show as their event arrives.",
+    )
     events_heartbeat_seconds: float = Field(
         default=15.0,
         ge=1,

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from api import views
-from api.deps import GatewayDep, JobRunDep, SecretStoreDep, SubmissionDep
+from api.deps import GatewayDep, JobRunDep, JobViewDep, SecretStoreDep, SubmissionDep
 from api.estimates import estimate_request
 from api.event_cursor import CursorError, decode_cursor
 from api.identity import CurrentUser
@@ -60,13 +60,13 @@ async def list_jobs(
 
 
 @router.get("/jobs/{job_id}")
-async def get_job(run: JobRunDep, gateway: GatewayDep):
+async def get_job(run: JobViewDep, gateway: GatewayDep):
     outcome, logs = await asyncio.gather(gateway.outcome(run), gateway.job_logs(run))
     return FastJSONResponse(views.detail(run, outcome.status, logs, outcome.result, outcome.message))
 
 
 @router.get("/jobs/{job_id}/summary")
-async def get_job_summary(run: JobRunDep, gateway: GatewayDep):
+async def get_job_summary(run: JobViewDep, gateway: GatewayDep):
     outcome = await gateway.outcome(run)
     return FastJSONResponse(views.summary(run, outcome.status, outcome.message))
 

@@ -16,6 +16,10 @@ from tests.support.stack import TERMINAL
 
 pytestmark = pytest.mark.integration
 
+# A change made outside this API shows within 1 s (read_model_max_age_seconds); the margin
+# is the last request's own time on a loaded machine.
+ELSEWHERE = 1.5
+
 # Database-independent behaviour runs once, on the SQLite stack (`sqlite_only`): datasets
 # live in shared storage, not in the database; worker liveness comes from heartbeats.
 
@@ -178,7 +182,7 @@ def all_prefect_logs(stack, job_id: str) -> list[dict]:
 def test_finished_job_logs_are_complete_and_a_deletion_elsewhere_shows(stack, local_lm):
     """The API caches a finished job's logs, once its terminal state is log_settle_seconds
     old: lines that arrive just after the end are not lost, and a job deleted by another
-    replica (here: straight in Prefect) is 404 here at once, cache or not."""
+    replica (here: straight in Prefect) is 404 here within a second (read_model_max_age_seconds)."""
     job_id = submit(stack, job_payload(local_lm.url, rows=20))["job_id"]
     stack.wait_for_status(job_id, TERMINAL)
     ended = time.monotonic()
@@ -200,13 +204,15 @@ def test_finished_job_logs_are_complete_and_a_deletion_elsewhere_shows(stack, lo
 
     with stack.prefect_client() as client:
         client.delete_flow_run(uuid.UUID(job_id))
-    for path in ("/jobs/{}", "/jobs/{}/logs", "/jobs/{}/summary"):
-        assert stack.api.get(path.format(job_id)).status_code == 404, path
+    assert stack.api.get(f"/jobs/{job_id}/logs").status_code == 404
+    for path in ("/jobs/{}", "/jobs/{}/summary"):  # served by the read model: within 1 s
+        wait_until(lambda p=path: stack.api.get(p.format(job_id)).status_code == 404, ELSEWHERE, 0.05, what=path)
     assert job_id not in [j["job_id"] for j in stack.api.get("/jobs", params={"username": "tester"}).json()["items"]]
 
 
-def test_a_cancel_elsewhere_shows_at_once(stack, local_lm):
-    """Another replica (here: Prefect directly) cancels a job this API has just shown."""
+def test_a_cancel_elsewhere_shows_within_a_second(stack, local_lm):
+    """Another replica (here: Prefect directly) cancels a job this API has just shown: its
+    event drops the read model's entry (at most read_model_max_age_seconds in any case)."""
     from prefect.states import Cancelled
 
     with stack.paused_work_pool():
@@ -214,8 +220,13 @@ def test_a_cancel_elsewhere_shows_at_once(stack, local_lm):
         assert stack.api.get(f"/jobs/{job_id}").json()["status"] == "pending"
         with stack.prefect_client() as client:
             client.set_flow_run_state(uuid.UUID(job_id), Cancelled(message="cancelled by the user"), force=True)
-        assert stack.api.get(f"/jobs/{job_id}").json()["status"] == "cancelled"
-        assert stack.api.get(f"/jobs/{job_id}/summary").json()["status"] == "cancelled"
+        for path in ("/jobs/{}", "/jobs/{}/summary"):
+            wait_until(
+                lambda p=path: stack.api.get(p.format(job_id)).json()["status"] == "cancelled",
+                ELSEWHERE,
+                0.05,
+                what=path,
+            )
         page = stack.api.get("/jobs", params={"username": "tester", "limit": 500}).json()
         assert next(j for j in page["items"] if j["job_id"] == job_id)["status"] == "cancelled"
 

@@ -66,3 +66,36 @@ def test_cancelling_a_pending_run_with_a_notify_url_tags_it_for_its_webhook_firs
     asyncio.run(gateway.cancel(plain))
     assert client.updates == [(scheduled["id"], ["dspy-service", "dspy-notify"])]
     assert client.states == ["CANCELLED", "CANCELLED"]
+
+
+class TaskRunClient:
+    """Answers task-run reads from `started` (flow-run ids whose work task exists); counted."""
+
+    def __init__(self):
+        self.started: set[uuid.UUID] = set()
+        self.asked: list[set[uuid.UUID]] = []
+
+    async def read_task_runs(self, flow_run_filter, task_run_filter):
+        wanted = set(flow_run_filter.id.any_)
+        self.asked.append(wanted)
+        return [type("TaskRun", (), {"flow_run_id": i})() for i in wanted & self.started]
+
+
+def test_a_running_state_known_to_have_reached_compile_is_not_asked_again_but_a_new_state_is():
+    client = TaskRunClient()
+    gateway = JobGateway(client=client, settings=ServiceSettings())
+    validating, compiling = run("RUNNING", LONG_AGO), run("RUNNING", LONG_AGO)
+    for r in (validating, compiling):
+        r["state_id"] = r["state"]["id"]
+    client.started.add(uuid.UUID(compiling["id"]))
+    assert asyncio.run(gateway.compile_started([validating, compiling])) == {uuid.UUID(compiling["id"])}
+    # Asked again: only the run still validating (it may have started since).
+    client.started.add(uuid.UUID(validating["id"]))
+    both = {uuid.UUID(validating["id"]), uuid.UUID(compiling["id"])}
+    assert asyncio.run(gateway.compile_started([validating, compiling])) == both
+    assert client.asked[1] == {uuid.UUID(validating["id"])}
+    assert asyncio.run(gateway.compile_started([validating, compiling])) == both and len(client.asked) == 2
+    # A retry from the Prefect UI: a new Running state, validating again until its task runs.
+    compiling["state_id"] = str(uuid.uuid4())
+    client.started.discard(uuid.UUID(compiling["id"]))
+    assert asyncio.run(gateway.compile_started([compiling])) == set()

@@ -1,0 +1,165 @@
+"""Issue #16 item 4: API read latency with many jobs stored (default 10,000).
+
+Starts a private stack (SQLite or a fresh PostgreSQL database; the pool paused, so no job
+runs), submits one job through the API and cancels it, then stores --jobs copies of its
+flow run straight through the Prefect API (same deployment, parameters, tags and labels;
+state Cancelled), half owned by `bench` and half by `other`. Then, sequentially,
+--requests times each: GET /jobs/{id} and /jobs/{id}/summary of a stored job, GET
+/jobs?limit=50 (the admin: everyone's) and GET /jobs?limit=50&username=bench; then the
+Prefect requests behind them, straight at Prefect (which part is Prefect's own work).
+
+    PYTHONPATH=. .venv/bin/python bench/read_model.py --jobs 10000 --json bench/results/read-model.json
+    DSPY_SERVICE_READ_MODEL_SIZE=0 PYTHONPATH=. .venv/bin/python bench/read_model.py ...  # read model off
+
+Nearest-rank percentiles, milliseconds, client side (httpx on the same machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import BenchStack, payload, summarize  # noqa: E402
+
+from tests.support.stack import start_job_lm  # noqa: E402
+
+OWNERS = ("bench", "other")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def store_copies(prefect: httpx.Client, template: dict, count: int, threads: int) -> float:
+    """`count` Cancelled copies of `template` (a flow run's JSON); seconds it took. SQLite
+    answers parallel writes with 503: one thread there."""
+    user_tag = next(t for t in template["tags"] if t.startswith("user:"))
+
+    def create(i: int) -> None:
+        owner = OWNERS[i % len(OWNERS)]
+        params = json.loads(json.dumps(template["parameters"]))
+        params["job"]["username"] = owner
+        body = {
+            "name": f"bench-copy-{i}",
+            "parameters": params,
+            "tags": [t for t in template["tags"] if t != user_tag] + [f"user:{owner}"],
+            "labels": template.get("labels") or {},
+            "state": {"type": "CANCELLED", "name": "Cancelled", "message": "a stored copy"},
+        }
+        response = prefect.post(f"/deployments/{template['deployment_id']}/create_flow_run", json=body)
+        response.raise_for_status()
+
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        for done, _ in enumerate(pool.map(create, range(count)), 1):
+            if done % 1000 == 0:
+                log(f"  stored {done}/{count}")
+    return time.perf_counter() - started
+
+
+def timed(api: httpx.Client, url: str, n: int, **kwargs) -> dict:
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter()
+        response = api.get(url, **kwargs)
+        samples.append((time.perf_counter() - started) * 1000)
+        response.raise_for_status()
+    return summarize(samples, 1)
+
+
+def timed_prefect(prefect: httpx.Client, method: str, path: str, n: int, **kwargs) -> dict:
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter()
+        response = prefect.request(method, path, **kwargs)
+        samples.append((time.perf_counter() - started) * 1000)
+        response.raise_for_status()
+    return summarize(samples, 1)
+
+
+def prefect_share(prefect: httpx.Client, deployment_ids: list[str], job_id: str, n: int) -> dict:
+    """What the API asks Prefect for these reads, timed straight at Prefect: a job's run
+    (GET /jobs/{id} on a miss) and the two requests of a GET /jobs?limit=50&username=bench
+    page (api/gateway.py `list`: the page and its total, in parallel)."""
+    where = {
+        "flow_runs": {"tags": {"all_": ["user:bench"]}},
+        "deployments": {"id": {"any_": deployment_ids}},
+    }
+    page = {**where, "sort": "EXPECTED_START_TIME_DESC", "limit": 50, "offset": 0}
+    return {
+        "GET /flow_runs/{id}": timed_prefect(prefect, "GET", f"/flow_runs/{job_id}", n),
+        "POST /flow_runs/filter (limit 50, user tag)": timed_prefect(
+            prefect, "POST", "/flow_runs/filter", n, json=page
+        ),
+        "POST /flow_runs/count (user tag)": timed_prefect(prefect, "POST", "/flow_runs/count", n, json=where),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    report: dict = {
+        "command": " ".join(sys.argv),
+        "db": args.db,
+        "read_model_size": os.environ.get("DSPY_SERVICE_READ_MODEL_SIZE", "default"),
+        "loadavg_at_start": os.getloadavg(),
+    }
+    lm = start_job_lm()
+    bench = BenchStack(args.db)
+    try:
+        log(f"== {args.db}: starting the stack")
+        bench.start(progress=lambda m: log("  " + m))
+        api = httpx.Client(base_url=bench.api_url, timeout=120, headers=bench.api_headers)
+        prefect = bench.prefect_client()
+        pool = bench.config.settings.work_pool
+        prefect.patch(f"/work_pools/{pool}", json={"is_paused": True}).raise_for_status()
+        job_id = api.post("/run", json=payload(lm.url, seed=1)).raise_for_status().json()["job_id"]
+        api.post(f"/jobs/{job_id}/cancel").raise_for_status()
+        template = prefect.get(f"/flow_runs/{job_id}").raise_for_status().json()
+        log(f"  storing {args.jobs} jobs")
+        report["store_s"] = round(store_copies(prefect, template, args.jobs, 1 if args.db == "sqlite" else 4), 1)
+        total = api.get("/jobs", params={"limit": 1}).json()["total"]
+        report["jobs_stored"] = total
+        log(f"  {total} jobs stored; timing {args.requests} requests each")
+        stored = api.get("/jobs", params={"limit": 1, "offset": total // 2}).json()["items"][0]["job_id"]
+        report["ms"] = {
+            "GET /jobs/{id}": timed(api, f"/jobs/{stored}", args.requests),
+            "GET /jobs/{id}/summary": timed(api, f"/jobs/{stored}/summary", args.requests),
+            "GET /jobs?limit=50 (admin: all)": timed(api, "/jobs", args.requests, params={"limit": 50}),
+            "GET /jobs?limit=50&username=bench": timed(
+                api, "/jobs", args.requests, params={"limit": 50, "username": "bench"}
+            ),
+        }
+        deployment_ids = [
+            prefect.get(f"/deployments/name/{name}").raise_for_status().json()["id"]
+            for name in bench.config.settings.job_deployment_names
+        ]
+        report["prefect_ms"] = prefect_share(prefect, deployment_ids, stored, args.requests)
+        api.close()
+        prefect.close()
+    finally:
+        bench.stop()
+        lm.close()
+    report["loadavg_at_end"] = os.getloadavg()
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
