@@ -14,9 +14,10 @@ entries. Values are opaque: they are pickles the tenant's engine made, and nothi
 unpickles or otherwise interprets them. Jobs of the same scope, on this host or another
 sharing the directory, use the same file (SQLite's locking; like DSPy's own disk cache,
 which is SQLite too, it needs a file system with working locks). A value over
-`max_entry_bytes` is refused; when the stored bytes pass `size_limit_bytes`, the oldest
-stored entries are deleted down to 90% of it (first in, first out: a read changes nothing
-on disk).
+`max_entry_bytes` is refused; when the stored bytes (keys, values and a per-row overhead)
+pass `size_limit_bytes`, the oldest stored entries are deleted down to 90% of it (first in,
+first out: a read changes nothing on disk). The file does not shrink: SQLite reuses the
+freed pages.
 
 Failures: a malformed request (unknown op, a key over 512 bytes, a value over the limit)
 is answered ERROR and its connection closed; a store error (locked past the busy timeout,
@@ -56,6 +57,7 @@ BUSY_TIMEOUT_MS = 5000
 MAX_CONNECTIONS = 512  # a batch job's threads (max_batch_threads <= 256) each hold one
 FRAME_TIMEOUT_SECONDS = 30.0  # for the rest of a request once its head arrived
 EVICT_TO = 0.9
+ROW_OVERHEAD_BYTES = 64  # about what SQLite spends per row and index entry besides key and value
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS entries (key BLOB PRIMARY KEY, value BLOB NOT NULL, "
     "size INTEGER NOT NULL, stored_at REAL NOT NULL)",
@@ -63,6 +65,11 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS totals (id INTEGER PRIMARY KEY CHECK (id = 0), bytes INTEGER NOT NULL)",
     "INSERT OR IGNORE INTO totals (id, bytes) VALUES (0, 0)",
 )
+
+
+def entry_size(key: bytes, value: bytes) -> int:
+    """What an entry counts against the size limit: a flood of empty values still fills it."""
+    return len(key) + len(value) + ROW_OVERHEAD_BYTES
 
 
 def store_path(scope_dir: Path) -> Path:
@@ -102,9 +109,10 @@ class OpaqueStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             row = db.execute("SELECT size FROM entries WHERE key = ?", (key,)).fetchone()
+            size = entry_size(key, value)
             db.execute("INSERT OR REPLACE INTO entries (key, value, size, stored_at) VALUES (?, ?, ?, ?)",
-                       (key, value, len(value), time.time()))
-            db.execute("UPDATE totals SET bytes = bytes + ? WHERE id = 0", (len(value) - (row[0] if row else 0),))
+                       (key, value, size, time.time()))
+            db.execute("UPDATE totals SET bytes = bytes + ? WHERE id = 0", (size - (row[0] if row else 0),))
             self._evict(db)
             db.execute("COMMIT")
         except BaseException:

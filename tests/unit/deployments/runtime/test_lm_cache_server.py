@@ -165,10 +165,14 @@ def test_past_the_size_limit_the_oldest_entries_go(home):
         assert server.store.stored_bytes() <= 10_000
         assert ask(conn, GET, b"k0") == (MISS, b"")
         assert ask(conn, GET, b"k29") == (HIT, bytes(1000))
+        for index in range(200):  # empty values count too (key + row)
+            assert ask(conn, PUT, b"empty-%d" % index, b"") == (STORED, b"")
+        assert server.store.stored_bytes() <= 10_000
     finally:
         server.close()
     with sqlite3.connect(store_path(home / "scope-a")) as db:
         assert db.execute("SELECT SUM(size) FROM entries").fetchone()[0] <= 10_000
+        assert db.execute("SELECT COUNT(*) FROM entries").fetchone()[0] < 200
 
 
 def test_connections_past_the_cap_are_answered_error(home):
