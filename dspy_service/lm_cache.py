@@ -2,8 +2,10 @@
 
 DSPy's cache key ignores api_key and api_base, so one shared disk cache would hand one
 tenant's answers to another; each scope (the endpoints and resolved keys a job talks to)
-gets its own directory instead. DSPy's disk cache holds pickles: a scope's directory is
-only ever opened by, and in a sandbox only mounted into, jobs of that scope. Pure apart
+gets its own directory instead. DSPy's cache holds pickles: a scope's directory is only
+ever opened by jobs of that scope (an unsandboxed engine's DSPy disk cache), or by the
+supervisor of a sandboxed job of that scope, which serves it to that job alone as opaque
+bytes (deployments/runtime/lm_cache_server.py; never mounted into a sandbox). Pure apart
 from `tenant_cache_dir`, which creates the directory (OSError propagates).
 """
 

@@ -34,6 +34,19 @@ class ServiceSettings(ProgramServingSettings, BaseSettings):
     )
     lm_cache: bool = Field(default=True, description="Cache LM responses, scoped per tenant.")
     lm_cache_dir: Path | None = Field(default=None, description="Default: <home>/lm-cache.")
+    lm_cache_entry_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=4096,
+        le=256 * 1024 * 1024,
+        description="Largest LM response (pickled) a sandboxed job's cache server stores; larger ones are not cached.",
+    )
+    lm_cache_scope_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=1024 * 1024,
+        le=1024**4,
+        description="Bytes a tenant scope's cache server store keeps (sandboxed jobs); past it the oldest entries "
+        "are deleted. The unsandboxed engine's DSPy disk cache keeps DSPy's own limit.",
+    )
     num_threads: int = Field(default=4, ge=1, description="Default DSPy threads per job.")
     log_level: str = Field(default="INFO", description="Level of dspy/optimizer logs kept per job.")
     evaluation_error_limit: float = Field(

@@ -9,9 +9,10 @@ from typing import Any
 import dspy
 
 from dspy_service.budget import JOB
-from dspy_service.contract import Stage
+from dspy_service.contract import Stage, engine_is_sandboxed
 from dspy_service.errors import JobError
 from dspy_service.lm_cache import endpoint_identity, tenant_cache_dir
+from dspy_service.lm_cache_protocol import LM_CACHE_SOCKET_ENV
 from dspy_service.lm_usage import (  # noqa: F401 - re-exported for the stages
     LM_MODEL_TYPES,
     PRICE_KEYS,
@@ -27,6 +28,7 @@ from dspy_service.secrets import job_block_reader, resolve_model_secrets, secret
 from dspy_service.settings import get_settings
 from tasks import stage
 from tasks.budget import BudgetExhausted, BudgetGuard
+from tasks.lm_cache_client import SocketDiskCache
 from tasks.lm_health import EndpointBreaker, LMUnreachable, check_endpoints, is_connection_failure
 from tasks.lm_retries import install as install_retry_reporting
 from tasks.lm_retries import retries_reported_to
@@ -170,10 +172,21 @@ class JobLMs:
 
 
 def configure_job_cache(spec: JobSpec) -> None:
-    directory = tenant_cache_dir(spec, get_settings())
-    if directory is None:
+    """DSPy's cache for this job: in memory, over the tenant scope's shared store. In the
+    sandbox that store is the supervisor's cache server (tasks/lm_cache_client.py; no cache
+    directory is mounted); without a sandbox, DSPy's own disk cache in the scope directory."""
+    settings = get_settings()
+    if not settings.lm_cache:
         dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
         return
+    if engine_is_sandboxed(os.environ):
+        dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=True)
+        socket_path = os.environ.get(LM_CACHE_SOCKET_ENV)
+        if socket_path:  # none: the supervisor found no scope; the job fails on its secrets
+            dspy.cache.disk_cache = SocketDiskCache(socket_path, max_entry_bytes=settings.lm_cache_entry_bytes)
+            dspy.cache.enable_disk_cache = True
+        return
+    directory = tenant_cache_dir(spec, settings)
     dspy.configure_cache(enable_disk_cache=True, enable_memory_cache=True, disk_cache_dir=str(directory))
 
 

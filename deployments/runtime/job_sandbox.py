@@ -3,16 +3,23 @@
 `JobSandbox.prepare(run)` reads what it needs from the job's flow run as the Prefect API
 returned it to the supervisor (parameters, deployment, flow, schedule), then
 
-- creates the job's private directory (sandbox.JobDirectory);
+- creates the job's private directory (sandbox.JobDirectory), or takes over the one of the
+  warm sandbox its slot started before the job (warm_sandbox.py: `claim` renames that
+  sandbox's staged result directory to the job's);
 - reads the Secret blocks the job's model configs reference and hands them to the engine in
   `work/secrets.json` (the engine never sees a Prefect credential, so it cannot read blocks);
 - mounts only the job's own data: its stored dataset (and a batch job's stored program
-  version) and a `dataset_source` file read-only,
-  its result directory `<results>/<flow run id>` read-write at `<results>`, its tenant's LM
-  cache directory read-write (dspy_service/lm_cache.py);
-- starts the job-scoped Prefect proxy and the egress proxy on Unix sockets in `run/`.
+  version) and a `dataset_source` file read-only, its result directory
+  `<results>/<flow run id>` read-write at `<results>`; a warm sandbox cannot gain mounts,
+  so there the input files are copied into `/job/inputs` and the engine told where
+  (dspy_service/sandbox_inputs.py);
+- starts the job-scoped Prefect proxy, the egress proxy and (LM caching on) the LM cache
+  server on Unix sockets in `run/`. The cache server serves the one tenant scope directory
+  computed here from the job's resolved secrets (dspy_service/lm_cache.py,
+  lm_cache_server.py); the directory itself is never mounted.
 
 `SandboxStarter` then starts the engine as `bwrap ... python -m deployments.runtime.sandbox_entry`
+(a warm sandbox's `WarmStarter` hands the waiting engine its environment instead)
 behind the supervisor's `Engine` interface: `pid` is the engine's host pid inside the sandbox
 (where the stop signal goes), `poll`/`wait` are bubblewrap's, whose exit code is the engine's
 (128 + N when signal N killed it, turned back into -N here). `close()` stops the proxies and
@@ -20,7 +27,8 @@ removes the directory.
 
 Failures: `SandboxUnavailable` (bubblewrap missing or not permitted; the message says how to
 fix it) and `JobError` (a dataset or result location a sandbox cannot mount) end the job
-with that message before any job code runs; OSError from the file system propagates.
+with that message before any job code runs; OSError from the file system propagates. An
+LM cache server that cannot start is written to the job's log and the job runs uncached.
 """
 
 from __future__ import annotations
@@ -142,17 +150,13 @@ class JobSandbox:
             cache = tenant_cache_dir(resolve_model_secrets(spec, handed.get), self.settings)
         except JobError:  # e.g. a deleted credential: the engine fails on it where it builds its LMs
             cache = None
-        if cache is not None:  # a warm sandbox cannot mount it
-            self.retire_warm()
         layout = self.claim_warm() or self.new_layout()
         layout.secrets_file.write_text(json.dumps(handed))
         os.chmod(layout.secrets_file, 0o600)
         for name, host_file in self.input_files(parameters, spec):
             self.hand_input(layout, name, host_file)
-        if cache is not None:
-            layout.mounts.append(Mount(cache, writable=True))
         self.layout = layout
-        self.start_proxies(run, spec)
+        self.start_proxies(run, spec, cache)
 
     def retire_warm(self) -> None:
         if self.warm is not None:
@@ -213,12 +217,14 @@ class JobSandbox:
         shutil.copyfile(real, copy)
         self.inputs[name] = f"{SANDBOX_WORK_DIR}/inputs/{copy.name}"
 
-    def start_proxies(self, run: dict[str, Any], spec: Any) -> None:
+    def start_proxies(self, run: dict[str, Any], spec: Any, cache: Path | None = None) -> None:
         from deployments.prefect_auth import auth_headers
         from deployments.runtime.egress_proxy import EgressProxy
+        from deployments.runtime.lm_cache_server import LmCacheServer
         from deployments.runtime.prefect_proxy import PrefectProxy
         from deployments.runtime.prefect_scope import JobScope
         from dspy_service.egress_policy import job_hosts
+        from dspy_service.lm_cache_protocol import LM_CACHE_SOCKET
 
         assert self.layout is not None
         scope = JobScope.of_flow_run(run)
@@ -239,6 +245,17 @@ class JobSandbox:
         ]
         for proxy in self.proxies:
             proxy.start()
+        if cache is not None:
+            server = LmCacheServer(
+                self.layout.run_dir / LM_CACHE_SOCKET,
+                cache,
+                max_entry_bytes=self.settings.lm_cache_entry_bytes,
+                size_limit_bytes=self.settings.lm_cache_scope_bytes,
+            )
+            try:  # without it the engine's calls are cache misses, never failures
+                self.proxies.append(server.start())
+            except (OSError, RuntimeError) as exc:
+                self.on_denied(f"sandbox: LM cache server not started ({exc}); this job's LM calls are not cached")
 
     def starter(self) -> EngineStarter:
         assert self.layout is not None, "prepare() first"

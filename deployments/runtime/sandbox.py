@@ -10,11 +10,12 @@ The engine (the process that imports and runs the user's signature and metric co
   the host's secrets), the Python installation and virtual environment, and the project's
   packages; a fresh /proc, a minimal /dev and a private /tmp;
 - read-write: its private work directory (`/job`, also HOME and the working directory) and the
-  job-specific mounts the supervisor adds (`Mount`): its own result directory, its tenant's LM
-  cache; read-only its own dataset;
+  job-specific mounts the supervisor adds (`Mount`): its own result directory; read-only its
+  own dataset;
 - `/run/dspy`: the directory holding the Unix sockets of the supervisor's job-scoped Prefect
-  and egress proxies, the only ways out of the sandbox (sandbox_entry.py bridges them to
-  loopback ports inside).
+  and egress proxies and of its LM cache server, the only ways out of the sandbox
+  (sandbox_entry.py bridges the proxies to loopback ports inside; the engine's LM cache,
+  tasks/lm_cache_client.py, uses its socket directly, DSPY_SERVICE_LM_CACHE_SOCKET).
 
 Nothing else of the service home, shared storage or the host is mounted. Whether bubblewrap
 works on this host is dspy_service/sandbox_check.py's question; the supervisor refuses to start
@@ -36,6 +37,7 @@ from pathlib import Path
 
 from deployments.runtime.forwarder import proxy_environment
 from dspy_service.contract import JOB_SECRETS_FILE_ENV, SANDBOXED_ENV
+from dspy_service.lm_cache_protocol import LM_CACHE_SOCKET, LM_CACHE_SOCKET_ENV
 from dspy_service.sandbox_check import BWRAP, namespace_arguments
 
 SANDBOX_RUN_DIR = "/run/dspy"
@@ -202,6 +204,7 @@ def sandbox_environment(engine_env: Mapping[str, str]) -> dict[str, str]:
             "TMPDIR": "/tmp",
             SANDBOXED_ENV: "1",
             JOB_SECRETS_FILE_ENV: f"{SANDBOX_WORK_DIR}/{JOB_SECRETS_FILE}",
+            LM_CACHE_SOCKET_ENV: f"{SANDBOX_RUN_DIR}/{LM_CACHE_SOCKET}",
         }
     )
     env.update(proxy_environment(proxy, f"{prefect},http://{prefect}"))
@@ -209,7 +212,8 @@ def sandbox_environment(engine_env: Mapping[str, str]) -> dict[str, str]:
 
 
 class JobDirectory:
-    """The job's private directory on the host: `run/` for the proxies' sockets, `work/` for
+    """The job's private directory on the host: `run/` for the proxies' and the LM cache
+    server's sockets, `work/` for
     the engine. Created 0700 under `base`; removed (with what the job wrote) by `remove`."""
 
     def __init__(self, base: Path | None, name: str):

@@ -27,6 +27,7 @@ LOCAL = [
     "read_result",
     "list_lm_cache",
     "read_lm_cache",
+    "read_lm_cache_via_socket",  # the job's own cache server asked for the victim's keys
     "read_home",  # every file of the service's home
     "write_result",  # the victim's result file, rewritten
 ]

@@ -21,6 +21,7 @@ import os
 import re
 import socket
 import sqlite3
+import struct
 import threading
 import uuid
 
@@ -184,6 +185,38 @@ def write_result(targets):
     return True, f"rewrote {path}", []
 
 
+def ask_lm_cache(sock, op, key):
+    sock.sendall(struct.pack("!cII", op, len(key), 0) + key)
+    head = b""
+    while len(head) < 5:
+        chunk = sock.recv(5 - len(head))
+        if not chunk:
+            raise ConnectionError("the LM cache socket closed")
+        head += chunk
+    status, length = struct.unpack("!cI", head)
+    payload = b""
+    while len(payload) < length:
+        chunk = sock.recv(length - len(payload))
+        if not chunk:
+            raise ConnectionError("the LM cache socket closed")
+        payload += chunk
+    return status, payload
+
+
+def read_lm_cache_via_socket(targets):
+    """The job's own LM cache socket, asked for the victim's cache keys (which the attacker
+    could compute from a prompt it guesses)."""
+    path = os.environ.get("DSPY_SERVICE_LM_CACHE_SOCKET") or "/run/dspy/lm-cache.sock"
+    keys = targets["lm_cache_keys"]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(TIMEOUT)
+        sock.connect(path)
+        answers = [ask_lm_cache(sock, op, key.encode()) for key in keys for op in (b"C", b"G")]
+    hits = [payload for status, payload in answers if status == b"H"]
+    statuses = sorted({status.decode() for status, _ in answers})
+    return bool(hits), f"asked {path} for {len(keys)} of the victim's keys: answers {statuses}", found_in(*hits)
+
+
 def run_local(targets):
     results = {}
     attempt(results, "database", read_database, targets)
@@ -194,6 +227,7 @@ def run_local(targets):
     attempt(results, "read_result", read_path, targets["result"])
     attempt(results, "list_lm_cache", list_directory, targets["lm_cache_dir"], targets["lm_cache_name"])
     attempt(results, "read_lm_cache", read_path, os.path.join(targets["lm_cache_dir"], targets["lm_cache_name"]))
+    attempt(results, "read_lm_cache_via_socket", read_lm_cache_via_socket, targets)
     attempt(results, "read_home", read_home, targets)
     attempt(results, "write_result", write_result, targets)
     return results

@@ -26,7 +26,9 @@ The Prefect server's environment (worker, API, server) holds the canary `CANARY_
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +36,7 @@ from typing import Any
 
 import httpx
 
+from deployments.runtime.lm_cache_server import store_path
 from dspy_service.contract import user_variable
 from dspy_service.storage import DATASETS_DIR
 from dspy_service.testing.local_lm import ARITHMETIC_METRIC_CODE, ARITHMETIC_SIGNATURE_CODE
@@ -181,7 +184,17 @@ def local_targets(stack: RunningStack, finished: str, result: Path, cache_name: 
         "result_name": result.name,
         "lm_cache_dir": str(settings.resolved_lm_cache_dir),
         "lm_cache_name": cache_name,
+        "lm_cache_keys": victim_cache_keys(settings.resolved_lm_cache_dir / cache_name),
     }
+
+
+def victim_cache_keys(scope_dir: Path) -> list[str]:
+    """The keys the victim's sandboxed jobs stored through their cache server (read here,
+    on the trusted side; the values stay unread)."""
+    with contextlib.closing(sqlite3.connect(store_path(scope_dir))) as db:
+        keys = [bytes(row[0]).decode() for row in db.execute("SELECT key FROM entries LIMIT 20")]
+    assert keys, f"the victim's finished job stored LM responses through its cache server in {scope_dir}"
+    return keys
 
 
 def prefect_targets(stack: RunningStack, victim: Tenant, attacker: Tenant) -> dict[str, Any]:
