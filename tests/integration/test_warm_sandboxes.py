@@ -34,8 +34,7 @@ SLOTS = 2
 @pytest.fixture(scope="module")
 def sstack(tmp_path_factory, local_lm):
     home = tmp_path_factory.mktemp("stack-warm-sandboxes")
-    env = {**STACK_ENV, "DSPY_SERVICE_LM_CACHE": "false"}
-    running = WarmStack.start(home, job_slots=SLOTS, env=env, warm_start=True)
+    running = WarmStack.start(home, job_slots=SLOTS, env=STACK_ENV, warm_start=True)
     yield running
     local_lm.set_delay(0)
     running.stop()
