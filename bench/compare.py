@@ -13,9 +13,10 @@ GET /jobs), so the same code measures every target. Per target (and per --db for
   (about 30 jobs stored by then).
 
     PYTHONPATH=. .venv/bin/python bench/compare.py --quick --db both --json bench/results/compare.json
-    PYTHONPATH=. .venv/bin/python bench/compare.py --peer ~/dspy-original --new-default warm-start
+    PYTHONPATH=. .venv/bin/python bench/compare.py --peer ~/dspy-original --modes cold,warm-start
 
-Modes of ours are named in MODES (a new default is one more entry there). --stack-env KEY=VAL
+Modes of ours are named in MODES and chosen with --modes (default: cold, then the current
+default's candidate `warm-start`). --stack-env KEY=VAL
 goes into our stacks' environment (A/B runs of Prefect settings). The peer is started as its
 README says (`uvicorn main:app --port N` in DIR, with --peer-python, default DIR/.venv's or
 ours) on its own SQLite file in a temporary directory. Failures: a job that ends other than
@@ -44,7 +45,7 @@ from run import SMALL_JOB, environment, log, plain_runs, timed  # noqa: E402
 
 from tests.support.stack import free_port, start_job_lm  # noqa: E402
 
-# Our stack's modes: BenchStack keyword arguments. The new default's name goes to --new-default.
+# Our stack's modes: BenchStack keyword arguments; a new default is one more entry (--modes).
 MODES: dict[str, dict] = {"cold": {"warm_start": False}, "warm-start": {"warm_start": True}}
 OPTIMIZER = "dspy.BootstrapFewShot"  # a dotted path: the original has no `bootstrap` alias
 TERMINAL = {"success", "failed", "cancelled"}
@@ -159,7 +160,11 @@ def ours(db: str, mode: str, lm, args, plain: list[dict]) -> dict:
             target.close()
     finally:
         bench.stop()
-    out.update(db=db, mode=mode, stack_start_s=round(started, 2), stack_env=args.stack_env)
+    out.update(db=db, mode=mode, stack_start_s=round(started, 2), stack_env=args.stack_env, home=str(bench.home))
+    # Writes the Prefect server failed with SQLite's "database is locked" (each logged with
+    # its traceback; clients retry them, PREFECT_CLIENT_RETRY_EXTRA_CODES).
+    server_log = bench.home / "logs" / "prefect-server.log"
+    out["server_database_locked"] = server_log.read_text(errors="replace").count("OperationalError: database is locked")
     return out
 
 
@@ -266,7 +271,9 @@ def markdown(report: dict) -> str:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="sqlite")
-    parser.add_argument("--new-default", default="warm-start", choices=sorted(MODES), help="ours' second column")
+    parser.add_argument(
+        "--modes", default="cold,warm-start", help=f"ours' columns, comma list of {sorted(MODES)}; 2nd: the new default"
+    )
     parser.add_argument("--peer", type=Path, default=None, help="a checkout of the original service")
     parser.add_argument("--peer-python", default=None, help="the peer's interpreter (default: DIR/.venv's, else ours)")
     parser.add_argument("--delay-ms", type=float, default=20)
@@ -281,6 +288,10 @@ def parse_args() -> argparse.Namespace:
     if args.quick:
         args.runs, args.requests = 3, 100
     args.stack_env = dict(item.split("=", 1) for item in args.stack_env)
+    args.modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
+    unknown = sorted(set(args.modes) - set(MODES))
+    if unknown:
+        parser.error(f"--modes: unknown {unknown}; known: {sorted(MODES)}")
     return args
 
 
@@ -295,7 +306,7 @@ def main() -> int:
         log("plain-process baseline")
         report["plain"] = plain_runs(lm, args.delay_ms, OPTIMIZER, args.runs)
         for db in ["sqlite", "postgres"] if args.db == "both" else [args.db]:
-            for mode in dict.fromkeys(["cold", args.new_default]):
+            for mode in args.modes:
                 report["targets"].append(ours(db, mode, lm, args, report["plain"]))
         if args.peer:
             report["targets"].append(peer(lm, args, report["plain"]))
