@@ -28,6 +28,9 @@ from dspy_service.settings import ServiceSettings
 from dspy_service.testing.real_lm.server import DEMO_PORT as REAL_MODEL_DEMO_PORT
 
 # Settings the stack's processes need, measured to matter (see README, "Configuration").
+# The database settings stay Prefect's own (SQLite: WAL, synchronous=NORMAL, 60 s busy
+# timeout; PostgreSQL: a pool of 5 + 10): synchronous=OFF and a pool of 20 + 10 made no
+# difference beyond the run-to-run spread (docs/BENCHMARKS.md, "Database settings").
 PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # no telemetry calls: there may be no network
     "PREFECT_WORKER_QUERY_SECONDS": "1",  # default 10 s: jobs would wait up to 10 s for pickup
