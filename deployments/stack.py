@@ -27,7 +27,7 @@ from dspy_service.serving_settings import program_server_token
 from dspy_service.settings import ServiceSettings
 from dspy_service.testing.real_lm.server import DEMO_PORT as REAL_MODEL_DEMO_PORT
 
-# Settings the stack's processes need, measured to matter (see README, "Configuration").
+# Settings the stack's processes need, measured to matter (README, "Configuration"); none for the DB (BENCHMARKS.md).
 PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # no telemetry calls: there may be no network
     "PREFECT_WORKER_QUERY_SECONDS": "1",  # default 10 s: jobs would wait up to 10 s for pickup
