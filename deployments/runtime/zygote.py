@@ -13,9 +13,11 @@ environment, cwd, argv and stdin/stdout/stderr (protocol.py). The zygote forks; 
 takes over those descriptors, environment and directory and becomes that job's supervisor
 (supervisor.py) with a `ForkStarter` (engine.py), which forks the engine from itself and
 runs `prefect.engine` in it (`run_engine` here) instead of exec'ing `python -m
-prefect.engine`. The zygote reaps the supervisor and sends its exit code to the relay. A
-job crashing takes only its own forks with it; a bad request is refused and logged; the
-zygote keeps serving. Imports that start a thread make the zygote exit with 1 at start
+prefect.engine`. With the sandbox on, the zygote instead hands the job to an idle warm
+slot (warm_slots.py: a supervisor forked before the job, its sandbox already imported) and
+forks a supervisor only when none is idle. The zygote reaps the supervisor and sends its
+exit code to the relay. A job crashing takes only its own forks with it; a bad request is
+refused and logged; the zygote keeps serving. Imports that start a thread make the zygote exit with 1 at start
 (forking would be unsafe); the relay then starts its jobs cold.
 
 The zygote itself runs with the job's scrubbed environment (deployments/stack.py), so the
