@@ -305,9 +305,13 @@ class SandboxStarter:
         self.layout = layout
         self.extra_env = dict(extra_env or {})
 
+    def environment(self, env: Mapping[str, str]) -> dict[str, str]:
+        """The engine's environment inside the sandbox: `env` as sandbox_environment keeps it,
+        plus this job's own variables (its input copies)."""
+        return sandbox_environment({**env, **self.extra_env})
+
     def start(self, env: Mapping[str, str], confine: Confine) -> SandboxedEngine:
-        environment = sandbox_environment({**env, **self.extra_env})
-        process = spawn_engine(bwrap_command(self.layout, entry_argv()), environment, confine)
+        process = spawn_engine(bwrap_command(self.layout, entry_argv()), self.environment(env), confine)
         return SandboxedEngine(process, engine_process(process.pid))
 
 

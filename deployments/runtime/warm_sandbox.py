@@ -38,7 +38,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from deployments.runtime.engine import Confine
+from deployments.runtime.engine import Confine, spawn_engine
 from deployments.runtime.env import engine_environment
 from deployments.runtime.job_sandbox import (
     SandboxedEngine,
@@ -83,10 +83,7 @@ class WarmSandbox:
         confine: Confine = lambda: confine_engine(limits, self.cgroup, supervisor)  # noqa: E731
         env = sandbox_environment(engine_environment(environ, settings.job_env_passthrough))
         argv = bwrap_command(self.layout, [sys.executable, "-m", WARM_ENTRY_MODULE])
-        self.process = subprocess.Popen(
-            argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=confine, close_fds=True,
-        )
+        self.process = spawn_engine(argv, env, confine, stdin=subprocess.PIPE)
         self.engine_pid = engine_process(self.process.pid)
         self.used = False
 
@@ -143,7 +140,6 @@ class WarmStarter:
     def __init__(self, warm: WarmSandbox, layout: SandboxLayout, extra_env: Mapping[str, str]):
         self.warm: WarmSandbox | None = warm
         self.cold = SandboxStarter(layout, extra_env)
-        self.extra_env = dict(extra_env)
         self.cgroup: PidsCgroup | None = warm.cgroup
 
     def start(self, env: Mapping[str, str], confine: Confine) -> SandboxedEngine:
@@ -152,4 +148,4 @@ class WarmStarter:
         if warm is None:
             self.verb = self.cold.verb
             return self.cold.start(env, confine)
-        return warm.go(sandbox_environment({**env, **self.extra_env}))
+        return warm.go(self.cold.environment(env))
