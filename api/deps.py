@@ -50,13 +50,11 @@ async def get_job_run(job_id: str, gateway: GatewayDep, caller: CurrentUser) -> 
 JobRunDep = Annotated[Run, Depends(get_job_run)]
 
 
-async def get_job_view(job_id: str, request: Request, caller: CurrentUser) -> Run:
+async def get_job_view(job_id: str, request: Request, gateway: GatewayDep, caller: CurrentUser) -> Run:
     """The run from the read model (api/run_events.py): at most read_model_max_age_seconds
     old; for reads only. An app without one reads Prefect."""
-    read_model = getattr(request.app.state, "read_model", None)
-    if read_model is None:
-        return owned_job(await request.app.state.gateway.get(job_id), caller, job_id)
-    return owned_job(await read_model.get(job_id), caller, job_id)
+    reader = getattr(request.app.state, "read_model", None) or gateway
+    return owned_job(await reader.get(job_id), caller, job_id)
 
 
 JobViewDep = Annotated[Run, Depends(get_job_view)]
