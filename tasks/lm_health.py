@@ -93,6 +93,10 @@ class EndpointBreaker:
 
     def failed(self, endpoint: str, exc: BaseException) -> None:
         with self._lock:
+            # Once open the count stops: calls that were in flight when it opened fail too, and
+            # the job's message names the calls that opened it, whichever thread raises it.
+            if self.open:
+                return
             self.failures += 1
             self.endpoint, self.reason = shown_endpoint(endpoint), reason_of(exc)
 

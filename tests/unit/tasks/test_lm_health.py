@@ -35,5 +35,18 @@ def test_the_breaker_opens_after_consecutive_failures_and_a_success_closes_it():
     assert str(failed.value) == "LM endpoint http://lm.internal:8000/v1 unreachable: connection refused (3 calls)"
 
 
+def test_calls_in_flight_when_the_breaker_opens_do_not_change_its_message():
+    # Threads whose calls were already sent fail after the one that opened the breaker; the
+    # job's message must still name the calls that opened it (a real stack saw "9 calls").
+    breaker = EndpointBreaker(threshold=3)
+    refused = httpx.ConnectError("[Errno 111] Connection refused")
+    for _ in range(3):
+        breaker.failed("http://lm.internal:8000/v1", refused)
+    breaker.failed("http://lm.internal:8000/v1", httpx.ConnectTimeout("timed out"))
+    with pytest.raises(LMUnreachable) as failed:
+        breaker.check()
+    assert str(failed.value) == "LM endpoint http://lm.internal:8000/v1 unreachable: connection refused (3 calls)"
+
+
 def test_shown_endpoints_carry_no_credentials():
     assert shown_endpoint("https://k:secret@api.example.com/v1?api_key=s") == "https://api.example.com/v1"
