@@ -236,8 +236,59 @@ def engine_profile(path: Path) -> dict:
     }
 
 
-def start_py_spy(pid: int, out: Path) -> subprocess.Popen:
-    command = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--subprocesses"]
+def supervisor_profile(path: Path) -> dict:
+    """Shares of the supervisors' on-CPU samples (a relay's fork, cold, or a zygote's, warm)
+    by the leaf-most frame of our runtime or, without one, the leaf's module."""
+    shares: Counter = Counter()
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        processes = [frame for frame in frames if frame.startswith("process ")]
+        if not count.isdigit() or len(processes) < 2:
+            continue
+        last, above = processes[-1], processes[-2]
+        if not any(mark in last and mark in above for mark in ("runtime.relay", "runtime.zygote")):
+            continue
+        code = frames[len(processes) :]
+        if not code or any(code[-1].startswith(wait) for wait in WAITING):
+            continue
+        if any(PROFILE_RULES[0][1][0] in frame for frame in code):
+            shares["imports"] += int(count)
+            continue
+        ours = [frame for frame in code if "(deployments/" in frame or "(dspy_service/" in frame]
+        frame = ours[-1] if ours else code[-1]
+        function, _, place = frame.partition(" (")
+        shares[f"{function} ({place.split(':')[0]})"] += int(count)
+    total = sum(shares.values()) or 1
+    return {"samples": total, "shares": {name: round(n / total, 3) for name, n in shares.most_common(20)}}
+
+
+def server_profile(path: Path) -> dict:
+    """Shares of the Prefect server's on-CPU samples by the API route function or background
+    service they run in (the leaf-most frame in prefect/server/api/ or services/)."""
+    shares: Counter = Counter()
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        if not count.isdigit() or not frames or any(frames[-1].startswith(wait) for wait in WAITING):
+            continue
+        where = [f for f in frames if "(prefect/server/api/" in f or "(prefect/server/services/" in f]
+        if where:
+            function, _, place = where[0].partition(" (")
+            shares[f"{function} ({place.split(':')[0].removeprefix('prefect/server/')})"] += int(count)
+        elif any("(prefect/server/events/" in f for f in frames):
+            shares["events pipeline (prefect/server/events)"] += int(count)
+        elif any("(uvicorn/" in f or "(starlette/" in f or "(fastapi/" in f for f in frames):
+            shares["HTTP serving (uvicorn, starlette, fastapi)"] += int(count)
+        else:
+            shares[OTHER] += int(count)
+    total = sum(shares.values()) or 1
+    return {"samples": total, "shares": {name: round(n / total, 3) for name, n in shares.most_common(25)}}
+
+
+def start_py_spy(pid: int, out: Path, subprocesses: bool = True) -> subprocess.Popen:
+    command = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid)]
+    command += ["--subprocesses"] if subprocesses else []
     # --gil: only samples of a thread holding the GIL, i.e. running Python (py-spy cannot
     # tell idle threads apart inside the sandbox's pid namespace).
     command += ["--format", "raw", "--rate", "50", "--gil", "--nonblocking", "-o", str(out)]
@@ -297,6 +348,7 @@ def measure(bench: BenchStack, lm_url: str, args, out: dict) -> None:
         if args.py_spy:
             root = bench.stack.zygotes[0].process.pid if bench.warm_start else bench.stack.workers[0].process.pid
             spy = start_py_spy(root, Path(bench.home) / "engines.pyspy.txt")
+            server_spy = start_py_spy(bench.pids()["prefect_server"], Path(bench.home) / "server.pyspy.txt", False)
         if args.tap:
             args.tap.reset()
         rows, started, last = run_batch(probe, lm_url, args.jobs)
@@ -304,9 +356,12 @@ def measure(bench: BenchStack, lm_url: str, args, out: dict) -> None:
         end, reaped1 = sampler.snapshot()
         window = time.time() - started
         if spy:
-            spy.send_signal(2)
-            spy.wait(120)
+            for process in (spy, server_spy):
+                process.send_signal(2)
+                process.wait(120)
             out["engine_profile"] = engine_profile(Path(bench.home) / "engines.pyspy.txt")
+            out["supervisor_profile"] = supervisor_profile(Path(bench.home) / "engines.pyspy.txt")
+            out["server_profile"] = server_profile(Path(bench.home) / "server.pyspy.txt")
         if args.tap:
             out["prefect_requests_per_job"] = round(sum(args.tap.counts().values()) / args.jobs, 1)
             out["prefect_requests_by_route_per_job"] = {
@@ -361,6 +416,11 @@ def floor_child(runs: int, tasks: int) -> None:
 
 
 def floor(bench: BenchStack, args) -> dict:
+    """The floor with no task run and with --floor-tasks per flow run (their difference: a task run's cost)."""
+    return {f"{tasks} task runs": floor_once(bench, args, tasks) for tasks in sorted({0, args.floor_tasks})}
+
+
+def floor_once(bench: BenchStack, args, tasks: int) -> dict:
     env = {
         **os.environ,
         **bench.stack.env,  # the Prefect client settings every process of the stack gets
@@ -372,7 +432,7 @@ def floor(bench: BenchStack, args) -> dict:
     sampler.start()
     try:
         before, _ = sampler.snapshot()
-        command = [sys.executable, __file__, "--floor-child", str(args.floor), "--floor-tasks", str(args.floor_tasks)]
+        command = [sys.executable, __file__, "--floor-child", str(args.floor), "--floor-tasks", str(tasks)]
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
         after, _ = sampler.snapshot()
     finally:
@@ -383,7 +443,7 @@ def floor(bench: BenchStack, args) -> dict:
     server = sampler.by_role(before, after).get("prefect server", 0.0)
     return {
         "runs": args.floor,
-        "tasks_per_run": args.floor_tasks,
+        "tasks_per_run": tasks,
         "client_cpu_per_run_s": round(child["cpu_s"] / args.floor, 3),
         "server_cpu_per_run_s": round(server / (args.floor + 1), 3),  # the warm-up run included
         "wall_per_run_s": round(child["wall_s"] / args.floor, 3),
@@ -416,7 +476,9 @@ def markdown(report: dict) -> str:
         if key != "states" and stats.get("n"):
             lines.append(f"| {key} | {stats['p50']} | {stats['p95']} | {stats['max']} |")
     lines.append(f"\nstates: {out['steps']['states']}")
-    for key in ("engine_profile", "prefect_requests_per_job", "prefect_requests_by_route_per_job", "floor"):
+    keys = ("engine_profile", "supervisor_profile", "server_profile", "prefect_requests_per_job")
+    keys += ("prefect_requests_by_route_per_job", "floor")
+    for key in keys:
         if key in out:
             lines.append(f"\n{key}: {json.dumps(out[key])}")
     return "\n".join(lines)
