@@ -44,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, BenchStack, payload, summarize  # noqa: E402
+from common import ROOT, BenchStack, payload, print_and_save, summarize  # noqa: E402
 from run import SMALL_JOB, Probe, environment, log  # noqa: E402
 
 from deployments.runtime import procfs  # noqa: E402
@@ -528,11 +528,7 @@ def main() -> int:
             args.tap.stop()
         lm.terminate()
         lm.wait(10)
-    text = markdown(report)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({**report, "markdown": text}, indent=2))
+    print_and_save(report, markdown(report), args.json)
     return 0
 
 
