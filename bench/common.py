@@ -7,6 +7,7 @@ benchmarks start and inspect a stack exactly as the tests do.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -84,6 +85,14 @@ def summarize(values: list[float], digits: int = 3) -> dict:
         "p99": round(percentile(values, 99), digits),
         "max": round(max(values), digits),
     }
+
+
+def print_and_save(report: dict, text: str, path: Path | None) -> None:
+    """Print a run's markdown; with `path`, keep the report (and the markdown) there as JSON."""
+    print(text)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**report, "markdown": text}, indent=2))
 
 
 # -- the stack ----------------------------------------------------------------------------

@@ -40,7 +40,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BenchStack, payload, summarize  # noqa: E402
+from common import BenchStack, payload, print_and_save, summarize  # noqa: E402
 from run import SMALL_JOB, environment, log, plain_runs, timed  # noqa: E402
 
 from tests.support.stack import free_port, start_job_lm  # noqa: E402
@@ -313,11 +313,7 @@ def main() -> int:
     finally:
         lm.close()
     report["environment"]["loadavg_at_end"] = os.getloadavg()
-    text = markdown(report)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({**report, "markdown": text}, indent=2))
+    print_and_save(report, markdown(report), args.json)
     return 0
 
 

@@ -16,13 +16,16 @@ import time
 
 import httpx
 
+from dspy_service.tls import default_ssl_context
+
 QUICK_RETRY_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
 
 
 def prefect_transport_settings() -> dict:
     # Prefect's own settings for its default transport (the client's `limits` do not
-    # apply once a transport is given).
+    # apply once a transport is given), with the process's one TLS context (dspy_service/tls.py).
     return {
+        "verify": default_ssl_context(),
         "retries": 3,
         "limits": httpx.Limits(max_connections=16, max_keepalive_connections=8, keepalive_expiry=25),
     }

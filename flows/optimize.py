@@ -29,7 +29,7 @@ from dspy_service.settings import FLOW_NAME, get_settings
 from dspy_service.storage import load_dataset
 from flows.telemetry.artifacts import publish_result_artifacts
 from flows.telemetry.job_logging import job_logging
-from flows.telemetry.labels import champion_labels, mark_schedule_run, publish_labels
+from flows.telemetry.labels import champion_labels, mark_schedule_run, publish_labels, shared_label_client
 from flows.telemetry.observe import observe_job, watch_splits, watch_usage
 from tasks.artifact import program_artifact, serialize_program_artifact
 from tasks.champion import ChampionDecision, champion_gate
@@ -231,7 +231,10 @@ def optimize_program(
         mark_schedule_run(current_flow_run.id, job.username, schedule_id, notify=bool(job.notify_url))
     settings = get_settings()
     print_limit = int(settings.job_print_limit_mb * 1024 * 1024)
-    with job_logging(current_flow_run.id, settings.log_level, print_limit_bytes=print_limit) as capture:
+    with (
+        job_logging(current_flow_run.id, settings.log_level, print_limit_bytes=print_limit) as capture,
+        shared_label_client(),
+    ):
         try:
             rows = resolve_rows(job, dataset, dataset_ref)
             run_logger.info(

@@ -37,6 +37,7 @@ call; JobError with the how-far message from `reserve_evaluation`, `no_candidate
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -235,10 +236,11 @@ class StopGEPAOnBudget:
         return _compile_spent()
 
 
-def install_optimizer_stops() -> None:
+def install_optimizer_stops(optimizer: Any = None) -> None:
     """Once per process: BootstrapFewShot (on its own and inside other optimizers) skips the
     examples left once the budget is exhausted, keeping the demos it has; an Optuna study
-    (MIPROv2's trials) ends after the trial in which it ran out."""
+    (MIPROv2's trials) ends after the trial in which it ran out, when `optimizer` (None:
+    any) runs Optuna studies (`runs_optuna`)."""
     from dspy.teleprompt.bootstrap import BootstrapFewShot
 
     original = BootstrapFewShot._bootstrap_one_example
@@ -251,7 +253,22 @@ def install_optimizer_stops() -> None:
 
         bootstrap_one_example.__budget_hook__ = True  # type: ignore[attr-defined]
         BootstrapFewShot._bootstrap_one_example = bootstrap_one_example
-    _install_trial_stop()
+    if optimizer is None or runs_optuna(optimizer):
+        _install_trial_stop()
+
+
+def runs_optuna(optimizer: Any) -> bool:
+    """Whether `optimizer` may run an Optuna study: Optuna is already imported, or a class of
+    its MRO comes from a module that imports Optuna (DSPy's MIPROv2 and
+    BootstrapFewShotWithOptuna define `_import_optuna`, called in their compile). Importing
+    Optuna for the other optimizers cost a job ~0.25 s of CPU (bench/job_cpu.py)."""
+    if "optuna" in sys.modules:
+        return True
+    for cls in type(optimizer).__mro__:
+        module = sys.modules.get(cls.__module__)
+        if module is not None and any("optuna" in name for name in vars(module)):
+            return True
+    return False
 
 
 def _stop_study(study: Any, trial: Any) -> None:

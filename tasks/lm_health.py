@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from dspy_service.errors import JobError
+from dspy_service.tls import default_ssl_context
 
 CHECK_TIMEOUT_SECONDS = 5.0
 
@@ -110,7 +111,9 @@ def endpoint_problem(base_url: str, timeout: float = CHECK_TIMEOUT_SECONDS) -> s
     job's LM calls go: through the sandbox's egress proxy when one is set."""
     url = base_url.rstrip("/") + "/models"
     try:
-        with httpx.Client(timeout=timeout, trust_env=True, follow_redirects=False) as client:
+        with httpx.Client(
+            timeout=timeout, trust_env=True, follow_redirects=False, verify=default_ssl_context()
+        ) as client:
             answer = client.get(url)
     except httpx.TransportError as exc:
         return reason_of(exc)
@@ -128,7 +131,6 @@ def check_endpoints(endpoints: dict[str, str]) -> None:
         problem = endpoint_problem(base_url)
         if problem:
             raise LMUnreachable(
-                f"LM endpoint {shown_endpoint(base_url)} unreachable: {problem} (checked at job start; "
-                f"{field})",
+                f"LM endpoint {shown_endpoint(base_url)} unreachable: {problem} (checked at job start; {field})",
                 field=field,
             )

@@ -63,6 +63,7 @@ from deployments.runtime.prefect_scope import (
 from deployments.runtime.trusted_routes import champion_registration, champion_result
 from deployments.runtime.unix_forward import socket_address
 from dspy_service.contract import CHAMPION_REGISTRATION_ROUTE, CHAMPION_RESULT_ROUTE
+from dspy_service.tls import default_ssl_context
 
 logger = logging.getLogger("dspy_service.prefect_proxy")
 
@@ -182,7 +183,9 @@ class PrefectProxy:
             time.sleep(0.005)
 
     async def _serve(self, sock: socket.socket) -> None:
-        self._client = httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT, headers=self.upstream_headers)
+        self._client = httpx.AsyncClient(
+            timeout=UPSTREAM_TIMEOUT, headers=self.upstream_headers, verify=default_ssl_context()
+        )
         try:
             assert self._server is not None
             await self._server.serve(sockets=[sock])
@@ -244,7 +247,8 @@ class PrefectProxy:
             return
         if split_path(path) == CHAMPION_REGISTRATION_ROUTE.strip("/").split("/"):
             registered = await champion_registration(
-                self.upstream_api_url, self.upstream_headers, self.scope.flow_run_id, body)
+                self.upstream_api_url, self.upstream_headers, self.scope.flow_run_id, body
+            )
             await respond(send, *registered)
             return
         if proposes_running(self.scope.flow_run_id, method, path, body) and await cancelled_before_start(
@@ -283,8 +287,9 @@ class PrefectProxy:
             forwarded["content-type"] = "application/json"  # the body was checked as JSON
         forwarded.update(self.upstream_headers)
         forwarded["accept-encoding"] = "identity"
-        return await self._client.request(method, self.upstream_url(path, query), content=body or None,
-                                          headers=forwarded)
+        return await self._client.request(
+            method, self.upstream_url(path, query), content=body or None, headers=forwarded
+        )
 
     # -- websockets ---------------------------------------------------------------------------
     async def websocket(self, scope: dict, receive: Callable, send: Callable) -> None:

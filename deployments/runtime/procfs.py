@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 EXITED = frozenset({"Z", "X"})  # zombie (exited, not yet reaped) or dead
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # the unit of /proc/<pid>/stat's CPU times
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,41 @@ def read_stat(pid: int) -> ProcStat | None:
     except (OSError, IndexError):
         return None
     return ProcStat(pid, fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[3]))
+
+
+@dataclass(frozen=True)
+class CpuTimes:
+    """A process's command name, parent and CPU seconds (user + system): its own and its
+    reaped children's (children that exited and were waited for: cutime + cstime)."""
+
+    pid: int
+    comm: str
+    ppid: int
+    own: float
+    reaped_children: float
+
+
+def cpu_times(pid: int) -> CpuTimes | None:
+    """From one read of /proc/<pid>/stat, or None if the process is gone or unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            head, _, tail = stat.read().partition(b" (")
+            comm, _, rest = tail.rpartition(b")")
+            fields = rest.split()
+    except OSError:
+        return None
+    if len(fields) < 15:
+        return None
+    # After the command name: fields[1] is the parent, fields[11:15] utime, stime, cutime,
+    # cstime in clock ticks.
+    utime, stime, cutime, cstime = (int(value) for value in fields[11:15])
+    return CpuTimes(
+        pid,
+        comm.decode(errors="replace"),
+        int(fields[1]),
+        (utime + stime) / CLOCK_TICKS,
+        (cutime + cstime) / CLOCK_TICKS,
+    )
 
 
 def pids() -> list[int]:

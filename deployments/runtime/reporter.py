@@ -23,6 +23,7 @@ from urllib.parse import quote
 import httpx
 
 from dspy_service.contract import SECRET_BLOCK_TYPE
+from dspy_service.tls import default_ssl_context
 
 
 class PrefectUnreachable(RuntimeError):
@@ -41,7 +42,9 @@ class RunReporter:
         elif environ.get("PREFECT_API_AUTH_STRING"):
             token = base64.b64encode(environ["PREFECT_API_AUTH_STRING"].encode()).decode()
             headers["Authorization"] = f"Basic {token}"
-        self.client = httpx.Client(base_url=api_url, headers=headers, timeout=10) if api_url and flow_run_id else None
+        self.client = None
+        if api_url and flow_run_id:
+            self.client = httpx.Client(base_url=api_url, headers=headers, timeout=10, verify=default_ssl_context())
 
     def _request(self, method: str, path: str, patience: float = 90.0, **kwargs: Any) -> httpx.Response | None:
         """One API call, retried while the server is unreachable or failing (it may be

@@ -1,20 +1,51 @@
 """Publish a job's small facts (scores, usage, progress) as labels on its flow run, and
 tag the runs Prefect's scheduler creates as runs of their user and schedule.
 
-Label keys and their encoding are the contract's (`dspy_service.contract`). How it fails:
-best effort; a label or tag that cannot be written is logged as a warning and the job
-goes on.
+Label keys and their encoding are the contract's (`dspy_service.contract`). Inside
+`shared_label_client()` (the flow's body) the flow thread's label writes share one Prefect
+client. How it fails: best effort; a label or tag that cannot be written (or a client that
+cannot be opened) is logged as a warning and the job goes on.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from dspy_service import contract
 from dspy_service.prefect_http import sync_prefect_client
 
 logger = logging.getLogger("dspy_service.labels")
+# The open client of `shared_label_client()` in this context (an ExitStack that closes it).
+_shared: ContextVar[dict[str, Any] | None] = ContextVar("dspy_service_label_client", default=None)
+
+
+@contextmanager
+def shared_label_client() -> Iterator[None]:
+    """Meanwhile, label writes without a `client` in this thread share one, opened at the
+    first write and closed at the end: opening one costs ~30 ms of CPU (its transport,
+    Prefect's client; bench/job_cpu.py) and a job's flow thread writes labels 2-3 times."""
+    shared: dict[str, Any] = {}
+    token = _shared.set(shared)
+    try:
+        with ExitStack() as stack:
+            shared["stack"] = stack
+            yield
+    finally:
+        _shared.reset(token)
+
+
+def _shared_client() -> Any:
+    """The shared client of this context, opened now if needed; None outside one."""
+    shared = _shared.get()
+    if shared is None:
+        return None
+    if "client" not in shared:
+        shared["client"] = shared["stack"].enter_context(sync_prefect_client())
+    return shared["client"]
 
 
 def publish_labels(flow_run_id: str | None, values: dict[str, Any], client: Any = None) -> None:
@@ -28,6 +59,7 @@ def publish_labels(flow_run_id: str | None, values: dict[str, Any], client: Any 
         return
     labels = {key: contract.encode_label(value) for key, value in values.items() if value is not None}
     try:
+        client = client if client is not None else _shared_client()
         if client is not None:
             client.update_flow_run_labels(flow_run_id, labels)
             return

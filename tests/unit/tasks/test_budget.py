@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from dspy_service.budget import Budget
@@ -163,3 +166,21 @@ def test_the_details_say_where_the_budget_came_from():
     assert BudgetGuard(Budget(max_lm_calls=5), UsageMeter()).as_details()["source"] == "job"
     guard = BudgetGuard(Budget(max_lm_calls=5), UsageMeter(), source="user_default")
     assert guard.as_details()["source"] == "user_default"
+
+
+def test_only_optimizers_that_run_optuna_studies_import_optuna():
+    """Optuna costs a job ~0.25 s of CPU to import; BootstrapFewShot never needs it."""
+    code = (
+        "import sys, dspy\n"
+        "from tasks.budget import install_optimizer_stops, runs_optuna\n"
+        "install_optimizer_stops(dspy.BootstrapFewShot(metric=None))\n"
+        "bootstrap = 'optuna' in sys.modules\n"
+        "lm = dspy.LM('openai/local', api_base='http://127.0.0.1:1/v1', api_key='x')\n"
+        "mipro = dspy.MIPROv2(metric=None, auto='light', prompt_model=lm, task_model=lm)\n"
+        "install_optimizer_stops(mipro)\n"
+        "from optuna.study import Study\n"
+        "print(bootstrap, runs_optuna(mipro), getattr(Study.optimize, '__budget_hook__', False))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "True", "True"], "MIPROv2's studies stop on the budget"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 from deployments.runtime import procfs
 
@@ -49,3 +50,20 @@ def test_own_process_readers():
     assert procfs.environ_of(os.getpid()) is not None
     assert procfs.own_cgroups()  # every Linux process is in at least one cgroup
     assert any(" - proc " in line for line in procfs.mount_lines())
+
+
+def test_cpu_times_count_a_process_and_the_children_it_reaped():
+    burn = "import sys, time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\nsys.stdin.read()"
+    child = subprocess.Popen(["python3", "-c", burn], stdin=subprocess.PIPE)
+    try:
+        before = procfs.cpu_times(os.getpid())
+        deadline = time.monotonic() + 10
+        while (times := procfs.cpu_times(child.pid)).own < 0.25 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert times.ppid == os.getpid() and times.comm.startswith("python")
+        assert times.own >= 0.25, "the child's own CPU seconds"
+    finally:
+        child.communicate(b"", timeout=10)
+    after = procfs.cpu_times(os.getpid())
+    assert after.reaped_children - before.reaped_children >= 0.25, "once reaped, its time is its parent's"
+    assert procfs.cpu_times(child.pid) is None

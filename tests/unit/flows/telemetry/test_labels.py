@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 from dspy_service import contract
-from flows.telemetry.labels import champion_labels, publish_labels
+from flows.telemetry import labels
+from flows.telemetry.labels import champion_labels, publish_labels, shared_label_client
 
 
 class RecordingClient:
@@ -57,3 +59,35 @@ def test_the_champion_gate_decision_as_labels():
     }
     first = champion_labels({"promoted": True})
     assert first[contract.CHAMPION_PROMOTED] is True and first[contract.CHAMPION_PREVIOUS] is None
+
+
+def test_label_writes_in_a_shared_label_client_share_one_client(monkeypatch):
+    opened: list[RecordingClient] = []
+    closed: list[RecordingClient] = []
+
+    @contextmanager
+    def one_client():
+        client = RecordingClient()
+        opened.append(client)
+        yield client
+        closed.append(client)
+
+    monkeypatch.setattr(labels, "sync_prefect_client", one_client)
+    with shared_label_client():
+        publish_labels("run-1", {contract.STAGE: "load-and-split-data"})
+        publish_labels("run-1", {contract.STAGE: "compile-program"})
+        assert closed == [], "the shared client stays open until the flow's body ends"
+    assert len(opened) == 1 and closed == opened
+    assert [labels[contract.STAGE] for _, labels in opened[0].writes] == ["load-and-split-data", "compile-program"]
+    publish_labels("run-1", {contract.STAGE: "evaluate-programs"})
+    assert len(opened) == 2, "outside the flow's body each write opens (and closes) its own client"
+
+
+def test_a_shared_client_that_cannot_be_opened_does_not_fail_the_job(monkeypatch, caplog):
+    def unreachable():
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(labels, "sync_prefect_client", unreachable)
+    with shared_label_client():
+        publish_labels("run-1", {contract.STAGE: "compile-program"})
+    assert "could not update flow-run labels" in caplog.text
