@@ -2,8 +2,8 @@
 
     python -u -m deployments.runtime.zygote --socket PATH
 
-Started next to a worker when warm start is on (`dspy-service worker --warm-start`,
-`dspy-service up --warm-start`, or DSPY_SERVICE_WARM_START=true; deployments/stack.py).
+Started next to each worker when warm start is on (the default; off with
+DSPY_SERVICE_WARM_START=false or `dspy-service up/worker --cold-start`; deployments/stack.py).
 It imports Prefect, the engine, DSPy, the supervisor and the flow entrypoint once, starts
 no thread, event loop or HTTP client, and listens on a Unix socket (0600) whose path the
 worker's jobs find in DSPY_SERVICE_ZYGOTE_SOCKET.

@@ -197,8 +197,8 @@ class RunningStack:
         wait_until(healthy, timeout, 0.5, what="the stack to be healthy")
 
     def processes(self, job_id: str, timeout: float = 90) -> JobProcesses:
-        """The job's engine (it logs its pid), its supervisor and the supervisor's relay parent."""
-        return JobProcesses.of_engine(engine_pid(self.api, job_id, timeout))
+        """The job's engine (it logs its pid), its supervisor and the worker's relay process."""
+        return JobProcesses.of_engine(engine_pid(self.api, job_id, timeout), job_id)
 
     def worker_pid(self) -> int:
         process = self.stack.workers[0].process
