@@ -48,7 +48,7 @@ from deployments.runtime.engine import ForkStarter, assert_single_threaded
 from deployments.runtime.env import apply_malloc_env
 from deployments.runtime.limits import exited_children
 from deployments.runtime.protocol import exit_code, recv_request
-from deployments.runtime.warm_slots import SlotPool, hand_off_fds, run_slot
+from deployments.runtime.warm_slots import SlotPool, hand_off_fds, run_slot, sweep_staged_results
 
 if TYPE_CHECKING:
     from deployments.runtime.warm_sandbox import WarmSandbox
@@ -376,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"imports started {threading.active_count() - 1} thread(s); forking would be unsafe")
         return 1
     log(f"imported {', '.join(PRELOAD)} in {time.monotonic() - started:.2f} s")
+    if zygote.slots is not None:
+        sweep_staged_results(log)
     zygote.listen()  # connectable only once warm: readiness checks can connect
     zygote.serve()
     return 0
