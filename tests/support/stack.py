@@ -34,6 +34,11 @@ from tests.support.processes import JobProcesses, engine_pid
 
 TERMINAL = {"success", "failed", "cancelled"}
 
+# The database whose suite stacks (tests/integration's and the hostile suite's) start every
+# job cold (warm_start=False): the other runs the default (warm start), and the cold path
+# (relay -> forked supervisor -> new sandboxed interpreter) keeps the whole contract too.
+COLD_START_DATABASE = "postgres"
+
 
 # host:port of the servers this process runs for jobs to reach.
 JOB_REACHABLE: list[str] = []
@@ -70,7 +75,8 @@ def configure_stack(
 ) -> tuple[Stack, FreshDatabase | None]:
     """A stack (not started) on free ports; on `postgres` it owns a fresh database, which
     the caller drops when done. `settings` are ServiceSettings fields, `env` the
-    processes' extra environment; `egress_allow` adds to the servers of `JOB_REACHABLE`."""
+    processes' extra environment; `egress_allow` adds to the servers of `JOB_REACHABLE`;
+    `warm_start` None: the service's default (on)."""
     settings["egress_allow"] = ",".join(filter(None, [*JOB_REACHABLE, settings.get("egress_allow", "")]))
     fresh = FreshDatabase.create(db_prefix) if database == "postgres" else None
     # Tests write dataset_source files into their own temp dirs, next to the stack's home.
