@@ -45,7 +45,7 @@ def trial(api: httpx.Client, prefect: httpx.Client, lm, seed: int) -> dict:
     while api.get(f"/jobs/{job_id}/summary").json()["status"] != "running":
         time.sleep(0.1)
     time.sleep(1.0)
-    procs = JobProcesses.of_engine(engine)
+    procs = JobProcesses.of_engine(engine, job_id)
     tree = [procs.relay, procs.supervisor, *procs.job_session()]
     started = time.time()
     assert api.post(f"/jobs/{job_id}/cancel").status_code == 200

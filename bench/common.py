@@ -107,7 +107,7 @@ class BenchStack:
         job_slots: int = 2,
         prefix: str = "bench-",
         env: dict | None = None,
-        warm_start: bool = False,
+        warm_start: bool | None = None,  # None: the service's default (DSPY_SERVICE_WARM_START)
     ):
         self.db = db
         self.home = Path(tempfile.mkdtemp(prefix=prefix))

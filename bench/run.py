@@ -582,8 +582,9 @@ def main() -> int:
     parser.add_argument(
         "--warm-start",
         choices=["off", "on", "both"],
-        default="off",
-        help="job processes fork from a pre-imported zygote (DSPY_SERVICE_WARM_START); both: cold, then warm",
+        default="on",
+        help="job processes fork from a pre-imported zygote (DSPY_SERVICE_WARM_START, the service's default); "
+        "off: cold start; both: cold, then warm",
     )
     parser.add_argument(
         "--api-only",

@@ -5,7 +5,7 @@
     dspy-service demo --real-model  # the same on a real small model served here (the `real-lm` extra)
     dspy-service worker             # one more worker (e.g. on another host) for PREFECT_API_URL
                                     # (+ PREFECT_API_AUTH_STRING; default: this home's)
-    dspy-service up --warm-start    # jobs fork from a pre-imported zygote (also: worker --warm-start)
+    dspy-service up --cold-start    # no warm-start zygote: every job starts fresh interpreters (also: worker)
     dspy-service register           # (re)register the work pool and the deployment
     dspy-service local-lm           # the deterministic local LM alone (tests and demo only)
     dspy-service users add NAME     # a user and their API token (also: users list/revoke/rotate)
@@ -44,8 +44,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = get_settings()
     if args.slots:
         settings.job_slots = args.slots
-    if args.warm_start:
-        settings.warm_start = True
+    if args.warm_start is not None:
+        settings.warm_start = args.warm_start
     config = StackConfig(
         settings=settings,
         api_host=args.host,
@@ -195,7 +195,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "deployments.worker", "--pool", settings.work_pool]  # deployments/worker.py
     if args.name:
         command += ["--name", args.name]
-    if args.warm_start or settings.warm_start:
+    if settings.warm_start if args.warm_start is None else args.warm_start:
         return run_warm_worker(command, env, settings, args.name)
     os.execvpe(command[0], command, env)
     return 0  # not reached
@@ -297,6 +297,24 @@ def add_program_server_parser(sub) -> None:
     program_server.set_defaults(func=cmd_program_server)
 
 
+def add_warm_start_flags(parser: argparse.ArgumentParser) -> None:
+    """--warm-start / --cold-start; neither: DSPY_SERVICE_WARM_START (default on)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--warm-start",
+        dest="warm_start",
+        action="store_true",
+        default=None,
+        help="fork jobs from a pre-imported zygote, in warm sandboxes (default; DSPY_SERVICE_WARM_START)",
+    )
+    group.add_argument(
+        "--cold-start",
+        dest="warm_start",
+        action="store_false",
+        help="no zygote: every job starts fresh interpreters (DSPY_SERVICE_WARM_START=false)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dspy-service", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -312,9 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--demo", action="store_true", help="submit the demo job once the service is up")
     up.add_argument("--demo-optimizer", default="bootstrap")
     up.add_argument("--lm-url", default="http://127.0.0.1:8765/v1")
-    up.add_argument(
-        "--warm-start", action="store_true", help="fork jobs from a pre-imported zygote (DSPY_SERVICE_WARM_START)"
-    )
+    add_warm_start_flags(up)
     up.set_defaults(func=cmd_up)
 
     add_demo_parser(sub)
@@ -325,9 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
         "prefect-auth file)",
     )
     worker.add_argument("--name", default=None)
-    worker.add_argument(
-        "--warm-start", action="store_true", help="fork jobs from a pre-imported zygote (DSPY_SERVICE_WARM_START)"
-    )
+    add_warm_start_flags(worker)
     worker.set_defaults(func=cmd_worker)
 
     register = sub.add_parser("register", help="create the work pool and register the deployment")

@@ -252,11 +252,12 @@ class ServiceSettings(ProgramServingSettings, JobLimitSettings, BaseSettings):
     )
 
     warm_start: bool = Field(
-        default=False,
+        default=True,
         description="Start each worker with a zygote (deployments/runtime/zygote.py) that has imported Prefect, "
-        "DSPy and the flow, and fork every job's supervisor and engine from it instead of starting fresh interpreters "
-        "(`dspy-service up --warm-start`, `dspy-service worker --warm-start`). Restart workers after a code "
-        "upgrade.",
+        "DSPy and the flow, and fork every job's supervisor (and, with the sandbox off, its engine) from it instead "
+        "of starting fresh interpreters; with the sandbox on, jobs run in warm sandboxes (warm_sandboxes). On by "
+        "default; false (or `dspy-service up --cold-start`, `dspy-service worker --cold-start`): every job starts "
+        "its processes fresh. Restart workers after a code upgrade.",
     )
 
     warm_sandboxes: int | None = Field(

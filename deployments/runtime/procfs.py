@@ -24,6 +24,7 @@ class ProcStat:
     ppid: int
     pgrp: int
     session: int
+    start_ticks: int  # clock ticks after boot: with the pid, names one process of this boot
 
     @property
     def exited(self) -> bool:
@@ -38,7 +39,24 @@ def read_stat(pid: int) -> ProcStat | None:
             fields = stat.read().rsplit(b")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    return ProcStat(pid, fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[3]))
+    return ProcStat(pid, fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19]))
+
+
+def boot_id() -> str | None:
+    """This kernel's boot (changes on every reboot), or None if unreadable."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            return boot.read().strip() or None
+    except OSError:
+        return None
+
+
+def pid_namespace() -> int | None:
+    """The inode of this process's pid namespace: pids name processes only within one."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
 
 
 @dataclass(frozen=True)

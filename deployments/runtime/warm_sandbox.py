@@ -7,8 +7,10 @@ cannot gain once bubblewrap has set up its mounts:
 - mounted as for every job: the system, Python, the project's packages, a private /tmp, the
   slot's own work directory at `/job` and run directory at `/run/dspy` (the proxies' sockets
   appear there once the job's supervisor starts them), and a fresh, empty result directory
-  `<results>/.warm-*` at `<results>`, renamed to the job's `<results>/<flow run id>` when the
-  job arrives (`claim`; the mount follows the directory);
+  `<results>/.warm-<owner>-*` at `<results>`, renamed to the job's `<results>/<flow run id>`
+  when the job arrives (`claim`; the mount follows the directory). `<owner>` names the
+  zygote (host, boot, pid and start time: staged_results.py), so that a zygote starting
+  after its host died can sweep what the dead one staged;
 - not mounted: the job's inputs, which the supervisor copies into `/job/inputs`
   (job_sandbox.py, dspy_service/sandbox_inputs.py); its tenant's LM cache, which the engine
   reaches through the supervisor's socket like every sandboxed job.
@@ -23,8 +25,9 @@ The sandbox runs under the same confinement as a cold job's engine (`confine_eng
 with this process, the slot's pids cgroup, the job rlimits) from its start, so its imports
 count toward the job's CPU limit (about 2 CPU-seconds). Failures: starting bubblewrap
 raises OSError, `SandboxUnavailable` or `JobError` (job_sandbox.py: no sandbox on this
-host, results in a storage block), and the slot gives up (its jobs start cold); a
-sandbox that died while waiting shows as `alive() == False`.
+host, results in a storage block) after removing what it had created (staged directory,
+job directory, cgroup), and the slot gives up (its jobs start cold); a sandbox that died
+while waiting shows as `alive() == False`.
 """
 
 from __future__ import annotations
@@ -56,23 +59,37 @@ from deployments.runtime.sandbox import (
     hidden_inside_mounts,
     sandbox_environment,
 )
+from deployments.runtime.staged_results import STAGED_RESULTS_PREFIX, Owner
 from dspy_service.sandbox_check import cached_bubblewrap_problem
 from dspy_service.settings import ServiceSettings
 
 WARM_ENTRY_MODULE = "deployments.runtime.warm_entry"
-STAGED_RESULTS_PREFIX = ".warm-"
 
 
 class WarmSandbox:
     """One pre-started sandbox, owned by the process that created it (its supervisor-to-be)."""
 
-    def __init__(self, settings: ServiceSettings, environ: Mapping[str, str]):
+    def __init__(self, settings: ServiceSettings, environ: Mapping[str, str], zygote: int | None = None):
+        """`zygote`: the process whose slots stage results here (default: our parent, as a
+        slot is the zygote's fork)."""
         problem = cached_bubblewrap_problem(settings.sandbox_uid)
         if problem:
             raise SandboxUnavailable(problem)
         self.results = results_root(environ)
         self.results.mkdir(parents=True, exist_ok=True)
-        self.staged_results: Path | None = Path(tempfile.mkdtemp(prefix=STAGED_RESULTS_PREFIX, dir=self.results))
+        owner = Owner.of(os.getppid() if zygote is None else zygote)
+        prefix = owner.prefix() if owner is not None else STAGED_RESULTS_PREFIX  # unnamed: never swept
+        self.staged_results: Path | None = Path(tempfile.mkdtemp(prefix=prefix, dir=self.results))
+        self.directory: JobDirectory | None = None
+        self.cgroup: PidsCgroup | None = None
+        try:
+            self.start(settings, environ)
+        except BaseException:
+            self.remove()
+            raise
+
+    def start(self, settings: ServiceSettings, environ: Mapping[str, str]) -> None:
+        assert self.staged_results is not None
         self.directory = JobDirectory(settings.sandbox_dir, "warm")
         self.layout = SandboxLayout(job_dir=self.directory.path, uid=settings.sandbox_uid)
         self.layout.mounts.append(Mount(self.staged_results, writable=True, target=self.results))
@@ -123,10 +140,15 @@ class WarmSandbox:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self.remove()
+
+    def remove(self) -> None:
+        """Remove what this sandbox created on the host (its engine has exited)."""
         if self.staged_results is not None:
             with contextlib.suppress(OSError):
                 self.staged_results.rmdir()
-        self.directory.remove()
+        if self.directory is not None:
+            self.directory.remove()
         if self.cgroup is not None:
             self.cgroup.remove()
 

@@ -10,6 +10,10 @@ protocol.py) and forks a new slot in its place; the slot becomes that job's supe
 supervisor's start nor the engine's imports, and no process ever runs a second job: a
 slot, its sandbox and its engine end with their one job.
 
+A zygote that starts first sweeps the empty staged result directories (`<results>/.warm-*`)
+of this host's zygotes that are gone (`sweep_staged_results`, staged_results.py): a host
+that died outright leaves them, which no slot of it retires.
+
 How it fails: a slot whose sandbox cannot start (no bubblewrap, results in a storage
 block) or dies while idle exits, and the zygote waits before it forks the next one
 (`backoff`, doubling up to BACKOFF_MAX); meanwhile jobs get a cold-sandbox supervisor as
@@ -144,6 +148,20 @@ def run_slot(sock: socket.socket, become_supervisor: Callable[..., int], log: Ca
     sock.close()
     sys.stdout.flush()
     return become_supervisor(relay, request, fds, warm)
+
+
+def sweep_staged_results(log: Callable[[str], None]) -> None:
+    """Before the first slot: remove the empty staged result directories that zygotes of this
+    host which are gone left behind (a host that died outright; staged_results.py)."""
+    from deployments.runtime.job_sandbox import results_root
+    from deployments.runtime.staged_results import sweep
+
+    try:
+        results = results_root(os.environ)
+    except Exception:  # noqa: BLE001 - results in a storage block: no slot stages anything there
+        return
+    for path in sweep(results):
+        log(f"removed {path}, staged by a zygote that is gone")
 
 
 def hand_off_fds(conn: socket.socket, fds: list[int]) -> list[int]:

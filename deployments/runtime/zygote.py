@@ -2,8 +2,8 @@
 
     python -u -m deployments.runtime.zygote --socket PATH
 
-Started next to a worker when warm start is on (`dspy-service worker --warm-start`,
-`dspy-service up --warm-start`, or DSPY_SERVICE_WARM_START=true; deployments/stack.py).
+Started next to each worker when warm start is on (the default; off with
+DSPY_SERVICE_WARM_START=false or `dspy-service up/worker --cold-start`; deployments/stack.py).
 It imports Prefect, the engine, DSPy, the supervisor and the flow entrypoint once, starts
 no thread, event loop or HTTP client, and listens on a Unix socket (0600) whose path the
 worker's jobs find in DSPY_SERVICE_ZYGOTE_SOCKET.
@@ -48,7 +48,7 @@ from deployments.runtime.engine import ForkStarter, assert_single_threaded
 from deployments.runtime.env import apply_malloc_env
 from deployments.runtime.limits import exited_children
 from deployments.runtime.protocol import exit_code, recv_request
-from deployments.runtime.warm_slots import SlotPool, hand_off_fds, run_slot
+from deployments.runtime.warm_slots import SlotPool, hand_off_fds, run_slot, sweep_staged_results
 
 if TYPE_CHECKING:
     from deployments.runtime.warm_sandbox import WarmSandbox
@@ -376,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"imports started {threading.active_count() - 1} thread(s); forking would be unsafe")
         return 1
     log(f"imported {', '.join(PRELOAD)} in {time.monotonic() - started:.2f} s")
+    if zygote.slots is not None:
+        sweep_staged_results(log)
     zygote.listen()  # connectable only once warm: readiness checks can connect
     zygote.serve()
     return 0

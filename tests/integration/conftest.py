@@ -1,7 +1,9 @@
 """A real stack per database: Prefect server, work pool + deployment, a worker, the API.
 
 Runs once on SQLite and once on PostgreSQL (127.0.0.1:5432, trust auth, a fresh database
-per run); tests marked `sqlite_only` run on SQLite only. The local LM and a webhook
+per run); tests marked `sqlite_only` run on SQLite only. The SQLite stack starts jobs as
+the service does by default (warm start: a zygote and warm sandboxes), the PostgreSQL
+stack cold (COLD_START_DATABASE), so that both job start paths keep the whole contract. The local LM and a webhook
 receiver run in the test process; jobs reach the LM over HTTP, and the service may POST
 webhooks to the receiver (both allow-listed).
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support.markers import deselect_postgres_runs
-from tests.support.stack import RunningStack
+from tests.support.stack import COLD_START_DATABASE, RunningStack
 
 
 def pytest_collection_modifyitems(config, items):
@@ -21,6 +23,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
 def stack(request, tmp_path_factory, local_lm, webhook_receiver):
     home = tmp_path_factory.mktemp(f"stack-{request.param}")
-    running = RunningStack.start(home, request.param, job_slots=2, scheduler_loop_seconds=1)
+    warm_start = request.param != COLD_START_DATABASE
+    running = RunningStack.start(home, request.param, job_slots=2, scheduler_loop_seconds=1, warm_start=warm_start)
     yield running
     running.stop()

@@ -125,8 +125,8 @@ def test_cancel_kills_the_warm_sandboxed_job_tree(sstack, local_lm):
         procs = sstack.processes(job_id)
         sstack.wait_for_status(job_id, {"running"}, timeout=60)
         time.sleep(1)
-        tree = [procs.supervisor, *procs.job_session()]
-        assert len(tree) >= 4, f"expected supervisor, bubblewrap, engine and the user's child: {tree}"
+        tree = [procs.relay, procs.supervisor, *procs.job_session()]
+        assert len(tree) >= 5, f"expected relay, supervisor, bubblewrap, engine and the user's child: {tree}"
         assert sstack.api.post(f"/jobs/{job_id}/cancel").status_code == 200
         wait_until_gone(tree, timeout=10)
         sstack.wait_state(job_id, {"CANCELLED"}, timeout=30)

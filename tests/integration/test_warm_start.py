@@ -19,7 +19,7 @@ import pytest
 from deployments.runtime.procfs import cmdline_of, parent_of, process_gone
 from tests.support.checks import assert_a_job_succeeds_with_its_result
 from tests.support.payloads import job_payload, tenant_model
-from tests.support.processes import engine_pid, processes_of_runs, wait_until_gone
+from tests.support.processes import engine_pid, wait_until_gone
 from tests.support.reliability import (
     ENV_DUMP,
     SIG,
@@ -39,13 +39,6 @@ class WarmStack(RunningStack):
         process = self.stack.zygotes[0].process
         assert process is not None and process.poll() is None, "the zygote is not running"
         return process.pid
-
-    def relay_of(self, job_id: str) -> int:
-        """The worker's child running this job (`python -m deployments.runtime.relay`)."""
-        worker = self.worker_pid()
-        relays = [pid for pid in processes_of_runs({job_id}) if parent_of(pid) == worker]
-        assert relays, f"no relay process of job {job_id} under the worker"
-        return relays[0]
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +66,12 @@ def test_the_engine_is_forked_from_the_zygote_not_exec(wstack, local_lm):
         job_id = wstack.submit(job_payload(local_lm.url, rows=20, model_config=tenant_model(local_lm.url)))
         procs = wstack.processes(job_id)  # the engine logs its pid
         supervisor = parent_of(procs.engine)
-        relay = wstack.relay_of(job_id)
+        assert supervisor == procs.supervisor
         # The worker's child is still the relay; the supervisor is the zygote's child and
         # the engine the supervisor's, all running the zygote's interpreter image: no
         # `python -m prefect.engine` (nor the supervisor's fork + import) was exec'd.
-        assert "deployments.runtime.relay" in cmdline(relay)
+        assert "deployments.runtime.relay" in cmdline(procs.relay)
+        assert parent_of(procs.relay) == wstack.worker_pid()
         assert parent_of(supervisor) == wstack.zygote_pid
         assert "deployments.runtime.zygote" in cmdline(supervisor)
         assert "deployments.runtime.zygote" in cmdline(procs.engine)
@@ -100,8 +94,7 @@ def test_cancel_kills_the_warm_job_tree(wstack, local_lm):
         procs = wstack.processes(job_id)
         wstack.wait_for_status(job_id, {"running"}, timeout=60)
         time.sleep(1)
-        supervisor = parent_of(procs.engine)
-        tree = [wstack.relay_of(job_id), supervisor, *procs.job_session()]
+        tree = [procs.relay, procs.supervisor, *procs.job_session()]
         assert len(tree) >= 4, f"expected relay, supervisor, engine and the user's child: {tree}"
         assert wstack.api.post(f"/jobs/{job_id}/cancel").status_code == 200
         wait_until_gone(tree, timeout=10)

@@ -2,8 +2,11 @@
 reader (deployments.runtime.procfs).
 
 The engine's host pid is logged ("(process N on host)": by the flow, or for a sandboxed
-engine by its supervisor); above it are bubblewrap (sandboxed), the supervisor and the
-relay. Lookups that do not succeed in time raise AssertionError.
+engine by its supervisor); above it are bubblewrap (sandboxed) and the supervisor. The
+relay (the worker's child, `python -m deployments.runtime.relay`) is the supervisor's
+parent on a cold start; on a warm start (the default) the supervisor is the zygote's child
+and the relay a separate process, found as the one relay whose environment names the run.
+Lookups that do not succeed in time raise AssertionError.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from deployments.runtime import procfs
 from tests.support.polling import wait_until
 
 LOGGED_PID = re.compile(r"\(process (\d+) on ")
+RELAY_MODULE = "deployments.runtime.relay"
 
 
 @dataclass(frozen=True)
@@ -27,14 +31,17 @@ class JobProcesses:
     relay: int
 
     @classmethod
-    def of_engine(cls, engine: int) -> JobProcesses:
+    def of_engine(cls, engine: int, run_id: str) -> JobProcesses:
         supervisor = procfs.parent_of(engine)
         # A sandboxed engine's parents are bubblewrap's init and bubblewrap itself.
         while supervisor is not None and procfs.read_comm(supervisor) == "bwrap":
             supervisor = procfs.parent_of(supervisor)
         assert supervisor is not None, f"the engine {engine} is gone"
-        relay = procfs.parent_of(supervisor)
-        assert relay is not None, f"the supervisor {supervisor} is gone"
+        if RELAY_MODULE in (procfs.cmdline_of(supervisor) or ""):  # cold: a fork of the relay
+            relay = procfs.parent_of(supervisor)
+            assert relay is not None, f"the supervisor {supervisor} is gone"
+        else:  # warm: the relay hands its job to the zygote and waits for its exit code
+            relay = relay_of_run(run_id, exclude=supervisor)
         return cls(engine=engine, supervisor=supervisor, relay=relay)
 
     def job_session(self) -> list[int]:
@@ -71,3 +78,12 @@ def processes_of_runs(run_ids: set[str]) -> list[int]:
     """Live processes whose environment names one of these flow runs (PREFECT__FLOW_RUN_ID)."""
     wanted = {f"PREFECT__FLOW_RUN_ID={run_id}".encode() for run_id in run_ids}
     return [stat.pid for stat in procfs.live_processes() if wanted & set(procfs.environ_of(stat.pid) or ())]
+
+
+def relay_of_run(run_id: str, exclude: int | None = None) -> int:
+    """The live relay process (the worker's child) running this flow run."""
+    relays = [
+        pid for pid in processes_of_runs({run_id}) if pid != exclude and RELAY_MODULE in (procfs.cmdline_of(pid) or "")
+    ]
+    assert len(relays) == 1, f"expected one relay process of run {run_id}, found {relays}"
+    return relays[0]

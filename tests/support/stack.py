@@ -34,6 +34,11 @@ from tests.support.processes import JobProcesses, engine_pid
 
 TERMINAL = {"success", "failed", "cancelled"}
 
+# The database whose suite stacks (tests/integration's and the hostile suite's) start every
+# job cold (warm_start=False): the other runs the default (warm start), and the cold path
+# (relay -> forked supervisor -> new sandboxed interpreter) keeps the whole contract too.
+COLD_START_DATABASE = "postgres"
+
 
 # host:port of the servers this process runs for jobs to reach.
 JOB_REACHABLE: list[str] = []
@@ -70,7 +75,8 @@ def configure_stack(
 ) -> tuple[Stack, FreshDatabase | None]:
     """A stack (not started) on free ports; on `postgres` it owns a fresh database, which
     the caller drops when done. `settings` are ServiceSettings fields, `env` the
-    processes' extra environment; `egress_allow` adds to the servers of `JOB_REACHABLE`."""
+    processes' extra environment; `egress_allow` adds to the servers of `JOB_REACHABLE`;
+    `warm_start` None: the service's default (on)."""
     settings["egress_allow"] = ",".join(filter(None, [*JOB_REACHABLE, settings.get("egress_allow", "")]))
     fresh = FreshDatabase.create(db_prefix) if database == "postgres" else None
     # Tests write dataset_source files into their own temp dirs, next to the stack's home.
@@ -197,8 +203,8 @@ class RunningStack:
         wait_until(healthy, timeout, 0.5, what="the stack to be healthy")
 
     def processes(self, job_id: str, timeout: float = 90) -> JobProcesses:
-        """The job's engine (it logs its pid), its supervisor and the supervisor's relay parent."""
-        return JobProcesses.of_engine(engine_pid(self.api, job_id, timeout))
+        """The job's engine (it logs its pid), its supervisor and the worker's relay process."""
+        return JobProcesses.of_engine(engine_pid(self.api, job_id, timeout), job_id)
 
     def worker_pid(self) -> int:
         process = self.stack.workers[0].process

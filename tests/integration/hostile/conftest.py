@@ -4,7 +4,8 @@
 SQLite and PostgreSQL runs (ids `sqlite`, `postgres`, so `-k sqlite` and the
 `sqlite_only` marker work as elsewhere), started with a canary in the environment of its
 processes (worker, API, Prefect server), lowered job limits so that the bombs end fast,
-and the local LM allow-listed for a sandbox's egress policy. `campaign` runs
+and the local LM allow-listed for a sandbox's egress policy. As in tests/integration, the
+SQLite stack starts jobs warm (the default) and the PostgreSQL stack cold. `campaign` runs
 tests/support/hostile/campaign.py once per stack; every test of the package reads it.
 """
 
@@ -15,7 +16,7 @@ from urllib.parse import urlparse
 import pytest
 
 from tests.support.hostile.campaign import CANARY_ENV, Campaign, Canaries, run_campaign
-from tests.support.stack import RunningStack
+from tests.support.stack import COLD_START_DATABASE, RunningStack
 
 JOB_MEMORY_MB = 3072
 JOB_MAX_TASKS = 256
@@ -36,7 +37,9 @@ def stack(request, tmp_path_factory, local_lm, canaries):
         "DSPY_SERVICE_EGRESS_ALLOW": f"{lm.hostname}:{lm.port}",
     }
     home = tmp_path_factory.mktemp(f"stack-hostile-{request.param}")
-    running = RunningStack.start(home, request.param, job_slots=2, env=env)
+    running = RunningStack.start(
+        home, request.param, job_slots=2, env=env, warm_start=request.param != COLD_START_DATABASE
+    )
     yield running
     running.stop()
 

@@ -13,10 +13,11 @@ import time
 
 import pytest
 
-from deployments.runtime import procfs, warm_slots
+from deployments.runtime import procfs, warm_sandbox, warm_slots
 from deployments.runtime.protocol import recv_request
+from deployments.runtime.staged_results import Owner
 from deployments.runtime.warm_entry import read_job_environment
-from deployments.runtime.warm_sandbox import STAGED_RESULTS_PREFIX, WarmSandbox
+from deployments.runtime.warm_sandbox import WarmSandbox
 from deployments.runtime.warm_slots import SlotPool, hand_off_fds
 from dspy_service.sandbox_check import bubblewrap_problem
 from dspy_service.sandbox_inputs import SANDBOX_INPUTS_ENV, readable_path
@@ -109,9 +110,10 @@ def test_a_warm_sandbox_stages_its_results_and_leaves_nothing_when_retired(tmp_p
     results = tmp_path / "results"
     settings = ServiceSettings(home_dir=tmp_path / "home", sandbox_dir=tmp_path / "jobs")
     environ = {**os.environ, "PREFECT_LOCAL_STORAGE_PATH": str(results)}
-    claimed = WarmSandbox(settings, environ)
+    claimed = WarmSandbox(settings, environ, zygote=os.getpid())
     try:
-        assert claimed.alive() and [p.name.startswith(STAGED_RESULTS_PREFIX) for p in results.iterdir()] == [True]
+        owners = [Owner.parse(p.name) for p in results.iterdir()]
+        assert claimed.alive() and owners == [Owner.of(os.getpid())]  # staged by us, on this host
         (results / "run-2").mkdir()
         (results / "run-2" / "result").write_text("an earlier attempt's")
         assert not claimed.claim("run-2")  # a run that has results already starts cold
@@ -123,3 +125,17 @@ def test_a_warm_sandbox_stages_its_results_and_leaves_nothing_when_retired(tmp_p
     unused.retire()
     assert procfs.process_gone(engine) and not job_dir.exists()
     assert sorted(p.name for p in results.iterdir()) == ["run-1", "run-2"]
+
+
+def test_a_warm_sandbox_whose_bubblewrap_does_not_start_leaves_nothing(tmp_path, monkeypatch):
+    results, jobs = tmp_path / "results", tmp_path / "jobs"
+    settings = ServiceSettings(home_dir=tmp_path / "home", sandbox_dir=jobs)
+    environ = {**os.environ, "PREFECT_LOCAL_STORAGE_PATH": str(results)}
+
+    def no_bubblewrap(*_args, **_kwargs):
+        raise OSError("bwrap: cannot exec")
+
+    monkeypatch.setattr(warm_sandbox, "spawn_engine", no_bubblewrap)
+    with pytest.raises(OSError, match="bwrap"):
+        WarmSandbox(settings, environ)
+    assert list(results.iterdir()) == [] and list(jobs.iterdir()) == []
