@@ -31,14 +31,27 @@ class ProcStat:
         return self.state in EXITED
 
 
-def read_stat(pid: int) -> ProcStat | None:
-    """/proc/<pid>/stat, or None if the process is gone or unreadable."""
+def _read_stat_fields(pid: int) -> tuple[str, list[bytes]] | None:
+    """/proc/<pid>/stat as its command name and the fields after it (fields[0] is the state),
+    or None if the process is gone or unreadable."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
-            # The command name may hold spaces and parentheses: split after its last ')'.
-            fields = stat.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
+            data = stat.read()
+    except OSError:
         return None
+    # The command name may hold spaces and parentheses: it runs from the first '(' to the last ')'.
+    head, close, tail = data.rpartition(b")")
+    if not close or b"(" not in head:
+        return None
+    return head.partition(b"(")[2].decode(errors="replace"), tail.split()
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    """/proc/<pid>/stat, or None if the process is gone or unreadable."""
+    parsed = _read_stat_fields(pid)
+    if parsed is None or len(parsed[1]) < 20:
+        return None
+    fields = parsed[1]
     return ProcStat(pid, fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19]))
 
 
@@ -73,21 +86,16 @@ class CpuTimes:
 
 def cpu_times(pid: int) -> CpuTimes | None:
     """From one read of /proc/<pid>/stat, or None if the process is gone or unreadable."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            head, _, tail = stat.read().partition(b" (")
-            comm, _, rest = tail.rpartition(b")")
-            fields = rest.split()
-    except OSError:
+    parsed = _read_stat_fields(pid)
+    if parsed is None or len(parsed[1]) < 15:
         return None
-    if len(fields) < 15:
-        return None
+    comm, fields = parsed
     # After the command name: fields[1] is the parent, fields[11:15] utime, stime, cutime,
     # cstime in clock ticks.
     utime, stime, cutime, cstime = (int(value) for value in fields[11:15])
     return CpuTimes(
         pid,
-        comm.decode(errors="replace"),
+        comm,
         int(fields[1]),
         (utime + stime) / CLOCK_TICKS,
         (cutime + cstime) / CLOCK_TICKS,

@@ -62,9 +62,9 @@ class Owner:
         host, boot, namespace, pid, start = fields
         return cls(host, boot, int(namespace), int(pid), int(start))
 
-    def gone(self) -> bool:
-        """True only when this owner provably runs no more (seen from this host)."""
-        here = Owner.of(os.getpid())
+    def gone(self, here: Owner | None) -> bool:
+        """True only when this owner provably runs no more, seen from `here` (this process's
+        own Owner; None when /proc does not tell: nothing is provably gone)."""
         if here is None or self.host != here.host:
             return False
         if self.boot != here.boot:
@@ -78,9 +78,10 @@ class Owner:
 def sweep(results: Path) -> list[Path]:
     """Remove the empty staged directories under `results` whose zygote is provably gone."""
     removed = []
+    here = Owner.of(os.getpid())
     for entry in results.glob(f"{STAGED_RESULTS_PREFIX}*"):
         owner = Owner.parse(entry.name)
-        if owner is None or not owner.gone():
+        if owner is None or not owner.gone(here):
             continue
         try:
             entry.rmdir()
