@@ -16,8 +16,8 @@ overshoot. Once a call is refused (or the next one would be) the compile stage i
 exhausted: GEPA stops at its next iteration (a stop callback), BootstrapFewShot (also
 inside MIPROv2 and random search) skips the examples left, an Optuna study (MIPROv2's,
 or a user optimizer's) ends after the current trial, and every other LM call is refused
-with `BudgetExhausted`, which fails its example in the evaluation it was part of (a cut-short evaluation only underrates
-its candidate) or ends the optimizer's own loop.
+with `BudgetExhausted`, which fails its example in the evaluation it was part of (a
+cut-short evaluation only underrates its candidate) or ends the optimizer's own loop.
 The job then goes on with the best candidate so far (tasks/compile.py), and ends with
 `termination_reason: "budget_exhausted"`; with no candidate it fails saying how far it got.
 
