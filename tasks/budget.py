@@ -14,10 +14,10 @@ use the average of the calls so far; they can exceed their limit by what the cal
 flight (at most `num_threads`) use beyond that average. The result says the measured
 overshoot. Once a call is refused (or the next one would be) the compile stage is
 exhausted: GEPA stops at its next iteration (a stop callback), BootstrapFewShot (also
-inside MIPROv2 and random search) skips the examples left, MIPROv2's Optuna study ends
-after the current trial, and every other LM call is refused with `BudgetExhausted`, which
-fails its example in the evaluation it was part of (a cut-short evaluation only underrates
-its candidate) or ends the optimizer's own loop.
+inside MIPROv2 and random search) skips the examples left, an Optuna study (MIPROv2's,
+or a user optimizer's) ends after the current trial, and every other LM call is refused
+with `BudgetExhausted`, which fails its example in the evaluation it was part of (a
+cut-short evaluation only underrates its candidate) or ends the optimizer's own loop.
 The job then goes on with the best candidate so far (tasks/compile.py), and ends with
 `termination_reason: "budget_exhausted"`; with no candidate it fails saying how far it got.
 
@@ -37,6 +37,9 @@ call; JobError with the how-far message from `reserve_evaluation`, `no_candidate
 
 from __future__ import annotations
 
+import importlib
+import importlib.abc
+import importlib.util
 import sys
 import threading
 from collections.abc import Iterator
@@ -236,11 +239,10 @@ class StopGEPAOnBudget:
         return _compile_spent()
 
 
-def install_optimizer_stops(optimizer: Any = None) -> None:
+def install_optimizer_stops() -> None:
     """Once per process: BootstrapFewShot (on its own and inside other optimizers) skips the
     examples left once the budget is exhausted, keeping the demos it has; an Optuna study
-    (MIPROv2's trials) ends after the trial in which it ran out, when `optimizer` (None:
-    any) runs Optuna studies (`runs_optuna`)."""
+    (MIPROv2's trials, or a user optimizer's) ends after the trial in which it ran out."""
     from dspy.teleprompt.bootstrap import BootstrapFewShot
 
     original = BootstrapFewShot._bootstrap_one_example
@@ -253,22 +255,7 @@ def install_optimizer_stops(optimizer: Any = None) -> None:
 
         bootstrap_one_example.__budget_hook__ = True  # type: ignore[attr-defined]
         BootstrapFewShot._bootstrap_one_example = bootstrap_one_example
-    if optimizer is None or runs_optuna(optimizer):
-        _install_trial_stop()
-
-
-def runs_optuna(optimizer: Any) -> bool:
-    """Whether `optimizer` may run an Optuna study: Optuna is already imported, or a class of
-    its MRO comes from a module that imports Optuna (DSPy's MIPROv2 and
-    BootstrapFewShotWithOptuna define `_import_optuna`, called in their compile). Importing
-    Optuna for the other optimizers cost a job ~0.25 s of CPU (bench/job_cpu.py)."""
-    if "optuna" in sys.modules:
-        return True
-    for cls in type(optimizer).__mro__:
-        module = sys.modules.get(cls.__module__)
-        if module is not None and any("optuna" in name for name in vars(module)):
-            return True
-    return False
+    _install_trial_stop()
 
 
 def _stop_study(study: Any, trial: Any) -> None:
@@ -276,17 +263,99 @@ def _stop_study(study: Any, trial: Any) -> None:
         study.stop()
 
 
+# The trial stop wraps `Study.optimize` of the module that defines Study. Importing Optuna
+# costs a job ~0.25 s of CPU (bench/job_cpu.py), so a job that never imports it must never
+# pay for it: when Optuna is not imported yet, a one-shot import hook wraps it right after
+# that module runs, whoever imports it and whenever (MIPROv2's compile, a user optimizer's
+# `import optuna` inside a function).
+# How it fails: without Optuna installed no hook is registered (nothing to stop). If the
+# module's import fails, the hook stays and tries again at the next import. After an
+# `importlib.reload` of the module its new Study is wrapped by the next
+# `install_optimizer_stops` (every job calls it). A study run before the stops are
+# installed is not stopped early (its LM calls are still refused).
+_STUDY_MODULE = "optuna.study.study"
+_trial_stop_lock = threading.Lock()  # never held while importing (see _install_trial_stop)
+
+
 def _install_trial_stop() -> None:
-    try:
-        from optuna.study import Study
-    except ImportError:  # no Optuna, no MIPROv2
-        return
-    optimize = Study.optimize
-    if getattr(optimize, "__budget_hook__", False):
-        return
+    """Wrap `Study.optimize` now if Optuna's study module is imported (or being imported in
+    another thread), else register the import hook that wraps it once it is."""
+    if _STUDY_MODULE not in sys.modules:
+        if importlib.util.find_spec("optuna") is None:  # finds, never imports
+            return
+        _register_study_hook()
+        # Another thread may have found the module before the hook was there: the hook is
+        # registered first, then the module looked for, so one of the two sees it.
+        if _STUDY_MODULE not in sys.modules:
+            return
+        _remove_study_hooks()
+    # Waits for an import in progress in another thread, whose hook takes _trial_stop_lock
+    # under that module's import lock: so this import must not hold _trial_stop_lock.
+    _wrap_optimize(importlib.import_module(_STUDY_MODULE).Study)
 
-    def optimize_within_budget(self: Any, func: Any, *args: Any, callbacks: Any = None, **kwargs: Any) -> None:
-        return optimize(self, func, *args, callbacks=[*(callbacks or []), _stop_study], **kwargs)
 
-    optimize_within_budget.__budget_hook__ = True  # type: ignore[attr-defined]
-    Study.optimize = optimize_within_budget
+def _wrap_optimize(study_class: type) -> None:
+    with _trial_stop_lock:
+        optimize = study_class.optimize
+        if getattr(optimize, "__budget_hook__", False):
+            return
+
+        def optimize_within_budget(self: Any, func: Any, *args: Any, callbacks: Any = None, **kwargs: Any) -> None:
+            return optimize(self, func, *args, callbacks=[*(callbacks or []), _stop_study], **kwargs)
+
+        optimize_within_budget.__budget_hook__ = True  # type: ignore[attr-defined]
+        study_class.optimize = optimize_within_budget
+
+
+def _is_study_hook(finder: Any) -> bool:
+    # By name, not class: a reloaded tasks.budget still recognises the hook it registered.
+    return type(finder).__name__ == "_StudyImportHook"
+
+
+class _StudyImportHook(importlib.abc.MetaPathFinder):
+    """A `sys.meta_path` finder for Optuna's study module only: it finds the module with the
+    other finders and hands back their spec with a loader that wraps `Study.optimize` once
+    the module has run, then puts the original loader back and removes the hook."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != _STUDY_MODULE:
+            return None
+        for finder in list(sys.meta_path):
+            find_spec = None if _is_study_hook(finder) else getattr(finder, "find_spec", None)
+            spec = find_spec(fullname, path, target) if find_spec else None
+            if spec is not None:
+                if hasattr(spec.loader, "exec_module"):
+                    spec.loader = _WrapStudyLoader(spec.loader)
+                return spec
+        return None
+
+
+class _WrapStudyLoader(importlib.abc.Loader):
+    """Runs the module with the original loader (which the module sees as its own), then
+    wraps its Study."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def __getattr__(self, name: str) -> Any:  # get_source, is_package, resources ...
+        return getattr(self.loader, name)
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        module.__loader__ = module.__spec__.loader = self.loader
+        self.loader.exec_module(module)
+        _wrap_optimize(module.Study)
+        _remove_study_hooks()
+
+
+def _register_study_hook() -> None:
+    with _trial_stop_lock:
+        if not any(_is_study_hook(finder) for finder in sys.meta_path):
+            sys.meta_path.insert(0, _StudyImportHook())
+
+
+def _remove_study_hooks() -> None:
+    with _trial_stop_lock:
+        sys.meta_path[:] = [finder for finder in sys.meta_path if not _is_study_hook(finder)]

@@ -230,7 +230,7 @@ def run_optimizer(
 ) -> tuple[Any, dict[str, Any]]:
     """`optimizer.compile(...)` and how it ended; after an error or with its budget
     exhausted (tasks/budget.py), its best candidate so far."""
-    install_optimizer_stops(optimizer)
+    install_optimizer_stops()
     with tracking_candidates() as tracker, budget_in_force(lms.budget):
         try:
             optimized = optimizer.compile(student, **compile_kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -168,19 +169,79 @@ def test_the_details_say_where_the_budget_came_from():
     assert guard.as_details()["source"] == "user_default"
 
 
-def test_only_optimizers_that_run_optuna_studies_import_optuna():
-    """Optuna costs a job ~0.25 s of CPU to import; BootstrapFewShot never needs it."""
-    code = (
-        "import sys, dspy\n"
-        "from tasks.budget import install_optimizer_stops, runs_optuna\n"
-        "install_optimizer_stops(dspy.BootstrapFewShot(metric=None))\n"
-        "bootstrap = 'optuna' in sys.modules\n"
-        "lm = dspy.LM('openai/local', api_base='http://127.0.0.1:1/v1', api_key='x')\n"
-        "mipro = dspy.MIPROv2(metric=None, auto='light', prompt_model=lm, task_model=lm)\n"
-        "install_optimizer_stops(mipro)\n"
-        "from optuna.study import Study\n"
-        "print(bootstrap, runs_optuna(mipro), getattr(Study.optimize, '__budget_hook__', False))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+def fresh_interpreter(code: str, path: str = "") -> list[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [path, os.getcwd()]))}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["False", "True", "True"], "MIPROv2's studies stop on the budget"
+    return done.stdout.split()
+
+
+EXHAUSTED = """
+from dspy_service.budget import Budget
+from dspy_service.lm_usage import UsageMeter
+from tasks.budget import BudgetGuard
+meter = UsageMeter()
+guard = BudgetGuard(Budget(max_lm_calls=1), meter)
+guard.admit()
+meter.record('main', {'usage': {'prompt_tokens': 9, 'completion_tokens': 1}})
+guard.release()
+"""
+
+# A user-registered optimizer that imports Optuna only when it compiles.
+USER_OPTIMIZER = """
+import dspy
+
+
+class TrialsOptimizer(dspy.teleprompt.Teleprompter):
+    def compile(self, student, *, trainset=None, **kwargs):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study()
+        study.optimize(lambda trial: 1.0, n_trials=5)
+        student.trials = len(study.trials)
+        return student
+"""
+
+
+def test_a_study_stops_on_the_budget_whoever_imports_optuna_and_a_job_without_one_never_imports_it(tmp_path):
+    """Optuna costs a job ~0.25 s of CPU to import; BootstrapFewShot never needs it. A user
+    optimizer that imports it inside its compile still has its study stopped."""
+    (tmp_path / "user_optimizer.py").write_text(USER_OPTIMIZER)
+    code = f"""
+import sys, dspy
+from tasks.budget import budget_in_force, install_optimizer_stops
+install_optimizer_stops()  # a BootstrapFewShot job
+dspy.BootstrapFewShot(metric=None)
+print('optuna' in sys.modules)
+from user_optimizer import TrialsOptimizer
+install_optimizer_stops()  # the next job, and again: installed once
+install_optimizer_stops()
+{EXHAUSTED}
+with budget_in_force(guard):
+    print(TrialsOptimizer().compile(dspy.Predict('q -> a')).trials)
+print(TrialsOptimizer().compile(dspy.Predict('q -> a')).trials)  # no budget in force
+print([type(finder).__name__ for finder in sys.meta_path if 'Study' in type(finder).__name__])
+import optuna.study.study as module
+print(type(module.__loader__).__name__)
+"""
+    assert fresh_interpreter(code, str(tmp_path)) == ["False", "1", "5", "[]", "SourceFileLoader"]
+
+
+def test_miprov2_s_studies_stop_on_the_budget():
+    code = f"""
+import dspy
+from dspy.teleprompt import mipro_optimizer_v2
+from tasks.budget import budget_in_force, install_optimizer_stops
+lm = dspy.LM('openai/local', api_base='http://127.0.0.1:1/v1', api_key='x')
+dspy.MIPROv2(metric=None, auto='light', prompt_model=lm, task_model=lm)
+install_optimizer_stops()
+optuna = mipro_optimizer_v2._import_optuna()  # what MIPROv2's compile runs
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+{EXHAUSTED}
+study = optuna.create_study()
+with budget_in_force(guard):
+    study.optimize(lambda trial: 1.0, n_trials=5)
+print(len(study.trials))
+"""
+    assert fresh_interpreter(code) == ["1"]
