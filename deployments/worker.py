@@ -16,16 +16,20 @@ What differs from the stock worker:
   again for a Scheduled state this worker already moved to Pending (a stale scan).
 - reads: one deployment read per submission instead of two (the existence check's read
   is handed to the job configuration) and each flow read once per worker process.
+- the worker labels of a run (`_give_worker_labels_to_flow_run`) are written in the
+  background: the run's process no longer waits on that PATCH, nor fails with it.
 
 Pinned to Prefect 3.9.1: this overrides private `BaseWorker` methods and reads private
 attributes (`_submit_run`, `_submit_scheduled_flow_runs`, `_propose_pending_state`,
+`_give_worker_labels_to_flow_run`, `_runs_task_group`,
 `_sync_and_initialize`, `_emit_worker_started_event`, `_submit_run_and_capture_errors`,
 `_work_pool`, `_submitting_flow_run_ids`). `tests/unit/deployments/test_worker.py` fails
 if any of them disappears or changes signature; check this module on every Prefect
 upgrade.
 
 How it fails: an error of the event listener only costs the poll delay (logged once per
-outage). Submission errors are Prefect's own handling (the run is crashed with the reason,
+outage); a failed worker-label PATCH is a warning, the run goes on. Other submission
+errors are Prefect's own handling (the run is crashed with the reason,
 or left Scheduled for the next scan). If the loop itself keeps failing it raises after
 Prefect's error threshold, as `prefect worker start` does, and the stack restarts it.
 """
@@ -38,6 +42,7 @@ import time
 import warnings
 from functools import partial
 from typing import Any
+from uuid import UUID
 
 import anyio
 from prefect.client.schemas.objects import FlowRun
@@ -157,6 +162,33 @@ with warnings.catch_warnings():
         async def setup(self) -> None:
             await super().setup()
             self.reads = SubmissionReads(self._client)
+
+        async def _give_worker_labels_to_flow_run(self, flow_run_id: UUID) -> None:
+            """Label the run with this worker in the background: its process starts without waiting.
+
+            Prefect awaits this PATCH between the run's Pending and Submitting states. On SQLite
+            the server reads the labels, then writes them, in one deferred transaction, which
+            fails at once with 503 "database is locked" whenever another write commits in
+            between (job engines write states, logs and labels all the time); the client retries
+            it after 2, 4, 8, 16 and 32 s. Measured in bench/job_cpu.py (20 jobs at once): up
+            to 4 such 503s in a row held a run Pending 31 s with no process; a sixth failure
+            crashes the run ("Failed to submit flow run to infrastructure"); a run once left
+            Pending, no process, until the stuck-Pending automation (2 min) fits the same wait.
+            The labels only name the worker and pool in the UI: nothing waits on them, so a
+            failure is a warning."""
+            if self._runs_task_group is None:
+                await self._label_run(flow_run_id)
+            else:
+                self._runs_task_group.start_soon(self._label_run, flow_run_id)
+
+        async def _label_run(self, flow_run_id: UUID) -> None:
+            try:
+                await super()._give_worker_labels_to_flow_run(flow_run_id)
+            except Exception as exc:  # the run goes on; only its worker labels are missing
+                self._logger.warning(
+                    "Could not label flow run %s with this worker (%s: %s); the run is not affected",
+                    flow_run_id, type(exc).__name__, exc,
+                )
 
         async def _submit_run_and_capture_errors(self, flow_run: FlowRun, task_status=None):
             try:

@@ -3,9 +3,10 @@
 A probe worker of our own (`python -m deployments.worker`) on a probe pool of the shared
 stack's Prefect server, with a poll interval far longer than the test: a run it picks up
 at once was found through the event stream, not by polling. The same worker behind a
-proxy that refuses the event stream still picks runs up by polling. The probe's runs
+proxy that refuses the event stream still picks runs up by polling; behind one that
+refuses every label PATCH it still starts its runs at once. The probe's runs
 start `true` instead of a job (pickup is all that is checked); the pool, deployment and
-runs are deleted afterwards. About 20 s.
+runs are deleted afterwards. About 40 s.
 """
 
 from __future__ import annotations
@@ -110,6 +111,30 @@ def test_runs_are_still_picked_up_by_polling_when_the_event_stream_is_down(stack
         wait_until(lambda: picked_up(stack, run_id), 30, 0.2, what=f"pickup of {run_id} by polling")
         assert log_says(log, f"submitting flow run '{run_id}'")
         assert tap.refused >= 1 and not log_says(log, "listening for scheduled runs")
+    finally:
+        stop(worker)
+        tap.stop()
+
+
+def test_a_run_starts_at_once_while_the_server_refuses_its_worker_labels(stack, probe, tmp_path):
+    """Under SQLite write load the server answers the worker's label PATCH with 503, which
+    Prefect's client retries for about a minute before the run is crashed: the run's process
+    must not wait for it (deployments/worker.py, `_give_worker_labels_to_flow_run`)."""
+    pool, deployment_id, runs = probe
+    tap = PrefectTap(stack.stack.config.prefect_api_url.removesuffix("/api"), refuse_label_patches=True).start()
+    log = tmp_path / "probe-worker.log"
+    worker = start_probe_worker(stack, pool, log, query_seconds=1, api_url=tap.url)
+    try:
+        wait_until(lambda: log_says(log, "started!"), 60, what=lambda: log.read_text()[-2000:])
+        run_id, created = create_run(stack, deployment_id, runs)
+        name = stack.prefect.get(f"/flow_runs/{run_id}").json()["name"]
+        wait_until(
+            lambda: log_says(log, f"Flow run '{name}' submitted to infrastructure"), 20, 0.2,
+            what=lambda: log.read_text()[-3000:],
+        )
+        assert time.monotonic() - created < 20  # waiting out the PATCH's retries takes about a minute
+        assert tap.refused_label_patches >= 1
+        assert stack.prefect.get(f"/flow_runs/{run_id}").json()["state_type"] != "CRASHED"
     finally:
         stop(worker)
         tap.stop()

@@ -1,6 +1,7 @@
 """A TCP proxy in front of a Prefect server that counts its HTTP requests (method + path)
-and can refuse the event stream (`/api/events/out`), for `bench/count_calls.py` and the
-event-pickup tests.
+and can refuse the event stream (`/api/events/out`) or every flow-run label PATCH (as a
+SQLite-backed server under write load answers it: 503), for `bench/count_calls.py` and the
+worker tests.
 
 Each client connection is forwarded byte for byte; requests are parsed from the client's
 bytes only to be counted (keep-alive requests with Content-Length bodies; a chunked body
@@ -17,6 +18,7 @@ import threading
 from collections import Counter
 from urllib.parse import urlsplit
 
+LABEL_PATCH = re.compile(rb"^PATCH /api/flow_runs/[0-9a-f-]{36}/labels ")
 ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -28,12 +30,14 @@ def route_of(path: str) -> str:
 class PrefectTap:
     """Listen on 127.0.0.1:<port> (0: any free port), forward to `upstream` (http://host:port)."""
 
-    def __init__(self, upstream: str, refuse_events_out: bool = False) -> None:
+    def __init__(self, upstream: str, refuse_events_out: bool = False, refuse_label_patches: bool = False) -> None:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.refuse_events_out = refuse_events_out
+        self.refuse_label_patches = refuse_label_patches
         self.requests: list[tuple[str, str]] = []  # (method, route), in arrival order
         self.refused = 0
+        self.refused_label_patches = 0
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -82,11 +86,38 @@ class PrefectTap:
         except OSError:
             writer.close()
             return
+        forward = self._requests_to_upstream if self.refuse_label_patches else self._client_to_upstream
         await asyncio.gather(
-            self._client_to_upstream(head, reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
+            forward(head, reader, up_writer, writer), self._pipe(up_reader, writer), return_exceptions=True
         )
 
-    async def _client_to_upstream(self, head: bytes, reader, writer) -> None:
+    async def _requests_to_upstream(self, head: bytes, reader, writer, client) -> None:
+        """Forward request by request, answering a label PATCH with 503 and closing the
+        connection (the client sends its next request only after the previous response)."""
+        counter = RequestCounter(self.requests)
+        try:
+            while True:
+                headers = head.decode("latin-1").lower()
+                if "upgrade:" in headers or "transfer-encoding:" in headers:
+                    return await self._client_to_upstream(head, reader, writer, client)
+                length = re.search(r"content-length:\s*(\d+)", headers)
+                request = head + await reader.readexactly(int(length[1]) if length else 0)
+                counter.feed(request)
+                if LABEL_PATCH.match(request):
+                    self.refused_label_patches += 1
+                    client.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    await client.drain()
+                    client.close()
+                    return
+                writer.write(request)
+                await writer.drain()
+                head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+    async def _client_to_upstream(self, head: bytes, reader, writer, client=None) -> None:
         counter = RequestCounter(self.requests)
         data = head
         try:

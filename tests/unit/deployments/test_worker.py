@@ -11,7 +11,9 @@ import inspect
 import time
 import uuid
 
+import anyio
 import prefect
+import prefect.workers.process
 import pytest
 from prefect.workers.base import BaseWorker
 from prefect.workers.process import ProcessWorker
@@ -24,6 +26,7 @@ from deployments.stack import worker_component
 PRIVATE_METHODS = {
     "_submit_scheduled_flow_runs": ["self", "flow_run_response"],
     "_propose_pending_state": ["self", "flow_run"],
+    "_give_worker_labels_to_flow_run": ["self", "flow_run_id"],
     "_submit_run_and_capture_errors": ["self", "flow_run", "task_status"],
     "_sync_and_initialize": ["self"],
     "_emit_worker_started_event": ["self"],
@@ -31,7 +34,9 @@ PRIVATE_METHODS = {
     "setup": ["self"],
     "start": ["self", "run_once", "with_healthcheck", "printer"],
 }
-PRIVATE_ATTRIBUTES = ["_work_pool", "_submitting_flow_run_ids", "_client", "_logger", "_started_event"]
+PRIVATE_ATTRIBUTES = [
+    "_work_pool", "_submitting_flow_run_ids", "_client", "_logger", "_started_event", "_runs_task_group",
+]
 
 
 def test_pinned_to_the_prefect_version_whose_internals_it_overrides():
@@ -149,3 +154,91 @@ def test_a_finished_run_wakes_the_loop(monkeypatch):
     flow_run = prefect.client.schemas.objects.FlowRun(id=uuid.uuid4(), flow_id=uuid.uuid4())
     assert asyncio.run(worker._submit_run_and_capture_errors(flow_run)) == "result"
     assert worker.pickup.wakes == 1
+
+
+class LabelsClient:
+    """The worker's client for the label PATCH only: hangs (a retried 503 "database is locked"
+    under SQLite contention) until released, or fails."""
+
+    def __init__(self, error: Exception | None = None):
+        self.error = error
+        self.release = asyncio.Event()
+        self.labelled: list[tuple[uuid.UUID, dict]] = []
+
+    async def update_flow_run_labels(self, flow_run_id, labels):
+        if self.error:
+            raise self.error
+        await self.release.wait()
+        self.labelled.append((flow_run_id, labels))
+
+
+class Submission:
+    """A JobWorker with Prefect's real `_submit_run_and_capture_errors` path; the job
+    configuration, the Submitting proposal and the process start (`run`) are recorded."""
+
+    def __init__(self, monkeypatch, client: LabelsClient):
+        self.worker = worker = job_worker.JobWorker(work_pool_name="pool", name="labels-check")
+        self.events: list[str] = []
+        worker._client = client
+        worker._work_pool = prefect.client.schemas.objects.WorkPool(name="pool", type="process")
+
+        class Configuration:
+            @classmethod
+            async def resolve_for_flow_run(cls, flow_run, **_):
+                return cls()
+
+        async def propose_submitting(flow_run):
+            self.events.append("submitting")
+
+        async def run(flow_run, configuration, task_status=None):
+            self.events.append("process started")
+            task_status.started(4242)
+            return prefect.workers.process.ProcessWorkerResult(status_code=0, identifier="4242")
+
+        async def propose_crashed(flow_run, message, client=None):
+            self.events.append(f"crashed: {message}")
+
+        monkeypatch.setattr(worker, "job_configuration", Configuration)
+        monkeypatch.setattr(worker, "_emit_flow_run_submitted_event", lambda configuration: None)
+        monkeypatch.setattr(worker, "_propose_submitting_state", propose_submitting)
+        monkeypatch.setattr(worker, "_propose_crashed_state", propose_crashed)
+        monkeypatch.setattr(worker, "run", run)
+        self.flow_run = prefect.client.schemas.objects.FlowRun(id=uuid.uuid4(), flow_id=uuid.uuid4(), name="r")
+
+    async def submit(self, tasks) -> int:
+        """What Prefect's `_submit_run` does once the run is Pending; returns the process id."""
+        self.worker._runs_task_group = tasks
+        return await tasks.start(self.worker._submit_run_and_capture_errors, self.flow_run)
+
+
+def test_a_run_starts_while_its_worker_labels_are_still_being_written(monkeypatch):
+    """The label PATCH retried for a minute under SQLite contention held runs Pending with
+    no process (bench/job_cpu.py): the process must not wait for it."""
+    client = LabelsClient()
+    submission = Submission(monkeypatch, client)
+
+    async def scenario():
+        async with anyio.create_task_group() as tasks:
+            with anyio.fail_after(5):
+                pid = await submission.submit(tasks)
+            assert submission.events == ["submitting", "process started"] and client.labelled == []
+            client.release.set()  # the PATCH goes through later: the labels are still written
+        return pid
+
+    assert asyncio.run(scenario()) == 4242
+    [(flow_run_id, labels)] = client.labelled
+    assert flow_run_id == submission.flow_run.id
+    assert labels["prefect.worker.name"] == "labels-check" and labels["prefect.work-pool.name"] == "pool"
+
+
+def test_a_failed_label_patch_is_a_warning_not_a_crashed_run(monkeypatch, caplog):
+    error = prefect.exceptions.PrefectHTTPStatusError("503 Service Unavailable", request=None, response=None)
+    submission = Submission(monkeypatch, LabelsClient(error=error))
+
+    async def scenario():
+        async with anyio.create_task_group() as tasks:
+            return await submission.submit(tasks)
+
+    assert asyncio.run(scenario()) == 4242
+    assert submission.events == ["submitting", "process started"]
+    assert "Could not label flow run" in caplog.text and "503 Service Unavailable" in caplog.text
