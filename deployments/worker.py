@@ -213,7 +213,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from prefect.utilities.processutils import setup_signal_handlers_worker
 
+    from dspy_service.tls import share_prefect_tls_contexts
+
     args = parse_args(argv)
+    share_prefect_tls_contexts(prebuild=True)  # the worker's per-run clients share one context
     worker = JobWorker(
         work_pool_name=args.pool,
         name=args.name,

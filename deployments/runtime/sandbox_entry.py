@@ -47,6 +47,9 @@ def start_bridges() -> bool:
 def main() -> int:
     if not start_bridges():
         return 1
+    from dspy_service.tls import share_prefect_tls_contexts
+
+    share_prefect_tls_contexts()
     sys.argv = ["prefect.engine"]
     try:
         runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import random
 import select
 import signal
 import socket
@@ -44,11 +43,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from deployments.runtime import procfs
+from deployments.runtime.adopt import adopt_environment, remember_logging_inputs
 from deployments.runtime.engine import ForkStarter, assert_single_threaded
-from deployments.runtime.env import apply_malloc_env
 from deployments.runtime.limits import exited_children
 from deployments.runtime.protocol import exit_code, recv_request
 from deployments.runtime.warm_slots import SlotPool, hand_off_fds, run_slot, sweep_staged_results
+from dspy_service.tls import share_prefect_tls_contexts
 
 if TYPE_CHECKING:
     from deployments.runtime.warm_sandbox import WarmSandbox
@@ -93,8 +93,6 @@ PRELOAD_LAZY = (
     "sqlite3",
 )
 
-# The PREFECT_LOGGING_* variables the zygote started with (its logging was set up from them).
-ZYGOTE_LOGGING_ENV: dict[str, str] = {}
 # Descriptors the zygote's imports opened (none today): a forked engine keeps them, as a
 # fresh interpreter that made the same imports would have them.
 PRELOADED_FDS: set[int] = set()
@@ -113,37 +111,13 @@ def preload() -> None:
     for name in PRELOAD_LAZY:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
+    # Prefect's clients of every job share one verifying context, built here before any job.
+    share_prefect_tls_contexts(prebuild=True)
     PRELOADED_FDS.update(procfs.open_fds())
-    ZYGOTE_LOGGING_ENV.update({k: v for k, v in os.environ.items() if k.startswith("PREFECT_LOGGING_")})
+    remember_logging_inputs()
 
 
 # -- in the forked children -----------------------------------------------------------------
-
-
-def adopt_environment(env: dict[str, str], engine: bool = True) -> None:
-    """Make this process see `env` as a fresh interpreter started with it would: os.environ,
-    our settings and (for the engine) Prefect's settings, which Prefect snapshots at import."""
-    os.environ.clear()
-    os.environ.update(env)
-    apply_malloc_env(env)
-    from dspy_service.settings import get_settings
-
-    get_settings.cache_clear()
-    # Forks share the zygote's random state: every job would draw the same numbers.
-    random.seed()
-    numpy = sys.modules.get("numpy")
-    if numpy is not None:
-        numpy.random.seed()
-    if not engine:  # the supervisor never uses Prefect's settings
-        return
-    import prefect.context
-
-    prefect.context.refresh_global_settings_context()
-    logging_env = {k: v for k, v in env.items() if k.startswith("PREFECT_LOGGING_")}
-    if logging_env != ZYGOTE_LOGGING_ENV:
-        from prefect.logging.configuration import setup_logging
-
-        setup_logging(incremental=False)
 
 
 def become_supervisor(conn: socket.socket, request: dict, fds: list[int], warm: WarmSandbox | None = None) -> int:
@@ -385,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # Run as the module `deployments.runtime.zygote` (not `__main__`), so that the forked
-    # children find its state (ZYGOTE_LOGGING_ENV, PRELOADED_FDS) when they import it.
+    # children find its state (PRELOADED_FDS, the logging inputs in adopt.py) when they import it.
     from deployments.runtime.zygote import main as _main
 
     sys.exit(_main())
