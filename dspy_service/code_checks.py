@@ -6,12 +6,14 @@ other way (a schedule, the Prefect UI) fails with the same words.
 
 Failures: JobError naming the field for every problem, including every way the parser can
 fail on hostile input (SyntaxError, RecursionError and MemoryError on deep nesting,
-ValueError on null bytes or lone surrogates); the AST is walked without recursion.
+ValueError on null bytes or lone surrogates); the AST is walked without recursion. Parses
+are serialized per process (`_PARSE_LOCK`): CPython 3.11's parser is not safe in threads.
 """
 
 from __future__ import annotations
 
 import ast
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -60,8 +62,15 @@ def parse_failures_named(field_name: str) -> Iterator[None]:
         raise JobError(f"{field_name} cannot be parsed as Python source ({exc})", field=field_name) from None
 
 
+# CPython 3.11's AST builder keeps its recursion depth in state shared by all threads; two
+# parses at once (the API checks submissions in a thread pool) can fail with "SystemError:
+# AST constructor recursion depth mismatch" (python/cpython#106905), seen as a 500 on
+# POST /run when 20 jobs were submitted at once. So one parse at a time per process.
+_PARSE_LOCK = threading.Lock()
+
+
 def parse_code(source: str, field_name: str) -> ast.Module:
-    with parse_failures_named(field_name):
+    with parse_failures_named(field_name), _PARSE_LOCK:
         return ast.parse(source, filename=f"<{field_name}>")
 
 

@@ -83,3 +83,36 @@ def test_code_size_is_capped_per_field():
     with pytest.raises(JobError, match=r"metric_code is 2 KB; this service accepts at most 1 KB") as caught:
         check_code_size("x" * 2048, "metric_code", max_kb=1)
     assert caught.value.field == "metric_code"
+
+
+def test_submissions_checked_in_threads_never_parse_at_once(monkeypatch):
+    """CPython 3.11's AST builder is not thread-safe (python/cpython#106905: "AST constructor
+    recursion depth mismatch", a 500 on POST /run under concurrent submissions)."""
+    import ast
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import dspy_service.code_checks as code_checks
+
+    inside, most = [0], [0]
+    guard = threading.Lock()
+    real_parse = ast.parse
+
+    def slow_parse(*args, **kwargs):
+        with guard:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.01)  # long enough for the other threads to arrive
+        try:
+            return real_parse(*args, **kwargs)
+        finally:
+            with guard:
+                inside[0] -= 1
+
+    monkeypatch.setattr(code_checks.ast, "parse", slow_parse)
+    source = "class QA(dspy.Signature):\n    question = dspy.InputField()\n    answer = dspy.OutputField()\n"
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outlines = list(pool.map(lambda _: outline_signature(source), range(16)))
+    assert most[0] == 1, f"{most[0]} parses ran at once"
+    assert all(o.input_fields == ["question"] and o.output_fields == ["answer"] for o in outlines)
