@@ -175,7 +175,10 @@ with warnings.catch_warnings():
             crashes the run ("Failed to submit flow run to infrastructure"); a run once left
             Pending, no process, until the stuck-Pending automation (2 min) fits the same wait.
             The labels only name the worker and pool in the UI: nothing waits on them, so a
-            failure is a warning."""
+            failure is a warning. The server merges labels by read-then-write, so this PATCH
+            may now overlap the job's own label writes: on SQLite an overlapping pair fails
+            (the 503 above) and is retried, none lost; on PostgreSQL it is one short
+            transaction, done long before the job's first label write (~0.5 s later at least)."""
             if self._runs_task_group is None:
                 await self._label_run(flow_run_id)
             else:
