@@ -6,14 +6,14 @@ variables. `adopt_environment` makes them see the job's environment as a fresh i
 started with it would: os.environ, our settings, the random state, and for an engine
 Prefect's settings (snapshotted at import) and Prefect's logging.
 
-Logging is set up again only when its inputs differ by meaning (`LoggingInputs`): Prefect's
+Logging is set up again only when its inputs differ by meaning (`logging_inputs`): Prefect's
 `setup_logging` renders every setting into its template (~0.15 CPU-s on the 2-core bench VM,
 on each job's path to Running), and the worker renders numbers its own way (the stack's
 PREFECT_LOGGING_TO_API_BATCH_INTERVAL=1 reaches the job as 1.0), so comparing the raw
 strings set logging up again for every job.
 
-How it fails: it does not; a setting that does not parse fails later, in Prefect's own
-settings refresh, as it would in a fresh interpreter.
+How it fails: a job's setting that does not parse raises in Prefect's settings refresh, as it
+would at a fresh interpreter's start, and the engine exits before running the flow.
 """
 
 from __future__ import annotations
