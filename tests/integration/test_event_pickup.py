@@ -16,6 +16,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -66,6 +68,20 @@ def stop(process: subprocess.Popen) -> None:
         process.wait(5)
 
 
+@contextmanager
+def worker_behind_tap(stack, pool: str, tmp_path: Path, **tap_options) -> Iterator[tuple[PrefectTap, Path]]:
+    """A probe worker (1 s poll) reaching Prefect through a `PrefectTap(**tap_options)`;
+    yields the tap and the worker's log, stops both afterwards."""
+    tap = PrefectTap(stack.stack.config.prefect_api_url.removesuffix("/api"), **tap_options).start()
+    log = tmp_path / "probe-worker.log"
+    worker = start_probe_worker(stack, pool, log, query_seconds=1, api_url=tap.url)
+    try:
+        yield tap, log
+    finally:
+        stop(worker)
+        tap.stop()
+
+
 def create_run(stack, deployment_id: str, runs: list[str]) -> tuple[str, float]:
     response = stack.prefect.post(
         f"/deployments/{deployment_id}/create_flow_run", json={"job_variables": {"command": "true"}}
@@ -101,19 +117,13 @@ def test_a_scheduled_run_is_picked_up_from_its_event_not_the_poll(stack, probe, 
 
 def test_runs_are_still_picked_up_by_polling_when_the_event_stream_is_down(stack, probe, tmp_path):
     pool, deployment_id, runs = probe
-    tap = PrefectTap(stack.stack.config.prefect_api_url.removesuffix("/api"), refuse_events_out=True).start()
-    log = tmp_path / "probe-worker.log"
-    worker = start_probe_worker(stack, pool, log, query_seconds=1, api_url=tap.url)
-    try:
+    with worker_behind_tap(stack, pool, tmp_path, refuse_events_out=True) as (tap, log):
         wait_until(lambda: log_says(log, "event stream unavailable"), 60, what=lambda: log.read_text()[-2000:])
         assert "polling continues" in log.read_text()
         run_id, _ = create_run(stack, deployment_id, runs)
         wait_until(lambda: picked_up(stack, run_id), 30, 0.2, what=f"pickup of {run_id} by polling")
         assert log_says(log, f"submitting flow run '{run_id}'")
         assert tap.refused >= 1 and not log_says(log, "listening for scheduled runs")
-    finally:
-        stop(worker)
-        tap.stop()
 
 
 def test_a_run_starts_at_once_while_the_server_refuses_its_worker_labels(stack, probe, tmp_path):
@@ -121,10 +131,7 @@ def test_a_run_starts_at_once_while_the_server_refuses_its_worker_labels(stack, 
     Prefect's client retries for about a minute before the run is crashed: the run's process
     must not wait for it (deployments/worker.py, `_give_worker_labels_to_flow_run`)."""
     pool, deployment_id, runs = probe
-    tap = PrefectTap(stack.stack.config.prefect_api_url.removesuffix("/api"), refuse_label_patches=True).start()
-    log = tmp_path / "probe-worker.log"
-    worker = start_probe_worker(stack, pool, log, query_seconds=1, api_url=tap.url)
-    try:
+    with worker_behind_tap(stack, pool, tmp_path, refuse_label_patches=True) as (tap, log):
         wait_until(lambda: log_says(log, "started!"), 60, what=lambda: log.read_text()[-2000:])
         run_id, created = create_run(stack, deployment_id, runs)
         name = stack.prefect.get(f"/flow_runs/{run_id}").json()["name"]
@@ -135,6 +142,3 @@ def test_a_run_starts_at_once_while_the_server_refuses_its_worker_labels(stack, 
         assert time.monotonic() - created < 20  # waiting out the PATCH's retries takes about a minute
         assert tap.refused_label_patches >= 1
         assert stack.prefect.get(f"/flow_runs/{run_id}").json()["state_type"] != "CRASHED"
-    finally:
-        stop(worker)
-        tap.stop()

@@ -97,11 +97,10 @@ class PrefectTap:
         counter = RequestCounter(self.requests)
         try:
             while True:
-                headers = head.decode("latin-1").lower()
-                if "upgrade:" in headers or "transfer-encoding:" in headers:
+                parsed = parse_head(head.decode("latin-1").removesuffix("\r\n\r\n"))
+                if parsed is None or not length_framed(parsed[2]):
                     return await self._client_to_upstream(head, reader, writer, client)
-                length = re.search(r"content-length:\s*(\d+)", headers)
-                request = head + await reader.readexactly(int(length[1]) if length else 0)
+                request = head + await reader.readexactly(int(parsed[2].get("content-length") or 0))
                 counter.feed(request)
                 if LABEL_PATCH.match(request):
                     self.refused_label_patches += 1
@@ -165,16 +164,31 @@ class RequestCounter:
             self._request(head)
 
     def _request(self, head: str) -> None:
-        lines = head.split("\r\n")
-        parts = lines[0].split(" ")
-        pairs = (line.partition(":") for line in lines[1:])
-        headers = {name.strip().lower(): value.strip() for name, _, value in pairs}
-        if len(parts) < 3:
+        parsed = parse_head(head)
+        if parsed is None:
             self.sink.append(("?", "?"))
             self.active = False
             return
-        self.sink.append((parts[0], route_of(parts[1])))
-        if "upgrade" in headers or "transfer-encoding" in headers:
+        method, path, headers = parsed
+        self.sink.append((method, route_of(path)))
+        if not length_framed(headers):
             self.active = False  # a websocket or a chunked body: the rest is not parsed
             return
         self.body_left = int(headers.get("content-length") or 0)
+
+
+def parse_head(head: str) -> tuple[str, str, dict[str, str]] | None:
+    """(method, path, headers by lower-case name) of an HTTP request head without its blank
+    line, or None when its first line is not a request line."""
+    lines = head.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) < 3:
+        return None
+    pairs = (line.partition(":") for line in lines[1:])
+    return parts[0], parts[1], {name.strip().lower(): value.strip() for name, _, value in pairs}
+
+
+def length_framed(headers: dict[str, str]) -> bool:
+    """Whether the request's body ends after Content-Length bytes (not a websocket upgrade
+    or a chunked body, whose bytes are only passed on)."""
+    return "upgrade" not in headers and "transfer-encoding" not in headers
