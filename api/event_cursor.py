@@ -128,12 +128,12 @@ def status_data(state: Mapping[str, Any], compile_us: int | None = None) -> dict
     state_type = _state_type(state)
     compile_started = compile_us is not None and compile_us <= micros(state["timestamp"])
     status = job_status(state_type, compile_started=compile_started)
-    message = state.get("message") if status in (JobStatus.failed, JobStatus.cancelled) else None
+    ended = status in (JobStatus.failed, JobStatus.cancelled)
     return {
         "status": status.value,
         "prefect_state": state.get("name"),
         "timestamp": contract_timestamp(state.get("timestamp")),
-        "message": job_message(state_type, message) if message else None,
+        "message": job_message(state_type, state.get("message")) if ended else None,
     }
 
 

@@ -40,9 +40,10 @@ from prefect.client.schemas.filters import (
     TaskRunFilterName,
 )
 from prefect.client.schemas.objects import StateType, Worker, WorkerStatus
+from prefect.client.schemas.responses import SetStateStatus
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
-from prefect.states import Cancelled, Cancelling
+from prefect.states import Cancelling
 
 from api import views
 from api.job_secrets import inline_block_of
@@ -300,16 +301,19 @@ class JobGateway:
             return Outcome(JobStatus.failed, None, f"unreadable result: {exc}")
 
     # -- write --------------------------------------------------------------------------
-    async def cancel(self, run: Run) -> None:
-        """Pending runs are cancelled outright; running ones go through Cancelling, after
-        which the worker kills the job process and marks the run Cancelled."""
+    async def cancel(self, run: Run) -> bool:
+        """Propose Cancelling, never forced; False when Prefect refused: the run ended meanwhile.
+
+        Prefect decides on the run's state at that instant, so a cancel cannot race the job's
+        start (a state read here may be stale by the write, and Prefect lets a Cancelled run
+        go to Running): a run with no process yet (Scheduled, suspended) becomes Cancelled at
+        once; any other Cancelling, which never goes to Running, and its worker stops the
+        process or, none started yet, marks it Cancelled."""
         if state_type_of(run) in (StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED):
-            state = Cancelled(message="cancelled by the user before it started")
-            await self.tag_for_notification(run)
-        else:
-            state = Cancelling(message="cancelled by the user")
-        await self.client.set_flow_run_state(UUID(run["id"]), state, force=True)
+            await self.tag_for_notification(run)  # it may end before its supervisor would tag it
+        result = await self.client.set_flow_run_state(UUID(run["id"]), Cancelling(message="cancelled by the user"))
         self.run_cache.forget(run["id"])
+        return result.status is not SetStateStatus.ABORT
 
     async def tag_for_notification(self, run: Run) -> None:
         """A run Prefect's scheduler created gets its notify tag when it starts

@@ -89,6 +89,8 @@ _PROCESS_EXIT = re.compile(r"^Process exited with status code: (-?\d+)")
 _FIXED_MESSAGES = {
     "Flow run was cancelled successfully.": "cancelled by the user",
     "Flow run was cancelled before execution started.": "cancelled by the user before it started",
+    "Flow run cancelled by worker (no infrastructure found).": "cancelled by the user before it started",
+    "Flow run cancelled by worker while pending.": "cancelled by the user before it started",
     "Execution was aborted by a termination signal.": "the job process was stopped by a termination signal "
     "(its worker shut down?)",
 }
@@ -97,7 +99,8 @@ _FIXED_MESSAGES = {
 def job_message(state_type: StateType | None, message: str | None) -> str | None:
     """A terminal state's message in the user's terms."""
     if not message:
-        return message
+        # Prefect's own Cancelled for a cancel of a run with no process (no message).
+        return "cancelled by the user before it started" if state_type is StateType.CANCELLED else message
     if message in _FIXED_MESSAGES:
         return _FIXED_MESSAGES[message]
     match = _PROCESS_EXIT.match(message)

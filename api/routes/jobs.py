@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from api import views
-from api.deps import GatewayDep, JobRunDep, JobViewDep, SecretStoreDep, SubmissionDep
+from api.deps import GatewayDep, JobRunDep, JobViewDep, SecretStoreDep, SubmissionDep, found
 from api.estimates import estimate_request
 from api.event_cursor import CursorError, decode_cursor
 from api.identity import CurrentUser
@@ -149,7 +149,9 @@ async def cancel_job(run: JobRunDep, gateway: GatewayDep):
     status = await gateway.status_of(run)
     if status.terminal:
         raise HTTPException(status_code=409, detail=f"job is already {status.value}")
-    await gateway.cancel(run)
+    if not await gateway.cancel(run):  # it ended between our read and the cancel
+        ended = found(await gateway.get(run["id"]), f"job {run['id']}")
+        raise HTTPException(status_code=409, detail=f"job is already {(await gateway.status_of(ended)).value}")
     return {"job_id": run["id"], "status": JobStatus.cancelled.value}
 
 

@@ -6,6 +6,8 @@ import time
 import uuid
 
 import pytest
+from prefect.client.schemas.responses import SetStateStatus
+from prefect.states import Cancelled, Pending, Running
 
 from deployments.runtime.procfs import process_gone
 from tests.support.checks import assert_a_job_succeeds_with_its_result
@@ -134,6 +136,24 @@ def test_cancel_pending_job_and_conflicts(stack, local_lm):
     job = stack.api.get(f"/jobs/{job_id}").json()
     assert job["status"] == "cancelled" and job["started_at"] is None, "a cancelled pending job never starts"
     assert not any("Beginning flow run" in entry["message"] for entry in job["logs"])
+
+
+def test_a_cancel_landing_while_the_engine_starts_stops_the_job(stack, local_lm):
+    """The user's cancel and the engine's proposal of Running race: the job's proxy checks the
+    run, then forwards Running. A cancel answered 200 in between must still win (Prefect lets
+    a Cancelled run go to Running, never a Cancelling one)."""
+    with stack.paused_work_pool(), stack.prefect_client() as client:
+        job_id = submit(stack, job_payload(local_lm.url, rows=20))["job_id"]
+        run_id = uuid.UUID(job_id)
+        client.set_flow_run_state(run_id, Pending())  # as the worker that took it
+        assert stack.api.post(f"/jobs/{job_id}/cancel").status_code == 200
+        engine = client.set_flow_run_state(run_id, Running())  # as its engine, after the proxy's check
+        assert engine.status is not SetStateStatus.ACCEPT, engine
+        assert stack.api.get(f"/jobs/{job_id}/summary").json()["status"] == "cancelled"
+        # (no worker took it: what its worker would do, and what the API shows once done)
+        client.set_flow_run_state(run_id, Cancelled(message="Flow run cancelled by worker while pending."))
+        job = stack.api.get(f"/jobs/{job_id}").json()
+        assert job["started_at"] is None and job["message"] == "cancelled by the user before it started", job
 
 
 def test_cancel_running_job_kills_its_process(stack, local_lm):

@@ -73,3 +73,24 @@ def test_cancel_gepa_run(rstack, local_lm):
         local_lm.set_delay(0)
     job = rstack.api.get(f"/jobs/{job_id}").json()
     assert job["status"] == "cancelled" and job["result"] is None
+
+
+
+def test_a_cancel_accepted_while_the_job_starts_is_honoured(rstack, local_lm):
+    """A cancel answered 200 ends the job cancelled whenever it lands: the run still
+    Scheduled, Pending without a process, Pending with one, or just Running (each path ends
+    it differently: Prefect, the worker, the supervisor). One job at a time, so that none
+    waits for a slot; each would take over 10 s to succeed."""
+    local_lm.set_delay(300)
+    ends = {}
+    try:
+        for offset in (0.0, 0.3, 0.6, 1.0):
+            job_id = rstack.submit(job_payload(local_lm.url, rows=40))
+            time.sleep(offset)
+            assert rstack.api.post(f"/jobs/{job_id}/cancel").status_code == 200
+            rstack.wait_state(job_id, {"CANCELLED", "COMPLETED", "FAILED", "CRASHED"}, timeout=60)
+            job = rstack.api.get(f"/jobs/{job_id}/summary").json()
+            ends[offset] = (job["status"], job["message"])
+    finally:
+        local_lm.set_delay(0)
+    assert all(s == "cancelled" and m.startswith("cancelled by the user") for s, m in ends.values()), ends

@@ -40,6 +40,10 @@ def test_status_filters_query_the_state_types_of_the_status(status, state_types)
 
 def test_prefect_end_messages_are_reworded_for_users():
     assert job_message(StateType.CANCELLED, "Flow run was cancelled successfully.") == "cancelled by the user"
+    before = "cancelled by the user before it started"
+    assert job_message(StateType.CANCELLED, "Flow run cancelled by worker while pending.") == before
+    assert job_message(StateType.CANCELLED, None) == before  # Prefect's Cancelled for a run with no process
+    assert job_message(StateType.FAILED, None) is None
     assert job_message(StateType.CRASHED, "Process exited with status code: -9").startswith(
         "the job process was killed (SIGKILL)"
     )
