@@ -48,6 +48,7 @@ from prefect.states import Cancelling
 from api import views
 from api.job_secrets import inline_block_of
 from api.kept_programs import delete_kept_program, read_kept_program
+from api.page_cache import PageCache
 from api.prefect_reads import Run, filter_runs, read_logs, read_logs_since, read_run, read_states, read_task_run_named
 from api.run_cache import RunCache
 from api.run_pages import RunPage, read_page
@@ -88,16 +89,14 @@ class JobGateway:
         self.client = client
         self.settings = settings
         self._deployment_ids: dict[str, UUID] = {}
-        serialize = settings.serialize_run_creates
-        if serialize is None:
-            serialize = settings.uses_sqlite
+        serialize = settings.uses_sqlite if settings.serialize_run_creates is None else settings.serialize_run_creates
         self._create_lock = asyncio.Lock() if serialize else None
         self._results: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        # Logs of runs that ended a while ago, by (flow-run id, state id); see job_logs.
-        self._logs: OrderedDict[tuple[str, str], JobLogs] = OrderedDict()
+        self._logs: OrderedDict[tuple[str, str], JobLogs] = OrderedDict()  # (run, state) ids -> settled logs
         self._compiling: OrderedDict[tuple[str, str | None], None] = OrderedDict()  # (run, Running state) ids
-        # The read model of GET /jobs/{id} (api/run_events.py); this replica's writes drop their run.
+        # The read model (api/run_events.py) and the GET /jobs pages it vouches for; our writes drop their run.
         self.run_cache = RunCache(settings.read_model_size, settings.read_model_max_age_seconds)
+        self.pages = PageCache(self.run_cache)
 
     # -- deployment ---------------------------------------------------------------------
     async def deployment_id(self, full_name: str | None = None) -> UUID:
@@ -148,6 +147,7 @@ class JobGateway:
                 idempotency_key=idempotency_key,
                 parent_task_run_id=parent_task_run_id,
             )
+            self.run_cache.forget(str(flow_run.id))  # this replica's lists show it at once
             return flow_run.model_dump(mode="json")
 
         if self._create_lock is None:
@@ -204,9 +204,14 @@ class JobGateway:
         return run_status(run, await self.compile_started([run]))
 
     async def list(self, *, status: JobStatus | None, username: str | None, limit: int, offset: int) -> RunPage:
-        """A page of the deployment's runs newest first (GET /jobs)."""
-        run_filter = FlowRunFilter(tags=FlowRunFilterTags(all_=[user_tag(username)])) if username else FlowRunFilter()
-        return await read_page(self, [run_filter], status, limit=limit, offset=offset)
+        """A page of the deployment's runs newest first (GET /jobs), kept a moment (api/page_cache.py)."""
+        key = (status, username, limit, offset)
+        if (page := self.pages.fresh(key)) is None:
+            token = self.run_cache.token()
+            owned = FlowRunFilter(tags=FlowRunFilterTags(all_=[user_tag(username)])) if username else FlowRunFilter()
+            page = await read_page(self, [owned], status, limit=limit, offset=offset)
+            self.pages.store(key, page, token)
+        return page
 
     async def job_logs(self, run: Run) -> JobLogs:
         """A job's (log entries, progress events). Cached once the run has been in its
@@ -302,13 +307,10 @@ class JobGateway:
 
     # -- write --------------------------------------------------------------------------
     async def cancel(self, run: Run) -> bool:
-        """Propose Cancelling, never forced; False when Prefect refused: the run ended meanwhile.
-
-        Prefect decides on the run's state at that instant, so a cancel cannot race the job's
-        start (a state read here may be stale by the write, and Prefect lets a Cancelled run
-        go to Running): a run with no process yet (Scheduled, suspended) becomes Cancelled at
-        once; any other Cancelling, which never goes to Running, and its worker stops the
-        process or, none started yet, marks it Cancelled."""
+        """Propose Cancelling, never forced (False: Prefect refused, the run ended meanwhile).
+        Prefect decides on the state at that instant, so a cancel cannot race the job's start
+        (Prefect lets a Cancelled run go to Running, never a Cancelling one): a run with no
+        process yet becomes Cancelled at once; else its worker stops it or marks it Cancelled."""
         if state_type_of(run) in (StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED):
             await self.tag_for_notification(run)  # it may end before its supervisor would tag it
         result = await self.client.set_flow_run_state(UUID(run["id"]), Cancelling(message="cancelled by the user"))

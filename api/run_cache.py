@@ -133,6 +133,18 @@ class RunCache:
     def token(self) -> Token:
         return Token(self._generation, self._seq, self.clock())
 
+    def unchanged_since(self, token: Token) -> bool:
+        """Nothing that could change any run's view came in since `token` (no event, no
+        write of this replica, no reconnect), the subscription is up and the read it marks
+        started at most max_age ago: what a list page read then shows is still current."""
+        return (
+            self.enabled
+            and self.live
+            and token.generation == self._generation
+            and token.seq == self._seq
+            and self.clock() - token.started <= self.max_age
+        )
+
     def store(self, run_id: str, run: Run, token: Token) -> bool:
         """Keep a run read from Prefect after `token` was taken; False when refused."""
         if not self.enabled or not self.live or token.generation != self._generation:

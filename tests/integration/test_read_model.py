@@ -81,3 +81,30 @@ def test_a_kept_job_is_still_only_its_owners(stack, local_lm):
         assert alice.post(f"/jobs/{job_id}/cancel").status_code == 200
         # This replica's own cancel shows at once.
         assert alice.get(f"/jobs/{job_id}/summary").json()["status"] == "cancelled"
+
+
+def test_a_list_page_shows_this_replicas_new_job_at_once_and_changes_made_in_prefect_within_a_second(stack, local_lm):
+    alice = stack.add_user(f"alice-{uuid.uuid4().hex[:8]}")
+
+    def listed() -> dict[str, str]:
+        page = alice.get("/jobs", params={"limit": 50})
+        page.raise_for_status()
+        return {job["job_id"]: job["status"] for job in page.json()["items"]}
+
+    payload = job_payload(local_lm.url, rows=20)
+    del payload["username"]  # the caller's
+    with stack.paused_work_pool():
+        first = alice.post("/run", json=payload).json()["job_id"]
+        assert listed() == listed() == {first: "pending"}  # the second may be the kept page
+        second = alice.post("/run", json={**payload, "seed": 7}).json()["job_id"]
+        assert listed() == {first: "pending", second: "pending"}, "this replica's new job, at once"
+
+        from prefect.states import Cancelled
+
+        with stack.prefect_client() as client:  # as the Prefect UI does it: an event follows
+            client.set_flow_run_state(uuid.UUID(first), Cancelled(message="cancelled in the UI"), force=True)
+        wait_until(lambda: listed().get(first) == "cancelled", WITHIN, 0.05, what="the cancel made in Prefect")
+    assert stack.prefect.delete(f"/flow_runs/{first}").status_code == 204  # no event: the page's age
+    wait_until(lambda: first not in listed(), WITHIN, 0.05, what="the delete made in Prefect")
+    assert alice.post(f"/jobs/{second}/cancel").status_code == 200
+    assert listed() == {second: "cancelled"}, "this replica's cancel, at once"
