@@ -24,6 +24,7 @@ ERROR_LINE = re.compile(r"^[\w.]+(Error|Exception|Exit|Interrupt)\b:?.*$")
 # Errors that mean the engine lost its connection to the Prefect API.
 API_LOST_WORDS = ("ConnectError", "PrefectHTTPStatusError", "database is locked")
 CANCELLED_MESSAGE = "cancelled by the user; the job's processes were stopped"
+ENDED_WHILE_CANCELLING_MESSAGE = "cancelled by the user; the job's processes had ended"
 
 
 @dataclass(frozen=True)
@@ -97,14 +98,18 @@ def final_state(
     state: str | None, code: int, stop: Stop | None, limits: ExitLimits, cpu_exhausted: bool, output: str
 ) -> Outcome | None:
     """The state the run must be set to now that the engine is gone, given its current
-    `state` type; None when there is nothing to set (already terminal, unknown, or a
-    cancellation the supervisor did not carry out)."""
+    `state` type; None when there is nothing to set (already terminal, or unknown).
+
+    A run still Cancelling is Cancelled whoever stopped the engine: nothing of the job runs
+    any more, and an engine that stopped on its own (its Running refused because the cancel
+    came first, or its final state refused because the cancel came last) leaves nobody
+    else to confirm it (the worker's cancel watches only a live process)."""
     if state is None or state in TERMINAL_STATE_TYPES:
         return None
     if state == "CANCELLING":
         if stop is not None and stop.kind == "cancel":
             return Outcome("CANCELLED", CANCELLED_MESSAGE, explained=False)
-        return None
+        return Outcome("CANCELLED", ENDED_WHILE_CANCELLING_MESSAGE, explained=False)
     message = explain_exit(code, stop, limits, cpu_exhausted, output)
     kind = stop.kind if stop is not None else None
     if kind == "timeout":

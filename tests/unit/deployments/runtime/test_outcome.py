@@ -35,9 +35,12 @@ def test_a_user_cancel_the_supervisor_carried_out_is_confirmed():
     assert outcome == Outcome("CANCELLED", "cancelled by the user; the job's processes were stopped", explained=False)
 
 
-@pytest.mark.parametrize("stop", [None, Stop("timeout", "too long")])
-def test_cancelling_without_our_cancel_is_left_to_prefect(stop):
-    assert ended(1, stop, state="CANCELLING") is None
+@pytest.mark.parametrize("code, stop", [(0, None), (1, None), (-signal.SIGKILL, Stop("timeout", "too long"))])
+def test_a_run_left_cancelling_by_an_engine_that_stopped_otherwise_is_cancelled(code, stop):
+    """Its Running refused (the cancel came first) or its end refused (the cancel came last):
+    nobody else would confirm the cancel, the worker's watch ended with the process."""
+    outcome = ended(code, stop, state="CANCELLING")
+    assert outcome == Outcome("CANCELLED", "cancelled by the user; the job's processes had ended", explained=False)
 
 
 def test_a_timeout_fails_the_run_as_timed_out_with_the_stop_reason():
