@@ -104,7 +104,7 @@ def test_a_list_page_shows_this_replicas_new_job_at_once_and_changes_made_in_pre
         with stack.prefect_client() as client:  # as the Prefect UI does it: an event follows
             client.set_flow_run_state(uuid.UUID(first), Cancelled(message="cancelled in the UI"), force=True)
         wait_until(lambda: listed().get(first) == "cancelled", WITHIN, 0.05, what="the cancel made in Prefect")
-    assert stack.prefect.delete(f"/flow_runs/{first}").status_code == 204  # no event: the page's age
-    wait_until(lambda: first not in listed(), WITHIN, 0.05, what="the delete made in Prefect")
-    assert alice.post(f"/jobs/{second}/cancel").status_code == 200
-    assert listed() == {second: "cancelled"}, "this replica's cancel, at once"
+        assert stack.prefect.delete(f"/flow_runs/{first}").status_code == 204  # no event: the page's age
+        wait_until(lambda: first not in listed(), WITHIN, 0.05, what="the delete made in Prefect")
+        assert alice.post(f"/jobs/{second}/cancel").status_code == 200
+        assert listed() == {second: "cancelled"}, "this replica's cancel, at once"
