@@ -36,17 +36,16 @@ class PageCache:
         self.max_runs = max_runs
         self._pages: OrderedDict[Hashable, tuple[RunPage, Token]] = OrderedDict()
         self._held = 0
-        self.hits = 0
-        self.misses = 0
 
     def fresh(self, key: Hashable) -> RunPage | None:
         """The page kept under `key` if it may be served; None: read it."""
         kept = self._pages.get(key)
-        if kept is None or not self.runs.unchanged_since(kept[1]):
-            self.misses += 1
+        if kept is None:
+            return None
+        if not self.runs.unchanged_since(kept[1]):
+            self._drop(key)  # it can never be served again
             return None
         self._pages.move_to_end(key)
-        self.hits += 1
         return kept[0]
 
     def store(self, key: Hashable, page: RunPage, token: Token) -> bool:

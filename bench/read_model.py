@@ -34,9 +34,7 @@ from common import BenchStack, payload, summarize  # noqa: E402
 from tests.support.stack import start_job_lm  # noqa: E402
 
 OWNERS = ("bench", "other")
-
-
-SPACING_S = 1.2
+SPACING_S = 1.2  # --spaced requests: over the read model's max age (1 s), so each reads Prefect
 
 
 def log(message: str) -> None:

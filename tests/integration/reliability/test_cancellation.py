@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from dspy_service.contract import TERMINAL_STATE_TYPES
 from tests.support.payloads import job_payload, model_config
 from tests.support.processes import wait_until_gone
 from tests.support.reliability import SPAWNS_CHILD
@@ -75,7 +76,6 @@ def test_cancel_gepa_run(rstack, local_lm):
     assert job["status"] == "cancelled" and job["result"] is None
 
 
-
 def test_a_cancel_accepted_while_the_job_starts_is_honoured(rstack, local_lm):
     """A cancel answered 200 ends the job cancelled whenever it lands: the run still
     Scheduled, Pending without a process, Pending with one, or just Running (each path ends
@@ -88,7 +88,7 @@ def test_a_cancel_accepted_while_the_job_starts_is_honoured(rstack, local_lm):
             job_id = rstack.submit(job_payload(local_lm.url, rows=40))
             time.sleep(offset)
             assert rstack.api.post(f"/jobs/{job_id}/cancel").status_code == 200
-            rstack.wait_state(job_id, {"CANCELLED", "COMPLETED", "FAILED", "CRASHED"}, timeout=60)
+            rstack.wait_state(job_id, set(TERMINAL_STATE_TYPES), timeout=60)
             job = rstack.api.get(f"/jobs/{job_id}/summary").json()
             ends[offset] = (job["status"], job["message"])
     finally:
