@@ -16,6 +16,9 @@ What differs from the stock worker:
   again for a Scheduled state this worker already moved to Pending (a stale scan).
 - reads: one deployment read per submission instead of two (the existence check's read
   is handed to the job configuration) and each flow read once per worker process.
+- heartbeats: a REST heartbeat every interval beside the worker channel's, retried at once
+  on a conflict: the server drops heartbeats under SQLite write load
+  (deployments/worker_heartbeat.py).
 - the worker labels of a run (`_give_worker_labels_to_flow_run`) are written in the
   background: the run's process no longer waits on that PATCH, nor fails with it.
 
@@ -23,7 +26,7 @@ Pinned to Prefect 3.9.1: this overrides private `BaseWorker` methods and reads p
 attributes (`_submit_run`, `_submit_scheduled_flow_runs`, `_propose_pending_state`,
 `_give_worker_labels_to_flow_run`, `_runs_task_group`,
 `_sync_and_initialize`, `_emit_worker_started_event`, `_submit_run_and_capture_errors`,
-`_work_pool`, `_submitting_flow_run_ids`). `tests/unit/deployments/test_worker.py` fails
+`_work_pool`, `_work_pool_name`, `_submitting_flow_run_ids`). `tests/unit/deployments/test_worker.py` fails
 if any of them disappears or changes signature; check this module on every Prefect
 upgrade.
 
@@ -55,6 +58,7 @@ from prefect.utilities.services import critical_service_loop, start_client_metri
 from prefect.workers.process import ProcessWorker
 
 from deployments.pickup import PickupSignal, ScheduledRunListener, SubmissionGate, prefect_subscriber
+from deployments.worker_heartbeat import RestHeartbeat
 
 PREFECT_VERSION = "3.9.1"
 
@@ -125,6 +129,7 @@ with warnings.catch_warnings():
                         loops.start_soon(pickup_service)
                         loops.start_soon(sync_service)
                         loops.start_soon(self.listen_for_scheduled_runs)
+                        loops.start_soon(self.send_retried_heartbeats)
                         self._started_event = await self._emit_worker_started_event()
                         start_client_metrics_server()
                         printer(f"Worker {worker.name!r} started!")
@@ -143,6 +148,16 @@ with warnings.catch_warnings():
                 await anyio.sleep(0.2)
             self._listener = ScheduledRunListener(prefect_subscriber(self._work_pool.id), self.pickup, self._logger)
             await self._listener.run()
+
+        async def send_retried_heartbeats(self) -> None:
+            """A REST heartbeat every interval beside the channel's (deployments/worker_heartbeat.py)."""
+            await RestHeartbeat(
+                partial(
+                    self.client.send_worker_heartbeat, work_pool_name=self._work_pool_name, worker_name=self.name,
+                    heartbeat_interval_seconds=self.heartbeat_interval_seconds,
+                ),
+                self.heartbeat_interval_seconds, self._logger,
+            ).run()
 
         async def _submit_scheduled_flow_runs(self, flow_run_response: list) -> list[FlowRun]:
             fresh = [

@@ -35,7 +35,8 @@ PRIVATE_METHODS = {
     "start": ["self", "run_once", "with_healthcheck", "printer"],
 }
 PRIVATE_ATTRIBUTES = [
-    "_work_pool", "_submitting_flow_run_ids", "_client", "_logger", "_started_event", "_runs_task_group",
+    "_work_pool", "_work_pool_name", "_submitting_flow_run_ids", "_client", "_logger", "_started_event",
+    "_runs_task_group",
 ]
 
 
@@ -242,3 +243,4 @@ def test_a_failed_label_patch_is_a_warning_not_a_crashed_run(monkeypatch, caplog
     assert asyncio.run(scenario()) == 4242
     assert submission.events == ["submitting", "process started"]
     assert "Could not label flow run" in caplog.text and "503 Service Unavailable" in caplog.text
+
