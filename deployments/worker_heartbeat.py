@@ -40,7 +40,7 @@ MAX_RETRY_SECONDS = 1.0
 
 
 class RestHeartbeat:
-    """Sends `send()` every `interval` seconds, retrying a failed one within its interval."""
+    """Sends `send()` every `interval` seconds; a failed one is retried at once until one lands."""
 
     def __init__(
         self, send: Callable[[], Awaitable[object]], interval: float, logger: logging.Logger | logging.LoggerAdapter
@@ -53,7 +53,7 @@ class RestHeartbeat:
 
     def without_client_retries(self) -> prefect.context.SettingsContext:
         """The current settings with PREFECT_CLIENT_MAX_RETRIES=0, for this task only (a context
-        variable). Built once: a settings copy costs ~0.3-0.5 CPU-s, entering it ~0.3 ms."""
+        variable). Built once: a settings copy takes 0.3-0.5 s here, entering it ~0.3 ms."""
         if self.no_client_retries is None:
             current = prefect.context.get_settings_context()
             settings = current.settings.copy_with_update(updates={PREFECT_CLIENT_MAX_RETRIES: 0})
