@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import json
 import os
 import sys
@@ -30,12 +29,12 @@ import time
 from pathlib import Path
 
 import httpx
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BenchStack, payload, summarize  # noqa: E402
 
+from deployments.runtime import procfs  # noqa: E402
 from tests.support.stack import start_job_lm  # noqa: E402
 
 OWNERS = ("bench", "other")
@@ -78,15 +77,10 @@ def wait_until_quiet(pid: int, share: float = QUIET_CPU_SHARE, window: float = 5
     """Seconds until the process tree of `pid` (the Prefect server) used under `share` of one
     core over a `window`: after a burst of creations its services still work through their
     events, which would be timed as read latency. Gives up (and says so) after `timeout`."""
-    server = psutil.Process(pid)
 
     def cpu() -> float:
-        total = 0.0
-        for process in [server, *server.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                times = process.cpu_times()
-                total += times.user + times.system
-        return total
+        readings = (procfs.cpu_times(p) for p in [pid, *procfs.descendants_of(pid)])
+        return sum(r.own for r in readings if r is not None)
 
     started = time.perf_counter()
     while time.perf_counter() - started < timeout:
