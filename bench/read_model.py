@@ -39,7 +39,7 @@ from tests.support.stack import start_job_lm  # noqa: E402
 
 OWNERS = ("bench", "other")
 SPACING_S = 1.2  # --spaced requests: over the read model's max age (1 s), so each reads Prefect
-QUIET_CPU_SHARE = 0.15  # the Prefect server idle enough to time reads (--settle)
+QUIET_CPU_SHARE = 0.15  # the Prefect server idle enough to time reads (unless --no-settle)
 
 
 def log(message: str) -> None:
