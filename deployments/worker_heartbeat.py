@@ -68,8 +68,8 @@ class RestHeartbeat:
             await self.beat(deadline=started + self.interval)
             await anyio.sleep(max(0.0, started + self.interval - time.monotonic()))
 
-    async def beat(self, deadline: float) -> bool:
-        """One round: True once a heartbeat landed, False when the deadline came first."""
+    async def beat(self, deadline: float) -> None:
+        """One round: returns once a heartbeat landed or the deadline came first."""
         delay = FIRST_RETRY_SECONDS
         while True:
             try:
@@ -78,7 +78,7 @@ class RestHeartbeat:
             except Exception as exc:  # a conflict or an unreachable server: try again
                 if time.monotonic() + delay >= deadline:
                     self.gave_up(exc)
-                    return False
+                    return
                 await anyio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_SECONDS)
                 continue
@@ -86,7 +86,7 @@ class RestHeartbeat:
                 outage = time.monotonic() - self.failing_since
                 self.logger.info("REST worker heartbeat landed again after %.0f s", outage)
                 self.failing_since = None
-            return True
+            return
 
     def gave_up(self, exc: Exception) -> None:
         if self.failing_since is None:
