@@ -1,7 +1,9 @@
 """A fresh PostgreSQL database per stack, on the local server (127.0.0.1:5432, trust auth).
 
-Creating one fails with asyncpg's connection error when no server listens there; a
-database is dropped WITH (FORCE), so connections a stopped stack left open do not block it.
+`create(prefix, template=name)` copies database `name` (CREATE DATABASE ... TEMPLATE;
+tests/support/prefect_schema.py keeps one Prefect has migrated). Creating one fails with
+asyncpg's connection error when no server listens there; a database is dropped WITH
+(FORCE), so connections a stopped stack left open do not block it.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ class FreshDatabase:
     name: str
 
     @classmethod
-    def create(cls, prefix: str) -> FreshDatabase:
+    def create(cls, prefix: str, template: str | None = None) -> FreshDatabase:
         database = cls(f"{prefix}{uuid.uuid4().hex[:10]}")
-        asyncio.run(_admin(f'CREATE DATABASE "{database.name}"'))
+        copied = f' TEMPLATE "{template}"' if template else ""
+        asyncio.run(_admin(f'CREATE DATABASE "{database.name}"{copied}'))
         return database
 
     @property

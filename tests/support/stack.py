@@ -30,6 +30,7 @@ from dspy_service.settings import ServiceSettings
 from dspy_service.testing.local_lm import LocalLMServer, start_local_lm
 from tests.support.polling import wait_until
 from tests.support.postgres import FreshDatabase
+from tests.support.prefect_schema import copy_migrated_sqlite, migrated_postgres_template
 from tests.support.processes import JobProcesses, engine_pid
 
 TERMINAL = {"success", "failed", "cancelled"}
@@ -71,17 +72,24 @@ def configure_stack(
     env: dict[str, str] | None = None,
     warm_start: bool | None = None,
     db_prefix: str = "dspy_service_test_",
+    migrated: bool = True,
     **settings,
 ) -> tuple[Stack, FreshDatabase | None]:
     """A stack (not started) on free ports; on `postgres` it owns a fresh database, which
     the caller drops when done. `settings` are ServiceSettings fields, `env` the
     processes' extra environment; `egress_allow` adds to the servers of `JOB_REACHABLE`;
-    `warm_start` None: the service's default (on)."""
+    `warm_start` None: the service's default (on); `migrated` False: Prefect's database
+    starts empty, as on a fresh machine (else a copy of one migrated once per process,
+    tests/support/prefect_schema.py)."""
     settings["egress_allow"] = ",".join(filter(None, [*JOB_REACHABLE, settings.get("egress_allow", "")]))
-    fresh = FreshDatabase.create(db_prefix) if database == "postgres" else None
+    fresh = None
+    if database == "postgres":
+        fresh = FreshDatabase.create(db_prefix, migrated_postgres_template() if migrated else None)
     # Tests write dataset_source files into their own temp dirs, next to the stack's home.
     settings.setdefault("dataset_dirs", str(home.parent))
     service = ServiceSettings(home=home, database_url=fresh.url if fresh else None, **settings)
+    if migrated and fresh is None and service.database_url is None:
+        copy_migrated_sqlite(service.home_dir / "prefect.db")
     config = StackConfig(
         settings=service, api_port=free_port(), prefect_port=free_port(), program_server_port=free_port(),
         warm_start=warm_start,
