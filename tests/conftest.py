@@ -15,6 +15,7 @@ import pytest  # noqa: E402
 
 from tests.support import prefect_schema  # noqa: E402
 from tests.support.stack import reachable_by_jobs, start_job_lm  # noqa: E402
+from tests.support.webhook_receiver import WebhookReceiver  # noqa: E402
 
 
 def pytest_collection_finish(session):
@@ -22,7 +23,6 @@ def pytest_collection_finish(session):
     when any will start, migrate now, beside the tests that run first."""
     if any(item.get_closest_marker("integration") for item in session.items):
         prefect_schema.prepare()
-from tests.support.webhook_receiver import WebhookReceiver  # noqa: E402
 
 
 @pytest.fixture(scope="session")
