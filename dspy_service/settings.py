@@ -313,8 +313,13 @@ class ServiceSettings(ProgramServingSettings, JobLimitSettings, BaseSettings):
         return f"{NOTIFY_FLOW_NAME}/{self.notify_deployment}"
 
     @property
+    def default_sqlite_path(self) -> Path:
+        """Prefect's SQLite database when no database_url is set."""
+        return self.home_dir / "prefect.db"
+
+    @property
     def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite+aiosqlite:///{self.home_dir / 'prefect.db'}"
+        return self.database_url or f"sqlite+aiosqlite:///{self.default_sqlite_path}"
 
     @property
     def uses_sqlite(self) -> bool:

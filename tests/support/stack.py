@@ -88,8 +88,8 @@ def configure_stack(
     # Tests write dataset_source files into their own temp dirs, next to the stack's home.
     settings.setdefault("dataset_dirs", str(home.parent))
     service = ServiceSettings(home=home, database_url=fresh.url if fresh else None, **settings)
-    if migrated and fresh is None and service.database_url is None:
-        copy_migrated_sqlite(service.home_dir / "prefect.db")
+    if migrated and service.database_url is None:
+        copy_migrated_sqlite(service.default_sqlite_path)
     config = StackConfig(
         settings=service, api_port=free_port(), prefect_port=free_port(), program_server_port=free_port(),
         warm_start=warm_start,

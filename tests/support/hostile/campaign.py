@@ -170,7 +170,7 @@ def local_targets(stack: RunningStack, finished: str, result: Path, cache_name: 
     home = settings.home_dir
     dataset = stack.flow_run(finished)["parameters"]["dataset_ref"]["url"]
     if stack.fresh is None:
-        database = {"kind": "sqlite", "path": str(home / "prefect.db")}
+        database = {"kind": "sqlite", "path": str(settings.default_sqlite_path)}
     else:
         database = {"kind": "postgres", "dsn": f"postgresql://postgres@127.0.0.1:5432/{stack.fresh.name}"}
     return {
