@@ -11,9 +11,11 @@ os.environ["DSPY_SERVICE_HOME"] = _HOME
 os.environ["PREFECT_HOME"] = os.path.join(_HOME, "prefect")
 os.environ["PREFECT_LOCAL_STORAGE_PATH"] = os.path.join(_HOME, "storage", "results")
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 
-from tests.support import prefect_schema  # noqa: E402
+from tests.support import prefect_schema, streams  # noqa: E402
 from tests.support.stack import reachable_by_jobs, start_job_lm  # noqa: E402
 from tests.support.webhook_receiver import WebhookReceiver  # noqa: E402
 
@@ -23,6 +25,21 @@ def pytest_collection_finish(session):
     when any will start, migrate now, beside the tests that run first."""
     if any(item.get_closest_marker("integration") for item in session.items):
         prefect_schema.prepare()
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Under `-n 2 --dist loadgroup` (the Makefile's test run): tests that share a stack
+    run in one stream (tests/support/streams.py)."""
+    if config.getvalue("dist") == "loadgroup":
+        streams.mark_groups(items, root=Path(__file__).parent.relative_to(config.rootpath).as_posix())
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") == "loadgroup":
+        return streams.GroupsLongestFirst(config, log)
+    return None
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,9 @@ def pytest_collection_modifyitems(config, items):
     deselect_postgres_runs(config, items)
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+# Package scope: a stack stops once the tests of tests/integration that use it are done,
+# instead of idling (and taking CPU) beside the rest of its stream.
+@pytest.fixture(scope="package", params=["sqlite", "postgres"])
 def stack(request, tmp_path_factory, local_lm, webhook_receiver):
     home = tmp_path_factory.mktemp(f"stack-{request.param}")
     warm_start = request.param != COLD_START_DATABASE
