@@ -7,6 +7,7 @@ the calls a hostile job would try instead, each with the reason the job's log sh
 from __future__ import annotations
 
 import json
+import random
 import uuid
 
 import pytest
@@ -20,12 +21,21 @@ from deployments.runtime.prefect_scope import (
 )
 from dspy_service.contract import artifact_key, champion_lock, champion_variable
 
-OWN, OTHER = str(uuid.uuid4()), str(uuid.uuid4())
-DEPLOYMENT, FLOW, QUEUE, SCHEDULE = (str(uuid.uuid4()) for _ in range(4))
+# Ids from a seeded generator: the tests' ids (which hold some) must be the same in every
+# process that collects them (pytest-xdist's streams compare their collections).
+_IDS = random.Random(20261206)
+
+
+def new_id() -> str:
+    return str(uuid.UUID(int=_IDS.getrandbits(128), version=4))
+
+
+OWN, OTHER = new_id(), new_id()
+DEPLOYMENT, FLOW, QUEUE, SCHEDULE = (new_id() for _ in range(4))
 JOB = JobScope(OWN, DEPLOYMENT, FLOW, None, work_pool_name="dspy-service", work_queue_id=QUEUE)
 SCHEDULED = JobScope(OWN, DEPLOYMENT, FLOW, SCHEDULE, work_pool_name="dspy-service", work_queue_id=QUEUE)
 VARIABLE, LOCK = champion_variable(SCHEDULE), champion_lock(SCHEDULE)
-HELD_LEASE, HELD_ARTIFACT, KNOWN_TASK_RUN = (str(uuid.uuid4()) for _ in range(3))
+HELD_LEASE, HELD_ARTIFACT, KNOWN_TASK_RUN = (new_id() for _ in range(3))
 
 
 def objects() -> JobObjects:
@@ -45,7 +55,7 @@ ALLOWED = [
     (JOB, "GET", "/api/health", None, ""),
     (JOB, "GET", "/api/admin/version", None, ""),
     (JOB, "GET", "/api/admin/storage", None, ""),
-    (JOB, "GET", "/api/csrf-token", None, f"client={uuid.uuid4()}"),
+    (JOB, "GET", "/api/csrf-token", None, f"client={new_id()}"),
     (JOB, "GET", f"/api/flow_runs/{OWN}", None, ""),
     (JOB, "GET", f"/api/flow_runs/{OWN.upper()}", None, ""),
     (JOB, "GET", f"/api/flow_runs/{uuid.UUID(OWN).hex}", None, ""),
@@ -226,13 +236,13 @@ def event(name: str, resource: str, related_resources=None, **extra) -> dict:
     return {**body, "related": related() if related_resources is None else related_resources, **extra}
 
 
-TASK_RUN = f"prefect.task-run.{uuid.uuid4()}"
+TASK_RUN = f"prefect.task-run.{new_id()}"
 EVENTS = [
     (JOB, event("prefect.flow-run.heartbeat", f"prefect.flow-run.{OWN}"), None),
     (JOB, event("prefect.task-run.Pending", TASK_RUN, payload={"task_run": {"name": "x"}}), None),
     (JOB, event("prefect.task-run.Completed", TASK_RUN), None),
-    (JOB, event("prefect.artifact.created", f"prefect.artifact.{uuid.uuid4()}"), None),
-    (SCHEDULED, event("prefect.concurrency-limit.acquired", f"prefect.concurrency-limit.{uuid.uuid4()}",
+    (JOB, event("prefect.artifact.created", f"prefect.artifact.{new_id()}"), None),
+    (SCHEDULED, event("prefect.concurrency-limit.acquired", f"prefect.concurrency-limit.{new_id()}",
                       resource_extra={"prefect.resource.name": LOCK}), None),
     (JOB, event("prefect.flow-run.heartbeat", f"prefect.flow-run.{OTHER}"), "an event about another flow run"),
     (JOB, event("prefect.task-run.Completed", TASK_RUN, related(OTHER)), "an event about another flow run"),
@@ -247,11 +257,11 @@ EVENTS = [
      "another flow run's task run"),
     (JOB, event("prefect.flow-run.Cancelling", TASK_RUN), "not this job's"),
     (JOB, event("prefect.task-run.Completed", f"prefect.flow-run.{OWN}"), "not a flow-run event"),
-    (JOB, event("prefect.block.secret.loaded", f"prefect.block-document.{uuid.uuid4()}"), "not this job's"),
+    (JOB, event("prefect.block.secret.loaded", f"prefect.block-document.{new_id()}"), "not this job's"),
     (JOB, event("prefect.deployment.triggered", f"prefect.deployment.{DEPLOYMENT}"), "not this job's"),
-    (JOB, event("prefect.concurrency-limit.acquired", f"prefect.concurrency-limit.{uuid.uuid4()}",
+    (JOB, event("prefect.concurrency-limit.acquired", f"prefect.concurrency-limit.{new_id()}",
                 resource_extra={"prefect.resource.name": LOCK}), "another concurrency limit"),
-    (SCHEDULED, event("prefect.concurrency-limit.acquired", f"prefect.concurrency-limit.{uuid.uuid4()}",
+    (SCHEDULED, event("prefect.concurrency-limit.acquired", f"prefect.concurrency-limit.{new_id()}",
                       resource_extra={"prefect.resource.name": "other"}), "another concurrency limit"),
     (JOB, {"type": "auth", "token": None}, "not an event"),
     (JOB, None, "not an event"),
