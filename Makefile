@@ -31,7 +31,7 @@ up: install system-packages
 # Two streams at once (pytest-xdist); tests that share a stack stay in one stream
 # (tests/support/streams.py).
 test: install test-system-packages
-	$(PY) -m pytest -n 2 --dist loadgroup --durations=25
+	$(PY) -m pytest -n 2 --dist loadscope --durations=25
 
 test-fast: install
 	$(PY) -m pytest -m "not slow and not integration"

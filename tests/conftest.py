@@ -27,17 +27,28 @@ def pytest_collection_finish(session):
         prefect_schema.prepare()
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+# Two streams (`-n 2 --dist loadscope`, the Makefile's test run): tests that share a stack run
+# in one stream (tests/support/streams.py).
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """Controller: where this worker writes its test groups."""
+    groups = Path(_HOME) / "stream-groups"
+    groups.mkdir(exist_ok=True)
+    node.workerinput[streams.GROUPS_INPUT] = str(groups / f"{node.gateway.id}.json")
+
+
+@pytest.hookimpl(trylast=True)  # after the deselections
 def pytest_collection_modifyitems(config, items):
-    """Under `-n 2 --dist loadgroup` (the Makefile's test run): tests that share a stack
-    run in one stream (tests/support/streams.py)."""
-    if config.getvalue("dist") == "loadgroup":
-        streams.mark_groups(items, root=Path(__file__).parent.relative_to(config.rootpath).as_posix())
+    """Worker: write the groups of the tests it collected."""
+    path = getattr(config, "workerinput", {}).get(streams.GROUPS_INPUT)
+    if path:
+        root = Path(__file__).parent.relative_to(config.rootpath).as_posix()
+        streams.write_groups(Path(path), streams.groups_of(items, root))
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    if config.getvalue("dist") == "loadgroup":
+    if config.getvalue("dist") == "loadscope":
         return streams.GroupsLongestFirst(config, log)
     return None
 

@@ -1,4 +1,4 @@
-"""Two test streams at once (pytest-xdist), with no stack started twice.
+"""Two test streams at once (pytest-xdist, `-n 2 --dist loadscope`), no stack started twice.
 
 Rule: tests that share a costly fixture run in one stream, in one piece. A test's group is
 where the widest-scoped fixture it shares with other tests is defined (a package or session
@@ -9,26 +9,34 @@ nothing wider than their module are grouped by module. The root conftest's sessi
 fixtures (the local LM, the webhook receiver) are cheap and per process: each stream
 starts its own.
 
-`GroupsLongestFirst` hands the groups out longest first (longest-processing-time
-scheduling): groups that start processes (marked `integration`) before the others, each
-kind by number of tests, so the unit tests' many small modules fill the gaps at the end.
-Without xdist (`pytest` without `-n`) none of this applies and the suite runs as one
-stream in pytest's order.
+How groups reach the scheduler: only workers collect (they know fixtures), only the
+controller schedules (it knows node ids). Each worker writes its {node id: group} to a
+file the controller named in its `workerinput`; `GroupsLongestFirst` reads it once all
+workers have collected. (xdist's own `xdist_group` mark does not work here: xdist 3.8
+renames the test's node id, which pytest 9 no longer lets it do.)
 
-How it fails: a test whose costly fixture is module-scoped but shared through a new
-package-scoped one lands in the package's group, as it should; a costly session fixture
-added to the root conftest would be started once per stream (twice), so add those below it.
+`GroupsLongestFirst` hands the groups out longest first (longest-processing-time
+scheduling): groups that start processes (a test of theirs is marked `integration`)
+before the others, each kind by number of tests, so the unit tests' many small modules fill
+the gaps at the end. Without `-n`, none of this applies: one stream, pytest's order.
+
+How it fails: a group file that is missing or unreadable stops the run (the controller
+raises: it cannot keep stacks apart without it). A costly session fixture added to the
+root conftest would start once per stream (twice): define those below it.
 """
 
 from __future__ import annotations
 
-import pytest
-from xdist.scheduler import LoadGroupScheduling
+import json
+import os
+from pathlib import Path
 
-XDIST_GROUP = "xdist_group"
+import pytest
+from xdist.scheduler import LoadScopeScheduling
+
+GROUPS_INPUT = "stream_groups_file"  # the workerinput key naming the group file
 STARTS_PROCESSES = "integration"
-# Separates a group's name from its kind in the name xdist sees ("kind:name").
-KIND_SEPARATOR = ":"
+PROCESSES, IN_PROCESS = "processes", "in-process"
 WIDER_FIRST = {"session": 0, "package": 1}
 
 
@@ -50,18 +58,43 @@ def shared_group(item: pytest.Item, root: str) -> str:
     return f"{where}[{'-'.join(values)}]" if values else where
 
 
-def mark_groups(items: list[pytest.Item], root: str) -> None:
-    """Give every test its xdist group ("kind:group"), read by `--dist loadgroup`; a group's
-    kind is `processes` when any of its tests is marked `integration`."""
-    groups = {item: shared_group(item, root) for item in items}
-    starting = {group for item, group in groups.items() if item.get_closest_marker(STARTS_PROCESSES)}
-    for item, group in groups.items():
-        kind = "processes" if group in starting else "in-process"
-        item.add_marker(pytest.mark.xdist_group(f"{kind}{KIND_SEPARATOR}{group}"))
+def groups_of(items: list[pytest.Item], root: str) -> dict[str, str]:
+    """{node id: "kind:group"}; a group's kind is `processes` when any of its tests is
+    marked `integration`."""
+    groups = {item.nodeid: shared_group(item, root) for item in items}
+    starting = {groups[item.nodeid] for item in items if item.get_closest_marker(STARTS_PROCESSES)}
+    return {nodeid: f"{PROCESSES if group in starting else IN_PROCESS}:{group}" for nodeid, group in groups.items()}
 
 
-class GroupsLongestFirst(LoadGroupScheduling):
-    """xdist's load-group scheduling, handing out the longest group left first (see the module)."""
+def write_groups(path: Path, groups: dict[str, str]) -> None:
+    """Whole or not at all: the controller may read it as soon as the worker reports in."""
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(groups))
+    partial.replace(path)
+
+
+class GroupsLongestFirst(LoadScopeScheduling):
+    """xdist's scope scheduling over our groups, the longest group left first."""
+
+    groups: dict[str, str] | None = None
+
+    def schedule(self) -> None:
+        if self.groups is None and self.collection_is_completed:
+            self.groups = self._read_groups()
+        super().schedule()
+
+    def _read_groups(self) -> dict[str, str]:
+        groups: dict[str, str] = {}
+        for node in self.nodes:
+            path = Path(node.workerinput[GROUPS_INPUT])
+            try:
+                groups.update(json.loads(path.read_text()))
+            except (OSError, ValueError) as error:
+                raise RuntimeError(f"test streams: {node.gateway.id} wrote no groups ({path}): {error}") from None
+        return groups
+
+    def _split_scope(self, nodeid: str) -> str:
+        return (self.groups or {}).get(nodeid) or f"{IN_PROCESS}:{nodeid.split('::')[0]}"
 
     def _assign_work_unit(self, node) -> None:
         longest = min(self.workqueue, key=lambda group: expected_length(group, len(self.workqueue[group])))
@@ -71,4 +104,4 @@ class GroupsLongestFirst(LoadGroupScheduling):
 
 def expected_length(group: str, tests: int) -> tuple[int, int]:
     """Sort key, smallest first: groups that start processes, then by number of tests."""
-    return (0 if group.startswith(f"processes{KIND_SEPARATOR}") else 1, -tests)
+    return (0 if group.startswith(f"{PROCESSES}:") else 1, -tests)

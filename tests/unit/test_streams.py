@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import pytest
@@ -43,8 +44,7 @@ def suite(pytester):
         }
     )
     items, _ = pytester.inline_genitems("-p", "no:cacheprovider")
-    streams.mark_groups(items, root="suite")
-    return {item.nodeid: item.get_closest_marker(streams.XDIST_GROUP).args[0] for item in items}
+    return streams.groups_of(items, root="suite")
 
 
 def _fixture(scope: str, name: str, params: list[str] | None = None) -> str:
@@ -95,20 +95,29 @@ def test_the_longest_group_left_goes_first(pytester):
         "processes:tests/real_lm": 5,
         "processes:tests/integration[sqlite]": 90,
     }
-    collection = [f"t{group}{n}@{group}" for group, count in groups.items() for n in range(count)]
+    collection = [f"{group.split(':')[1]}::test_{n}" for group, count in groups.items() for n in range(count)]
+    group_of = {nodeid: group for group in groups for nodeid in collection if nodeid.startswith(group.split(":")[1])}
     scheduler = streams.GroupsLongestFirst(pytester.parseconfig("-p", "xdist", "--tx", "popen"))
+    scheduler.groups = group_of
     node = RecordingNode()
     scheduler.registered_collections[node] = collection
-    for group in groups:
-        scheduler.workqueue[group] = {nodeid: False for nodeid in collection if nodeid.endswith(f"@{group}")}
+    for nodeid in collection:
+        scheduler.workqueue.setdefault(scheduler._split_scope(nodeid), {})[nodeid] = False
 
     for _ in groups:
         scheduler._assign_work_unit(node)
 
-    first_of_each = [collection[indices[0]].split("@")[1] for indices in node.sent]
+    first_of_each = [group_of[collection[indices[0]]] for indices in node.sent]
     assert first_of_each == [
         "processes:tests/integration[sqlite]",
         "processes:tests/real_lm",
         "in-process:tests/unit/test_big.py",
     ]
     assert [len(indices) for indices in node.sent] == [90, 5, 100]
+
+
+def test_groups_travel_whole_through_their_file(tmp_path):
+    path = tmp_path / "gw0.json"
+    streams.write_groups(path, {"tests/a.py::test_x": "in-process:tests/a.py"})
+    assert json.loads(path.read_text()) == {"tests/a.py::test_x": "in-process:tests/a.py"}
+    assert [p.name for p in tmp_path.iterdir()] == ["gw0.json"]
