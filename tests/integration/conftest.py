@@ -20,8 +20,8 @@ def pytest_collection_modifyitems(config, items):
     deselect_postgres_runs(config, items)
 
 
-# Package scope: a stack stops once the tests of tests/integration that use it are done,
-# instead of idling (and taking CPU) beside the rest of its stream.
+# Package scope: a stack stops when its stream leaves tests/integration, instead of idling
+# (and taking CPU) beside the tests that stream runs next (tests/support/streams.py).
 @pytest.fixture(scope="package", params=["sqlite", "postgres"])
 def stack(request, tmp_path_factory, local_lm, webhook_receiver):
     home = tmp_path_factory.mktemp(f"stack-{request.param}")
