@@ -16,6 +16,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 from tests.support import prefect_schema, streams  # noqa: E402
+from tests.support.markers import INTEGRATION  # noqa: E402
 from tests.support.stack import reachable_by_jobs, start_job_lm  # noqa: E402
 from tests.support.webhook_receiver import WebhookReceiver  # noqa: E402
 
@@ -23,7 +24,7 @@ from tests.support.webhook_receiver import WebhookReceiver  # noqa: E402
 def pytest_collection_finish(session):
     """Stacks start from a copy of a migrated Prefect database (tests/support/prefect_schema.py):
     when any will start, migrate now, beside the tests that run first."""
-    if any(item.get_closest_marker("integration") for item in session.items):
+    if any(item.get_closest_marker(INTEGRATION) for item in session.items):
         prefect_schema.prepare()
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import pytest
 
 SQLITE_ONLY = "sqlite_only"
+# Tests that start real Prefect server / worker / API processes (pyproject.toml lists the markers).
+INTEGRATION = "integration"
 
 
 def runs_on_postgres(item: pytest.Item) -> bool:

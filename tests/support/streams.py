@@ -34,10 +34,15 @@ from pathlib import Path
 import pytest
 from xdist.scheduler import LoadScopeScheduling
 
+from tests.support.markers import INTEGRATION
+
 GROUPS_INPUT = "stream_groups_file"  # the workerinput key naming the group file
-STARTS_PROCESSES = "integration"
 PROCESSES, IN_PROCESS = "processes", "in-process"
 WIDER_FIRST = {"session": 0, "package": 1}
+
+
+def module_of(nodeid: str) -> str:
+    return nodeid.split("::")[0]
 
 
 def shared_group(item: pytest.Item, root: str) -> str:
@@ -50,7 +55,7 @@ def shared_group(item: pytest.Item, root: str) -> str:
             if definition is not None and definition.scope in WIDER_FIRST and definition.baseid not in ("", root):
                 shared.append((WIDER_FIRST[definition.scope], definition.baseid, name))
     if not shared:
-        return item.nodeid.split("::")[0]
+        return module_of(item.nodeid)
     _, where, _ = min(shared)
     callspec = getattr(item, "callspec", None)
     params = callspec.params if callspec is not None else {}
@@ -62,7 +67,7 @@ def groups_of(items: list[pytest.Item], root: str) -> dict[str, str]:
     """{node id: "kind:group"}; a group's kind is `processes` when any of its tests is
     marked `integration`."""
     groups = {item.nodeid: shared_group(item, root) for item in items}
-    starting = {groups[item.nodeid] for item in items if item.get_closest_marker(STARTS_PROCESSES)}
+    starting = {groups[item.nodeid] for item in items if item.get_closest_marker(INTEGRATION)}
     return {nodeid: f"{PROCESSES if group in starting else IN_PROCESS}:{group}" for nodeid, group in groups.items()}
 
 
@@ -79,7 +84,7 @@ class GroupsLongestFirst(LoadScopeScheduling):
     groups: dict[str, str] | None = None
 
     def schedule(self) -> None:
-        if self.groups is None and self.collection_is_completed:
+        if self.groups is None:  # xdist schedules once every worker has collected
             self.groups = self._read_groups()
         super().schedule()
 
@@ -94,7 +99,7 @@ class GroupsLongestFirst(LoadScopeScheduling):
         return groups
 
     def _split_scope(self, nodeid: str) -> str:
-        return (self.groups or {}).get(nodeid) or f"{IN_PROCESS}:{nodeid.split('::')[0]}"
+        return (self.groups or {}).get(nodeid) or f"{IN_PROCESS}:{module_of(nodeid)}"
 
     def _assign_work_unit(self, node) -> None:
         longest = min(self.workqueue, key=lambda group: expected_length(group, len(self.workqueue[group])))
