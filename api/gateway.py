@@ -31,15 +31,12 @@ from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterId,
     FlowRunFilter,
-    FlowRunFilterExpectedStartTime,
     FlowRunFilterId,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
     FlowRunFilterTags,
     TaskRunFilter,
     TaskRunFilterName,
 )
-from prefect.client.schemas.objects import StateType, Worker, WorkerStatus
+from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.responses import SetStateStatus
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
@@ -51,8 +48,10 @@ from api.kept_programs import delete_kept_program, read_kept_program
 from api.page_cache import PageCache
 from api.prefect_reads import Run, filter_runs, read_logs, read_logs_since, read_run, read_states, read_task_run_named
 from api.run_cache import RunCache
-from api.run_pages import RunPage, read_page
-from api.status import JobStatus, run_status, state_type_of
+from api.run_index import RunIndex
+from api.run_index_sync import ListIndex
+from api.run_pages import RunPage, page_of_runs, read_page
+from api.status import JobStatus, run_status, state_type_of, state_types_for
 from dspy_service.contract import NOTIFY_TAG, TERMINAL_STATE_TYPES, WORK_STAGES, user_tag
 from dspy_service.result_files import UnreadableResult, delete_result_file, read_json_result
 from dspy_service.secret_store import SecretStore
@@ -97,6 +96,10 @@ class JobGateway:
         # The read model (api/run_events.py) and the GET /jobs pages it vouches for; our writes drop their run.
         self.run_cache = RunCache(settings.read_model_size, settings.read_model_max_age_seconds)
         self.pages = PageCache(self.run_cache)
+        self.index = RunIndex(
+            settings.list_index_max_runs, settings.read_model_max_age_seconds, settings.log_settle_seconds
+        )
+        self.list_index = ListIndex(self, self.index)
 
     # -- deployment ---------------------------------------------------------------------
     async def deployment_id(self, full_name: str | None = None) -> UUID:
@@ -147,7 +150,7 @@ class JobGateway:
                 idempotency_key=idempotency_key,
                 parent_task_run_id=parent_task_run_id,
             )
-            self.run_cache.forget(str(flow_run.id))  # this replica's lists show it at once
+            self._changed(str(flow_run.id))  # this replica's lists show it at once
             return flow_run.model_dump(mode="json")
 
         if self._create_lock is None:
@@ -204,7 +207,12 @@ class JobGateway:
         return run_status(run, await self.compile_started([run]))
 
     async def list(self, *, status: JobStatus | None, username: str | None, limit: int, offset: int) -> RunPage:
-        """A page of the deployment's runs newest first (GET /jobs), kept a moment (api/page_cache.py)."""
+        """A page of the deployment's runs newest first (GET /jobs): from the list index
+        (api/run_index.py) when it is current, else read and kept a moment (api/page_cache.py)."""
+        owner = user_tag(username) if username else None
+        types = [t.value for t in state_types_for(status)] if status else None
+        if (indexed := await self.list_index.runs(owner, types)) is not None:
+            return await page_of_runs(self, indexed, status, limit=limit, offset=offset)
         key = (status, username, limit, offset)
         if (page := self.pages.fresh(key)) is None:
             token = self.run_cache.token()
@@ -314,7 +322,7 @@ class JobGateway:
         if state_type_of(run) in (StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED):
             await self.tag_for_notification(run)  # it may end before its supervisor would tag it
         result = await self.client.set_flow_run_state(UUID(run["id"]), Cancelling(message="cancelled by the user"))
-        self.run_cache.forget(run["id"])
+        self._changed(run["id"])
         return result.status is not SetStateStatus.ABORT
 
     async def tag_for_notification(self, run: Run) -> None:
@@ -325,7 +333,7 @@ class JobGateway:
         job = (run.get("parameters") or {}).get("job")
         if NOTIFY_TAG not in tags and isinstance(job, dict) and job.get("notify_url"):
             await self.client.update_flow_run(UUID(run["id"]), tags=[*tags, NOTIFY_TAG])
-            self.run_cache.forget(run["id"])
+            self._changed(run["id"])
 
     async def delete(self, run: Run) -> None:
         """Delete the run and what it owns: artifacts, stored result, dataset, inline secrets and webhook log. Its logs
@@ -354,47 +362,9 @@ class JobGateway:
             del self._logs[key]
         await self.client.delete_flow_run(run_id)
         self.run_cache.forget(run["id"])
+        self.index.remove(run["id"])
 
-    # -- pool and workers ---------------------------------------------------------------
-    async def queue_snapshot(self) -> dict[str, Any]:
-        deployment_filter = await self.deployment_filter()
-
-        async def count(*types: StateType) -> int:
-            state = FlowRunFilterState(type=FlowRunFilterStateType(any_=list(types)))
-            # Runs a schedule created ahead of time are not waiting for a slot yet.
-            due = FlowRunFilterExpectedStartTime(before_=dt.datetime.now(dt.UTC))
-            run_filter = FlowRunFilter(state=state, expected_start_time=due)
-            return await self.client.count_flow_runs(deployment_filter=deployment_filter, flow_run_filter=run_filter)
-
-        pending, active, pool, workers = await asyncio.gather(
-            count(StateType.SCHEDULED, StateType.PENDING),
-            count(StateType.RUNNING, StateType.CANCELLING),
-            self.client.read_work_pool(self.settings.work_pool),
-            self.client.read_workers_for_work_pool(self.settings.work_pool),
-        )
-        online = [w for w in workers if worker_alive(w)]
-        return {
-            "pending_jobs": pending,
-            "active_jobs": active,
-            "worker_threads": pool.concurrency_limit or self.settings.job_slots,
-            "workers_alive": bool(online),
-            "workers": [
-                {
-                    "name": w.name,
-                    "status": str(w.status.value if hasattr(w.status, "value") else w.status),
-                    "last_heartbeat_time": w.last_heartbeat_time.isoformat() if w.last_heartbeat_time else None,
-                }
-                for w in workers
-            ],
-            "work_pool": self.settings.work_pool,
-            "pool_paused": bool(pool.is_paused),
-        }
-
-
-def worker_alive(worker: Worker, now: dt.datetime | None = None) -> bool:
-    """Online and heard from within three heartbeats (the server's foreman is slower)."""
-    if worker.status != WorkerStatus.ONLINE or worker.last_heartbeat_time is None:
-        return False
-    now = now or dt.datetime.now(dt.UTC)
-    interval = worker.heartbeat_interval_seconds or 30
-    return (now - worker.last_heartbeat_time).total_seconds() < 3 * interval
+    def _changed(self, run_id: str) -> None:
+        """This process wrote the run: its next read, and the next page, ask Prefect."""
+        self.run_cache.forget(run_id)
+        self.index.forget(run_id)

@@ -45,9 +45,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     get_registry()  # import dspy and the plugins now, not on the first request
     async with get_client(httpx_settings=quick_retry_httpx_settings()) as client:
         app.state.gateway = JobGateway(client, get_settings())
-        app.state.read_model = RunReadModel(app.state.gateway, app.state.gateway.run_cache)
+        gateway = app.state.gateway
+        app.state.read_model = RunReadModel(gateway, gateway.run_cache, index=gateway.index)
         loops = [
             asyncio.create_task(app.state.read_model.run_forever()),
+            asyncio.create_task(gateway.list_index.run_forever()),
             asyncio.create_task(sweep_forever(app.state.gateway)),
             asyncio.create_task(sweep_deliveries_forever(app.state.gateway)),
             asyncio.create_task(end_sweeps_forever(app.state.gateway)),

@@ -27,6 +27,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from api.gateway import JobGateway
 from api.prefect_reads import Run
 from api.run_cache import FLOW_RUN_RESOURCE, RunCache
+from api.run_index import RunIndex
 from api.run_pages import NEWEST_FIRST
 
 logger = logging.getLogger("dspy_service.api")
@@ -58,9 +59,11 @@ class RunReadModel:
         cache: RunCache,
         subscribe: Subscribe = prefect_subscriber,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        index: RunIndex | None = None,
     ) -> None:
         self.gateway = gateway
         self.cache = cache
+        self.index = index
         self._subscribe = subscribe
         self._sleep = sleep
         self.connections = 0
@@ -109,20 +112,20 @@ class RunReadModel:
         while True:
             try:
                 async with self._subscribe() as events:
-                    self.cache.connected()
+                    self._connected()
                     self.connections += 1
                     if self._failing:
                         logger.info("read model: event stream back; serving job reads from it again")
                     self._failing = False
                     delay = BACKOFF_FIRST_SECONDS
                     async for event in events:
-                        self.cache.on_event(event.resource.id)
-                self.cache.disconnected()  # a clean close: reconnect
+                        self._on_event(event)
+                self._disconnected()  # a clean close: reconnect
             except asyncio.CancelledError:
-                self.cache.disconnected()
+                self._disconnected()
                 raise
             except Exception as exc:  # any stream error: read through until it is back
-                self.cache.disconnected()
+                self._disconnected()
                 if not self._failing:
                     logger.warning(
                         "read model: event stream unavailable (%s: %s); job reads go to Prefect, retrying",
@@ -131,6 +134,21 @@ class RunReadModel:
                 self._failing = True
             await self._sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX_SECONDS)
+
+    def _connected(self) -> None:
+        self.cache.connected()
+        if self.index is not None:
+            self.index.connected()
+
+    def _disconnected(self) -> None:
+        self.cache.disconnected()
+        if self.index is not None:
+            self.index.disconnected()
+
+    def _on_event(self, event: Any) -> None:
+        run_id = self.cache.on_event(event.resource.id)
+        if run_id is not None and self.index is not None:
+            self.index.on_event(run_id, event.event)
 
     async def run_forever(self) -> None:
         """Both loops, until cancelled (off when the read model's size is 0)."""

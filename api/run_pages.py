@@ -84,6 +84,19 @@ def with_status_of(runs: list[Run], compile_started: set[UUID], status: JobStatu
     return [run for run in runs if run_status(run, compile_started) is status]
 
 
+async def page_of_runs(
+    source: RunSource, candidates: list[Run], status: JobStatus | None, *, limit: int, offset: int
+) -> RunPage:
+    """Runs offset..offset+limit of `candidates` (the runs of the query's state types, newest
+    first, e.g. from the list index) with `status`."""
+    if status in SPLIT_STATUSES:
+        started = await source.compile_started(candidates)
+        wanted = with_status_of(candidates, started, status)
+        return RunPage(wanted[offset : offset + limit], started, len(wanted))
+    runs = candidates[offset : offset + limit]
+    return RunPage(runs, await source.compile_started(runs), len(candidates))
+
+
 async def read_page(
     source: RunSource, filters: Sequence[FlowRunFilter], status: JobStatus | None, *, limit: int, offset: int
 ) -> RunPage:
@@ -91,10 +104,7 @@ async def read_page(
     filters = [with_status(f, status) for f in filters]
     if status in SPLIT_STATUSES:
         pages = await asyncio.gather(*(source.read_runs(f, NEWEST_FIRST, limit=RUNNING_SCAN_LIMIT) for f in filters))
-        candidates = merge_newest_first(pages)
-        started = await source.compile_started(candidates)
-        wanted = with_status_of(candidates, started, status)
-        return RunPage(wanted[offset : offset + limit], started, len(wanted))
+        return await page_of_runs(source, merge_newest_first(pages), status, limit=limit, offset=offset)
     if offset >= BEYOND_EVERY_RUN:
         return RunPage([], set(), sum(await asyncio.gather(*(source.count_runs(f) for f in filters))))
     if len(filters) == 1:

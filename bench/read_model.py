@@ -94,6 +94,21 @@ def wait_until_quiet(pid: int, share: float = QUIET_CPU_SHARE, window: float = 5
     return time.perf_counter() - started
 
 
+def until_pages_are_fast(api: httpx.Client, under_ms: float = 10.0, in_a_row: int = 5, timeout: float = 180.0):
+    """Seconds from the first GET /jobs until `in_a_row` pages in a row took under `under_ms`
+    (the API's list index loaded and counted: api/run_index.py); None if never."""
+    started = time.perf_counter()
+    fast = 0
+    while time.perf_counter() - started < timeout:
+        t0 = time.perf_counter()
+        api.get("/jobs", params={"limit": 50, "username": "bench"}).raise_for_status()
+        fast = fast + 1 if (time.perf_counter() - t0) * 1000 < under_ms else 0
+        if fast >= in_a_row:
+            return round(time.perf_counter() - started, 2)
+        time.sleep(0.1)
+    return None
+
+
 def timed(api: httpx.Client, url: str, n: int, spacing: float = 0.0, **kwargs) -> dict:
     samples = []
     for _ in range(n):
@@ -169,7 +184,11 @@ def main() -> int:
         report["jobs_stored"] = total
         if args.settle:
             report["settle_s"] = round(wait_until_quiet(bench.stack.server.process.pid), 1)
-        log(f"  {total} jobs stored; timing {args.requests} requests each")
+        api_pid = bench.stack.api.process.pid
+        report["api_rss_mb_before_pages"] = procfs.memory_mb(api_pid)
+        report["list_index_ready_s"] = until_pages_are_fast(api)
+        report["api_rss_mb_after_pages"] = procfs.memory_mb(api_pid)
+        log(f"  {total} jobs stored (pages fast after {report['list_index_ready_s']} s); timing {args.requests} each")
         stored = api.get("/jobs", params={"limit": 1, "offset": total // 2}).json()["items"][0]["job_id"]
         report["ms"] = {
             "GET /jobs/{id}": timed(api, f"/jobs/{stored}", args.requests),
@@ -177,6 +196,9 @@ def main() -> int:
             "GET /jobs?limit=50 (admin: all)": timed(api, "/jobs", args.requests, params={"limit": 50}),
             "GET /jobs?limit=50&username=bench": timed(
                 api, "/jobs", args.requests, params={"limit": 50, "username": "bench"}
+            ),
+            "GET /jobs?limit=50&offset=2500&username=bench": timed(
+                api, "/jobs", args.requests, params={"limit": 50, "offset": min(2500, total // 4), "username": "bench"}
             ),
             # A page the API last read over its max age ago (1 s): what a dashboard polling
             # every few seconds waits on (api/page_cache.py).

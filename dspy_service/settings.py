@@ -163,6 +163,14 @@ class ServiceSettings(ProgramServingSettings, JobLimitSettings, BaseSettings):
         description="Oldest read of Prefect the read model serves: a delete or label change made elsewhere (they "
         "emit no event) shows within this time; state changes show as their event arrives.",
     )
+    list_index_max_runs: int = Field(
+        default=20_000,
+        ge=0,
+        le=200_000,
+        description="GET /jobs pages are cut from an index of every job run each API process holds "
+        "(api/run_index.py), kept current by Prefect's event stream and a count every read_model_max_age_seconds "
+        "/ 3 while pages are asked for. With more job runs stored than this, pages read Prefect. 0: off.",
+    )
     events_heartbeat_seconds: float = Field(
         default=15.0,
         ge=1,

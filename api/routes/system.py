@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from api.deps import GatewayDep
 from api.gateway import DeploymentMissing
 from api.identity import CurrentUser
+from api.pool_status import queue_snapshot
 from dspy_service.registry import get_registry
 from dspy_service.sandbox_check import SANDBOX_OFF_WARNING, cached_bubblewrap_problem
 from dspy_service.settings import ServiceSettings
@@ -26,7 +27,7 @@ router = APIRouter()
 
 @router.get("/queue")
 async def queue(gateway: GatewayDep, _caller: CurrentUser):
-    return await gateway.queue_snapshot()
+    return await queue_snapshot(gateway)
 
 
 def unavailable(detail: str) -> JSONResponse:
@@ -39,7 +40,7 @@ async def health(gateway: GatewayDep):
     if problem is not None:
         return unavailable(f"Prefect API unreachable: {problem}")
     try:
-        snapshot = await gateway.queue_snapshot()
+        snapshot = await queue_snapshot(gateway)
     except DeploymentMissing as exc:
         return unavailable(str(exc))
     if not snapshot["workers_alive"]:

@@ -108,3 +108,50 @@ def test_a_list_page_shows_this_replicas_new_job_at_once_and_changes_made_in_pre
         wait_until(lambda: first not in listed(), WITHIN, 0.05, what="the delete made in Prefect")
         assert alice.post(f"/jobs/{second}/cancel").status_code == 200
         assert listed() == {second: "cancelled"}, "this replica's cancel, at once"
+
+
+def test_pages_cut_from_the_list_index_show_changes_made_in_prefect_within_a_second(stack, local_lm):
+    """Once the API's list index serves pages (api/run_index.py), each change Prefect makes
+    without this replica shows within 1 s: a state change (an event), a label PATCH on a
+    running job and a delete (no event), and one user's page never holds another's job."""
+    from prefect.states import Cancelled, Running
+
+    alice = stack.add_user(f"alice-{uuid.uuid4().hex[:8]}")
+    mallory = stack.add_user(f"mallory-{uuid.uuid4().hex[:8]}")
+
+    def listed(user=alice) -> dict[str, dict]:
+        page = user.get("/jobs", params={"limit": 50})
+        page.raise_for_status()
+        return {job["job_id"]: job for job in page.json()["items"]}
+
+    def serving() -> bool:
+        listed()  # pages asked for keep the index current
+        return alice.get("/queue").json()["list_index"]["serving"]
+
+    payload = job_payload(local_lm.url, rows=20)
+    del payload["username"]  # the caller's
+    with stack.paused_work_pool():
+        first = alice.post("/run", json=payload).json()["job_id"]
+        second = alice.post("/run", json={**payload, "seed": 7}).json()["job_id"]
+        wait_until(serving, 30, 0.1, what="the list index to serve pages")
+        assert listed().keys() == {first, second}
+        assert listed(mallory) == {}, "another user's page holds none of alice's jobs"
+
+        with stack.prefect_client() as client:  # as the Prefect UI or another replica would
+            client.set_flow_run_state(uuid.UUID(first), Cancelled(message="cancelled in the UI"), force=True)
+            cancelled = lambda: listed()[first]["status"] == "cancelled"  # noqa: E731
+            wait_until(cancelled, WITHIN, 0.05, what="the cancel made in Prefect")
+            # A running job's labels change with no event (the engine's progress, metrics).
+            client.set_flow_run_state(uuid.UUID(second), Running(), force=True)
+            wait_until(lambda: listed()[second]["status"] != "pending", WITHIN, 0.05, what="the run's start")
+            labels = {contract.TERMINATION_REASON: "budget_exhausted"}
+            assert stack.prefect.patch(f"/flow_runs/{second}/labels", json=labels).status_code == 204
+            wait_until(
+                lambda: listed()[second]["termination_reason"] == "budget_exhausted",
+                WITHIN, 0.05, what="a running job's label set in Prefect",
+            )
+            client.set_flow_run_state(uuid.UUID(second), Cancelled(message="done"), force=True)
+        assert stack.prefect.delete(f"/flow_runs/{first}").status_code == 204  # no event either
+        wait_until(lambda: first not in listed(), WITHIN, 0.05, what="the delete made in Prefect")
+        assert alice.get("/jobs", params={"limit": 50}).json()["total"] == 1
+        assert serving(), "the pages above came from the list index"
