@@ -31,7 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from api.prefect_reads import Run
 from dspy_service.contract import TERMINAL_STATE_TYPES
@@ -46,23 +46,25 @@ QUIET_STATES = frozenset({"SCHEDULED"})
 DIRTY_BEFORE_RELOAD = 1000
 
 
-@dataclass
 class Indexed:
-    run: Run
-    read_at: float  # when the read that produced `run` started (monotonic)
-    newest_first: tuple[int, float] = field(init=False)
-    tags: frozenset[str] = field(init=False)
-    state_type: str | None = field(init=False)
-    settles_at: float | None = field(init=False)  # wall time after which nothing writes it
+    """One held run and what pages select and order it by."""
 
-    def __post_init__(self) -> None:
-        start = self.run.get("expected_start_time")
+    __slots__ = ("run", "read_at", "newest_first", "tags", "state_type", "settles_at")
+
+    def __init__(self, run: Run, read_at: float) -> None:
+        self.newest_first: tuple[int, float] = (0, 0.0)
+        self.update(run, read_at)
+
+    def update(self, run: Run, read_at: float) -> None:
+        self.run = run
+        self.read_at = read_at  # when the read that produced `run` started (monotonic)
+        start = run.get("expected_start_time")
         self.newest_first = (1, _timestamp(start)) if start else (0, 0.0)
-        self.tags = frozenset(self.run.get("tags") or ())
-        self.state_type = self.run.get("state_type")
-        stamp = (self.run.get("state") or {}).get("timestamp")
+        self.tags = frozenset(run.get("tags") or ())
+        self.state_type: str | None = run.get("state_type")
+        stamp = (run.get("state") or {}).get("timestamp")
         terminal = self.state_type in TERMINAL_STATE_TYPES and stamp
-        self.settles_at = _timestamp(stamp) if terminal else None
+        self.settles_at = _timestamp(stamp) if terminal else None  # wall time; nothing writes it after
 
 
 def _timestamp(value: str) -> float:
@@ -182,8 +184,14 @@ class RunIndex:
             return  # a newer read is already held
         if old is None:
             self._membership += 1
-        entry = self._entries[run_id] = Indexed(run, read_at)
-        self._ordered = None
+            entry = self._entries[run_id] = Indexed(run, read_at)
+            self._ordered = None
+        else:
+            order = old.newest_first
+            old.update(run, read_at)  # in place: the order held stays valid unless its key moved
+            entry = old
+            if entry.newest_first != order:
+                self._ordered = None
         if self._active(entry, self.wall_clock()):
             self._active_ids.add(run_id)
         else:
@@ -283,19 +291,14 @@ class RunIndex:
     # -- serving ----------------------------------------------------------------------
     def servable(self) -> bool:
         """Whether a page cut from here now is as current as the 1 s rule asks."""
-        if not (self.enabled and self.live and self.loaded) or self._dirty or self._verified_at is None:
+        if not (self.enabled and self.live and self.loaded) or self._dirty or not self.counted_within(self.max_age):
             return False
         now = self.clock()
-        if now - self._verified_at > self.max_age:
-            return False
         return not any(now - entry.read_at > self.max_age for _, entry in self._active_entries())
 
-    def waiting_on_refresh_only(self) -> bool:
-        """Loaded, live and counted lately: a refresh of the due runs would make it servable."""
-        return (
-            self.enabled and self.live and self.loaded and self._verified_at is not None
-            and self.clock() - self._verified_at <= self.max_age
-        )
+    def counted_within(self, seconds: float) -> bool:
+        """The last conclusive count matched and started at most `seconds` ago."""
+        return self._verified_at is not None and self.clock() - self._verified_at <= seconds
 
     def runs(self, owner_tag: str | None, state_types: Collection[str] | None) -> list[Run]:
         """The held runs with that owner's tag (None: everyone's) in those state types

@@ -80,16 +80,25 @@ class ListIndex:
             return None
         self._asked_at = self._clock()
         if not self.index.servable():
-            if not self.index.waiting_on_refresh_only():
+            if not (self.index.live and self.index.loaded):
                 return None
             try:
-                await self.refresh(self.index.max_age)
+                await self._catch_up()
             except Exception as exc:  # the caller reads Prefect, which reports its own errors
-                logger.info("list index: refresh failed (%s: %s); reading Prefect", type(exc).__name__, exc)
+                logger.info("list index: catching up failed (%s: %s); reading Prefect", type(exc).__name__, exc)
                 return None
             if not self.index.servable():
                 return None
         return self.index.runs(owner_tag, state_types)
+
+    async def _catch_up(self) -> None:
+        """One round trip's worth of catching up for a page: the due runs' re-read and, when
+        the last count is over max_age old (no page asked lately), a count beside it. Runs
+        found gone are left to the next round: the page reads Prefect meanwhile."""
+        if self.index.counted_within(self.index.max_age):
+            await self.refresh(self.index.max_age)
+        else:
+            await asyncio.gather(self.refresh(self.index.max_age), self.verify(find_gone=False))
 
     def hot(self) -> bool:
         return self._asked_at is not None and self._clock() - self._asked_at <= HOT_SECONDS
@@ -134,13 +143,13 @@ class ListIndex:
         self.index.mark_too_many()
         self._too_many_at = now
 
-    async def verify(self) -> str | None:
+    async def verify(self, find_gone: bool = True) -> str | None:
         """Count the deployments' runs against the index; find and drop deleted ones."""
         check = self.index.count_check()
         if check is None:
             return None
         outcome = self.index.counted(check, await self.source.count_runs(None))
-        if outcome == "gone":
+        if outcome == "gone" and find_gone:
             await self.drop_gone(self.index.held_ids())
         return outcome
 

@@ -236,3 +236,60 @@ def test_off_at_size_zero():
     _, _, index, lists = index_on(prefect, max_runs=0)
     asyncio.run(lists.tick())
     assert asyncio.run(lists.runs(ALICE, None)) is None
+
+
+def test_the_read_models_subscription_feeds_the_index():
+    from contextlib import asynccontextmanager
+
+    from api.run_cache import RunCache
+    from api.run_events import RunReadModel
+
+    class Event:
+        def __init__(self, run_id: str, name: str) -> None:
+            self.resource = type("Resource", (), {"id": f"prefect.flow-run.{run_id}"})()
+            self.event = name
+
+    async def scenario():
+        prefect = Prefect()
+        run_id = prefect.add(state="RUNNING")
+        _, _, index, lists = index_on(prefect)
+        index.disconnected()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        @asynccontextmanager
+        async def subscribe():
+            async def events():
+                while True:
+                    yield await queue.get()
+
+            yield events()
+
+        reads = RunReadModel(prefect, RunCache(10, 1.0), subscribe=subscribe, index=index)
+        listener = asyncio.create_task(reads.listen_forever())
+        await asyncio.sleep(0.01)
+        assert index.live
+        await lists.tick()
+        assert index.servable()
+        queue.put_nowait(Event(run_id, "prefect.flow-run.heartbeat"))
+        await asyncio.sleep(0.01)
+        assert index.servable()
+        queue.put_nowait(Event(run_id, "prefect.flow-run.Cancelling"))
+        await asyncio.sleep(0.01)
+        assert not index.servable()
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+        assert not index.live and not index.loaded
+
+    asyncio.run(scenario())
+
+
+def test_after_a_quiet_spell_a_page_waits_on_one_count_only():
+    prefect = Prefect()
+    for i in range(20):
+        prefect.add(start=i)
+    clock, _, index, lists = index_on(prefect)
+    asyncio.run(lists.tick())
+    clock.now += 60  # no page asked, no round run: the last count is long past
+    counts, reads = prefect.counts, prefect.reads
+    assert len(asyncio.run(lists.runs(ALICE, None))) == 20
+    assert (prefect.counts, prefect.reads) == (counts + 1, reads)
