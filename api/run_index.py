@@ -62,9 +62,11 @@ class Indexed:
         self.newest_first = (1, _timestamp(start)) if start else (0, 0.0)
         self.tags = frozenset(run.get("tags") or ())
         self.state_type: str | None = run.get("state_type")
-        stamp = (run.get("state") or {}).get("timestamp")
-        terminal = self.state_type in TERMINAL_STATE_TYPES and stamp
-        self.settles_at = _timestamp(stamp) if terminal else None  # wall time; nothing writes it after
+        # Wall time after which nothing writes it (a terminal run without a state's time: at once).
+        self.settles_at: float | None = None
+        if self.state_type in TERMINAL_STATE_TYPES:
+            stamp = (run.get("state") or {}).get("timestamp")
+            self.settles_at = _timestamp(stamp) if stamp else 0.0
 
 
 def _timestamp(value: str) -> float:
