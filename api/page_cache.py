@@ -1,4 +1,5 @@
-"""List pages of GET /jobs kept for at most the read model's max age (issue #16).
+"""List pages of GET /jobs kept for at most the read model's max age (issue #16), for
+when the list index (api/run_index.py) cannot serve them (not loaded yet, off, too many runs).
 
 A page (its runs, their compile marks and the total) is read from Prefect as before and
 kept under its query: (status, owner, limit, offset). The owner is part of the key, so a
