@@ -52,14 +52,16 @@ class Indexed:
     __slots__ = ("run", "read_at", "newest_first", "tags", "state_type", "settles_at")
 
     def __init__(self, run: Run, read_at: float) -> None:
-        self.newest_first: tuple[int, float] = (0, 0.0)
+        self.newest_first: tuple[int, float, str] = (0, 0.0, "")
         self.update(run, read_at)
 
     def update(self, run: Run, read_at: float) -> None:
         self.run = run
         self.read_at = read_at  # when the read that produced `run` started (monotonic)
         start = run.get("expected_start_time")
-        self.newest_first = (1, _timestamp(start)) if start else (0, 0.0)
+        # Newest expected start first, runs without one last; ties by id, so every replica
+        # cuts the same pages.
+        self.newest_first = (1 if start else 0, _timestamp(start) if start else 0.0, str(run["id"]))
         self.tags = frozenset(run.get("tags") or ())
         self.state_type: str | None = run.get("state_type")
         # Wall time after which nothing writes it (a terminal run without a state's time: at once).

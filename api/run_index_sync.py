@@ -122,9 +122,13 @@ class ListIndex:
             self._too_many(started)
             return False
         runs: dict[str, Run] = {}
+        offset = 0
         while True:
-            page = await self.source.read_runs(None, NEWEST_FIRST, limit=LOAD_PAGE, offset=len(runs))
+            # By id: a total order, so no run sharing a start time with another is skipped
+            # or read twice across pages (the index orders them itself).
+            page = await self.source.read_runs(None, FlowRunSort.ID_DESC, limit=LOAD_PAGE, offset=offset)
             runs.update((str(run["id"]), run) for run in page)
+            offset += len(page)
             if len(page) < LOAD_PAGE:
                 break
         if not self.index.loaded_all(runs.values(), started, generation):

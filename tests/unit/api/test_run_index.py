@@ -293,3 +293,12 @@ def test_after_a_quiet_spell_a_page_waits_on_one_count_only():
     counts, reads = prefect.counts, prefect.reads
     assert len(asyncio.run(lists.runs(ALICE, None))) == 20
     assert (prefect.counts, prefect.reads) == (counts + 1, reads)
+
+
+def test_runs_sharing_a_start_time_are_ordered_by_id_on_every_replica():
+    prefect = Prefect()
+    tied = [prefect.add(start=7) for _ in range(5)]
+    for replica in range(2):
+        _, _, _, lists = index_on(prefect)
+        asyncio.run(lists.tick())
+        assert ids(asyncio.run(lists.runs(ALICE, None))) == sorted(tied, reverse=True), replica
