@@ -119,6 +119,9 @@ class RunIndex:
         self._verified_at: float | None = None
         self._grown_rounds = 0
         self._ordered: list[Indexed] | None = None
+        # Pages' candidate lists per (owner, state types) until any held run changes: a
+        # dashboard's repeated page costs no filtering of every held run.
+        self._selections: dict[tuple[str | None, tuple[str, ...] | None], list[Run]] = {}
         self._active_ids: set[str] = set()  # runs that may be active (pruned as they settle)
 
     def __len__(self) -> int:
@@ -148,6 +151,7 @@ class RunIndex:
         self._dirty.clear()
         self._active_ids.clear()
         self._ordered = None
+        self._selections.clear()
         self._verified_at = None
         self._grown_rounds = 0
         self.loaded = False
@@ -186,6 +190,7 @@ class RunIndex:
         old = self._entries.get(run_id)
         if old is not None and old.read_at > read_at:
             return  # a newer read is already held
+        self._selections.clear()
         if old is None:
             self._membership += 1
             entry = self._entries[run_id] = Indexed(run, read_at)
@@ -206,6 +211,7 @@ class RunIndex:
         if self._entries.pop(run_id, None) is not None:
             self._membership += 1
             self._ordered = None
+            self._selections.clear()
         self._dirty.pop(run_id, None)
         self._active_ids.discard(run_id)
 
@@ -306,10 +312,15 @@ class RunIndex:
 
     def runs(self, owner_tag: str | None, state_types: Collection[str] | None) -> list[Run]:
         """The held runs with that owner's tag (None: everyone's) in those state types
-        (None: all), newest expected start first (runs without one last)."""
+        (None: all), newest expected start first (runs without one last). The list is
+        shared with later calls until a held run changes: read it, do not modify it."""
+        key = (owner_tag, tuple(sorted(state_types)) if state_types is not None else None)
+        if (selected := self._selections.get(key)) is not None:
+            return selected
         if self._ordered is None:
             self._ordered = sorted(self._entries.values(), key=lambda e: e.newest_first, reverse=True)
-        return [
+        selected = self._selections[key] = [
             e.run for e in self._ordered
             if (owner_tag is None or owner_tag in e.tags) and (state_types is None or e.state_type in state_types)
         ]
+        return selected

@@ -97,6 +97,7 @@ def test_a_state_change_is_read_before_the_next_page():
     run_id = prefect.add(state="RUNNING")
     _, _, index, lists = index_on(prefect)
     asyncio.run(lists.tick())
+    assert ids(asyncio.run(lists.runs(ALICE, ["RUNNING"]))) == [run_id]
     reads = prefect.reads
 
     prefect.runs[run_id] |= {"state_type": "CANCELLED"}
@@ -105,6 +106,7 @@ def test_a_state_change_is_read_before_the_next_page():
 
     assert ids(asyncio.run(lists.runs(ALICE, ["CANCELLED"]))) == [run_id]
     assert prefect.reads == reads + 1  # the page waited on one read: the event's run
+    assert asyncio.run(lists.runs(ALICE, ["RUNNING"])) == []  # no page kept from before
 
 
 def test_a_new_run_is_listed_once_its_event_arrives_and_heartbeats_change_nothing():
