@@ -1,11 +1,11 @@
 """Keeps the list index (api/run_index.py) loaded, current and checked, and answers
 GET /jobs from it when it may (`ListIndex.runs`).
 
-While pages are asked for (the last one within HOT_SECONDS), every max_age / 3:
+While pages are asked for (the last one within HOT_SECONDS), every ROUND_SHARE of max_age:
 - load: the job deployments' runs, newest first, LOAD_PAGE at a time (after a (re)connect
   of the read model's event subscription, or when counts showed runs missing);
 - refresh: one filter request re-reads the runs events named and the active runs (whose
-  labels may change without an event) read more than max_age / 3 ago;
+  labels may change without an event) read more than that long ago;
 - count: one count of the deployments' runs against the index's size; fewer means runs
   were deleted in Prefect: counts over chunks of the held ids, halved until small, then
   one read, find which, and they go.
@@ -35,7 +35,11 @@ from api.run_pages import NEWEST_FIRST
 
 logger = logging.getLogger("dspy_service.api")
 
-HOT_SECONDS = 30.0  # the index is kept current while a page was asked for within this
+# Rounds run while a page was asked for within this: a dashboard polling every second or two
+# gets pages from memory; a page asked for after a longer pause waits on one round trip
+# instead of Prefect answering three requests a second for nobody.
+HOT_SECONDS = 3.0
+ROUND_SHARE = 0.5  # of max_age: a round's count is at most this old, plus its own time
 LOAD_PAGE = 200
 REFRESH_BATCH = 200  # most runs re-read in one request
 COUNT_CHUNK = 1000  # held ids counted per request when looking for deleted runs
@@ -185,14 +189,14 @@ class ListIndex:
                 return
         if not self.index.loaded and not await self.load():
             return
-        await self.refresh(self.index.max_age / 3)
+        await self.refresh(self.index.max_age * ROUND_SHARE)
         await self.verify()
 
     async def run_forever(self) -> None:
         if not self.index.enabled:
             return
         while True:
-            await self._sleep(self.index.max_age / 3)
+            await self._sleep(self.index.max_age * ROUND_SHARE)
             if not self.hot():
                 continue
             try:

@@ -169,7 +169,7 @@ class ServiceSettings(ProgramServingSettings, JobLimitSettings, BaseSettings):
         le=200_000,
         description="GET /jobs pages are cut from an index of every job run each API process holds "
         "(api/run_index.py), kept current by Prefect's event stream and a count every read_model_max_age_seconds "
-        "/ 3 while pages are asked for. With more job runs stored than this, pages read Prefect. 0: off.",
+        "/ 2 while pages are asked for. With more job runs stored than this, pages read Prefect. 0: off.",
     )
     events_heartbeat_seconds: float = Field(
         default=15.0,
