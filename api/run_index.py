@@ -19,11 +19,13 @@ Prefect as before; each is what bounds one kind of change to max_age (1 s):
   size means runs are gone (the sync finds which); a count above it several times over
   means the index missed runs (it is reloaded).
 
-Runs in a terminal state older than `settle` are never re-read: nothing writes to them
-any more but a cancel or retry, which is a state change (an event). Ownership is a tag
+Runs in a terminal state older than `settle` are never re-read: none of our processes
+writes to them then, and a retry is a state change (an event); a label or tag PATCH made
+by hand on one shows in lists at its next event. Ownership is a tag
 filter over the runs' own tags, exactly as Prefect's filter applies it (api/ownership.py
 decides the owner). Memory: at most `max_runs` runs (the API's JSON, as Prefect sent
-them); a deployment with more is not indexed (`too_many`) and its pages read Prefect.
+them; ~11 KB each in bench/read_model.py); with more job runs the index is not loaded
+(`too_many`) and pages read Prefect.
 """
 
 from __future__ import annotations

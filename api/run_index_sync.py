@@ -2,16 +2,18 @@
 GET /jobs from it when it may (`ListIndex.runs`).
 
 While pages are asked for (the last one within HOT_SECONDS), every ROUND_SHARE of max_age:
-- load: the job deployments' runs, newest first, LOAD_PAGE at a time (after a (re)connect
-  of the read model's event subscription, or when counts showed runs missing);
+- load: the job deployments' runs, in id order, LOAD_PAGE at a time (at the first page,
+  after a (re)connect of the read model's event subscription, when counts showed runs
+  missing);
 - refresh: one filter request re-reads the runs events named and the active runs (whose
   labels may change without an event) read more than that long ago;
 - count: one count of the deployments' runs against the index's size; fewer means runs
   were deleted in Prefect: counts over chunks of the held ids, halved until small, then
   one read, find which, and they go.
-A page asked for while the index waits only on a refresh waits for that refresh (one
-Prefect round trip); otherwise, or on any error, `runs` returns None and the caller reads
-Prefect as before.
+A page asked for when the index is loaded but not current (no round lately, an event just
+in) waits on one round trip: the due re-reads and, if the last count is too old, a count
+beside them. Before the index is loaded, when that is not enough, or on any error, `runs`
+returns None and the caller reads Prefect as before.
 
 How it fails: a failed load, refresh or count is logged (once per outage) and tried
 again next round; meanwhile pages read Prefect. Nothing here fails a request.
