@@ -70,21 +70,36 @@ def ui(stack, browser) -> str:
 
 
 def log_in(driver, ui: str, auth_string: str) -> None:
-    """Prefect's UI shows its login form while it has no auth string for the server."""
+    """Prefect's UI shows its login form while it has no auth string for the server. The UI
+    re-renders while it loads: an element found a moment ago may be gone (stale) by the
+    next call, which says nothing yet, so each check looks again at the next poll."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    def login_field():
-        fields = [f for f in driver.find_elements(By.CSS_SELECTOR, "input[type=password]") if f.is_displayed()]
-        return fields[0] if fields else None
+    def login_fields() -> list | None:
+        """The password fields on screen; None while the page re-rendered under us."""
+        try:
+            return [f for f in driver.find_elements(By.CSS_SELECTOR, "input[type=password]") if f.is_displayed()]
+        except StaleElementReferenceException:
+            return None
+
+    def typed_auth_string() -> bool:
+        fields = login_fields()
+        if not fields:
+            return False
+        try:
+            fields[0].send_keys(auth_string, Keys.ENTER)
+        except StaleElementReferenceException:
+            return False
+        return True
 
     driver.get(f"{ui}/runs")
-    wait_until(login_field, 60, 0.25, what=lambda: f"the login form:\n{page_text(driver)[-2000:]}")
-    login_field().send_keys(auth_string, Keys.ENTER)
+    wait_until(typed_auth_string, 60, 0.25, what=lambda: f"the login form:\n{page_text(driver)[-2000:]}")
 
     def logged_in() -> bool:
         stored = driver.execute_script("return localStorage.getItem('prefect-password')")
-        return bool(stored) and login_field() is None
+        return bool(stored) and login_fields() == []
 
     wait_until(logged_in, 60, 0.25, what=lambda: f"the UI to accept the auth string:\n{page_text(driver)[-2000:]}")
 
