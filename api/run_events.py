@@ -22,13 +22,11 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 from uuid import UUID
 
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
 from api.gateway import JobGateway
 from api.prefect_reads import Run
 from api.run_cache import FLOW_RUN_RESOURCE, RunCache
 from api.run_index import RunIndex
-from api.run_pages import NEWEST_FIRST
+from api.run_pages import read_by_id
 
 logger = logging.getLogger("dspy_service.api")
 
@@ -92,9 +90,7 @@ class RunReadModel:
         if not due:
             return 0
         token = self.cache.token()
-        run_filter = FlowRunFilter(id=FlowRunFilterId(any_=[UUID(run_id) for run_id in due]))
-        runs = await self.gateway.read_runs(run_filter, NEWEST_FIRST, limit=len(due))
-        self.cache.reconciled(due, {str(run["id"]): run for run in runs}, token)
+        self.cache.reconciled(due, await read_by_id(self.gateway, due), token)
         return len(due)
 
     async def reconcile_forever(self) -> None:

@@ -23,17 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Protocol
-from uuid import UUID
 
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import FlowRunFilter
 from prefect.client.schemas.sorting import FlowRunSort
 
 from api.prefect_reads import Run
 from api.run_index import RunIndex
-from api.run_pages import NEWEST_FIRST
+from api.run_pages import ids_filter, read_by_id
 
 logger = logging.getLogger("dspy_service.api")
 
@@ -57,22 +55,18 @@ class IndexSource(Protocol):
     async def count_runs(self, run_filter: FlowRunFilter | None) -> int: ...
 
 
-def ids_filter(run_ids: Collection[str]) -> FlowRunFilter:
-    return FlowRunFilter(id=FlowRunFilterId(any_=[UUID(run_id) for run_id in run_ids]))
-
-
 class ListIndex:
     def __init__(
         self,
         source: IndexSource,
         index: RunIndex,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source = source
         self.index = index
         self._sleep = sleep
-        self._clock = clock
+        # The index's clock: a load's start and the reads it compares it with are one time line.
+        self._clock = index.clock
         self._refreshing = asyncio.Lock()
         self._asked_at: float | None = None
         self._too_many_at: float | None = None
@@ -116,8 +110,7 @@ class ListIndex:
             asked = self.index.due(older_than, limit=REFRESH_BATCH)
             if not asked.marks:
                 return 0
-            runs = await self.source.read_runs(ids_filter(asked.marks), NEWEST_FIRST, limit=len(asked.marks))
-            self.index.refreshed(asked, {str(run["id"]): run for run in runs})
+            self.index.refreshed(asked, await read_by_id(self.source, asked.marks))
             return len(asked.marks)
 
     async def load(self) -> bool:
@@ -170,8 +163,7 @@ class ListIndex:
 
     async def _narrow(self, ids: Sequence[str]) -> None:
         if len(ids) <= READ_BELOW:
-            runs = await self.source.read_runs(ids_filter(ids), NEWEST_FIRST, limit=len(ids))
-            found = {str(run["id"]) for run in runs}
+            found = await read_by_id(self.source, ids)
             for run_id in ids:
                 if run_id not in found:
                     self.index.remove(run_id)

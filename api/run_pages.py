@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
 
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterState, FlowRunFilterStateType
 from prefect.client.schemas.sorting import FlowRunSort
 
 from api.prefect_reads import Run
@@ -57,6 +57,16 @@ class RunPage:
 
     def statuses(self) -> list[JobStatus]:
         return [run_status(run, self.compile_started) for run in self.runs]
+
+
+def ids_filter(run_ids: Collection[str]) -> FlowRunFilter:
+    return FlowRunFilter(id=FlowRunFilterId(any_=[UUID(run_id) for run_id in run_ids]))
+
+
+async def read_by_id(source: RunSource, run_ids: Collection[str]) -> dict[str, Run]:
+    """The runs of `run_ids` the source still has, by id (one filter request)."""
+    runs = await source.read_runs(ids_filter(run_ids), NEWEST_FIRST, limit=len(run_ids))
+    return {str(run["id"]): run for run in runs}
 
 
 def with_status(run_filter: FlowRunFilter, status: JobStatus | None) -> FlowRunFilter:

@@ -70,7 +70,7 @@ def index_on(prefect: Prefect, max_runs: int = 1000):
     clock, wall = Clock(500.0), Clock(WALL)
     index = RunIndex(max_runs, max_age=1.0, settle=10.0, clock=clock, wall_clock=wall)
     index.connected()
-    return clock, wall, index, ListIndex(prefect, index, clock=clock)
+    return clock, wall, index, ListIndex(prefect, index)
 
 
 def ids(runs) -> list[str]:
