@@ -50,16 +50,10 @@ def log(message: str) -> None:
 def store_copies(prefect: httpx.Client, template: dict, count: int, threads: int) -> float:
     """`count` Cancelled copies of `template` (a flow run's JSON); seconds it took. SQLite
     answers parallel writes with 503: one thread there."""
-    user_tag = next(t for t in template["tags"] if t.startswith("user:"))
 
     def create(i: int) -> None:
-        owner = OWNERS[i % len(OWNERS)]
-        params = json.loads(json.dumps(template["parameters"]))
-        params["job"]["username"] = owner
         body = {
-            "name": f"bench-copy-{i}",
-            "parameters": params,
-            "tags": [t for t in template["tags"] if t != user_tag] + [f"user:{owner}"],
+            **sql_copies.copy_of(template, i, OWNERS),
             "labels": template.get("labels") or {},
             "state": {"type": "CANCELLED", "name": "Cancelled", "message": "a stored copy"},
         }

@@ -20,20 +20,28 @@ SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f000', 'now')"  # Prefect's own format o
 SQLITE_EARLIER = "strftime('%Y-%m-%d %H:%M:%f000', expected_start_time, '-' || :seconds || ' seconds')"
 
 
+def copy_of(template: dict, i: int, owners: tuple[str, ...]) -> dict:
+    """Copy `i` of `template`: its name, and tags and parameters of its owner (the owners
+    take turns)."""
+    user_tag = next(t for t in template["tags"] if t.startswith("user:"))
+    owner = owners[i % len(owners)]
+    params = json.loads(json.dumps(template["parameters"]))
+    params["job"]["username"] = owner
+    tags = [t for t in template["tags"] if t != user_tag] + [f"user:{owner}"]
+    return {"name": f"bench-copy-{i}", "tags": tags, "parameters": params}
+
+
 def copies(template: dict, count: int, owners: tuple[str, ...]) -> list[dict]:
     """Per copy: its ids, name, owner's tags and parameters (as JSON text), offset."""
-    user_tag = next(t for t in template["tags"] if t.startswith("user:"))
     rows = []
     for i in range(count):
-        owner = owners[i % len(owners)]
-        params = json.loads(json.dumps(template["parameters"]))
-        params["job"]["username"] = owner
+        copy = copy_of(template, i, owners)
         rows.append({
             "run": str(uuid.uuid4()),
             "state": str(uuid.uuid4()),
-            "name": f"bench-copy-{i}",
-            "tags": json.dumps([t for t in template["tags"] if t != user_tag] + [f"user:{owner}"]),
-            "parameters": json.dumps(params),
+            "name": copy["name"],
+            "tags": json.dumps(copy["tags"]),
+            "parameters": json.dumps(copy["parameters"]),
             "seconds": i + 1,
         })
     return rows
