@@ -409,10 +409,38 @@ def floor_child(runs: int, tasks: int) -> None:
         return sum(stage(i) for i in range(n))
 
     noop(tasks)
+    calls = []  # (flow run id, call start, call end), wall clock (the server's: same machine)
     started_cpu, started = time.process_time(), time.time()
     for _ in range(runs):
-        noop(tasks)
-    print(json.dumps({"cpu_s": time.process_time() - started_cpu, "wall_s": time.time() - started}))
+        begun = time.time()
+        state = noop(tasks, return_state=True)
+        calls.append((state.state_details.flow_run_id, begun, time.time()))
+    out = {"cpu_s": time.process_time() - started_cpu, "wall_s": time.time() - started}
+    print(json.dumps({**out, "steps": floor_steps(calls)}))
+
+
+def floor_steps(calls: list) -> dict:
+    """Where a no-op flow run's wall time goes, from its state history (read after the runs,
+    so the reads are not in the timed calls): the call to the run's creation, creation to
+    Running, Running to Completed, and Completed to the call's return (the engine's exit)."""
+    from prefect.client.orchestration import get_client
+
+    steps: dict[str, list[float]] = {
+        "call→created": [],
+        "created→Running": [],
+        "Running→Completed": [],
+        "Completed→return": [],
+    }
+    with get_client(sync_client=True) as client:
+        for run_id, begun, ended in calls:
+            run = client.read_flow_run(run_id)
+            at = {state.type.value: state.timestamp.timestamp() for state in client.read_flow_run_states(run_id)}
+            created = run.created.timestamp()
+            steps["call→created"].append(created - begun)
+            steps["created→Running"].append(at["RUNNING"] - created)
+            steps["Running→Completed"].append(at["COMPLETED"] - at["RUNNING"])
+            steps["Completed→return"].append(ended - at["COMPLETED"])
+    return {name: summarize([round(v, 4) for v in values]) for name, values in steps.items()}
 
 
 def floor(bench: BenchStack, args) -> dict:
@@ -447,6 +475,7 @@ def floor_once(bench: BenchStack, args, tasks: int) -> dict:
         "client_cpu_per_run_s": round(child["cpu_s"] / args.floor, 3),
         "server_cpu_per_run_s": round(server / (args.floor + 1), 3),  # the warm-up run included
         "wall_per_run_s": round(child["wall_s"] / args.floor, 3),
+        "steps_s": child["steps"],
     }
 
 
