@@ -47,9 +47,11 @@ def start_bridges() -> bool:
 def main() -> int:
     if not start_bridges():
         return 1
+    from deployments.runtime import prefect_heartbeats
     from dspy_service.tls import share_prefect_tls_contexts
 
     share_prefect_tls_contexts()
+    prefect_heartbeats.install()  # the engine exits at once after its final state
     sys.argv = ["prefect.engine"]
     try:
         runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)

@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from deployments.runtime import procfs
+from deployments.runtime import prefect_heartbeats, procfs
 from deployments.runtime.adopt import adopt_environment, remember_logging_inputs
 from deployments.runtime.engine import ForkStarter, assert_single_threaded
 from deployments.runtime.limits import exited_children
@@ -113,6 +113,7 @@ def preload() -> None:
             importlib.import_module(name)
     # Prefect's clients of every job share one verifying context, built here before any job.
     share_prefect_tls_contexts(prebuild=True)
+    prefect_heartbeats.install()  # the engine exits at once after its final state
     PRELOADED_FDS.update(procfs.open_fds())
     remember_logging_inputs()
 
