@@ -319,7 +319,7 @@ def run_batch(probe: Probe, lm_url: str, jobs: int) -> tuple[list[dict], float, 
 
 
 def steps(rows: list[dict]) -> dict:
-    keys = ["pickup_s", "pending_to_running_s", "running_to_first_line_s", "runtime_s", "total_s"]
+    keys = ["pickup_s", "pending_to_running_s", "running_to_first_line_s", "runtime_s", "total_s", "terminal_to_exit_s"]
     out = {key: summarize([r[key] for r in rows if r.get(key) is not None]) for key in keys}
     after = [
         r["total_s"] - r["to_first_line_s"] - r["runtime_s"]

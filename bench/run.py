@@ -135,7 +135,30 @@ class Probe:
             row["pending_to_running_s"] = by_type["RUNNING"] - by_type["PENDING"]
         if first_line and "RUNNING" in by_type:
             row["running_to_first_line_s"] = first_line - by_type["RUNNING"]
+        exited = self.process_exit(job_id, submitted)
+        if exited and terminal:
+            row["terminal_to_exit_s"] = exited - terminal  # the worker's slot is taken until then
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}
+
+    def process_exit(self, job_id: str, submitted: float, wait: float = 5.0) -> float | None:
+        """When the worker saw the job's process exit (its `executed-flow-run` event), or None."""
+        since = dt.datetime.fromtimestamp(submitted - 5, dt.UTC).isoformat()
+        body = {
+            "filter": {
+                "occurred": {"since": since},
+                "event": {"name": ["prefect.worker.executed-flow-run"]},
+                "any_resource": {"id": [f"prefect.flow-run.{job_id}"]},
+            },
+            "limit": 5,
+        }
+        deadline = time.time() + wait
+        while True:
+            events = (self.prefect.post("/events/filter", json=body).json() or {}).get("events") or []
+            if events:
+                return ts(events[0]["occurred"])
+            if time.time() > deadline:
+                return None
+            time.sleep(0.2)
 
     def run_job(self, body: dict) -> dict:
         job_id, submitted = self.submit(body)
